@@ -1,1 +1,17 @@
+//! bahi: an event-sourced billing and audit ledger for AI inference gateways.
+//!
+//! This crate holds everything that touches the outside world: the event store (SQLite and
+//! PostgreSQL), the single writer, the projection runner, HTTP, credentials, CLI and
+//! telemetry. The rules live in `bahi-domain`; see ARCHITECTURE.md for the map.
 
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod projector;
+pub mod server;
+pub mod store;
+pub mod tailer;
+pub mod writer;

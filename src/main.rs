@@ -1,1 +1,110 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use bahi::cli::{Cli, Command, ServeArgs};
+use bahi::config::ServerConfig;
+use bahi::store::{EventStore, verify_log};
+use bahi_domain::credential::{Environment, KeyPrefix, SecretHash};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Minimum length of the operator credential.
+const MIN_OPERATOR_KEY_LENGTH: usize = 32;
+
+fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let environment = Environment::parse(&args.environment)
+        .with_context(|| format!("BAHI_ENVIRONMENT must be live or test, not {:?}", args.environment))?;
+    let key_prefix = KeyPrefix::parse(&args.key_prefix).context("BAHI_KEY_PREFIX")?;
+    let legacy_key_prefixes = args
+        .legacy_key_prefixes
+        .iter()
+        .filter(|prefix| !prefix.is_empty())
+        .map(|prefix| KeyPrefix::parse(prefix).with_context(|| format!("legacy prefix {prefix:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let operator_key_hash = match &args.operator_key {
+        None => None,
+        Some(key) if key.len() < MIN_OPERATOR_KEY_LENGTH => {
+            bail!("BAHI_OPERATOR_KEY must be at least {MIN_OPERATOR_KEY_LENGTH} characters")
+        }
+        Some(key) => Some(SecretHash::of(key)),
+    };
+    if args.hold_ttl_seconds == 0 || args.hold_ttl_seconds > 86_400 {
+        bail!("BAHI_HOLD_TTL_SECONDS must be between 1 and 86400");
+    }
+    Ok(ServerConfig {
+        environment,
+        key_prefix,
+        legacy_key_prefixes,
+        operator_key_hash,
+        hold_ttl_seconds: args.hold_ttl_seconds,
+        issuer: args.issuer.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(&args.log_format);
+            let config = server_config(&args)?;
+            bahi::server::serve(&args.listen, &args.database.database_url, config).await?;
+        }
+        Command::Migrate(args) => {
+            init_tracing("pretty");
+            let store = bahi::store::Store::open(&args.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", store.engine());
+        }
+        Command::Verify(args) => {
+            let store = bahi::store::Store::open(&args.database_url).await?;
+            store.migrate().await?;
+            match verify_log(&store).await? {
+                Ok(count) => println!("log intact: {count} events verified"),
+                Err((position, reason)) => {
+                    eprintln!("log broken at position {position}: {reason}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Rebuild(args) => {
+            init_tracing("pretty");
+            let store = bahi::store::Store::open(&args.database_url).await?;
+            store.migrate().await?;
+            store.reset_projections().await?;
+            let position = bahi::projector::catch_up_projections(&store, None).await?;
+            println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
+        }
+        Command::Bench(args) => {
+            init_tracing("pretty");
+            bahi::bench::run(args).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bahi: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("bahi: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

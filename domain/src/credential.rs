@@ -1,0 +1,266 @@
+//! Credential formats: API key text and its hash, environments, scopes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{base62, is_base62};
+
+/// The environment a server runs in and a key belongs to; a key never crosses environments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Live,
+    Test,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Live => "live",
+            Environment::Test => "test",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Environment> {
+        match text {
+            "live" => Some(Environment::Live),
+            "test" => Some(Environment::Test),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// SHA-256 of a secret: the only form in which a key or session secret is ever kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretHash([u8; 32]);
+
+impl SecretHash {
+    pub fn of(secret: &str) -> SecretHash {
+        SecretHash(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> SecretHash {
+        SecretHash(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<SecretHash> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+        }
+        Some(SecretHash(bytes))
+    }
+}
+
+impl Serialize for SecretHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SecretHash, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        SecretHash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("bad hash"))
+    }
+}
+
+/// Random bytes in a key: 256 bits, well above the 160 the contract requires.
+pub const API_KEY_RANDOM_BYTES: usize = 32;
+/// Characters of the random part kept for display (`bahi_live_AbC123…`): 36 of 256 bits.
+pub const DISPLAY_PREFIX_RANDOM_CHARACTERS: usize = 6;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialFormatError {
+    #[error("API key prefix must be 1 to 16 lowercase letters, digits or '-'")]
+    BadPrefix,
+    #[error("malformed API key")]
+    Malformed,
+}
+
+/// A key prefix such as `bahi` (configurable) or a legacy one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn parse(text: &str) -> Result<KeyPrefix, CredentialFormatError> {
+        let valid = !text.is_empty()
+            && text.len() <= 16
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid { Ok(KeyPrefix(text.to_owned())) } else { Err(CredentialFormatError::BadPrefix) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A freshly generated API key. It exists only between generation and the create response;
+/// the ledger keeps its hash and display prefix.
+pub struct NewApiKey {
+    pub secret: String,
+    pub hash: SecretHash,
+    pub display_prefix: String,
+}
+
+impl NewApiKey {
+    pub fn generate(prefix: &KeyPrefix, environment: Environment, random: [u8; API_KEY_RANDOM_BYTES]) -> NewApiKey {
+        let random_text = base62(&random);
+        let secret = format!("{}_{}_{}", prefix.as_str(), environment.as_str(), random_text);
+        let display_prefix = format!(
+            "{}_{}_{}",
+            prefix.as_str(),
+            environment.as_str(),
+            &random_text[..DISPLAY_PREFIX_RANDOM_CHARACTERS]
+        );
+        NewApiKey { hash: SecretHash::of(&secret), secret, display_prefix }
+    }
+}
+
+/// The parts of presented key text: `<prefix>_<env>_<random>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedApiKey<'a> {
+    pub prefix: &'a str,
+    pub environment: Environment,
+}
+
+/// Checks the shape of presented key text without looking it up. The random part must be
+/// base62 of at least 27 characters (160 bits).
+pub fn parse_api_key(text: &str) -> Result<ParsedApiKey<'_>, CredentialFormatError> {
+    let mut parts = text.rsplitn(3, '_');
+    let random = parts.next().ok_or(CredentialFormatError::Malformed)?;
+    let environment = parts.next().and_then(Environment::parse);
+    let prefix = parts.next().ok_or(CredentialFormatError::Malformed)?;
+    let environment = environment.ok_or(CredentialFormatError::Malformed)?;
+    KeyPrefix::parse(prefix).map_err(|_| CredentialFormatError::Malformed)?;
+    if random.len() < 27 || random.len() > 64 || !is_base62(random) {
+        return Err(CredentialFormatError::Malformed);
+    }
+    Ok(ParsedApiKey { prefix, environment })
+}
+
+/// The scopes of the contract. Operator-only scopes are never granted to org credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    #[serde(rename = "inference")]
+    Inference,
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+    #[serde(rename = "agents:write")]
+    AgentsWrite,
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    #[serde(rename = "statements:read")]
+    StatementsRead,
+    #[serde(rename = "account:read")]
+    AccountRead,
+    #[serde(rename = "usage:write")]
+    UsageWrite,
+    #[serde(rename = "credits:grant")]
+    CreditsGrant,
+    #[serde(rename = "prices:write")]
+    PricesWrite,
+}
+
+impl Scope {
+    /// What an org key created without `scopes` gets.
+    pub const ORG_DEFAULT: [Scope; 6] = [
+        Scope::Inference,
+        Scope::KeysWrite,
+        Scope::AgentsWrite,
+        Scope::AuditRead,
+        Scope::StatementsRead,
+        Scope::AccountRead,
+    ];
+    pub const OPERATOR: [Scope; 3] = [Scope::UsageWrite, Scope::CreditsGrant, Scope::PricesWrite];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Inference => "inference",
+            Scope::KeysWrite => "keys:write",
+            Scope::AgentsWrite => "agents:write",
+            Scope::AuditRead => "audit:read",
+            Scope::StatementsRead => "statements:read",
+            Scope::AccountRead => "account:read",
+            Scope::UsageWrite => "usage:write",
+            Scope::CreditsGrant => "credits:grant",
+            Scope::PricesWrite => "prices:write",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ORG_DEFAULT.into_iter().chain(Scope::OPERATOR).find(|scope| scope.as_str() == text)
+    }
+
+    pub fn is_org_scope(self) -> bool {
+        Scope::ORG_DEFAULT.contains(&self)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_parses_and_hashes() {
+        let prefix = KeyPrefix::parse("bahi").unwrap();
+        let key = NewApiKey::generate(&prefix, Environment::Live, [7; 32]);
+        assert!(key.secret.starts_with("bahi_live_"));
+        assert_eq!(key.secret.len(), "bahi_live_".len() + 43);
+        let parsed = parse_api_key(&key.secret).unwrap();
+        assert_eq!(parsed, ParsedApiKey { prefix: "bahi", environment: Environment::Live });
+        assert_eq!(key.hash, SecretHash::of(&key.secret));
+        assert_eq!(SecretHash::from_hex(&key.hash.to_hex()), Some(key.hash));
+        assert!(key.display_prefix.starts_with("bahi_live_") && key.display_prefix.len() == 16);
+    }
+
+    #[test]
+    fn legacy_prefix_with_dash_parses() {
+        let parsed = parse_api_key("sk-ar_test_0123456789012345678901234567").unwrap();
+        assert_eq!(parsed.prefix, "sk-ar");
+        assert_eq!(parsed.environment, Environment::Test);
+    }
+
+    #[test]
+    fn malformed_keys_refused() {
+        for bad in [
+            "",
+            "bahi",
+            "bahi_live",
+            "bahi_prod_0123456789012345678901234567",
+            "bahi_live_short",
+            "BAHI_live_0123456789012345678901234567",
+            "bahi_live_01234567890123456789012345678-",
+        ] {
+            assert!(parse_api_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_round_trip() {
+        for scope in Scope::ORG_DEFAULT.into_iter().chain(Scope::OPERATOR) {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(Scope::parse("admin"), None);
+    }
+}

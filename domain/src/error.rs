@@ -1,0 +1,29 @@
+use crate::ids::IdError;
+use crate::money::MoneyError;
+
+/// Why a command was refused. Each variant maps to one status of the HTTP contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The command is malformed or names an impossible value (400).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// No such resource in the caller's org (404); never says whether it exists elsewhere.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The same idempotency key or id with a different request (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Authenticated but not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl DomainError {
+    pub fn invalid(message: impl Into<String>) -> DomainError {
+        DomainError::Invalid(message.into())
+    }
+}

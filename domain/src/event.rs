@@ -1,0 +1,136 @@
+//! Events: the stored API of bahi. Past tense, versioned, never changed once landed;
+//! a correction is a new event. Adding a variant or an optional field is allowed; renaming
+//! or retyping one is not (add a new schema version with an upcaster in `Event::decode`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::credential::{Environment, Scope, SecretHash};
+use crate::ids::{ApiKeyId, OrgId};
+use crate::money::Money;
+
+/// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub interval_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+    Total,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub amount: Money,
+    pub period: BudgetPeriod,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgRegistered {
+    pub org_id: OrgId,
+    pub display_name: String,
+    pub plan: String,
+    pub environment: Environment,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub key_id: ApiKeyId,
+    pub org_id: OrgId,
+    pub name: Option<String>,
+    pub key_hash: SecretHash,
+    pub display_prefix: String,
+    pub environment: Environment,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit: Option<RateLimit>,
+    pub budget: Option<Budget>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {event_type} version {schema_version}")]
+    UnknownType { event_type: String, schema_version: i32 },
+    #[error("event {event_type} payload does not decode: {message}")]
+    BadPayload { event_type: String, message: String },
+}
+
+macro_rules! events {
+    ($($name:ident => $stream:ident),* $(,)?) => {
+        /// Every event bahi records. Each variant's payload is stored as the exact JSON bytes
+        /// that were hashed.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $($name($name)),*
+        }
+
+        impl Event {
+            pub fn event_type(&self) -> &'static str {
+                match self { $(Event::$name(_) => stringify!($name)),* }
+            }
+
+            /// The stream (aggregate) whose version this event advances.
+            pub fn stream_id(&self) -> &str {
+                match self { $(Event::$name(event) => event.$stream.as_str()),* }
+            }
+
+            /// The payload bytes: serde_json of the variant's struct. Field order is the
+            /// struct's declaration order, so the bytes are deterministic.
+            pub fn payload_bytes(&self) -> Vec<u8> {
+                let encoded = match self { $(Event::$name(event) => serde_json::to_vec(event)),* };
+                // Serializing plain structs of strings, numbers and JSON values cannot fail.
+                encoded.unwrap_or_default()
+            }
+
+            pub fn decode(event_type: &str, schema_version: i32, payload: &[u8]) -> Result<Event, DecodeError> {
+                match (event_type, schema_version) {
+                    $((stringify!($name), 1) => serde_json::from_slice(payload)
+                        .map(Event::$name)
+                        .map_err(|error| DecodeError::BadPayload {
+                            event_type: event_type.to_owned(),
+                            message: error.to_string(),
+                        }),)*
+                    _ => Err(DecodeError::UnknownType {
+                        event_type: event_type.to_owned(),
+                        schema_version,
+                    }),
+                }
+            }
+
+            /// Every event type name, for tests and tooling.
+            pub const TYPES: &'static [&'static str] = &[$(stringify!($name)),*];
+        }
+
+        $(impl From<$name> for Event {
+            fn from(event: $name) -> Event { Event::$name(event) }
+        })*
+    };
+}
+
+events! {
+    OrgRegistered => org_id,
+    ApiKeyCreated => key_id,
+}
+
+impl Event {
+    /// Every event is version 1 so far; the column exists for upcasting later versions.
+    pub fn schema_version(&self) -> i32 {
+        1
+    }
+
+    /// The org an event belongs to, which decides who may read it in the audit log.
+    pub fn org_id(&self) -> Option<&OrgId> {
+        match self {
+            Event::OrgRegistered(event) => Some(&event.org_id),
+            Event::ApiKeyCreated(event) => Some(&event.org_id),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Prefixed identifiers (`org_…`, `key_…`). Parse, don't validate: an id value is proof that
+//! its text has the right prefix and alphabet.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest accepted id body; generated ids use 22 characters (128 random bits).
+pub const MAX_ID_BODY_LENGTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind} id: expected \"{prefix}\" followed by 1 to 64 letters and digits")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub prefix: &'static str,
+}
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Base62 of a big-endian byte string, fixed width for a given input length so that every
+/// id or key of one kind has the same length.
+pub fn base62(bytes: &[u8]) -> String {
+    // Width: ceil(bits / log2(62)); 62^width >= 256^len.
+    let width = (bytes.len() * 8 * 1000).div_ceil(5954);
+    let mut number: Vec<u8> = bytes.to_vec();
+    let mut digits = Vec::with_capacity(width);
+    for _ in 0..width {
+        let mut remainder: u32 = 0;
+        for byte in number.iter_mut() {
+            let accumulator = (remainder << 8) | u32::from(*byte);
+            *byte = (accumulator / 62) as u8;
+            remainder = accumulator % 62;
+        }
+        digits.push(BASE62[remainder as usize]);
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+pub fn is_base62(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+macro_rules! define_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn parse(text: &str) -> Result<$name, IdError> {
+                let error = IdError { kind: $kind, prefix: $prefix };
+                let body = text.strip_prefix($prefix).ok_or(error.clone())?;
+                if body.is_empty() || body.len() > MAX_ID_BODY_LENGTH || !is_base62(body) {
+                    return Err(error);
+                }
+                Ok($name(text.to_owned()))
+            }
+
+            /// A new id from 16 caller-supplied random bytes (the domain draws no randomness).
+            pub fn from_random(random: [u8; 16]) -> $name {
+                $name(format!("{}{}", $prefix, base62(&random)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                $name::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<$name, IdError> {
+                $name::parse(text)
+            }
+        }
+    };
+}
+
+define_id!(/// An organisation: the payer.
+    OrgId, "org_", "org");
+define_id!(/// A human member of an org.
+    UserId, "usr_", "user");
+define_id!(/// A static API key (the id, never the secret).
+    ApiKeyId, "key_", "api key");
+define_id!(/// An agent identity.
+    AgentId, "agt_", "agent");
+define_id!(/// One minted agent token (`jti`).
+    TokenId, "tok_", "token");
+define_id!(/// A registered external token issuer.
+    IssuerId, "iss_", "issuer");
+define_id!(/// One authorized inference call.
+    CallId, "call_", "call");
+define_id!(/// One credit top-up.
+    TopupId, "top_", "top-up");
+define_id!(/// One event's own id.
+    EventId, "evt_", "event");
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_have_fixed_width() {
+        let id = OrgId::from_random([255; 16]);
+        assert_eq!(id.as_str().len(), 4 + 22);
+        assert_eq!(OrgId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(OrgId::from_random([0; 16]).as_str(), "org_0000000000000000000000");
+    }
+
+    #[test]
+    fn refuses_malformed_ids() {
+        for bad in ["", "org_", "org", "key_abc", "org_abc-def", "org_abc def", "ORG_abc"] {
+            assert!(OrgId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(OrgId::parse(&format!("org_{}", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn base62_width_covers_all_values() {
+        assert_eq!(base62(&[255; 32]).len(), 43);
+        assert_eq!(base62(&[0; 32]).len(), 43);
+        assert_eq!(base62(&[0, 61]), "00z");
+    }
+}

@@ -1,0 +1,252 @@
+//! Exact INR amounts.
+//!
+//! The API speaks `rust_decimal` strings with at most six decimal places (a micro-rupee);
+//! internally an amount is a count of micro-rupees in an `i64`, which makes every sum exact,
+//! every comparison cheap, and matches the integer column SQL stores.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Micro-rupees in one rupee.
+pub const MICROS_PER_RUPEE: i64 = 1_000_000;
+
+/// The largest absolute amount accepted from outside: one lakh crore rupees (10^12 INR).
+/// It leaves three orders of magnitude of headroom in `i64` micros for sums of many amounts.
+pub const MAX_ABS_AMOUNT_MICROS: i64 = 1_000_000_000_000 * MICROS_PER_RUPEE;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("amount must be a decimal string such as \"42.50\"")]
+    NotADecimal,
+    #[error("amount has more than 6 decimal places (the smallest unit is one micro-rupee)")]
+    TooManyPlaces,
+    #[error("amount is too large")]
+    TooLarge,
+    #[error("amount must be positive")]
+    NotPositive,
+    #[error("currency must be \"inr\"")]
+    UnsupportedCurrency,
+    #[error("arithmetic overflow")]
+    Overflow,
+}
+
+/// An exact amount of Indian rupees. Private field: only checked constructors make one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money {
+    micros: i64,
+}
+
+impl Money {
+    pub const ZERO: Money = Money { micros: 0 };
+
+    /// From integer micro-rupees (the SQL representation).
+    pub fn from_micros(micros: i64) -> Result<Money, MoneyError> {
+        if micros.checked_abs().is_none_or(|abs| abs > MAX_ABS_AMOUNT_MICROS) {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(Money { micros })
+    }
+
+    /// From a decimal; refuses more than six places instead of rounding silently.
+    pub fn from_decimal(amount: Decimal) -> Result<Money, MoneyError> {
+        let normalized = amount.normalize();
+        if normalized.scale() > 6 {
+            return Err(MoneyError::TooManyPlaces);
+        }
+        let micros = normalized.checked_mul(Decimal::from(MICROS_PER_RUPEE)).ok_or(MoneyError::TooLarge)?;
+        let micros = i64::try_from(micros.trunc().mantissa() / 10i128.pow(micros.trunc().scale()))
+            .map_err(|_| MoneyError::TooLarge)?;
+        Money::from_micros(micros)
+    }
+
+    /// Rounds half-even to six places once; used where a computed cost meets the ledger.
+    pub fn from_decimal_rounded(amount: Decimal) -> Result<Money, MoneyError> {
+        let rounded = amount.round_dp_with_strategy(6, rust_decimal::RoundingStrategy::MidpointNearestEven);
+        Money::from_decimal(rounded)
+    }
+
+    /// Parses the API's decimal string strictly: optional minus, digits, optional point and
+    /// one to six digits. No exponent, no plus sign, no spaces, no thousands separators.
+    pub fn parse(text: &str) -> Result<Money, MoneyError> {
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        let (whole, fraction) = match unsigned.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (unsigned, None),
+        };
+        let digits_only = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits_only(whole) || fraction.is_some_and(|f| !digits_only(f)) {
+            return Err(MoneyError::NotADecimal);
+        }
+        if fraction.is_some_and(|f| f.len() > 6) {
+            return Err(MoneyError::TooManyPlaces);
+        }
+        if whole.len() > 13 {
+            return Err(MoneyError::TooLarge);
+        }
+        let decimal = Decimal::from_str(text).map_err(|_| MoneyError::NotADecimal)?;
+        Money::from_decimal(decimal)
+    }
+
+    /// Parses and requires a strictly positive amount (top-ups, grants, prices, holds).
+    pub fn parse_positive(text: &str) -> Result<Money, MoneyError> {
+        let money = Money::parse(text)?;
+        if money.micros <= 0 {
+            return Err(MoneyError::NotPositive);
+        }
+        Ok(money)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.micros
+    }
+
+    pub fn amount(self) -> Decimal {
+        Decimal::new(self.micros, 6).normalize()
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.micros > 0
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.micros < 0
+    }
+
+    pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
+        // Sums may exceed the single-amount limit (a balance built from many top-ups) but
+        // never i64 itself.
+        self.micros.checked_add(other.micros).map(|micros| Money { micros }).ok_or(MoneyError::Overflow)
+    }
+
+    pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
+        self.micros.checked_sub(other.micros).map(|micros| Money { micros }).ok_or(MoneyError::Overflow)
+    }
+
+    pub fn saturating_add(self, other: Money) -> Money {
+        Money { micros: self.micros.saturating_add(other.micros) }
+    }
+
+    pub fn saturating_sub(self, other: Money) -> Money {
+        Money { micros: self.micros.saturating_sub(other.micros) }
+    }
+
+    pub fn min(self, other: Money) -> Money {
+        if self <= other { self } else { other }
+    }
+}
+
+/// Formats with at least two decimal places ("42.50", "0.000001", "-3.00"), the way INR
+/// amounts are read, and never more than six.
+impl fmt::Display for Money {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.micros < 0 { "-" } else { "" };
+        let abs = self.micros.unsigned_abs();
+        let whole = abs / MICROS_PER_RUPEE as u64;
+        let fraction = abs % MICROS_PER_RUPEE as u64;
+        let mut fraction_text = format!("{fraction:06}");
+        while fraction_text.len() > 2 && fraction_text.ends_with('0') {
+            fraction_text.pop();
+        }
+        write!(formatter, "{sign}{whole}.{fraction_text}")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MoneyObject<'a> {
+    currency: &'a str,
+    amount: String,
+}
+
+/// Serialized as the API's money object: `{"currency": "inr", "amount": "42.50"}`.
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MoneyObject { currency: "inr", amount: self.to_string() }.serialize(serializer)
+    }
+}
+
+/// Accepts the money object, or a bare decimal string where a request body gives an amount
+/// alone. A JSON number is refused: it may already have passed through a float.
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Input {
+            Text(String),
+            Object { currency: String, amount: String },
+        }
+        let input = Input::deserialize(deserializer).map_err(|_| {
+            de::Error::custom(
+                "money must be {\"currency\": \"inr\", \"amount\": \"<decimal string>\"} or a decimal string",
+            )
+        })?;
+        let text = match input {
+            Input::Text(text) => text,
+            Input::Object { currency, amount } => {
+                if currency != "inr" {
+                    return Err(de::Error::custom(MoneyError::UnsupportedCurrency));
+                }
+                amount
+            }
+        };
+        Money::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_formats_exactly() {
+        assert_eq!(Money::parse("42.5").unwrap().micros(), 42_500_000);
+        assert_eq!(Money::parse("42.5").unwrap().to_string(), "42.50");
+        assert_eq!(Money::parse("0.000001").unwrap().to_string(), "0.000001");
+        assert_eq!(Money::parse("-3").unwrap().to_string(), "-3.00");
+        assert_eq!(Money::parse("7.123400").unwrap().to_string(), "7.1234");
+    }
+
+    #[test]
+    fn refuses_bad_text() {
+        for bad in ["", "1.", ".5", "1e3", "+1", " 1", "1,000", "abc", "1.2.3", "--1", "NaN"] {
+            assert_eq!(Money::parse(bad), Err(MoneyError::NotADecimal), "{bad:?}");
+        }
+        assert_eq!(Money::parse("0.0000001"), Err(MoneyError::TooManyPlaces));
+        assert_eq!(Money::parse("99999999999999"), Err(MoneyError::TooLarge));
+        assert_eq!(Money::parse_positive("0"), Err(MoneyError::NotPositive));
+        assert_eq!(Money::parse_positive("-1"), Err(MoneyError::NotPositive));
+    }
+
+    #[test]
+    fn serde_round_trip_and_refusals() {
+        let money = Money::parse("10.25").unwrap();
+        let json = serde_json::to_string(&money).unwrap();
+        assert_eq!(json, r#"{"currency":"inr","amount":"10.25"}"#);
+        assert_eq!(serde_json::from_str::<Money>(&json).unwrap(), money);
+        assert_eq!(serde_json::from_str::<Money>(r#""10.25""#).unwrap(), money);
+        assert!(serde_json::from_str::<Money>("10.25").is_err());
+        assert!(serde_json::from_str::<Money>(r#"{"currency":"usd","amount":"1"}"#).is_err());
+    }
+
+    #[test]
+    fn rounds_half_even_once() {
+        let cost = Decimal::from_str("0.0000025").unwrap();
+        assert_eq!(Money::from_decimal_rounded(cost).unwrap().micros(), 2);
+        let cost = Decimal::from_str("0.0000035").unwrap();
+        assert_eq!(Money::from_decimal_rounded(cost).unwrap().micros(), 4);
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_round_trip(micros in -MAX_ABS_AMOUNT_MICROS..=MAX_ABS_AMOUNT_MICROS) {
+            let money = Money::from_micros(micros).unwrap();
+            prop_assert_eq!(Money::parse(&money.to_string()).unwrap(), money);
+            prop_assert_eq!(Money::from_decimal(money.amount()).unwrap(), money);
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The `bahi` command line.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bahi",
+    version,
+    about = "bahi (बही, the ledger book): an event-sourced billing and audit ledger for AI inference gateways"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DatabaseArgs {
+    /// Where the ledger lives: sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(long = "database", env = "BAHI_DATABASE_URL", default_value = "sqlite://bahi.db")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "BAHI_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The environment this server runs: `live` or `test`. Keys of the other one get 401.
+    #[arg(long, env = "BAHI_ENVIRONMENT", default_value = "live")]
+    pub environment: String,
+    /// Prefix of newly issued API keys (`<prefix>_<env>_<random>`).
+    #[arg(long, env = "BAHI_KEY_PREFIX", default_value = "bahi")]
+    pub key_prefix: String,
+    /// Comma-separated legacy prefixes whose keys stay valid.
+    #[arg(long, env = "BAHI_LEGACY_KEY_PREFIXES", default_value = "", value_delimiter = ',')]
+    pub legacy_key_prefixes: Vec<String>,
+    /// The operator credential (any secret of 32+ characters); only its hash is kept.
+    #[arg(long, env = "BAHI_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<String>,
+    /// Seconds before an unsettled hold expires and releases its credit.
+    #[arg(long, env = "BAHI_HOLD_TTL_SECONDS", default_value_t = 600)]
+    pub hold_ttl_seconds: u64,
+    /// The embedded issuer's `iss` (default `http://<listen>`).
+    #[arg(long, env = "BAHI_ISSUER")]
+    pub issuer: Option<String>,
+    /// Log format: `pretty` or `json` (levels come from RUST_LOG, default info).
+    #[arg(long, env = "BAHI_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (applies migrations first).
+    Serve(ServeArgs),
+    /// Apply migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Re-hash the whole log; exit 0 when intact, else 1 naming the first bad position.
+    Verify(DatabaseArgs),
+    /// Drop every SQL projection and replay it from position 1.
+    Rebuild(DatabaseArgs),
+    /// Run a benchmark and print its figures beside a baseline measured in the same run.
+    Bench(crate::bench::BenchArgs),
+}

@@ -1,0 +1,112 @@
+//! Orgs and their account: agent-register and the account endpoint.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bahi_domain::command::NewKeyRecord;
+use bahi_domain::credential::{NewApiKey, Scope};
+use bahi_domain::ids::{ApiKeyId, OrgId};
+use bahi_domain::{Command, Money};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use super::extract::OptionalJson;
+use crate::ledger::Actor;
+use crate::writer::CommandContext;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/auth/agent-register", post(agent_register)).route("/v1/auth/account", get(account))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentRegisterRequest {
+    org_name: Option<String>,
+    agent_name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AgentRegisterResponse {
+    org_id: OrgId,
+    api_key: String,
+    api_key_id: ApiKeyId,
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+async fn agent_register(
+    State(state): State<AppState>,
+    OptionalJson(request): OptionalJson<AgentRegisterRequest>,
+) -> ApiResult<(StatusCode, Json<AgentRegisterResponse>)> {
+    let org_id = OrgId::from_random(random_bytes());
+    let key_id = ApiKeyId::from_random(random_bytes());
+    let new_key = NewApiKey::generate(&state.config.key_prefix, state.config.environment, random_bytes());
+    let display_name = request
+        .org_name
+        .clone()
+        .or_else(|| request.agent_name.as_ref().map(|agent| format!("{agent}'s org")))
+        .unwrap_or_else(|| "Agent org".to_owned());
+    let command = Command::RegisterOrg {
+        org_id: org_id.clone(),
+        display_name,
+        environment: state.config.environment,
+        first_key: NewKeyRecord {
+            key_id: key_id.clone(),
+            hash: new_key.hash,
+            display_prefix: new_key.display_prefix,
+            environment: state.config.environment,
+            name: request.agent_name,
+            scopes: Scope::ORG_DEFAULT.to_vec(),
+            expires_at: None,
+            rate_limit: None,
+            budget: None,
+            metadata: None,
+        },
+    };
+    let context = CommandContext {
+        actor: Some(Actor::anonymous("agent-register")),
+        request_id: Some(super::error::current_request_id()),
+        idempotency: None,
+    };
+    state.writer.submit(command, context).await?;
+    Ok((StatusCode::CREATED, Json(AgentRegisterResponse { org_id, api_key: new_key.secret, api_key_id: key_id })))
+}
+
+#[derive(Serialize)]
+struct Member {
+    user_id: String,
+    email: String,
+    role: String,
+}
+
+#[derive(Serialize)]
+struct AccountResponse {
+    org_id: OrgId,
+    display_name: String,
+    plan: String,
+    environment: String,
+    credit_balance: Money,
+    members: Vec<Member>,
+}
+
+async fn account(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<AccountResponse>> {
+    principal.require(Scope::AccountRead)?;
+    let ledger = state.ledger.read();
+    let org = ledger.state.org(&principal.org_id).ok_or_else(|| ApiError::not_found("org"))?;
+    Ok(Json(AccountResponse {
+        org_id: org.id.clone(),
+        display_name: org.display_name.clone(),
+        plan: org.plan.clone(),
+        environment: org.environment.as_str().to_owned(),
+        credit_balance: org.balance,
+        members: Vec::new(),
+    }))
+}

@@ -1,0 +1,65 @@
+//! Extractors that turn every malformed request into the contract's JSON 4xx.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest request body accepted anywhere (413 past it).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `Json<T>` whose rejections are API errors: 415 without a JSON content type, 413 past the
+/// size limit, 400 for bad syntax or a body that does not match the schema.
+pub struct ApiJson<T>(pub T);
+
+fn map_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with content-type: application/json",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid_request(rejection.body_text()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", rejection.body_text()),
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<ApiJson<T>, ApiError> {
+        axum::Json::<T>::from_request(request, state)
+            .await
+            .map(|axum::Json(value)| ApiJson(value))
+            .map_err(map_rejection)
+    }
+}
+
+/// Like `ApiJson`, but an empty body (no content, or `content-length: 0`) means the
+/// default value: for endpoints whose every field is optional, such as agent-register.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<OptionalJson<T>, ApiError> {
+        let declared_empty = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim() == "0");
+        let has_content_type = request.headers().contains_key(axum::http::header::CONTENT_TYPE);
+        if declared_empty || (!has_content_type && request.headers().get(CONTENT_LENGTH).is_none()) {
+            return Ok(OptionalJson(T::default()));
+        }
+        ApiJson::<T>::from_request(request, state).await.map(|ApiJson(value)| OptionalJson(value))
+    }
+}

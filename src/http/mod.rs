@@ -1,0 +1,88 @@
+//! The HTTP surface (axum). Thin handlers: each area's module has a `router()`; handlers
+//! extract, call the writer or read the ledger, and map the answer.
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::config::ServerConfig;
+use crate::ledger::SharedLedger;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::writer::Writer;
+use error::{ApiError, REQUEST_ID};
+use extract::MAX_BODY_BYTES;
+
+/// What every handler can reach. Cheap to clone: handles and `Arc`s only.
+#[derive(Clone)]
+pub struct AppState {
+    pub writer: Writer,
+    pub ledger: SharedLedger,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+    pub store: Store,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(accounts::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+}
+
+/// Longest client-supplied request id that is echoed back instead of replaced.
+const MAX_REQUEST_ID_LENGTH: usize = 128;
+
+fn request_id_for(request: &Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| {
+            !value.is_empty()
+                && value.len() <= MAX_REQUEST_ID_LENGTH
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", bahi_domain::ids::base62(&accounts::random_bytes::<12>())))
+}
+
+/// Gives every request an id (the client's, when well-formed), a tracing span, and the
+/// `x-request-id` response header; counts responses by status class.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = request_id_for(&request);
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(request_id.clone(), next.run(request).instrument(span.clone())).await;
+    let status = response.status().as_u16();
+    state.metrics.record_status(status);
+    span.in_scope(|| tracing::debug!(status, elapsed_micros = started.elapsed().as_micros() as u64, "response"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

@@ -1,0 +1,90 @@
+//! Starting and stopping a node: open and migrate the store, fold the log into memory,
+//! start the writer and the projection runner, serve HTTP, and on SIGTERM or Ctrl-C stop
+//! accepting, finish in-flight requests, drain the writer, and bring projections to the head.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::http::{self, AppState};
+use crate::ledger::{Ledger, SharedLedger};
+use crate::metrics::Metrics;
+use crate::store::{EventStore, Store};
+use crate::writer::{catch_up_shared, writer};
+use crate::{projector, tailer};
+
+/// Opens the store, applies migrations, and folds the whole log into a fresh ledger.
+pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedLedger)> {
+    let store = Store::open(database_url).await.with_context(|| format!("opening {database_url}"))?;
+    store.migrate().await.context("applying migrations")?;
+    let shared: SharedLedger = Arc::new(RwLock::new(Ledger::new()));
+    let position = catch_up_shared(&store, &shared).await.context("loading the event log")?;
+    tracing::info!(engine = store.engine(), position, "event log loaded");
+    Ok((store, shared))
+}
+
+pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
+    let (store, shared) = open_and_load(database_url).await?;
+    let metrics = Arc::new(Metrics::default());
+    let position = shared.read().position;
+    metrics.log_head_position.store(position, std::sync::atomic::Ordering::Relaxed);
+    let (committed_sender, committed_receiver) = watch::channel(position);
+    let (writer_handle, writer_task) = writer(store.clone(), shared.clone(), metrics.clone(), committed_sender.clone());
+    let writer_join = tokio::spawn(writer_task.run());
+    let shutdown = CancellationToken::new();
+    let projector_join =
+        tokio::spawn(projector::run(store.clone(), committed_receiver, metrics.clone(), shutdown.clone()));
+    let tailer_join = store.postgres().cloned().map(|postgres| {
+        tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, shutdown.clone()))
+    });
+
+    let state = AppState { writer: writer_handle, ledger: shared, metrics, config: Arc::new(config), store };
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("bahi listening on http://{address}");
+    tracing::info!(%address, "listening");
+
+    axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    // Every request has finished and the router (holding the last writer handles) is gone:
+    // the writer drains its queue and stops.
+    tracing::info!("draining the writer");
+    writer_join.await.context("writer task")?;
+    shutdown.cancel();
+    projector_join.await.context("projection runner")?;
+    if let Some(tailer) = tailer_join {
+        tailer.await.context("log tailer")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,24 @@
+//! A small embedded migrator: migrations are compiled into the binary, applied in order in
+//! one transaction each, and recorded with a checksum so an edited migration is refused.
+
+use sha2::{Digest, Sha256};
+
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/sqlite/0001_event_log.sql") },
+    Migration { version: 2, name: "read_models", sql: include_str!("../../migrations/sqlite/0002_read_models.sql") },
+];
+
+pub const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/postgres/0001_event_log.sql") },
+    Migration { version: 2, name: "read_models", sql: include_str!("../../migrations/postgres/0002_read_models.sql") },
+];
+
+pub fn checksum(migration: &Migration) -> String {
+    Sha256::digest(migration.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,219 @@
+//! The event store: one trait, two engines (SQLite embedded, PostgreSQL for scale-out).
+//!
+//! The store only persists and reads; it never decides. Appends are compare-and-swap on the
+//! log head: the caller says which position it believes is last, and the append fails with
+//! `HeadMoved` if another writer got there first.
+
+mod migrate;
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+
+use bahi_domain::chain::{RecordView, chain_hash, format_recorded_at};
+use bahi_projections::SqlOperation;
+use chrono::{DateTime, Utc};
+
+pub use postgres::PostgresStore;
+
+pub fn postgres_notify_channel() -> &'static str {
+    postgres::NOTIFY_CHANNEL
+}
+pub use sqlite::SqliteStore;
+
+/// The largest page `read_after` returns, whatever the caller asks.
+pub const MAX_READ_PAGE: i64 = 10_000;
+
+/// One row of the log as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub recorded_at: DateTime<Utc>,
+    pub payload: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+impl StoredEvent {
+    /// The hash this row must carry after `previous_hash`.
+    pub fn expected_hash(&self, previous_hash: &[u8; 32]) -> [u8; 32] {
+        let recorded_at = format_recorded_at(self.recorded_at);
+        chain_hash(
+            previous_hash,
+            &RecordView {
+                position: self.position,
+                stream_id: &self.stream_id,
+                stream_version: self.stream_version,
+                event_id: &self.event_id,
+                event_type: &self.event_type,
+                schema_version: self.schema_version,
+                recorded_at: &recorded_at,
+                payload: &self.payload,
+                metadata: &self.metadata,
+            },
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the log head moved: expected position {expected}, found {actual}")]
+    HeadMoved { expected: i64, actual: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+}
+
+/// What both engines provide. Implementations are cheap to clone handles over pools.
+pub trait EventStore: Send + Sync {
+    /// Applies pending migrations (idempotent; refuses an edited migration).
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Position and hash of the last event (0 and the genesis hash when empty).
+    fn head(&self) -> impl Future<Output = Result<(i64, [u8; 32]), StoreError>> + Send;
+    /// Events with position > `after`, in order, at most `limit` (capped at MAX_READ_PAGE).
+    fn read_after(&self, after: i64, limit: i64) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// Appends a batch in one transaction, if and only if the head is still `expected_head`.
+    fn append(&self, expected_head: i64, events: &[StoredEvent])
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A projection's checkpoint (0 when it has never run).
+    fn checkpoint(&self, projection: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Applies row operations and moves the checkpoint to `position`, in one transaction.
+    /// Returns false, changing nothing, when the checkpoint is no longer `from_position`
+    /// (another runner, on this or another node, applied them first).
+    fn apply_projection(
+        &self,
+        projection: &str,
+        from_position: i64,
+        operations: &[SqlOperation],
+        position: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Empties every projection table and checkpoint (for `bahi rebuild`).
+    fn reset_projections(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every row of a read-model table as text, ordered, for comparing two folds.
+    fn dump_table(&self, table: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}
+
+/// The store chosen by URL.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens (creating an SQLite file when missing) without migrating.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open(url).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PostgresStore::open(url).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn postgres(&self) -> Option<&PostgresStore> {
+        match self {
+            Store::Postgres(store) => Some(store),
+            Store::Sqlite(_) => None,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($store) => $call.await,
+            Store::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl EventStore for Store {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, store => store.migrate())
+    }
+    async fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        delegate!(self, store => store.head())
+    }
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        delegate!(self, store => store.read_after(after, limit))
+    }
+    async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
+        delegate!(self, store => store.append(expected_head, events))
+    }
+    async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
+        delegate!(self, store => store.checkpoint(projection))
+    }
+    async fn apply_projection(
+        &self,
+        projection: &str,
+        from_position: i64,
+        operations: &[SqlOperation],
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, store => store.apply_projection(projection, from_position, operations, position))
+    }
+    async fn reset_projections(&self) -> Result<(), StoreError> {
+        delegate!(self, store => store.reset_projections())
+    }
+    async fn dump_table(&self, table: &str) -> Result<Vec<String>, StoreError> {
+        delegate!(self, store => store.dump_table(table))
+    }
+}
+
+/// Re-hashes the whole log from position 1. `Ok(count)` when intact; otherwise the first
+/// position whose row does not match its chain (or breaks contiguity) and why.
+pub async fn verify_log<S: EventStore>(store: &S) -> Result<Result<i64, (i64, String)>, StoreError> {
+    let mut previous_hash = bahi_domain::chain::GENESIS_HASH;
+    let mut position = 0;
+    loop {
+        let page = store.read_after(position, MAX_READ_PAGE).await?;
+        if page.is_empty() {
+            return Ok(Ok(position));
+        }
+        for event in &page {
+            if event.position != position + 1 {
+                return Ok(Err((
+                    position + 1,
+                    format!("position {} is missing (next stored is {})", position + 1, event.position),
+                )));
+            }
+            let expected = event.expected_hash(&previous_hash);
+            if expected != event.hash {
+                return Ok(Err((
+                    event.position,
+                    "hash does not match the row's contents and the previous hash".into(),
+                )));
+            }
+            previous_hash = event.hash;
+            position = event.position;
+        }
+    }
+}
+
+/// Tables whose rows `dump_table` may read: read models only, never user input.
+pub fn is_dumpable_table(table: &str) -> bool {
+    bahi_projections::PROJECTIONS.iter().any(|projection| projection.tables.contains(&table))
+}
+
+pub(crate) fn hash_from_bytes(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("hash of {} bytes", bytes.len())))
+}

@@ -1,0 +1,285 @@
+//! PostgreSQL: the scale-out engine. Every append is one transaction that first moves the
+//! single `log_head` row by compare-and-swap (so writers on different nodes serialize and
+//! positions stay gapless), then inserts the batch with one UNNEST statement, then notifies
+//! other nodes once per commit.
+
+use std::time::Duration;
+
+use bahi_projections::SqlOperation;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::migrate::{POSTGRES, checksum};
+use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes, is_dumpable_table};
+
+/// The channel other nodes LISTEN on; the payload is the new head position.
+pub const NOTIFY_CHANNEL: &str = "bahi_events";
+
+/// Arbitrary constant for the advisory lock that serializes migrations across nodes.
+const MIGRATION_LOCK_KEY: i64 = 0x6261_6869_6d69_6772;
+
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn event_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        position: row.try_get(0)?,
+        stream_id: row.try_get(1)?,
+        stream_version: row.try_get(2)?,
+        event_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: row.try_get(5)?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>(6)?,
+        payload: row.try_get(7)?,
+        metadata: row.try_get(8)?,
+        hash: hash_from_bytes(row.try_get::<&[u8], _>(9)?)?,
+    })
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let pool =
+            PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *transaction).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS bahi_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *transaction)
+        .await?;
+        for migration in POSTGRES {
+            let applied: Option<String> = sqlx::query_scalar("SELECT checksum FROM bahi_migrations WHERE version = $1")
+                .bind(migration.version)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            match applied {
+                Some(stored) if stored == checksum(migration) => {}
+                Some(_) => {
+                    return Err(StoreError::Migration(format!(
+                        "migration {} ({}) was edited after it was applied; migrations are append-only",
+                        migration.version, migration.name
+                    )));
+                }
+                None => {
+                    sqlx::raw_sql(migration.sql).execute(&mut *transaction).await?;
+                    sqlx::query("INSERT INTO bahi_migrations (version, name, checksum) VALUES ($1, $2, $3)")
+                        .bind(migration.version)
+                        .bind(migration.name)
+                        .bind(checksum(migration))
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        let row = sqlx::query("SELECT position, hash FROM log_head WHERE id").fetch_one(&self.pool).await?;
+        Ok((row.try_get(0)?, hash_from_bytes(row.try_get::<&[u8], _>(1)?)?))
+    }
+
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash \
+             FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit.clamp(1, MAX_READ_PAGE))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let Some(last) = events.last() else { return Ok(()) };
+        let mut transaction = self.pool.begin().await?;
+        let moved = sqlx::query("UPDATE log_head SET position = $1, hash = $2 WHERE id AND position = $3")
+            .bind(last.position)
+            .bind(last.hash.as_slice())
+            .bind(expected_head)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        if moved != 1 {
+            drop(transaction);
+            let (actual, _) = self.head().await?;
+            return Err(StoreError::HeadMoved { expected: expected_head, actual });
+        }
+        let mut positions = Vec::with_capacity(events.len());
+        let mut stream_ids = Vec::with_capacity(events.len());
+        let mut stream_versions = Vec::with_capacity(events.len());
+        let mut event_ids = Vec::with_capacity(events.len());
+        let mut event_types = Vec::with_capacity(events.len());
+        let mut schema_versions = Vec::with_capacity(events.len());
+        let mut recorded_ats = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metadatas = Vec::with_capacity(events.len());
+        let mut hashes = Vec::with_capacity(events.len());
+        for event in events {
+            positions.push(event.position);
+            stream_ids.push(event.stream_id.as_str());
+            stream_versions.push(event.stream_version);
+            event_ids.push(event.event_id.as_str());
+            event_types.push(event.event_type.as_str());
+            schema_versions.push(event.schema_version);
+            recorded_ats.push(event.recorded_at);
+            payloads.push(event.payload.as_slice());
+            metadatas.push(event.metadata.as_slice());
+            hashes.push(event.hash.as_slice());
+        }
+        sqlx::query(
+            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::int[], $7::timestamptz[], $8::bytea[], $9::bytea[], $10::bytea[])",
+        )
+        .bind(&positions)
+        .bind(&stream_ids)
+        .bind(&stream_versions)
+        .bind(&event_ids)
+        .bind(&event_types)
+        .bind(&schema_versions)
+        .bind(&recorded_ats)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .bind(&hashes)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(last.position.to_string())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn apply_projection(
+        &self,
+        projection: &str,
+        from_position: i64,
+        operations: &[SqlOperation],
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+            .bind(projection)
+            .execute(&mut *transaction)
+            .await?;
+        // The row lock serializes runners on different nodes; the comparison makes a runner
+        // that lost the race apply nothing.
+        let current: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(projection)
+            .fetch_one(&mut *transaction)
+            .await?;
+        if current != from_position {
+            return Ok(false);
+        }
+        for operation in operations {
+            match operation {
+                SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
+                    sqlx::query(
+                        "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
+                         environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
+                    )
+                    .bind(org_id)
+                    .bind(display_name)
+                    .bind(plan)
+                    .bind(environment)
+                    .bind(registered_at)
+                    .bind(position)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                SqlOperation::UpsertApiKey {
+                    key_id,
+                    org_id,
+                    name,
+                    display_prefix,
+                    scopes,
+                    created_at,
+                    expires_at,
+                    position,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, position) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
+                         display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
+                         expires_at = excluded.expires_at, position = excluded.position",
+                    )
+                    .bind(key_id)
+                    .bind(org_id)
+                    .bind(name)
+                    .bind(display_prefix)
+                    .bind(scopes)
+                    .bind(created_at)
+                    .bind(expires_at)
+                    .bind(position)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")
+            .bind(projection)
+            .bind(position)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn reset_projections(&self) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for projection in bahi_projections::PROJECTIONS {
+            for table in projection.tables {
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *transaction).await?;
+            }
+        }
+        sqlx::query("DELETE FROM projection_checkpoints").execute(&mut *transaction).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn dump_table(&self, table: &str) -> Result<Vec<String>, StoreError> {
+        if !is_dumpable_table(table) {
+            return Err(StoreError::Corrupt(format!("{table} is not a read-model table")));
+        }
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await?;
+        let expression = columns
+            .iter()
+            .map(|column| format!("coalesce(CAST({column} AS TEXT), '-')"))
+            .collect::<Vec<_>>()
+            .join(" || '|' || ");
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT {expression} FROM {table} ORDER BY 1")))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,298 @@
+//! SQLite: one file, zero setup. One writer connection that appends with `BEGIN IMMEDIATE`
+//! under `synchronous=FULL` in WAL mode (an acknowledged commit survives power loss), and a
+//! separate pool for reads and read-model writes.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bahi_domain::chain::format_recorded_at;
+use bahi_projections::SqlOperation;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
+use tokio::sync::Mutex;
+
+use super::migrate::{SQLITE, checksum};
+use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes, is_dumpable_table};
+
+const EVENT_COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash";
+
+/// Rows per INSERT statement. A batch is split into these fixed sizes so that only a handful
+/// of distinct statements exist, each prepared once and cached.
+const INSERT_CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<SqliteConnection>>,
+    pool: SqlitePool,
+    insert_statements: Arc<Vec<(usize, String)>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SqliteStore")
+    }
+}
+
+fn insert_statement(rows: usize) -> String {
+    let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {placeholders}")
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        position: row.try_get(0)?,
+        stream_id: row.try_get(1)?,
+        stream_version: row.try_get(2)?,
+        event_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        schema_version: row.try_get(5)?,
+        recorded_at: parse_time(row.try_get::<&str, _>(6)?)?,
+        payload: row.try_get(7)?,
+        metadata: row.try_get(8)?,
+        hash: hash_from_bytes(row.try_get::<&[u8], _>(9)?)?,
+    })
+}
+
+fn optional_time(time: &Option<DateTime<Utc>>) -> Option<String> {
+    time.map(format_recorded_at)
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqliteConnection::connect_with(&options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
+        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), pool, insert_statements: Arc::new(insert_statements) })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+impl EventStore for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS bahi_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )
+        .execute(&mut *writer)
+        .await?;
+        for migration in SQLITE {
+            let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let applied: Option<String> = sqlx::query_scalar("SELECT checksum FROM bahi_migrations WHERE version = ?")
+                .bind(migration.version)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            match applied {
+                Some(stored) if stored == checksum(migration) => {}
+                Some(_) => {
+                    return Err(StoreError::Migration(format!(
+                        "migration {} ({}) was edited after it was applied; migrations are append-only",
+                        migration.version, migration.name
+                    )));
+                }
+                None => {
+                    sqlx::raw_sql(migration.sql).execute(&mut *transaction).await?;
+                    sqlx::query(
+                        "INSERT INTO bahi_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(migration.version)
+                    .bind(migration.name)
+                    .bind(checksum(migration))
+                    .bind(format_recorded_at(Utc::now()))
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+            }
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        let row = sqlx::query("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok((0, bahi_domain::chain::GENESIS_HASH)),
+            Some(row) => Ok((row.try_get(0)?, hash_from_bytes(row.try_get::<&[u8], _>(1)?)?)),
+        }
+    }
+
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash \
+             FROM events WHERE position > ? ORDER BY position LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit.clamp(1, MAX_READ_PAGE))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
+        let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let actual: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events").fetch_one(&mut *transaction).await?;
+        if actual != expected_head {
+            return Err(StoreError::HeadMoved { expected: expected_head, actual });
+        }
+        let mut remaining = events;
+        while !remaining.is_empty() {
+            let (rows, statement) = self
+                .insert_statements
+                .iter()
+                .find(|(rows, _)| *rows <= remaining.len())
+                .ok_or_else(|| StoreError::Corrupt("no insert chunk size fits".into()))?;
+            let (chunk, rest) = remaining.split_at(*rows);
+            let mut query = sqlx::query(AssertSqlSafe(statement.clone()));
+            for event in chunk {
+                query = query
+                    .bind(event.position)
+                    .bind(event.stream_id.as_str())
+                    .bind(event.stream_version)
+                    .bind(event.event_id.as_str())
+                    .bind(event.event_type.as_str())
+                    .bind(event.schema_version)
+                    .bind(format_recorded_at(event.recorded_at))
+                    .bind(event.payload.as_slice())
+                    .bind(event.metadata.as_slice())
+                    .bind(event.hash.as_slice());
+            }
+            query.execute(&mut *transaction).await?;
+            remaining = rest;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn apply_projection(
+        &self,
+        projection: &str,
+        from_position: i64,
+        operations: &[SqlOperation],
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+            .bind(projection)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        if current.unwrap_or(0) != from_position {
+            return Ok(false);
+        }
+        for operation in operations {
+            match operation {
+                SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
+                    sqlx::query(
+                        "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES (?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
+                         environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
+                    )
+                    .bind(org_id)
+                    .bind(display_name)
+                    .bind(plan)
+                    .bind(environment)
+                    .bind(format_recorded_at(*registered_at))
+                    .bind(position)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                SqlOperation::UpsertApiKey {
+                    key_id,
+                    org_id,
+                    name,
+                    display_prefix,
+                    scopes,
+                    created_at,
+                    expires_at,
+                    position,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, position) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
+                         display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
+                         expires_at = excluded.expires_at, position = excluded.position",
+                    )
+                    .bind(key_id)
+                    .bind(org_id)
+                    .bind(name)
+                    .bind(display_prefix)
+                    .bind(scopes)
+                    .bind(format_recorded_at(*created_at))
+                    .bind(optional_time(expires_at))
+                    .bind(position)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(projection)
+        .bind(position)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    async fn reset_projections(&self) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for projection in bahi_projections::PROJECTIONS {
+            for table in projection.tables {
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *transaction).await?;
+            }
+        }
+        sqlx::query("DELETE FROM projection_checkpoints").execute(&mut *transaction).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn dump_table(&self, table: &str) -> Result<Vec<String>, StoreError> {
+        if !is_dumpable_table(table) {
+            return Err(StoreError::Corrupt(format!("{table} is not a read-model table")));
+        }
+        let columns: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid")))
+                .fetch_all(&self.pool)
+                .await?;
+        let expression = columns
+            .iter()
+            .map(|column| format!("coalesce(CAST({column} AS TEXT), '-')"))
+            .collect::<Vec<_>>()
+            .join(" || '|' || ");
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT {expression} FROM {table} ORDER BY 1")))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
