@@ -1,0 +1,129 @@
+//! Given past events, when a command arrives, then these events (or this refusal).
+#![allow(clippy::unwrap_used)]
+
+use bahi_domain::command::NewKeyRecord;
+use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
+use bahi_domain::event::{Budget, BudgetPeriod, RateLimit};
+use bahi_domain::ids::{ApiKeyId, OrgId};
+use bahi_domain::{Command, DomainError, Event, Money, State, decide, evolve};
+use chrono::{DateTime, Duration, Utc};
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+struct Scenario {
+    state: State,
+}
+
+fn given(events: &[Event]) -> Scenario {
+    let mut state = State::default();
+    for event in events {
+        evolve(&mut state, event);
+    }
+    Scenario { state }
+}
+
+impl Scenario {
+    fn when(self, command: &Command) -> Result<Vec<Event>, DomainError> {
+        decide(&self.state, command, now())
+    }
+}
+
+fn key_record(seed: u8) -> NewKeyRecord {
+    let key = NewApiKey::generate(&KeyPrefix::parse("bahi").unwrap(), Environment::Live, [seed; 32]);
+    NewKeyRecord {
+        key_id: ApiKeyId::from_random([seed; 16]),
+        hash: key.hash,
+        display_prefix: key.display_prefix,
+        environment: Environment::Live,
+        name: Some("first".into()),
+        scopes: Scope::ORG_DEFAULT.to_vec(),
+        expires_at: None,
+        rate_limit: None,
+        budget: None,
+        metadata: None,
+    }
+}
+
+fn register(seed: u8, name: &str) -> Command {
+    Command::RegisterOrg {
+        org_id: OrgId::from_random([seed; 16]),
+        display_name: name.into(),
+        environment: Environment::Live,
+        first_key: key_record(seed),
+    }
+}
+
+#[test]
+fn registering_an_org_records_the_org_and_its_first_key() {
+    let events = given(&[]).when(&register(1, "Acme")).unwrap();
+    assert_eq!(events.len(), 2);
+    let Event::OrgRegistered(org) = &events[0] else { panic!("first event is OrgRegistered") };
+    assert_eq!(org.display_name, "Acme");
+    assert_eq!(org.plan, "free");
+    assert_eq!(org.registered_at, now());
+    let Event::ApiKeyCreated(key) = &events[1] else { panic!("second event is ApiKeyCreated") };
+    assert_eq!(key.org_id, org.org_id);
+    assert_eq!(key.created_at, now());
+    assert_eq!(events[0].stream_id(), org.org_id.as_str());
+    assert_eq!(events[1].stream_id(), key.key_id.as_str());
+
+    let mut state = State::default();
+    for event in &events {
+        evolve(&mut state, event);
+    }
+    assert_eq!(state.org(&org.org_id).unwrap().balance, Money::ZERO);
+    assert_eq!(state.api_key_by_hash(&key.key_hash).unwrap().id, key.key_id);
+}
+
+#[test]
+fn the_same_org_or_key_twice_is_a_conflict() {
+    let history = given(&[]).when(&register(1, "Acme")).unwrap();
+    let refusal = given(&history).when(&register(1, "Acme again")).unwrap_err();
+    assert!(matches!(refusal, DomainError::Conflict(_)));
+    let Command::RegisterOrg { first_key, .. } = register(1, "x") else { unreachable!() };
+    let same_key = Command::RegisterOrg {
+        org_id: OrgId::from_random([9; 16]),
+        display_name: "Other".into(),
+        environment: Environment::Live,
+        first_key,
+    };
+    assert!(matches!(given(&history).when(&same_key), Err(DomainError::Conflict(_))));
+}
+
+#[test]
+fn bad_names_and_key_settings_are_refused() {
+    for name in ["", "   ", "tab\tname", &"x".repeat(201)] {
+        assert!(matches!(given(&[]).when(&register(1, name)), Err(DomainError::Invalid(_))), "{name:?}");
+    }
+    let with_key = |change: &dyn Fn(&mut NewKeyRecord)| {
+        let mut key = key_record(2);
+        change(&mut key);
+        Command::RegisterOrg { org_id: OrgId::from_random([2; 16]), display_name: "A".into(), environment: Environment::Live, first_key: key }
+    };
+    let refusals: [&dyn Fn(&mut NewKeyRecord); 6] = [
+        &|key| key.expires_at = Some(now() - Duration::seconds(1)),
+        &|key| key.scopes.clear(),
+        &|key| key.metadata = Some(serde_json::json!([1, 2])),
+        &|key| key.metadata = Some(serde_json::json!({"big": "x".repeat(5000)})),
+        &|key| key.rate_limit = Some(RateLimit { requests: 0, interval_seconds: 60 }),
+        &|key| key.budget = Some(Budget { amount: Money::ZERO, period: BudgetPeriod::Day }),
+    ];
+    for change in refusals {
+        assert!(matches!(given(&[]).when(&with_key(change)), Err(DomainError::Invalid(_))));
+    }
+}
+
+#[test]
+fn events_round_trip_through_their_stored_bytes() {
+    for event in given(&[]).when(&register(3, "Round Trip")).unwrap() {
+        let decoded = Event::decode(event.event_type(), event.schema_version(), &event.payload_bytes()).unwrap();
+        assert_eq!(decoded, event);
+        // The bytes are deterministic: the same event always hashes the same.
+        assert_eq!(decoded.payload_bytes(), event.payload_bytes());
+    }
+    assert!(Event::decode("NoSuchEvent", 1, b"{}").is_err());
+    assert!(Event::decode("OrgRegistered", 99, b"{}").is_err());
+    assert!(Event::decode("OrgRegistered", 1, b"{not json").is_err());
+}

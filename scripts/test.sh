@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one test command (see README.md); .ci/run calls exactly this.
+#
+# Every test runs on SQLite. The store, projection and API tests also run on PostgreSQL
+# when a server is reachable (default postgres://postgres@127.0.0.1:5432/test, trust auth;
+# each test creates its own database and drops it). In CI the PostgreSQL half is required:
+# the run fails if the server cannot be reached. Elsewhere, without PostgreSQL, the tests
+# still pass and this script says plainly that the PostgreSQL half did not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+url="${BAHI_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+hostport="${url#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=5432
+
+postgres_reachable() { timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; }
+
+if postgres_reachable; then
+    export BAHI_TEST_POSTGRES_URL="$url"
+    echo "test.sh: PostgreSQL reachable at $host:$port: store tests run on SQLite and PostgreSQL"
+    skipped_postgres=""
+elif [ -n "${CI:-}" ]; then
+    echo "test.sh: CI requires PostgreSQL at $host:$port and cannot reach it" >&2
+    exit 1
+else
+    unset BAHI_TEST_POSTGRES_URL
+    skipped_postgres="test.sh: NOTE: no PostgreSQL at $host:$port: the PostgreSQL half of the tests DID NOT RUN (SQLite only)"
+    echo "$skipped_postgres"
+fi
+
+cargo test --workspace --locked "$@"
+
+if [ -n "$skipped_postgres" ]; then
+    echo "$skipped_postgres"
+fi
