@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 async fn assert_error(response: reqwest::Response, status: u16, error_type: &str) -> Value {
     assert_eq!(response.status().as_u16(), status);
-    let request_id = response.headers().get("x-request-id").expect("x-request-id on every response").to_str().unwrap().to_owned();
+    let request_id =
+        response.headers().get("x-request-id").expect("x-request-id on every response").to_str().unwrap().to_owned();
     assert_eq!(response.headers().get("content-type").unwrap(), "application/json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], error_type, "{body}");
@@ -77,7 +78,13 @@ async fn bad_requests_get_the_json_error_body() {
     let client = client();
     let register_url = server.url("/v1/auth/agent-register");
 
-    let malformed = client.post(&register_url).header("content-type", "application/json").body("{\"org_name\": ").send().await.unwrap();
+    let malformed = client
+        .post(&register_url)
+        .header("content-type", "application/json")
+        .body("{\"org_name\": ")
+        .send()
+        .await
+        .unwrap();
     assert_error(malformed, 400, "invalid_json").await;
 
     let wrong_type = client.post(&register_url).header("content-type", "text/plain").body("{}").send().await.unwrap();
@@ -93,7 +100,8 @@ async fn bad_requests_get_the_json_error_body() {
     assert_error(blank_name, 400, "invalid_request").await;
 
     let oversized = format!("{{\"org_name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    let too_large = client.post(&register_url).header("content-type", "application/json").body(oversized).send().await.unwrap();
+    let too_large =
+        client.post(&register_url).header("content-type", "application/json").body(oversized).send().await.unwrap();
     assert_error(too_large, 413, "request_too_large").await;
 
     let missing = client.get(server.url("/v1/no-such-thing")).send().await.unwrap();

@@ -148,8 +148,12 @@ async fn verify_names_the_position_of_a_byte_changed_behind_its_back() {
         // Tamper with one byte of position 7's payload, bypassing the immutability trigger
         // the way an attacker with file or superuser access could.
         let tamper = match database.engine() {
-            "sqlite" => "DROP TRIGGER events_no_update; UPDATE events SET payload = CAST(replace(CAST(payload AS TEXT), 'org', 'orh') AS BLOB) WHERE position = 7",
-            _ => "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete; UPDATE events SET payload = convert_to(replace(convert_from(payload, 'UTF8'), 'org', 'orh'), 'UTF8') WHERE position = 7",
+            "sqlite" => {
+                "DROP TRIGGER events_no_update; UPDATE events SET payload = CAST(replace(CAST(payload AS TEXT), 'org', 'orh') AS BLOB) WHERE position = 7"
+            }
+            _ => {
+                "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete; UPDATE events SET payload = convert_to(replace(convert_from(payload, 'UTF8'), 'org', 'orh'), 'UTF8') WHERE position = 7"
+            }
         };
         assert_eq!(database.execute_raw(tamper).await.unwrap(), 1);
         let (code, _, stderr) = run_cli(&["verify", "--database", &url]);
@@ -196,7 +200,8 @@ async fn rebuilt_projections_equal_live_ones_for_a_random_history() {
         let mut random = rand::rng();
         let count = 30 + (random.next_u32() % 40) as usize;
         for index in 0..count {
-            let result = running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await;
+            let result =
+                running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await;
             result.unwrap();
             // Now and then a rejected command, which must leave no trace.
             if random.next_u32() % 5 == 0 {

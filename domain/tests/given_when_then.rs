@@ -100,7 +100,12 @@ fn bad_names_and_key_settings_are_refused() {
     let with_key = |change: &dyn Fn(&mut NewKeyRecord)| {
         let mut key = key_record(2);
         change(&mut key);
-        Command::RegisterOrg { org_id: OrgId::from_random([2; 16]), display_name: "A".into(), environment: Environment::Live, first_key: key }
+        Command::RegisterOrg {
+            org_id: OrgId::from_random([2; 16]),
+            display_name: "A".into(),
+            environment: Environment::Live,
+            first_key: key,
+        }
     };
     let refusals: [&dyn Fn(&mut NewKeyRecord); 6] = [
         &|key| key.expires_at = Some(now() - Duration::seconds(1)),

@@ -83,11 +83,17 @@ impl TestDatabase {
         match self {
             TestDatabase::Sqlite { .. } => {
                 let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.url()).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.map(|r| r.rows_affected())
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut connection)
+                    .await
+                    .map(|r| r.rows_affected())
             }
             TestDatabase::Postgres { url, .. } => {
                 let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.map(|r| r.rows_affected())
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut connection)
+                    .await
+                    .map(|r| r.rows_affected())
             }
         }
     }
