@@ -1,6 +1,9 @@
 //! `bahi bench`: throughput figures beside a baseline measured in the same run, so a ratio
 //! (not an absolute number on a shared, noisy machine) is what we track.
 
+// Rates and ratios are floats; no money is computed here.
+#![allow(clippy::float_arithmetic)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
