@@ -45,6 +45,15 @@ pub struct ServeArgs {
     /// The embedded issuer's `iss` (default `http://<listen>`).
     #[arg(long, env = "BAHI_ISSUER")]
     pub issuer: Option<String>,
+    /// Rate limit of keys without their own and of console sessions, as REQUESTS/SECONDS.
+    #[arg(long, env = "BAHI_DEFAULT_RATE_LIMIT", default_value = "6000/60")]
+    pub default_rate_limit: String,
+    /// Rate limit per client address for agent-register, signup and login.
+    #[arg(long, env = "BAHI_ANONYMOUS_RATE_LIMIT", default_value = "30/60")]
+    pub anonymous_rate_limit: String,
+    /// Mark the session cookie Secure (set when serving behind TLS).
+    #[arg(long, env = "BAHI_SECURE_COOKIES", default_value_t = false)]
+    pub secure_cookies: bool,
     /// Log format: `pretty` or `json` (levels come from RUST_LOG, default info).
     #[arg(long, env = "BAHI_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -53,7 +62,7 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (applies migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply migrations and exit.
     Migrate(DatabaseArgs),
     /// Re-hash the whole log; exit 0 when intact, else 1 naming the first bad position.

@@ -1,6 +1,7 @@
 //! Server configuration, from flags and `BAHI_*` environment variables (see `bahi serve --help`).
 
 use bahi_domain::credential::{Environment, KeyPrefix, SecretHash};
+use bahi_domain::event::RateLimit;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -11,6 +12,19 @@ pub struct ServerConfig {
     pub operator_key_hash: Option<SecretHash>,
     pub hold_ttl_seconds: u64,
     pub issuer: String,
+    /// Token bucket of a key without its own `rate_limit`, and of console sessions.
+    pub default_rate_limit: RateLimit,
+    /// Per client address, for agent-register, signup and login.
+    pub anonymous_rate_limit: RateLimit,
+    /// Mark the session cookie `Secure` (serve behind TLS).
+    pub secure_cookies: bool,
+}
+
+/// Parses `REQUESTS/SECONDS`, e.g. `600/60`.
+pub fn parse_rate_limit(text: &str) -> Option<RateLimit> {
+    let (requests, interval) = text.split_once('/')?;
+    let limit = RateLimit { requests: requests.trim().parse().ok()?, interval_seconds: interval.trim().parse().ok()? };
+    bahi_domain::command::check_rate_limit(limit).ok().map(|()| limit)
 }
 
 impl ServerConfig {

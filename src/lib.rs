@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod projector;
 pub mod server;

@@ -41,7 +41,14 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if args.hold_ttl_seconds == 0 || args.hold_ttl_seconds > 86_400 {
         bail!("BAHI_HOLD_TTL_SECONDS must be between 1 and 86400");
     }
+    let default_rate_limit = bahi::config::parse_rate_limit(&args.default_rate_limit)
+        .context("BAHI_DEFAULT_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 6000/60")?;
+    let anonymous_rate_limit = bahi::config::parse_rate_limit(&args.anonymous_rate_limit)
+        .context("BAHI_ANONYMOUS_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 30/60")?;
     Ok(ServerConfig {
+        default_rate_limit,
+        anonymous_rate_limit,
+        secure_cookies: args.secure_cookies,
         environment,
         key_prefix,
         legacy_key_prefixes,

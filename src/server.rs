@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::http::{self, AppState};
 use crate::ledger::{Ledger, SharedLedger};
+use crate::limits::{KeyUses, RateLimiter, flush_key_uses};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store};
 use crate::writer::{catch_up_shared, writer};
@@ -44,7 +45,19 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
         tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, shutdown.clone()))
     });
 
-    let state = AppState { writer: writer_handle, ledger: shared, metrics, config: Arc::new(config), store };
+    let key_uses = Arc::new(KeyUses::default());
+    let stop_flusher = CancellationToken::new();
+    let flusher_join =
+        tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
+    let state = AppState {
+        writer: writer_handle,
+        ledger: shared,
+        metrics,
+        config: Arc::new(config),
+        store,
+        rate_limiter: Arc::new(RateLimiter::default()),
+        key_uses,
+    };
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on port 0.
@@ -56,8 +69,10 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
         .await
         .context("serving HTTP")?;
 
-    // Every request has finished and the router (holding the last writer handles) is gone:
-    // the writer drains its queue and stops.
+    // Every request has finished and the router is gone; the key-use flusher records what
+    // it holds and drops the last writer handle, so the writer drains its queue and stops.
+    stop_flusher.cancel();
+    flusher_join.await.context("key-use flusher")?;
     tracing::info!("draining the writer");
     writer_join.await.context("writer task")?;
     shutdown.cancel();

@@ -204,7 +204,7 @@ async fn rebuilt_projections_equal_live_ones_for_a_random_history() {
                 running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await;
             result.unwrap();
             // Now and then a rejected command, which must leave no trace.
-            if random.next_u32() % 5 == 0 {
+            if random.next_u32().is_multiple_of(5) {
                 assert!(running.writer.submit(register_command(""), CommandContext::default()).await.is_err());
             }
         }

@@ -3,11 +3,19 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::credential::{Environment, Scope, SecretHash};
+use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
-use crate::event::{ApiKeyCreated, Budget, Event, OrgRegistered, RateLimit};
-use crate::ids::{ApiKeyId, OrgId};
+use crate::event::{
+    ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, Budget, Event, MemberAdded, OrgRegistered, RateLimit, SessionEnded,
+    SessionStarted, UserSessionsEnded, UserSignedUp,
+};
+use crate::ids::{ApiKeyId, OrgId, UserId};
 use crate::state::State;
+
+/// A key's last use is written to the log at most this often.
+pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
+/// Console sessions last this long.
+pub const SESSION_TTL_DAYS: i64 = 30;
 
 /// Longest display name of an org, agent or key.
 pub const MAX_NAME_LENGTH: usize = 200;
@@ -30,10 +38,67 @@ pub struct NewKeyRecord {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// A new console session: the cookie value was generated outside; only its hash comes in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    pub hash: SecretHash,
+    pub expires_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// `POST /v1/auth/agent-register`: a new org and its first key in one step.
-    RegisterOrg { org_id: OrgId, display_name: String, environment: Environment, first_key: NewKeyRecord },
+    RegisterOrg {
+        org_id: OrgId,
+        display_name: String,
+        environment: Environment,
+        first_key: NewKeyRecord,
+    },
+    /// `POST /me/signup`: a new org, its owner, and the owner's first session.
+    SignUp {
+        org_id: OrgId,
+        org_name: String,
+        environment: Environment,
+        user_id: UserId,
+        email: String,
+        password_hash: String,
+        session: NewSession,
+    },
+    /// `POST /me/login`, after the password was verified against the user's hash.
+    LogIn {
+        user_id: UserId,
+        session: NewSession,
+    },
+    LogOut {
+        session_hash: SecretHash,
+    },
+    LogOutEverywhere {
+        user_id: UserId,
+    },
+    /// An owner adds a member with a role and an initial password.
+    AddMember {
+        org_id: OrgId,
+        added_by: UserId,
+        user_id: UserId,
+        email: String,
+        password_hash: String,
+        role: Role,
+    },
+    CreateApiKey {
+        org_id: OrgId,
+        key: NewKeyRecord,
+    },
+    /// Revoke (or DELETE) a key of `org_id`; revoking a revoked key changes nothing.
+    RevokeApiKey {
+        org_id: OrgId,
+        key_id: ApiKeyId,
+        deleted: bool,
+    },
+    /// Coalesced key uses; each becomes an event only if the key's recorded last use is
+    /// older than a minute.
+    RecordKeyUses {
+        uses: Vec<(ApiKeyId, DateTime<Utc>)>,
+    },
 }
 
 pub fn check_name(name: &str, what: &str) -> Result<(), DomainError> {
@@ -96,6 +161,33 @@ pub fn check_rate_limit(rate_limit: RateLimit) -> Result<(), DomainError> {
     Ok(())
 }
 
+fn check_new_email(state: &State, email: &str) -> Result<(), DomainError> {
+    if normalize_email(email).as_deref() != Some(email) {
+        return Err(DomainError::invalid("email must be a valid address"));
+    }
+    if state.users_by_email.contains_key(email) {
+        return Err(DomainError::Conflict("a user with this email already exists".into()));
+    }
+    Ok(())
+}
+
+fn check_new_session(state: &State, session: &NewSession, now: DateTime<Utc>) -> Result<(), DomainError> {
+    if state.sessions.contains_key(&session.hash) {
+        return Err(DomainError::Conflict("session already exists".into()));
+    }
+    if session.expires_at <= now || session.expires_at > now + chrono::Duration::days(SESSION_TTL_DAYS) {
+        return Err(DomainError::invalid("session expiry must be within 30 days"));
+    }
+    Ok(())
+}
+
+fn check_new_key(state: &State, key: &NewKeyRecord) -> Result<(), DomainError> {
+    if state.api_keys.contains_key(&key.key_id) || state.api_keys_by_hash.contains_key(&key.hash) {
+        return Err(DomainError::Conflict("key already exists".into()));
+    }
+    Ok(())
+}
+
 pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
         Command::RegisterOrg { org_id, display_name, environment, first_key } => {
@@ -103,9 +195,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             if state.orgs.contains_key(org_id) {
                 return Err(DomainError::Conflict(format!("org {org_id} already exists")));
             }
-            if state.api_keys.contains_key(&first_key.key_id) || state.api_keys_by_hash.contains_key(&first_key.hash) {
-                return Err(DomainError::Conflict("key already exists".into()));
-            }
+            check_new_key(state, first_key)?;
             let registered = OrgRegistered {
                 org_id: org_id.clone(),
                 display_name: display_name.clone(),
@@ -116,5 +206,125 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             let key = key_created(org_id, first_key, now)?;
             Ok(vec![registered.into(), key.into()])
         }
+        Command::SignUp { org_id, org_name, environment, user_id, email, password_hash, session } => {
+            check_name(org_name, "org_name")?;
+            check_new_email(state, email)?;
+            check_new_session(state, session, now)?;
+            if state.orgs.contains_key(org_id) || state.users.contains_key(user_id) {
+                return Err(DomainError::Conflict("org or user already exists".into()));
+            }
+            Ok(vec![
+                OrgRegistered {
+                    org_id: org_id.clone(),
+                    display_name: org_name.clone(),
+                    plan: "free".into(),
+                    environment: *environment,
+                    registered_at: now,
+                }
+                .into(),
+                UserSignedUp {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    role: Role::Owner,
+                    signed_up_at: now,
+                }
+                .into(),
+                SessionStarted {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    session_hash: session.hash,
+                    started_at: now,
+                    expires_at: session.expires_at,
+                }
+                .into(),
+            ])
+        }
+        Command::LogIn { user_id, session } => {
+            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+            check_new_session(state, session, now)?;
+            Ok(vec![
+                SessionStarted {
+                    user_id: user.id.clone(),
+                    org_id: user.org_id.clone(),
+                    session_hash: session.hash,
+                    started_at: now,
+                    expires_at: session.expires_at,
+                }
+                .into(),
+            ])
+        }
+        Command::LogOut { session_hash } => match state.sessions.get(session_hash) {
+            Some(session) if !session.ended => Ok(vec![
+                SessionEnded {
+                    user_id: session.user_id.clone(),
+                    org_id: session.org_id.clone(),
+                    session_hash: *session_hash,
+                    ended_at: now,
+                }
+                .into(),
+            ]),
+            _ => Ok(Vec::new()),
+        },
+        Command::LogOutEverywhere { user_id } => {
+            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+            Ok(vec![UserSessionsEnded { user_id: user.id.clone(), org_id: user.org_id.clone(), ended_at: now }.into()])
+        }
+        Command::AddMember { org_id, added_by, user_id, email, password_hash, role } => {
+            let owner = state.users.get(added_by).filter(|user| &user.org_id == org_id);
+            if owner.is_none_or(|owner| owner.role != Role::Owner) {
+                return Err(DomainError::Forbidden("only an owner can add members".into()));
+            }
+            check_new_email(state, email)?;
+            if state.users.contains_key(user_id) {
+                return Err(DomainError::Conflict("user already exists".into()));
+            }
+            Ok(vec![
+                MemberAdded {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    role: *role,
+                    added_by: added_by.clone(),
+                    added_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::CreateApiKey { org_id, key } => {
+            if !state.orgs.contains_key(org_id) {
+                return Err(DomainError::NotFound("org"));
+            }
+            check_new_key(state, key)?;
+            Ok(vec![key_created(org_id, key, now)?.into()])
+        }
+        Command::RevokeApiKey { org_id, key_id, deleted } => {
+            let key = state
+                .api_keys
+                .get(key_id)
+                .filter(|key| &key.org_id == org_id && !key.deleted)
+                .ok_or(DomainError::NotFound("api key"))?;
+            if key.revoked_at.is_some() && !deleted {
+                return Ok(Vec::new());
+            }
+            Ok(vec![
+                ApiKeyRevoked { key_id: key.id.clone(), org_id: org_id.clone(), revoked_at: now, deleted: *deleted }
+                    .into(),
+            ])
+        }
+        Command::RecordKeyUses { uses } => Ok(uses
+            .iter()
+            .filter_map(|(key_id, used_at)| {
+                let key = state.api_keys.get(key_id)?;
+                let due = key.last_used_at.is_none_or(|recorded| {
+                    *used_at >= recorded + chrono::Duration::seconds(KEY_USE_RECORD_INTERVAL_SECONDS)
+                });
+                (due && key.revoked_at.is_none() && *used_at <= now).then(|| {
+                    ApiKeyUsed { key_id: key_id.clone(), org_id: key.org_id.clone(), last_used_at: *used_at }.into()
+                })
+            })
+            .collect()),
     }
 }

@@ -264,3 +264,108 @@ mod tests {
         assert_eq!(Scope::parse("admin"), None);
     }
 }
+
+/// A human member's role in an org.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Finance,
+    Auditor,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Finance => "finance",
+            Role::Auditor => "auditor",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Owner, Role::Admin, Role::Finance, Role::Auditor, Role::Member]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
+
+    /// What a console session of this role may do, in the same scope vocabulary as keys, so
+    /// that one check serves every credential.
+    pub fn scopes(self) -> Vec<Scope> {
+        match self {
+            Role::Owner | Role::Admin => Scope::ORG_DEFAULT.to_vec(),
+            Role::Finance => vec![Scope::AccountRead, Scope::StatementsRead],
+            Role::Auditor => vec![Scope::AccountRead, Scope::AuditRead],
+            Role::Member => vec![Scope::AccountRead, Scope::Inference, Scope::AgentsWrite],
+        }
+    }
+}
+
+/// Longest accepted email address (RFC 5321's path limit).
+pub const MAX_EMAIL_LENGTH: usize = 254;
+
+/// Trims and lower-cases an email address and checks its shape (one `@`, a dot in the
+/// domain, no spaces). Deliverability is not this function's business.
+pub fn normalize_email(text: &str) -> Option<String> {
+    let email = text.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let valid = email.len() <= MAX_EMAIL_LENGTH
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    valid.then_some(email)
+}
+
+pub const MIN_PASSWORD_LENGTH: usize = 8;
+pub const MAX_PASSWORD_LENGTH: usize = 256;
+
+/// At least 8 characters with upper case, lower case and a digit (the console's rule).
+pub fn check_password(password: &str) -> Result<(), &'static str> {
+    let length = password.chars().count();
+    if !(MIN_PASSWORD_LENGTH..=MAX_PASSWORD_LENGTH).contains(&length) {
+        return Err("password must be 8 to 256 characters");
+    }
+    let has = |predicate: fn(char) -> bool| password.chars().any(predicate);
+    if !(has(char::is_uppercase) && has(char::is_lowercase) && has(|c| c.is_ascii_digit())) {
+        return Err("password must contain upper case, lower case and a digit");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod human_tests {
+    use super::*;
+
+    #[test]
+    fn emails_normalize_and_refuse_bad_shapes() {
+        assert_eq!(normalize_email("  Asha@Example.COM ").unwrap(), "asha@example.com");
+        for bad in ["", "asha", "@example.com", "asha@", "asha@example", "a b@example.com", "a@b@c.com", "a@.com"] {
+            assert!(normalize_email(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_follow_the_console_rule() {
+        assert!(check_password("Secret123").is_ok());
+        assert!(check_password("Sh0rt").is_err());
+        assert!(check_password("alllowercase1").is_err());
+        assert!(check_password("NoDigitsHere").is_err());
+    }
+
+    #[test]
+    fn roles_round_trip_and_finance_cannot_write_keys() {
+        for role in ["owner", "admin", "finance", "auditor", "member"] {
+            assert_eq!(Role::parse(role).unwrap().as_str(), role);
+        }
+        assert!(!Role::Finance.scopes().contains(&Scope::KeysWrite));
+        assert!(Role::Auditor.scopes().contains(&Scope::AuditRead));
+    }
+}

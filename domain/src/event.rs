@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::credential::{Environment, Scope, SecretHash};
-use crate::ids::{ApiKeyId, OrgId};
+use crate::credential::{Environment, Role, Scope, SecretHash};
+use crate::ids::{ApiKeyId, OrgId, UserId};
 use crate::money::Money;
 
 /// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
@@ -53,6 +53,74 @@ pub struct ApiKeyCreated {
     pub rate_limit: Option<RateLimit>,
     pub budget: Option<Budget>,
     pub metadata: Option<serde_json::Value>,
+}
+
+/// The org's first human, its owner, from `/me/signup`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSignedUp {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub email: String,
+    /// An argon2id PHC string; the password itself is never recorded.
+    pub password_hash: String,
+    pub role: Role,
+    pub signed_up_at: DateTime<Utc>,
+}
+
+/// An owner added a member with a role and an initial password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberAdded {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub added_by: UserId,
+    pub added_at: DateTime<Utc>,
+}
+
+/// A console session began; only the SHA-256 of its cookie value is recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub session_hash: SecretHash,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub session_hash: SecretHash,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// Logout everywhere: every session of the user that started before this event ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSessionsEnded {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub ended_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    pub key_id: ApiKeyId,
+    pub org_id: OrgId,
+    pub revoked_at: DateTime<Utc>,
+    /// True when revoked through DELETE; the key is then hidden from listings.
+    pub deleted: bool,
+}
+
+/// A key's last use, recorded at most once per key per minute (uses are coalesced in
+/// memory in between).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyUsed {
+    pub key_id: ApiKeyId,
+    pub org_id: OrgId,
+    pub last_used_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +186,13 @@ macro_rules! events {
 events! {
     OrgRegistered => org_id,
     ApiKeyCreated => key_id,
+    UserSignedUp => user_id,
+    MemberAdded => user_id,
+    SessionStarted => user_id,
+    SessionEnded => user_id,
+    UserSessionsEnded => user_id,
+    ApiKeyRevoked => key_id,
+    ApiKeyUsed => key_id,
 }
 
 impl Event {
@@ -131,6 +206,13 @@ impl Event {
         match self {
             Event::OrgRegistered(event) => Some(&event.org_id),
             Event::ApiKeyCreated(event) => Some(&event.org_id),
+            Event::UserSignedUp(event) => Some(&event.org_id),
+            Event::MemberAdded(event) => Some(&event.org_id),
+            Event::SessionStarted(event) => Some(&event.org_id),
+            Event::SessionEnded(event) => Some(&event.org_id),
+            Event::UserSessionsEnded(event) => Some(&event.org_id),
+            Event::ApiKeyRevoked(event) => Some(&event.org_id),
+            Event::ApiKeyUsed(event) => Some(&event.org_id),
         }
     }
 }

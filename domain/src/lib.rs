@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod rate_limit;
 pub mod state;
 
 pub use command::{Command, decide};

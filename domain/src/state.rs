@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::credential::{Environment, Scope, SecretHash};
+use crate::credential::{Environment, Role, Scope, SecretHash};
 use crate::event::{ApiKeyCreated, Budget, Event, OrgRegistered, RateLimit};
-use crate::ids::{ApiKeyId, OrgId};
+use crate::ids::{ApiKeyId, OrgId, UserId};
 use crate::money::Money;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,7 @@ pub struct Org {
     /// Credits minus debits, folded from the log.
     pub balance: Money,
     pub api_keys: Vec<ApiKeyId>,
+    pub members: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +40,34 @@ pub struct ApiKey {
     pub rate_limit: Option<RateLimit>,
     pub budget: Option<Budget>,
     pub metadata: Option<serde_json::Value>,
+    /// The last use recorded in the log (at most once a minute; the node keeps the exact one).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Deleted keys are revoked and hidden from listings.
+    pub deleted: bool,
+    /// Settled calls made with this key and what they cost (folded from usage events).
+    pub usage_calls: u64,
+    pub usage_cost: Money,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    pub org_id: OrgId,
+    pub email: String,
+    pub password_hash: String,
+    pub role: Role,
+    /// Incremented by logout-everywhere; a session is valid only in the epoch it began in.
+    pub session_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub epoch: u64,
+    pub ended: bool,
 }
 
 impl ApiKey {
@@ -58,6 +87,9 @@ pub struct State {
     pub orgs: HashMap<OrgId, Org>,
     pub api_keys: HashMap<ApiKeyId, ApiKey>,
     pub api_keys_by_hash: HashMap<SecretHash, ApiKeyId>,
+    pub users: HashMap<UserId, User>,
+    pub users_by_email: HashMap<String, UserId>,
+    pub sessions: HashMap<SecretHash, Session>,
 }
 
 impl State {
@@ -67,6 +99,26 @@ impl State {
 
     pub fn api_key_by_hash(&self, hash: &SecretHash) -> Option<&ApiKey> {
         self.api_keys_by_hash.get(hash).and_then(|id| self.api_keys.get(id))
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Option<&User> {
+        self.users_by_email.get(email).and_then(|id| self.users.get(id))
+    }
+
+    /// The user behind a session cookie's hash, if the session is live at `now`.
+    pub fn live_session(&self, hash: &SecretHash, now: DateTime<Utc>) -> Option<(&Session, &User)> {
+        let session = self.sessions.get(hash)?;
+        let user = self.users.get(&session.user_id)?;
+        let live = !session.ended && session.expires_at > now && session.epoch == user.session_epoch;
+        live.then_some((session, user))
+    }
+
+    fn add_user(&mut self, user: User) {
+        if let Some(org) = self.orgs.get_mut(&user.org_id) {
+            org.members.push(user.id.clone());
+        }
+        self.users_by_email.insert(user.email.clone(), user.id.clone());
+        self.users.insert(user.id.clone(), user);
     }
 }
 
@@ -85,6 +137,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     registered_at: *registered_at,
                     balance: Money::ZERO,
                     api_keys: Vec::new(),
+                    members: Vec::new(),
                 },
             );
         }
@@ -110,8 +163,65 @@ pub fn evolve(state: &mut State, event: &Event) {
                     rate_limit: created.rate_limit,
                     budget: created.budget,
                     metadata: created.metadata.clone(),
+                    last_used_at: None,
+                    deleted: false,
+                    usage_calls: 0,
+                    usage_cost: Money::ZERO,
                 },
             );
+        }
+        Event::UserSignedUp(signed_up) => state.add_user(User {
+            id: signed_up.user_id.clone(),
+            org_id: signed_up.org_id.clone(),
+            email: signed_up.email.clone(),
+            password_hash: signed_up.password_hash.clone(),
+            role: signed_up.role,
+            session_epoch: 0,
+        }),
+        Event::MemberAdded(added) => state.add_user(User {
+            id: added.user_id.clone(),
+            org_id: added.org_id.clone(),
+            email: added.email.clone(),
+            password_hash: added.password_hash.clone(),
+            role: added.role,
+            session_epoch: 0,
+        }),
+        Event::SessionStarted(started) => {
+            let epoch = state.users.get(&started.user_id).map_or(0, |user| user.session_epoch);
+            state.sessions.insert(
+                started.session_hash,
+                Session {
+                    user_id: started.user_id.clone(),
+                    org_id: started.org_id.clone(),
+                    started_at: started.started_at,
+                    expires_at: started.expires_at,
+                    epoch,
+                    ended: false,
+                },
+            );
+        }
+        Event::SessionEnded(ended) => {
+            if let Some(session) = state.sessions.get_mut(&ended.session_hash) {
+                session.ended = true;
+            }
+        }
+        Event::UserSessionsEnded(ended) => {
+            if let Some(user) = state.users.get_mut(&ended.user_id) {
+                user.session_epoch += 1;
+            }
+            // Ended sessions can never come back, so they need not be kept.
+            state.sessions.retain(|_, session| session.user_id != ended.user_id);
+        }
+        Event::ApiKeyRevoked(revoked) => {
+            if let Some(key) = state.api_keys.get_mut(&revoked.key_id) {
+                key.revoked_at.get_or_insert(revoked.revoked_at);
+                key.deleted |= revoked.deleted;
+            }
+        }
+        Event::ApiKeyUsed(used) => {
+            if let Some(key) = state.api_keys.get_mut(&used.key_id) {
+                key.last_used_at = Some(used.last_used_at);
+            }
         }
     }
 }

@@ -32,6 +32,11 @@ pub enum SqlOperation {
         expires_at: Option<DateTime<Utc>>,
         position: i64,
     },
+    RevokeApiKey {
+        key_id: String,
+        revoked_at: DateTime<Utc>,
+        position: i64,
+    },
 }
 
 /// A SQL projection: its name (the checkpoint's key), the tables it owns (emptied by
@@ -70,5 +75,11 @@ pub fn directory(event: &Event, position: i64) -> Vec<SqlOperation> {
             expires_at: created.expires_at,
             position,
         }],
+        Event::ApiKeyRevoked(revoked) => vec![SqlOperation::RevokeApiKey {
+            key_id: revoked.key_id.to_string(),
+            revoked_at: revoked.revoked_at,
+            position,
+        }],
+        _ => Vec::new(),
     }
 }

@@ -1,6 +1,8 @@
 //! Orgs and their account: agent-register and the account endpoint.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,8 +20,11 @@ use super::extract::OptionalJson;
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/auth/agent-register", post(agent_register)).route("/v1/auth/account", get(account))
+pub fn router(state: &AppState) -> Router<AppState> {
+    let authenticated = Router::new()
+        .route("/v1/auth/account", get(account))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), super::auth::authenticate));
+    Router::new().route("/v1/auth/agent-register", post(agent_register)).merge(authenticated)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,8 +49,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 async fn agent_register(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     OptionalJson(request): OptionalJson<AgentRegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<AgentRegisterResponse>)> {
+    super::auth::check_client_rate(&state, client.ip())?;
     let org_id = OrgId::from_random(random_bytes());
     let key_id = ApiKeyId::from_random(random_bytes());
     let new_key = NewApiKey::generate(&state.config.key_prefix, state.config.environment, random_bytes());
@@ -72,7 +79,7 @@ async fn agent_register(
         },
     };
     let context = CommandContext {
-        actor: Some(Actor::anonymous("agent-register")),
+        actor: Some(Actor::anonymous(client.ip().to_string())),
         request_id: Some(super::error::current_request_id()),
         idempotency: None,
     };
@@ -101,12 +108,22 @@ async fn account(State(state): State<AppState>, principal: Principal) -> ApiResu
     principal.require(Scope::AccountRead)?;
     let ledger = state.ledger.read();
     let org = ledger.state.org(&principal.org_id).ok_or_else(|| ApiError::not_found("org"))?;
+    let members = org
+        .members
+        .iter()
+        .filter_map(|id| ledger.state.users.get(id))
+        .map(|user| Member {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            role: user.role.as_str().to_owned(),
+        })
+        .collect();
     Ok(Json(AccountResponse {
         org_id: org.id.clone(),
         display_name: org.display_name.clone(),
         plan: org.plan.clone(),
         environment: org.environment.as_str().to_owned(),
         credit_balance: org.balance,
-        members: Vec::new(),
+        members,
     }))
 }

@@ -1,27 +1,40 @@
 //! Resolving a request's credential to a principal, in memory, without touching the
-//! database: SHA-256 of the key, one hash-map lookup in the node's read model, checks of
-//! environment, revocation and expiry.
+//! database: SHA-256 of the key or session cookie, one hash-map lookup in the node's read
+//! model, checks of environment, revocation and expiry; then the principal's token bucket.
+//!
+//! Authenticated routes sit behind `authenticate` (a route layer); handlers take the
+//! resolved `Principal` as an extractor. Scopes and roles are checked in one place,
+//! `Principal::require`, with the same scope vocabulary for keys and sessions.
 
-use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use bahi_domain::credential::{Scope, SecretHash, parse_api_key};
-use bahi_domain::ids::OrgId;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bahi_domain::credential::{Role, Scope, SecretHash, parse_api_key};
+use bahi_domain::event::RateLimit;
+use bahi_domain::ids::{OrgId, UserId};
+use bahi_domain::rate_limit::RateDecision;
 use chrono::Utc;
 
 use super::AppState;
 use super::error::ApiError;
 
+/// Name of the console session cookie.
+pub const SESSION_COOKIE: &str = "bahi_session";
+
 /// How a principal authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
     ApiKey,
+    Session,
 }
 
 impl CredentialKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CredentialKind::ApiKey => "api_key",
+            CredentialKind::Session => "session",
         }
     }
 }
@@ -31,8 +44,15 @@ impl CredentialKind {
 pub struct Principal {
     pub org_id: OrgId,
     pub credential_kind: CredentialKind,
+    /// `key_…` for keys; the user's `usr_…` for sessions.
     pub credential_id: String,
     pub scopes: Vec<Scope>,
+    /// Humans only.
+    pub user: Option<(UserId, Role)>,
+    /// For sessions: the cookie's hash, so that logout can end exactly this session.
+    pub session_hash: Option<SecretHash>,
+    rate_subject: String,
+    rate_limit: RateLimit,
 }
 
 impl Principal {
@@ -48,13 +68,24 @@ impl Principal {
         }
     }
 
+    /// Refuses with 403 `human_only` unless this is a console session with one of `roles`.
+    pub fn require_human(&self, roles: &[Role]) -> Result<(UserId, Role), ApiError> {
+        match &self.user {
+            None => Err(ApiError::forbidden("human_only", "this action needs a console session (bahi_session)")),
+            Some((user_id, role)) if roles.contains(role) => Ok((user_id.clone(), *role)),
+            Some((_, role)) => {
+                Err(ApiError::forbidden("forbidden", format!("the {} role may not do this", role.as_str())))
+            }
+        }
+    }
+
     pub fn actor(&self) -> crate::ledger::Actor {
         crate::ledger::Actor::new(self.credential_kind.as_str(), self.credential_id.clone())
     }
 }
 
-/// The credential text a request presents, from `Authorization: Bearer` or `x-api-key`.
-fn presented_credential(headers: &HeaderMap) -> Result<String, ApiError> {
+/// The credential text a request presents in `Authorization: Bearer` or `x-api-key`.
+fn presented_header_credential(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -78,16 +109,26 @@ fn presented_credential(headers: &HeaderMap) -> Result<String, ApiError> {
         (Some(bearer), Some(key)) if bearer != key => {
             Err(ApiError::unauthorized("send exactly one credential: Authorization and x-api-key differ"))
         }
-        (Some(credential), _) | (None, Some(credential)) => Ok(credential),
-        (None, None) => {
-            Err(ApiError::unauthorized("no credential: send \"Authorization: Bearer <key>\" or \"x-api-key: <key>\""))
-        }
+        (Some(credential), _) | (None, Some(credential)) => Ok(Some(credential)),
+        (None, None) => Ok(None),
     }
 }
 
-pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let credential = presented_credential(headers)?;
-    let parsed = parse_api_key(&credential).map_err(|_| ApiError::unauthorized("malformed API key"))?;
+/// The value of the `bahi_session` cookie, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+fn resolve_api_key(state: &AppState, credential: &str) -> Result<Principal, ApiError> {
+    let parsed = parse_api_key(credential).map_err(|_| ApiError::unauthorized("malformed API key"))?;
     if !state.config.accepts_key_prefix(parsed.prefix) {
         return Err(ApiError::unauthorized("unknown API key prefix"));
     }
@@ -97,28 +138,122 @@ pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiEr
             parsed.environment, state.config.environment
         )));
     }
-    let hash = SecretHash::of(&credential);
+    let hash = SecretHash::of(credential);
+    let now = Utc::now();
     let ledger = state.ledger.read();
     let key = ledger.state.api_key_by_hash(&hash).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-    let now = Utc::now();
     if key.revoked_at.is_some() {
         return Err(ApiError::unauthorized("this API key was revoked"));
     }
     if key.expires_at.is_some_and(|expires_at| expires_at <= now) {
         return Err(ApiError::unauthorized("this API key has expired"));
     }
+    state.key_uses.touch(&key.id, now);
     Ok(Principal {
         org_id: key.org_id.clone(),
         credential_kind: CredentialKind::ApiKey,
         credential_id: key.id.to_string(),
         scopes: key.scopes.clone(),
+        user: None,
+        session_hash: None,
+        rate_subject: key.id.to_string(),
+        rate_limit: key.rate_limit.unwrap_or(state.config.default_rate_limit),
     })
+}
+
+fn resolve_session(state: &AppState, cookie: &str) -> Result<Principal, ApiError> {
+    let hash = SecretHash::of(cookie);
+    let ledger = state.ledger.read();
+    let (session, user) = ledger
+        .state
+        .live_session(&hash, Utc::now())
+        .ok_or_else(|| ApiError::unauthorized("session expired or logged out; log in again"))?;
+    Ok(Principal {
+        org_id: session.org_id.clone(),
+        credential_kind: CredentialKind::Session,
+        credential_id: user.id.to_string(),
+        scopes: user.role.scopes(),
+        user: Some((user.id.clone(), user.role)),
+        session_hash: Some(hash),
+        rate_subject: user.id.to_string(),
+        rate_limit: state.config.default_rate_limit,
+    })
+}
+
+/// Resolves the request's one credential: a header credential if present, else the
+/// session cookie.
+pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    if let Some(credential) = presented_header_credential(headers)? {
+        return resolve_api_key(state, &credential);
+    }
+    if let Some(cookie) = session_cookie(headers) {
+        return resolve_session(state, &cookie);
+    }
+    Err(ApiError::unauthorized(
+        "no credential: send \"Authorization: Bearer <key>\", \"x-api-key: <key>\" or a bahi_session cookie",
+    ))
+}
+
+fn number_header(value: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&value.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The `x-ratelimit-*` headers of a decision (and `retry-after` when refused).
+pub fn rate_limit_headers(decision: &RateDecision) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (HeaderName::from_static("x-ratelimit-limit"), number_header(decision.limit)),
+        (HeaderName::from_static("x-ratelimit-remaining"), number_header(decision.remaining)),
+        (HeaderName::from_static("x-ratelimit-reset"), number_header(decision.reset_at_seconds)),
+    ];
+    if !decision.allowed {
+        headers.push((axum::http::header::RETRY_AFTER, number_header(decision.retry_after_seconds)));
+    }
+    headers
+}
+
+pub fn rate_limited(decision: &RateDecision) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("rate limit of {} requests exceeded; retry in {} s", decision.limit, decision.retry_after_seconds),
+    );
+    error.headers = rate_limit_headers(decision);
+    error
+}
+
+/// Route layer of every authenticated route: resolve, rate-limit, run, add the headers.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let principal = match resolve(&state, request.headers()) {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    let decision = state.rate_limiter.take(&principal.rate_subject, principal.rate_limit, Utc::now());
+    if !decision.allowed {
+        return rate_limited(&decision).into_response();
+    }
+    request.extensions_mut().insert(principal);
+    let mut response = next.run(request).await;
+    for (name, value) in rate_limit_headers(&decision) {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
-        resolve(state, &parts.headers)
+        match parts.extensions.get::<Principal>() {
+            Some(principal) => Ok(principal.clone()),
+            // A route outside the authenticate layer asked for a principal: resolve it here
+            // (without rate limiting) rather than fail.
+            None => resolve(state, &parts.headers),
+        }
     }
+}
+
+/// Per-client-address limit for unauthenticated endpoints (agent-register, signup, login).
+pub fn check_client_rate(state: &AppState, client: std::net::IpAddr) -> Result<RateDecision, ApiError> {
+    let decision = state.rate_limiter.take(&format!("ip:{client}"), state.config.anonymous_rate_limit, Utc::now());
+    if decision.allowed { Ok(decision) } else { Err(rate_limited(&decision)) }
 }

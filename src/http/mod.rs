@@ -6,6 +6,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod humans;
+pub mod keys;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::ledger::SharedLedger;
+use crate::limits::{KeyUses, RateLimiter};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::writer::Writer;
@@ -33,12 +36,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     pub store: Store,
+    pub rate_limiter: Arc<RateLimiter>,
+    pub key_uses: Arc<KeyUses>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
-        .merge(accounts::router())
+        .merge(accounts::router(&state))
+        .merge(keys::router(&state))
+        .merge(humans::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

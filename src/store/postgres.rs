@@ -240,6 +240,14 @@ impl EventStore for PostgresStore {
                     .execute(&mut *transaction)
                     .await?;
                 }
+                SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
+                    sqlx::query("UPDATE read_api_keys SET revoked_at = coalesce(revoked_at, $1), position = $2 WHERE key_id = $3")
+                        .bind(revoked_at)
+                        .bind(position)
+                        .bind(key_id)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
             }
         }
         sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")

@@ -253,6 +253,16 @@ impl EventStore for SqliteStore {
                     .execute(&mut *transaction)
                     .await?;
                 }
+                SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
+                    sqlx::query(
+                        "UPDATE read_api_keys SET revoked_at = coalesce(revoked_at, ?), position = ? WHERE key_id = ?",
+                    )
+                    .bind(format_recorded_at(*revoked_at))
+                    .bind(position)
+                    .bind(key_id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
             }
         }
         sqlx::query(
