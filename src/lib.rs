@@ -1,1 +1,1 @@
-
+pub mod agent_token;

@@ -1,0 +1,16 @@
+//! ES256 agent tokens (shared/api.md "Credentials", shared/design.md "Credentials").
+//!
+//! - [`SigningKey`]: the embedded issuer's P-256 key; `kid` is its RFC 7638 thumbprint;
+//!   [`SigningKey::sign`] mints a compact JWS of [`AgentClaims`].
+//! - [`Jwk`] / [`JwkSet`]: public keys for `/.well-known/jwks.json` and for issuer
+//!   registrations; user input is validated strictly.
+//! - [`seal`] / [`unseal`]: AES-256-GCM sealing of private keys, so the event log only
+//!   ever holds them encrypted.
+//! - [`Verifier`]: offline verification against trusted issuer registrations, with a
+//!   bounded cache keyed by token hash that respects registration changes.
+
+mod jwk;
+mod seal;
+
+pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
+pub use seal::{SealError, seal, unseal};
