@@ -11,6 +11,9 @@
 
 mod jwk;
 mod seal;
+mod signing;
 
+pub use bahi_domain::claims::{AgentClaims, AgentMode};
 pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
 pub use seal::{SealError, seal, unseal};
+pub use signing::{KeyError, SignError, SigningKey};
