@@ -9,11 +9,20 @@
 //! - [`Verifier`]: offline verification against trusted issuer registrations, with a
 //!   bounded cache keyed by token hash that respects registration changes.
 
+mod cache;
 mod jwk;
 mod seal;
 mod signing;
+mod verifier;
+
+#[cfg(test)]
+mod tests;
 
 pub use bahi_domain::claims::{AgentClaims, AgentMode};
 pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
 pub use seal::{SealError, seal, unseal};
 pub use signing::{KeyError, SignError, SigningKey};
+pub use verifier::{
+    CLOCK_SKEW_LEEWAY_SECONDS, DEFAULT_CACHE_CAPACITY, IssuerError, IssuerKind, MAX_TOKEN_BYTES,
+    TokenError, TrustedIssuer, VerifiedToken, Verifier,
+};
