@@ -8,7 +8,9 @@
 //!   ever holds them encrypted.
 //! - [`Verifier`]: offline verification against trusted issuer registrations, with a
 //!   bounded cache keyed by token hash that respects registration changes.
+//! - [`bench()`]: throughput figures for `bahi bench`.
 
+mod bench;
 mod cache;
 mod jwk;
 mod seal;
@@ -19,6 +21,7 @@ mod verifier;
 mod tests;
 
 pub use bahi_domain::claims::{AgentClaims, AgentMode};
+pub use bench::bench;
 pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
 pub use seal::{SealError, seal, unseal};
 pub use signing::{KeyError, SignError, SigningKey};
