@@ -4,6 +4,7 @@
 //! PostgreSQL), the single writer, the projection runner, HTTP, credentials, CLI and
 //! telemetry. The rules live in `bahi-domain`; see ARCHITECTURE.md for the map.
 
+pub mod agent_token;
 pub mod bench;
 pub mod cli;
 pub mod config;

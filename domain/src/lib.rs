@@ -3,6 +3,7 @@
 //! bytes: time and randomness are passed in, so every rule is a deterministic function.
 
 pub mod chain;
+pub mod claims;
 pub mod command;
 pub mod credential;
 pub mod error;

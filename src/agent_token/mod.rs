@@ -1,0 +1,31 @@
+//! ES256 agent tokens (shared/api.md "Credentials", shared/design.md "Credentials").
+//!
+//! - [`SigningKey`]: the embedded issuer's P-256 key; `kid` is its RFC 7638 thumbprint;
+//!   [`SigningKey::sign`] mints a compact JWS of [`AgentClaims`].
+//! - [`Jwk`] / [`JwkSet`]: public keys for `/.well-known/jwks.json` and for issuer
+//!   registrations; user input is validated strictly.
+//! - [`seal`] / [`unseal`]: AES-256-GCM sealing of private keys, so the event log only
+//!   ever holds them encrypted.
+//! - [`Verifier`]: offline verification against trusted issuer registrations, with a
+//!   bounded cache keyed by token hash that respects registration changes.
+//! - [`bench()`]: throughput figures for `bahi bench`.
+
+mod bench;
+mod cache;
+mod jwk;
+mod seal;
+mod signing;
+mod verifier;
+
+#[cfg(test)]
+mod tests;
+
+pub use bahi_domain::claims::{AgentClaims, AgentMode};
+pub use bench::bench;
+pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
+pub use seal::{SealError, seal, unseal};
+pub use signing::{KeyError, SignError, SigningKey};
+pub use verifier::{
+    CLOCK_SKEW_LEEWAY_SECONDS, DEFAULT_CACHE_CAPACITY, IssuerError, IssuerKind, MAX_TOKEN_BYTES,
+    TokenError, TrustedIssuer, VerifiedToken, Verifier,
+};
