@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// Mark the session cookie Secure (set when serving behind TLS).
     #[arg(long, env = "BAHI_SECURE_COOKIES", default_value_t = false)]
     pub secure_cookies: bool,
+    /// The 32-byte key (64 hex characters) that seals the embedded issuer's private keys in
+    /// the log. Without it, a key file is used (created on first start).
+    #[arg(long, env = "BAHI_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: Option<String>,
+    /// Key file holding the key-encryption key (default: `<sqlite path>.kek`, or `bahi.kek`
+    /// for PostgreSQL; every node of a cluster needs the same key).
+    #[arg(long, env = "BAHI_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Log format: `pretty` or `json` (levels come from RUST_LOG, default info).
     #[arg(long, env = "BAHI_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

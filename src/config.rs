@@ -18,6 +18,19 @@ pub struct ServerConfig {
     pub anonymous_rate_limit: RateLimit,
     /// Mark the session cookie `Secure` (serve behind TLS).
     pub secure_cookies: bool,
+    /// Seals the embedded issuer's private keys; never stored in the database.
+    pub key_encryption_key: [u8; 32],
+}
+
+/// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.
+pub fn default_key_file(database_url: &str) -> std::path::PathBuf {
+    match database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:")) {
+        Some(path) if !path.is_empty() && !path.starts_with(':') => {
+            let path = path.split('?').next().unwrap_or(path);
+            std::path::PathBuf::from(format!("{path}.kek"))
+        }
+        _ => std::path::PathBuf::from("bahi.kek"),
+    }
 }
 
 /// Parses `REQUESTS/SECONDS`, e.g. `600/60`.

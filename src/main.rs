@@ -45,7 +45,10 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         .context("BAHI_DEFAULT_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 6000/60")?;
     let anonymous_rate_limit = bahi::config::parse_rate_limit(&args.anonymous_rate_limit)
         .context("BAHI_ANONYMOUS_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 30/60")?;
+    let key_file = args.key_file.clone().unwrap_or_else(|| bahi::config::default_key_file(&args.database.database_url));
+    let key_encryption_key = bahi::identity::load_key_encryption_key(args.key_encryption_key.as_deref(), key_file)?;
     Ok(ServerConfig {
+        key_encryption_key,
         default_rate_limit,
         anonymous_rate_limit,
         secure_cookies: args.secure_cookies,

@@ -13,10 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::http::{self, AppState};
+use bahi_domain::Command;
+
+use crate::identity::{Identity, new_signing_key};
 use crate::ledger::{Ledger, SharedLedger};
 use crate::limits::{KeyUses, RateLimiter, flush_key_uses};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store};
+use crate::writer::{CommandContext, Writer};
 use crate::writer::{catch_up_shared, writer};
 use crate::{projector, tailer};
 
@@ -45,6 +49,9 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
         tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, shutdown.clone()))
     });
 
+    let identity = Arc::new(Identity::new(config.key_encryption_key, config.issuer.clone()));
+    ensure_signing_key(&identity, &shared, &writer_handle).await?;
+    let refresher_join = tokio::spawn(refresh_jwks(identity.clone(), shared.clone(), shutdown.clone()));
     let key_uses = Arc::new(KeyUses::default());
     let stop_flusher = CancellationToken::new();
     let flusher_join =
@@ -57,6 +64,7 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
         store,
         rate_limiter: Arc::new(RateLimiter::default()),
         key_uses,
+        identity,
     };
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let address = listener.local_addr()?;
@@ -77,11 +85,45 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
     writer_join.await.context("writer task")?;
     shutdown.cancel();
     projector_join.await.context("projection runner")?;
+    refresher_join.await.context("JWKS refresher")?;
     if let Some(tailer) = tailer_join {
         tailer.await.context("log tailer")?;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Gives the embedded issuer its first signing key, and checks that the current one can be
+/// unsealed with this node's key-encryption key (failing start-up if not).
+async fn ensure_signing_key(identity: &Identity, ledger: &SharedLedger, writer: &Writer) -> anyhow::Result<()> {
+    if ledger.read().state.current_signing_key().is_none() {
+        let (_, key) = new_signing_key(identity.key_encryption_key())?;
+        writer
+            .submit(Command::AddSigningKey { key }, CommandContext::default())
+            .await
+            .map_err(|error| anyhow::anyhow!("adding the first signing key: {error}"))?;
+    }
+    identity.signing_key(&ledger.read().state)?;
+    Ok(())
+}
+
+/// Keeps JWK sets fetched from external issuers' `jwks_uri` fresh.
+async fn refresh_jwks(identity: Arc<Identity>, ledger: SharedLedger, shutdown: CancellationToken) {
+    loop {
+        let issuers: Vec<_> = ledger
+            .read()
+            .state
+            .issuers
+            .values()
+            .filter(|record| record.revoked_at.is_none())
+            .filter_map(|record| Some((record.id.clone(), record.jwks_uri.clone()?)))
+            .collect();
+        identity.refresh_stale(issuers).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -65,7 +65,16 @@ async fn healthz_register_and_account_work_with_no_configuration() {
         assert_eq!(empty.status(), 201, "{}", database.engine());
 
         let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(metrics.contains("bahi_events_appended_total 4"), "{metrics}");
+        let appended: i64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("bahi_events_appended_total "))
+            .and_then(|value| value.parse().ok())
+            .unwrap();
+        let health: Value = client.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+        // Two registrations (two events each) and the embedded issuer's first signing key,
+        // plus a coalesced key-use record if the five-second flush has run.
+        assert!(appended >= 5, "{metrics}");
+        assert_eq!(health["log_position"], appended, "this process appended the whole log");
         assert!(metrics.contains("bahi_writer_commit_seconds_bucket"));
         assert!(metrics.contains("bahi_projection_lag_events"));
     }
@@ -204,8 +213,9 @@ async fn graceful_shutdown_drains_and_leaves_projections_at_the_head() {
     assert!(status.success(), "graceful exit: {status:?}");
     let (code, stdout, _) = run_cli(&["verify", "--database", &database.url()]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("10 events verified"), "{stdout}");
+    // Five registrations of two events each, and the first signing key.
+    assert!(stdout.contains("11 events verified"), "{stdout}");
     let store = Store::open(&database.url()).await.unwrap();
-    assert_eq!(store.checkpoint("directory").await.unwrap(), 10, "projection caught up before exit");
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 11, "projection caught up before exit");
     assert_eq!(store.dump_table("read_orgs").await.unwrap().len(), 5);
 }

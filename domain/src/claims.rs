@@ -83,10 +83,7 @@ pub struct AgentClaims {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimsError {
     #[error("claim `{claim}` must start with `{prefix}`")]
-    WrongPrefix {
-        claim: &'static str,
-        prefix: &'static str,
-    },
+    WrongPrefix { claim: &'static str, prefix: &'static str },
     #[error("claim `act_for` must be the org id in autonomous mode")]
     AutonomousNotForOrg,
     #[error("claim `act_for` must be a `usr_` id in delegated mode")]
@@ -132,11 +129,7 @@ impl AgentClaims {
     }
 }
 
-fn require_prefix(
-    claim: &'static str,
-    value: &str,
-    prefix: &'static str,
-) -> Result<(), ClaimsError> {
+fn require_prefix(claim: &'static str, value: &str, prefix: &'static str) -> Result<(), ClaimsError> {
     // A bare prefix names nothing, so it is as wrong as a missing one.
     if value.len() > prefix.len() && value.starts_with(prefix) {
         Ok(())
@@ -154,9 +147,7 @@ where
     Allowed: AsRef<str>,
 {
     // Scope lists are a handful of items, so a linear scan beats building a set.
-    requested
-        .iter()
-        .all(|wanted| allowed.iter().any(|held| held.as_ref() == wanted.as_ref()))
+    requested.iter().all(|wanted| allowed.iter().any(|held| held.as_ref() == wanted.as_ref()))
 }
 
 /// Joins scopes into the space-separated form of the `scope` claim.
@@ -197,19 +188,9 @@ mod tests {
     #[test]
     fn serializes_with_the_field_names_of_the_contract() {
         let value = serde_json::to_value(delegated_claims()).unwrap();
-        let mut names: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let mut names: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         names.sort_unstable();
-        assert_eq!(
-            names,
-            [
-                "act_for", "aud", "exp", "iat", "iss", "jti", "mode", "nbf", "org", "scope", "sub"
-            ]
-        );
+        assert_eq!(names, ["act_for", "aud", "exp", "iat", "iss", "jti", "mode", "nbf", "org", "scope", "sub"]);
         assert_eq!(value["mode"], "delegated");
         let back: AgentClaims = serde_json::from_value(value).unwrap();
         assert_eq!(back, delegated_claims());
@@ -217,11 +198,7 @@ mod tests {
 
     #[test]
     fn mode_spellings_round_trip() {
-        for mode in [
-            AgentMode::Autonomous,
-            AgentMode::Delegated,
-            AgentMode::Hybrid,
-        ] {
+        for mode in [AgentMode::Autonomous, AgentMode::Delegated, AgentMode::Hybrid] {
             let json = serde_json::to_string(&mode).unwrap();
             assert_eq!(json, format!("\"{}\"", mode.as_str()));
             assert_eq!(mode.as_str().parse::<AgentMode>().unwrap(), mode);
@@ -234,10 +211,7 @@ mod tests {
     fn scopes_split_on_any_whitespace_and_skip_empty_items() {
         let mut claims = delegated_claims();
         claims.scope = "  inference\taudit:read  keys:write ".into();
-        assert_eq!(
-            claims.scopes().collect::<Vec<_>>(),
-            ["inference", "audit:read", "keys:write"]
-        );
+        assert_eq!(claims.scopes().collect::<Vec<_>>(), ["inference", "audit:read", "keys:write"]);
     }
 
     #[test]
@@ -267,30 +241,15 @@ mod tests {
         let mut claims = delegated_claims();
         claims.mode = AgentMode::Hybrid;
         claims.act_for = "org_2".into();
-        assert_eq!(
-            claims.check_shape(),
-            Err(ClaimsError::HybridNotForUserOrOrg)
-        );
+        assert_eq!(claims.check_shape(), Err(ClaimsError::HybridNotForUserOrOrg));
 
         let mut claims = delegated_claims();
         claims.sub = "usr_1".into();
-        assert_eq!(
-            claims.check_shape(),
-            Err(ClaimsError::WrongPrefix {
-                claim: "sub",
-                prefix: "agt_"
-            })
-        );
+        assert_eq!(claims.check_shape(), Err(ClaimsError::WrongPrefix { claim: "sub", prefix: "agt_" }));
 
         let mut claims = delegated_claims();
         claims.jti = "tok_".into();
-        assert_eq!(
-            claims.check_shape(),
-            Err(ClaimsError::WrongPrefix {
-                claim: "jti",
-                prefix: "tok_"
-            })
-        );
+        assert_eq!(claims.check_shape(), Err(ClaimsError::WrongPrefix { claim: "jti", prefix: "tok_" }));
 
         let mut claims = delegated_claims();
         claims.exp = claims.nbf;

@@ -3,19 +3,40 @@
 
 use chrono::{DateTime, Utc};
 
+use std::collections::BTreeMap;
+
+use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
 use crate::event::{
-    ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, Budget, Event, MemberAdded, OrgRegistered, RateLimit, SessionEnded,
-    SessionStarted, UserSessionsEnded, UserSignedUp,
+    AgentCreated, AgentRevoked, AgentTokenMinted, AgentTokenRevoked, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, Budget,
+    Event, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, RateLimit, SessionEnded, SessionStarted,
+    SigningKeyAdded, SigningKeyRetired, UserSessionsEnded, UserSignedUp,
 };
-use crate::ids::{ApiKeyId, OrgId, UserId};
+use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
 use crate::state::State;
 
 /// A key's last use is written to the log at most this often.
 pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
 /// Console sessions last this long.
 pub const SESSION_TTL_DAYS: i64 = 30;
+/// Agent token lifetimes: default and largest.
+pub const DEFAULT_TOKEN_TTL_SECONDS: i64 = 600;
+pub const MAX_TOKEN_TTL_SECONDS: i64 = 3600;
+/// Leeway verifiers allow on `exp`; a retired signing key verifies this long past its last
+/// possible token.
+pub const TOKEN_LEEWAY_SECONDS: i64 = 60;
+/// Limits on an issuer registration.
+pub const MAX_ISSUER_OWNERS: usize = 100;
+pub const MAX_ISSUER_TEXT_LENGTH: usize = 512;
+
+/// A new embedded signing key: public JWK and the sealed private key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSigningKey {
+    pub key_id: String,
+    pub public_jwk: serde_json::Value,
+    pub sealed_private_key: String,
+}
 
 /// Longest display name of an org, agent or key.
 pub const MAX_NAME_LENGTH: usize = 200;
@@ -99,6 +120,91 @@ pub enum Command {
     RecordKeyUses {
         uses: Vec<(ApiKeyId, DateTime<Utc>)>,
     },
+    CreateAgent {
+        org_id: OrgId,
+        agent_id: AgentId,
+        name: String,
+        mode: AgentMode,
+        act_for: String,
+        scopes: Vec<Scope>,
+        budget: Option<Budget>,
+        rate_limit: Option<RateLimit>,
+    },
+    RevokeAgent {
+        org_id: OrgId,
+        agent_id: AgentId,
+    },
+    /// Records a token about to be signed with `key_id` (which must be the current key).
+    MintAgentToken {
+        org_id: OrgId,
+        agent_id: AgentId,
+        token_id: TokenId,
+        key_id: String,
+        scopes: Vec<Scope>,
+        ttl_seconds: i64,
+    },
+    RevokeAgentToken {
+        org_id: OrgId,
+        agent_id: AgentId,
+        token_id: TokenId,
+    },
+    /// The first signing key of the embedded issuer (only when there is none).
+    AddSigningKey {
+        key: NewSigningKey,
+    },
+    /// Retires the current key (it verifies until its last token expires) and adds `key`.
+    RotateSigningKey {
+        key: NewSigningKey,
+    },
+    RegisterIssuer {
+        org_id: OrgId,
+        issuer_id: IssuerId,
+        issuer: String,
+        jwks: Option<serde_json::Value>,
+        jwks_uri: Option<String>,
+        audience: Option<String>,
+        owner_claim: String,
+        owners: BTreeMap<String, OrgId>,
+    },
+    RevokeIssuer {
+        org_id: OrgId,
+        issuer_id: IssuerId,
+    },
+}
+
+fn check_agent_act_for(state: &State, org_id: &OrgId, mode: AgentMode, act_for: &str) -> Result<(), DomainError> {
+    let for_org = act_for == org_id.as_str();
+    let for_member =
+        UserId::parse(act_for).ok().and_then(|user| state.users.get(&user)).is_some_and(|user| &user.org_id == org_id);
+    match mode {
+        AgentMode::Autonomous if !for_org => {
+            Err(DomainError::invalid("an autonomous agent acts for its org: act_for must be the org id"))
+        }
+        AgentMode::Delegated if !for_member => {
+            Err(DomainError::invalid("a delegated agent acts for a member: act_for must be a usr_ id of this org"))
+        }
+        AgentMode::Hybrid if !for_org && !for_member => {
+            Err(DomainError::invalid("a hybrid agent acts for the org or one of its members"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_text(value: &str, what: &str) -> Result<(), DomainError> {
+    if value.trim().is_empty() || value.len() > MAX_ISSUER_TEXT_LENGTH || value.chars().any(char::is_control) {
+        return Err(DomainError::invalid(format!("{what} must be 1 to {MAX_ISSUER_TEXT_LENGTH} printable characters")));
+    }
+    Ok(())
+}
+
+fn signing_key_added(key: &NewSigningKey, now: DateTime<Utc>) -> Event {
+    SigningKeyAdded {
+        key_id: key.key_id.clone(),
+        public_jwk: key.public_jwk.clone(),
+        sealed_private_key: key.sealed_private_key.clone(),
+        added_at: now,
+    }
+    .into()
 }
 
 pub fn check_name(name: &str, what: &str) -> Result<(), DomainError> {
@@ -326,5 +432,185 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 })
             })
             .collect()),
+        Command::CreateAgent { org_id, agent_id, name, mode, act_for, scopes, budget, rate_limit } => {
+            if !state.orgs.contains_key(org_id) {
+                return Err(DomainError::NotFound("org"));
+            }
+            if state.agents.contains_key(agent_id) {
+                return Err(DomainError::Conflict("agent already exists".into()));
+            }
+            check_name(name, "agent name")?;
+            check_agent_act_for(state, org_id, *mode, act_for)?;
+            if scopes.is_empty() || scopes.iter().any(|scope| !scope.is_org_scope()) {
+                return Err(DomainError::invalid("an agent needs at least one scope, and only org scopes"));
+            }
+            if let Some(rate_limit) = rate_limit {
+                check_rate_limit(*rate_limit)?;
+            }
+            if budget.is_some_and(|budget| !budget.amount.is_positive()) {
+                return Err(DomainError::invalid("budget amount must be positive"));
+            }
+            Ok(vec![
+                AgentCreated {
+                    agent_id: agent_id.clone(),
+                    org_id: org_id.clone(),
+                    name: name.clone(),
+                    mode: *mode,
+                    act_for: act_for.clone(),
+                    scopes: scopes.clone(),
+                    budget: *budget,
+                    rate_limit: *rate_limit,
+                    created_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::RevokeAgent { org_id, agent_id } => {
+            let agent = state
+                .agents
+                .get(agent_id)
+                .filter(|agent| &agent.org_id == org_id)
+                .ok_or(DomainError::NotFound("agent"))?;
+            if agent.revoked_at.is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![AgentRevoked { agent_id: agent_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
+        }
+        Command::MintAgentToken { org_id, agent_id, token_id, key_id, scopes, ttl_seconds } => {
+            let agent = state
+                .agents
+                .get(agent_id)
+                .filter(|agent| &agent.org_id == org_id)
+                .ok_or(DomainError::NotFound("agent"))?;
+            if agent.revoked_at.is_some() {
+                return Err(DomainError::AgentRevoked);
+            }
+            if !(1..=MAX_TOKEN_TTL_SECONDS).contains(ttl_seconds) {
+                return Err(DomainError::invalid(format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}")));
+            }
+            if scopes.is_empty() || scopes.iter().any(|scope| !agent.scopes.contains(scope)) {
+                return Err(DomainError::Forbidden(
+                    "a token's scopes must be a non-empty subset of its agent's".into(),
+                ));
+            }
+            if state.current_signing_key().is_none_or(|current| &current.key_id != key_id) {
+                return Err(DomainError::Conflict("the signing key changed; retry".into()));
+            }
+            if state.tokens.contains_key(token_id) {
+                return Err(DomainError::Conflict("token id already used".into()));
+            }
+            Ok(vec![
+                AgentTokenMinted {
+                    token_id: token_id.clone(),
+                    agent_id: agent_id.clone(),
+                    org_id: org_id.clone(),
+                    key_id: key_id.clone(),
+                    scopes: scopes.clone(),
+                    issued_at: now,
+                    expires_at: now + chrono::Duration::seconds(*ttl_seconds),
+                }
+                .into(),
+            ])
+        }
+        Command::RevokeAgentToken { org_id, agent_id, token_id } => {
+            let token = state
+                .tokens
+                .get(token_id)
+                .filter(|token| &token.org_id == org_id && &token.agent_id == agent_id)
+                .ok_or(DomainError::NotFound("token"))?;
+            if token.revoked {
+                return Ok(Vec::new());
+            }
+            Ok(vec![
+                AgentTokenRevoked {
+                    token_id: token_id.clone(),
+                    agent_id: agent_id.clone(),
+                    org_id: org_id.clone(),
+                    revoked_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::AddSigningKey { key } => {
+            if state.current_signing_key().is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![signing_key_added(key, now)])
+        }
+        Command::RotateSigningKey { key } => {
+            if state.signing_keys.iter().any(|existing| existing.key_id == key.key_id) {
+                return Err(DomainError::Conflict("signing key already exists".into()));
+            }
+            let mut events = Vec::new();
+            if let Some(current) = state.current_signing_key() {
+                events.push(
+                    SigningKeyRetired {
+                        key_id: current.key_id.clone(),
+                        retired_at: now,
+                        verify_until: now + chrono::Duration::seconds(MAX_TOKEN_TTL_SECONDS + TOKEN_LEEWAY_SECONDS),
+                    }
+                    .into(),
+                );
+            }
+            events.push(signing_key_added(key, now));
+            Ok(events)
+        }
+        Command::RegisterIssuer { org_id, issuer_id, issuer, jwks, jwks_uri, audience, owner_claim, owners } => {
+            if !state.orgs.contains_key(org_id) {
+                return Err(DomainError::NotFound("org"));
+            }
+            if state.issuers.contains_key(issuer_id) {
+                return Err(DomainError::Conflict("issuer already exists".into()));
+            }
+            check_text(issuer, "issuer")?;
+            check_text(owner_claim, "owner_claim")?;
+            if let Some(audience) = audience {
+                check_text(audience, "audience")?;
+            }
+            match (jwks, jwks_uri) {
+                (Some(_), None) => {}
+                (None, Some(uri)) => {
+                    check_text(uri, "jwks_uri")?;
+                    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                        return Err(DomainError::invalid("jwks_uri must be an http(s) URL"));
+                    }
+                }
+                _ => return Err(DomainError::invalid("give exactly one of jwks and jwks_uri")),
+            }
+            if owners.is_empty() || owners.len() > MAX_ISSUER_OWNERS {
+                return Err(DomainError::invalid(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
+            }
+            for (owner, mapped_org) in owners {
+                check_text(owner, "owner value")?;
+                if mapped_org != org_id {
+                    return Err(DomainError::Forbidden("owners may only map to your own org".into()));
+                }
+            }
+            Ok(vec![
+                IssuerRegistered {
+                    issuer_id: issuer_id.clone(),
+                    org_id: org_id.clone(),
+                    issuer: issuer.clone(),
+                    jwks: jwks.clone(),
+                    jwks_uri: jwks_uri.clone(),
+                    audience: audience.clone(),
+                    owner_claim: owner_claim.clone(),
+                    owners: owners.clone(),
+                    registered_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::RevokeIssuer { org_id, issuer_id } => {
+            let issuer = state
+                .issuers
+                .get(issuer_id)
+                .filter(|issuer| &issuer.org_id == org_id)
+                .ok_or(DomainError::NotFound("issuer"))?;
+            if issuer.revoked_at.is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
+        }
     }
 }

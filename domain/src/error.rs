@@ -20,6 +20,9 @@ pub enum DomainError {
     /// Authenticated but not allowed (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The agent was revoked; nothing more may be done in its name (409).
+    #[error("this agent was revoked")]
+    AgentRevoked,
 }
 
 impl DomainError {

@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::{Environment, Role, Scope, SecretHash};
-use crate::ids::{ApiKeyId, OrgId, UserId};
+use std::collections::BTreeMap;
+
+use crate::claims::AgentMode;
+use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
 use crate::money::Money;
 
 /// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
@@ -123,6 +126,91 @@ pub struct ApiKeyUsed {
     pub last_used_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentCreated {
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub mode: AgentMode,
+    /// The principal the agent acts for: a member `usr_…` or the org itself.
+    pub act_for: String,
+    pub scopes: Vec<Scope>,
+    pub budget: Option<Budget>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every live token of the agent is refused from this event on, on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRevoked {
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    pub revoked_at: DateTime<Utc>,
+}
+
+/// A token was minted (who minted it is in the event's metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTokenMinted {
+    pub token_id: TokenId,
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTokenRevoked {
+    pub token_id: TokenId,
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    pub revoked_at: DateTime<Utc>,
+}
+
+/// A signing key of the embedded issuer. The private key is sealed (AES-256-GCM under a
+/// key-encryption key kept outside the database); the log never holds it in clear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SigningKeyAdded {
+    pub key_id: String,
+    pub public_jwk: serde_json::Value,
+    /// base64url of the sealed PKCS#8 private key.
+    pub sealed_private_key: String,
+    pub added_at: DateTime<Utc>,
+}
+
+/// A signing key stops signing; it still verifies until `verify_until` (its last token's
+/// expiry plus leeway), then leaves the published key set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SigningKeyRetired {
+    pub key_id: String,
+    pub retired_at: DateTime<Utc>,
+    pub verify_until: DateTime<Utc>,
+}
+
+/// An org trusts an external issuer's tokens for the owners it maps to itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuerRegistered {
+    pub issuer_id: IssuerId,
+    pub org_id: OrgId,
+    pub issuer: String,
+    /// An inline JWK set, or
+    pub jwks: Option<serde_json::Value>,
+    /// a URL to fetch it from.
+    pub jwks_uri: Option<String>,
+    pub audience: Option<String>,
+    pub owner_claim: String,
+    pub owners: BTreeMap<String, OrgId>,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuerRevoked {
+    pub issuer_id: IssuerId,
+    pub org_id: OrgId,
+    pub revoked_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown event type {event_type} version {schema_version}")]
@@ -193,6 +281,14 @@ events! {
     UserSessionsEnded => user_id,
     ApiKeyRevoked => key_id,
     ApiKeyUsed => key_id,
+    AgentCreated => agent_id,
+    AgentRevoked => agent_id,
+    AgentTokenMinted => agent_id,
+    AgentTokenRevoked => agent_id,
+    SigningKeyAdded => key_id,
+    SigningKeyRetired => key_id,
+    IssuerRegistered => issuer_id,
+    IssuerRevoked => issuer_id,
 }
 
 impl Event {
@@ -213,6 +309,13 @@ impl Event {
             Event::UserSessionsEnded(event) => Some(&event.org_id),
             Event::ApiKeyRevoked(event) => Some(&event.org_id),
             Event::ApiKeyUsed(event) => Some(&event.org_id),
+            Event::AgentCreated(event) => Some(&event.org_id),
+            Event::AgentRevoked(event) => Some(&event.org_id),
+            Event::AgentTokenMinted(event) => Some(&event.org_id),
+            Event::AgentTokenRevoked(event) => Some(&event.org_id),
+            Event::IssuerRegistered(event) => Some(&event.org_id),
+            Event::IssuerRevoked(event) => Some(&event.org_id),
+            Event::SigningKeyAdded(_) | Event::SigningKeyRetired(_) => None,
         }
     }
 }

@@ -3,13 +3,14 @@
 //! The writer holds one copy that includes the batch being decided; each node holds
 //! another, of committed events only, that the hot path reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
+use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use crate::event::{ApiKeyCreated, Budget, Event, OrgRegistered, RateLimit};
-use crate::ids::{ApiKeyId, OrgId, UserId};
+use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
 use crate::money::Money;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +24,60 @@ pub struct Org {
     pub balance: Money,
     pub api_keys: Vec<ApiKeyId>,
     pub members: Vec<UserId>,
+    pub agents: Vec<AgentId>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: AgentId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub mode: AgentMode,
+    pub act_for: String,
+    pub scopes: Vec<Scope>,
+    pub budget: Option<Budget>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub usage_calls: u64,
+    pub usage_cost: Money,
+}
+
+/// A minted token, kept until it has expired (plus leeway) so that it can be revoked by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MintedToken {
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKeyRecord {
+    pub key_id: String,
+    pub public_jwk: serde_json::Value,
+    pub sealed_private_key: String,
+    pub added_at: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
+    pub verify_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerRecord {
+    pub id: IssuerId,
+    pub org_id: OrgId,
+    pub issuer: String,
+    pub jwks: Option<serde_json::Value>,
+    pub jwks_uri: Option<String>,
+    pub audience: Option<String>,
+    pub owner_claim: String,
+    pub owners: BTreeMap<String, OrgId>,
+    pub registered_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A minted token is forgotten this long after it expired (beyond any verifier leeway).
+pub const TOKEN_FORGET_AFTER_SECONDS: i64 = 300;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
@@ -90,6 +144,16 @@ pub struct State {
     pub users: HashMap<UserId, User>,
     pub users_by_email: HashMap<String, UserId>,
     pub sessions: HashMap<SecretHash, Session>,
+    pub agents: HashMap<AgentId, Agent>,
+    pub tokens: HashMap<TokenId, MintedToken>,
+    /// Token expiries in order, so that expired tokens are forgotten as time passes.
+    pub token_expiries: BTreeSet<(DateTime<Utc>, TokenId)>,
+    /// In the order added; the last one not retired signs.
+    pub signing_keys: Vec<SigningKeyRecord>,
+    pub issuers: HashMap<IssuerId, IssuerRecord>,
+    /// Bumped by every signing-key and issuer event, so that a token verifier built from
+    /// this state knows when to rebuild.
+    pub credentials_generation: u64,
 }
 
 impl State {
@@ -111,6 +175,22 @@ impl State {
         let user = self.users.get(&session.user_id)?;
         let live = !session.ended && session.expires_at > now && session.epoch == user.session_epoch;
         live.then_some((session, user))
+    }
+
+    /// The key that signs new tokens: the newest one not retired.
+    pub fn current_signing_key(&self) -> Option<&SigningKeyRecord> {
+        self.signing_keys.iter().rev().find(|key| key.retired_at.is_none())
+    }
+
+    fn forget_expired_tokens(&mut self, now: DateTime<Utc>) {
+        let horizon = now - chrono::Duration::seconds(TOKEN_FORGET_AFTER_SECONDS);
+        while let Some((expires_at, token_id)) = self.token_expiries.first().cloned() {
+            if expires_at >= horizon {
+                break;
+            }
+            self.token_expiries.pop_first();
+            self.tokens.remove(&token_id);
+        }
     }
 
     fn add_user(&mut self, user: User) {
@@ -138,6 +218,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     balance: Money::ZERO,
                     api_keys: Vec::new(),
                     members: Vec::new(),
+                    agents: Vec::new(),
                 },
             );
         }
@@ -222,6 +303,93 @@ pub fn evolve(state: &mut State, event: &Event) {
             if let Some(key) = state.api_keys.get_mut(&used.key_id) {
                 key.last_used_at = Some(used.last_used_at);
             }
+        }
+        Event::AgentCreated(created) => {
+            if let Some(org) = state.orgs.get_mut(&created.org_id) {
+                org.agents.push(created.agent_id.clone());
+            }
+            state.agents.insert(
+                created.agent_id.clone(),
+                Agent {
+                    id: created.agent_id.clone(),
+                    org_id: created.org_id.clone(),
+                    name: created.name.clone(),
+                    mode: created.mode,
+                    act_for: created.act_for.clone(),
+                    scopes: created.scopes.clone(),
+                    budget: created.budget,
+                    rate_limit: created.rate_limit,
+                    created_at: created.created_at,
+                    revoked_at: None,
+                    usage_calls: 0,
+                    usage_cost: Money::ZERO,
+                },
+            );
+        }
+        Event::AgentRevoked(revoked) => {
+            if let Some(agent) = state.agents.get_mut(&revoked.agent_id) {
+                agent.revoked_at.get_or_insert(revoked.revoked_at);
+            }
+        }
+        Event::AgentTokenMinted(minted) => {
+            state.forget_expired_tokens(minted.issued_at);
+            state.token_expiries.insert((minted.expires_at, minted.token_id.clone()));
+            state.tokens.insert(
+                minted.token_id.clone(),
+                MintedToken {
+                    agent_id: minted.agent_id.clone(),
+                    org_id: minted.org_id.clone(),
+                    expires_at: minted.expires_at,
+                    revoked: false,
+                },
+            );
+        }
+        Event::AgentTokenRevoked(revoked) => {
+            if let Some(token) = state.tokens.get_mut(&revoked.token_id) {
+                token.revoked = true;
+            }
+        }
+        Event::SigningKeyAdded(added) => {
+            state.signing_keys.push(SigningKeyRecord {
+                key_id: added.key_id.clone(),
+                public_jwk: added.public_jwk.clone(),
+                sealed_private_key: added.sealed_private_key.clone(),
+                added_at: added.added_at,
+                retired_at: None,
+                verify_until: None,
+            });
+            state.credentials_generation += 1;
+        }
+        Event::SigningKeyRetired(retired) => {
+            if let Some(key) = state.signing_keys.iter_mut().find(|key| key.key_id == retired.key_id) {
+                key.retired_at = Some(retired.retired_at);
+                key.verify_until = Some(retired.verify_until);
+            }
+            state.credentials_generation += 1;
+        }
+        Event::IssuerRegistered(registered) => {
+            state.issuers.insert(
+                registered.issuer_id.clone(),
+                IssuerRecord {
+                    id: registered.issuer_id.clone(),
+                    org_id: registered.org_id.clone(),
+                    issuer: registered.issuer.clone(),
+                    jwks: registered.jwks.clone(),
+                    jwks_uri: registered.jwks_uri.clone(),
+                    audience: registered.audience.clone(),
+                    owner_claim: registered.owner_claim.clone(),
+                    owners: registered.owners.clone(),
+                    registered_at: registered.registered_at,
+                    revoked_at: None,
+                },
+            );
+            state.credentials_generation += 1;
+        }
+        Event::IssuerRevoked(revoked) => {
+            if let Some(issuer) = state.issuers.get_mut(&revoked.issuer_id) {
+                issuer.revoked_at.get_or_insert(revoked.revoked_at);
+            }
+            state.credentials_generation += 1;
         }
     }
 }

@@ -30,8 +30,7 @@ const ISSUER: &str = "https://bahi.bench";
 /// - `token_mint`: signing a token with a fresh `jti`.
 pub fn bench(duration: Duration) -> Vec<(String, f64)> {
     // Fixed bytes form a valid scalar, so these cannot fail; a failure is a bug here.
-    let signing_key = SigningKey::from_random_bytes([0x5a; 32])
-        .expect("fixed benchmark key bytes are a valid scalar");
+    let signing_key = SigningKey::from_random_bytes([0x5a; 32]).expect("fixed benchmark key bytes are a valid scalar");
     let verifier = Verifier::new();
     verifier
         .upsert_issuer(TrustedIssuer {
@@ -39,28 +38,15 @@ pub fn bench(duration: Duration) -> Vec<(String, f64)> {
             issuer: ISSUER.to_owned(),
             audience: Some("bahi".to_owned()),
             kind: IssuerKind::Embedded,
-            keys: JwkSet {
-                keys: vec![signing_key.public_jwk()],
-            },
+            keys: JwkSet { keys: vec![signing_key.public_jwk()] },
         })
         .expect("the benchmark key set is valid");
-    let mint = |serial: u64| {
-        signing_key
-            .sign(&claims(serial))
-            .expect("benchmark claims are well formed")
-    };
+    let mint = |serial: u64| signing_key.sign(&claims(serial)).expect("benchmark claims are well formed");
 
     let sample = mint(0);
-    let (signed_part, signature_segment) = sample
-        .rsplit_once('.')
-        .expect("a minted token has a signature segment");
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature_segment)
-        .expect("minted signatures are base64url");
-    let public_point = signing_key
-        .public_jwk()
-        .validate()
-        .expect("own public key is valid");
+    let (signed_part, signature_segment) = sample.rsplit_once('.').expect("a minted token has a signature segment");
+    let signature = URL_SAFE_NO_PAD.decode(signature_segment).expect("minted signatures are base64url");
+    let public_point = signing_key.public_jwk().validate().expect("own public key is valid");
     let baseline = timed_rate(duration, || {
         let started = Instant::now();
         let verified = (0..BATCH)
@@ -83,10 +69,7 @@ pub fn bench(duration: Duration) -> Vec<(String, f64)> {
             .collect();
         let started = Instant::now();
         // Only successes count, so a broken verifier shows as a zero rate.
-        let verified = tokens
-            .iter()
-            .filter(|token| verifier.verify(token, NOW_EPOCH_SECONDS).is_ok())
-            .count();
+        let verified = tokens.iter().filter(|token| verifier.verify(token, NOW_EPOCH_SECONDS).is_ok()).count();
         (verified as u64, started.elapsed())
     });
 
@@ -94,13 +77,8 @@ pub fn bench(duration: Duration) -> Vec<(String, f64)> {
     black_box(verifier.verify(&cached_token, NOW_EPOCH_SECONDS).is_ok());
     let cached = timed_rate(duration, || {
         let started = Instant::now();
-        let verified = (0..BATCH)
-            .filter(|_| {
-                verifier
-                    .verify(black_box(&cached_token), NOW_EPOCH_SECONDS)
-                    .is_ok()
-            })
-            .count();
+        let verified =
+            (0..BATCH).filter(|_| verifier.verify(black_box(&cached_token), NOW_EPOCH_SECONDS).is_ok()).count();
         (verified as u64, started.elapsed())
     });
 
@@ -165,12 +143,7 @@ mod tests {
         let names: Vec<&str> = rates.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "aws_lc_es256_verify_baseline",
-                "token_verify_uncached",
-                "token_verify_cached",
-                "token_mint"
-            ]
+            ["aws_lc_es256_verify_baseline", "token_verify_uncached", "token_verify_cached", "token_mint"]
         );
         for (name, rate) in rates {
             assert!(rate > 0.0, "{name}: {rate}");

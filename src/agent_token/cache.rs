@@ -34,11 +34,7 @@ impl CacheEntry {
     /// Whether `now` is within the token's validity window, leeway included. Same rule as
     /// a fresh verification, so a cache hit never accepts what a miss would refuse.
     pub(crate) fn is_expired(&self, now_epoch_seconds: i64) -> bool {
-        now_epoch_seconds
-            > self
-                .token
-                .expires_at_epoch_seconds
-                .saturating_add(CLOCK_SKEW_LEEWAY_SECONDS)
+        now_epoch_seconds > self.token.expires_at_epoch_seconds.saturating_add(CLOCK_SKEW_LEEWAY_SECONDS)
     }
 
     pub(crate) fn is_not_yet_valid(&self, now_epoch_seconds: i64) -> bool {
@@ -55,13 +51,8 @@ impl TokenCache {
     /// A cache holding at most about `capacity` tokens (rounded up to a multiple of the
     /// shard count). Zero disables caching.
     pub(crate) fn new(capacity: usize) -> TokenCache {
-        let shards = (0..SHARD_COUNT)
-            .map(|_| Mutex::new(HashMap::new()))
-            .collect();
-        TokenCache {
-            shards,
-            capacity_per_shard: capacity.div_ceil(SHARD_COUNT),
-        }
+        let shards = (0..SHARD_COUNT).map(|_| Mutex::new(HashMap::new())).collect();
+        TokenCache { shards, capacity_per_shard: capacity.div_ceil(SHARD_COUNT) }
     }
 
     fn shard(&self, hash: &TokenHash) -> &Mutex<HashMap<TokenHash, CacheEntry>> {
@@ -155,19 +146,13 @@ mod tests {
         cache.insert(hash(8), entry(10_000), 1_000);
         assert_eq!(cache.len(), 5);
         for number in 4..=8 {
-            assert!(
-                cache.get(&hash(number)).is_some(),
-                "live token {number} kept"
-            );
+            assert!(cache.get(&hash(number)).is_some(), "live token {number} kept");
         }
         for number in 9..100 {
             cache.insert(hash(number), entry(10_000), 1_000);
             assert!(cache.len() <= 8);
         }
-        assert!(
-            cache.get(&hash(99)).is_some(),
-            "the newest token is always cached"
-        );
+        assert!(cache.get(&hash(99)).is_some(), "the newest token is always cached");
     }
 
     #[test]
@@ -179,10 +164,7 @@ mod tests {
 
     #[test]
     fn validity_window_includes_the_leeway() {
-        let cached = CacheEntry {
-            not_before_epoch_seconds: 500,
-            ..entry(1_000)
-        };
+        let cached = CacheEntry { not_before_epoch_seconds: 500, ..entry(1_000) };
         assert!(!cached.is_expired(1_000 + CLOCK_SKEW_LEEWAY_SECONDS));
         assert!(cached.is_expired(1_001 + CLOCK_SKEW_LEEWAY_SECONDS));
         assert!(!cached.is_not_yet_valid(500 - CLOCK_SKEW_LEEWAY_SECONDS));

@@ -73,14 +73,8 @@ impl Jwk {
         let point = public_key.to_encoded_point(false);
         // An uncompressed encoding of a valid public key always carries both
         // coordinates; the identity point cannot be a `PublicKey`.
-        let x = point
-            .x()
-            .map(|x| URL_SAFE_NO_PAD.encode(x))
-            .unwrap_or_default();
-        let y = point
-            .y()
-            .map(|y| URL_SAFE_NO_PAD.encode(y))
-            .unwrap_or_default();
+        let x = point.x().map(|x| URL_SAFE_NO_PAD.encode(x)).unwrap_or_default();
+        let y = point.y().map(|y| URL_SAFE_NO_PAD.encode(y)).unwrap_or_default();
         Jwk {
             kty: "EC".to_owned(),
             crv: "P-256".to_owned(),
@@ -97,10 +91,7 @@ impl Jwk {
     /// a key id is derived from the key and can never name two different keys.
     pub fn thumbprint(&self) -> String {
         // The members are fixed ASCII or base64url, so no JSON escaping is needed.
-        let canonical = format!(
-            r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#,
-            self.crv, self.kty, self.x, self.y
-        );
+        let canonical = format!(r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#, self.crv, self.kty, self.x, self.y);
         URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
     }
 
@@ -109,32 +100,20 @@ impl Jwk {
     /// the user.
     pub fn validate(&self) -> Result<[u8; 65], String> {
         if self.kty != "EC" {
-            return Err(format!(
-                "kty must be \"EC\" (only ES256 keys are accepted), found {}",
-                quoted(&self.kty)
-            ));
+            return Err(format!("kty must be \"EC\" (only ES256 keys are accepted), found {}", quoted(&self.kty)));
         }
         if self.crv != "P-256" {
-            return Err(format!(
-                "crv must be \"P-256\" (only ES256 keys are accepted), found {}",
-                quoted(&self.crv)
-            ));
+            return Err(format!("crv must be \"P-256\" (only ES256 keys are accepted), found {}", quoted(&self.crv)));
         }
         if let Some(alg) = &self.alg
             && alg != "ES256"
         {
-            return Err(format!(
-                "alg must be \"ES256\" when present, found {}",
-                quoted(alg)
-            ));
+            return Err(format!("alg must be \"ES256\" when present, found {}", quoted(alg)));
         }
         if let Some(key_use) = &self.key_use
             && key_use != "sig"
         {
-            return Err(format!(
-                "use must be \"sig\" when present, found {}",
-                quoted(key_use)
-            ));
+            return Err(format!("use must be \"sig\" when present, found {}", quoted(key_use)));
         }
         if let Some(kid) = &self.kid
             && (kid.is_empty() || kid.chars().count() > MAX_KEY_ID_CHARS)
@@ -178,8 +157,7 @@ impl JwkSet {
         }
         let mut parsed = Vec::with_capacity(keys.len());
         for (index, key) in keys.iter().enumerate() {
-            let jwk = parse_untrusted_key(key)
-                .map_err(|reason| JwkError::InvalidKey { index, reason })?;
+            let jwk = parse_untrusted_key(key).map_err(|reason| JwkError::InvalidKey { index, reason })?;
             parsed.push(jwk);
         }
         let set = JwkSet { keys: parsed };
@@ -194,27 +172,18 @@ impl JwkSet {
             return Err(JwkError::Empty);
         }
         if self.keys.len() > MAX_KEYS_PER_SET {
-            return Err(JwkError::TooManyKeys {
-                count: self.keys.len(),
-            });
+            return Err(JwkError::TooManyKeys { count: self.keys.len() });
         }
         for (index, key) in self.keys.iter().enumerate() {
-            key.validate()
-                .map_err(|reason| JwkError::InvalidKey { index, reason })?;
+            key.validate().map_err(|reason| JwkError::InvalidKey { index, reason })?;
             let Some(kid) = &key.kid else {
                 return Err(JwkError::InvalidKey {
                     index,
                     reason: "kid is missing; tokens name their signing key by kid".to_owned(),
                 });
             };
-            if self.keys[..index]
-                .iter()
-                .any(|earlier| earlier.kid.as_deref() == Some(kid))
-            {
-                return Err(JwkError::DuplicateKeyId {
-                    index,
-                    kid: kid.clone(),
-                });
+            if self.keys[..index].iter().any(|earlier| earlier.kid.as_deref() == Some(kid)) {
+                return Err(JwkError::DuplicateKeyId { index, kid: kid.clone() });
             }
         }
         Ok(())
@@ -241,10 +210,7 @@ fn parse_untrusted_key(key: &Value) -> Result<Jwk, String> {
     }
     let kty = required_string(object, "kty")?;
     if kty != "EC" {
-        return Err(format!(
-            "kty must be \"EC\" (only ES256 keys are accepted), found {}",
-            quoted(kty)
-        ));
+        return Err(format!("kty must be \"EC\" (only ES256 keys are accepted), found {}", quoted(kty)));
     }
     Ok(Jwk {
         kty: kty.to_owned(),
@@ -261,10 +227,7 @@ fn required_string<'a>(object: &'a Map<String, Value>, member: &str) -> Result<&
     optional_string(object, member)?.ok_or_else(|| format!("{member} is missing"))
 }
 
-fn optional_string<'a>(
-    object: &'a Map<String, Value>,
-    member: &str,
-) -> Result<Option<&'a str>, String> {
+fn optional_string<'a>(object: &'a Map<String, Value>, member: &str) -> Result<Option<&'a str>, String> {
     match object.get(member) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
@@ -309,46 +272,27 @@ mod tests {
         let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
         let jwk = Jwk::from_public_key(&secret.public_key(), None);
         let kid = jwk.thumbprint();
-        Jwk {
-            kid: Some(kid),
-            ..jwk
-        }
+        Jwk { kid: Some(kid), ..jwk }
     }
 
     #[test]
     fn thumbprint_matches_rfc_7638_by_hand() {
         let key = sample_key(7);
-        let canonical = format!(
-            "{{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"{}\",\"y\":\"{}\"}}",
-            key.x, key.y
-        );
+        let canonical = format!("{{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"{}\",\"y\":\"{}\"}}", key.x, key.y);
         let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
         assert_eq!(key.thumbprint(), expected);
         assert_eq!(key.thumbprint().len(), 43);
         // The thumbprint ignores optional members.
-        let bare = Jwk {
-            kid: None,
-            alg: None,
-            key_use: None,
-            ..key.clone()
-        };
+        let bare = Jwk { kid: None, alg: None, key_use: None, ..key.clone() };
         assert_eq!(bare.thumbprint(), key.thumbprint());
     }
 
     #[test]
     fn serializes_public_members_only_with_use_renamed() {
         let key = sample_key(3);
-        let value = serde_json::to_value(JwkSet {
-            keys: vec![key.clone()],
-        })
-        .unwrap();
+        let value = serde_json::to_value(JwkSet { keys: vec![key.clone()] }).unwrap();
         let member = &value["keys"][0];
-        let mut names: Vec<&str> = member
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let mut names: Vec<&str> = member.as_object().unwrap().keys().map(String::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["alg", "crv", "kid", "kty", "use", "x", "y"]);
         assert_eq!(member["use"], "sig");
@@ -360,15 +304,9 @@ mod tests {
     fn refuses_non_ec_keys_with_a_clear_reason() {
         let rsa = json!({"keys": [{"kty": "RSA", "kid": "r1", "n": "AQAB", "e": "AQAB"}]});
         let error = JwkSet::from_untrusted_value(&rsa).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "keys[0]: kty must be \"EC\" (only ES256 keys are accepted), found \"RSA\""
-        );
+        assert_eq!(error.to_string(), "keys[0]: kty must be \"EC\" (only ES256 keys are accepted), found \"RSA\"");
         let okp = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "o"}]});
-        assert!(matches!(
-            JwkSet::from_untrusted_value(&okp),
-            Err(JwkError::InvalidKey { index: 0, .. })
-        ));
+        assert!(matches!(JwkSet::from_untrusted_value(&okp), Err(JwkError::InvalidKey { index: 0, .. })));
     }
 
     #[test]
@@ -377,18 +315,12 @@ mod tests {
         let mut value = serde_json::to_value(&good).unwrap();
         value["crv"] = json!("P-384");
         let error = JwkSet::from_untrusted_value(&json!({"keys": [value]})).unwrap_err();
-        assert!(
-            error.to_string().contains("crv must be \"P-256\""),
-            "{error}"
-        );
+        assert!(error.to_string().contains("crv must be \"P-256\""), "{error}");
 
         let mut value = serde_json::to_value(&good).unwrap();
         value["alg"] = json!("ES384");
         let error = JwkSet::from_untrusted_value(&json!({"keys": [value]})).unwrap_err();
-        assert!(
-            error.to_string().contains("alg must be \"ES256\""),
-            "{error}"
-        );
+        assert!(error.to_string().contains("alg must be \"ES256\""), "{error}");
 
         let mut value = serde_json::to_value(&good).unwrap();
         value["use"] = json!("enc");
@@ -401,29 +333,18 @@ mod tests {
         let mut value = serde_json::to_value(sample_key(9)).unwrap();
         value["d"] = json!(URL_SAFE_NO_PAD.encode([9_u8; 32]));
         let error = JwkSet::from_untrusted_value(&json!({"keys": [value]})).unwrap_err();
-        assert!(
-            error.to_string().contains("private key material (d)"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("private key material (d)"), "{error}");
     }
 
     #[test]
     fn refuses_points_off_the_curve_and_bad_coordinates() {
         let mut off_curve = sample_key(4);
         off_curve.y = URL_SAFE_NO_PAD.encode([1_u8; 32]);
-        assert_eq!(
-            off_curve.validate().unwrap_err(),
-            "x and y are not a point on the P-256 curve"
-        );
+        assert_eq!(off_curve.validate().unwrap_err(), "x and y are not a point on the P-256 curve");
 
         let mut short = sample_key(4);
         short.x = URL_SAFE_NO_PAD.encode([1_u8; 31]);
-        assert!(
-            short
-                .validate()
-                .unwrap_err()
-                .starts_with("x must be base64url")
-        );
+        assert!(short.validate().unwrap_err().starts_with("x must be base64url"));
 
         let mut padded = sample_key(4);
         padded.x.push('=');
@@ -431,12 +352,7 @@ mod tests {
 
         let mut not_base64 = sample_key(4);
         not_base64.y = "!".repeat(43);
-        assert!(
-            not_base64
-                .validate()
-                .unwrap_err()
-                .starts_with("y must be base64url")
-        );
+        assert!(not_base64.validate().unwrap_err().starts_with("y must be base64url"));
     }
 
     #[test]
@@ -447,31 +363,17 @@ mod tests {
         assert!(error.to_string().contains("kid is missing"), "{error}");
 
         let first = sample_key(2);
-        let second = Jwk {
-            kid: first.kid.clone(),
-            ..sample_key(3)
-        };
+        let second = Jwk { kid: first.kid.clone(), ..sample_key(3) };
         let duplicate = json!({"keys": [first, second]});
-        assert!(matches!(
-            JwkSet::from_untrusted_value(&duplicate),
-            Err(JwkError::DuplicateKeyId { index: 1, .. })
-        ));
+        assert!(matches!(JwkSet::from_untrusted_value(&duplicate), Err(JwkError::DuplicateKeyId { index: 1, .. })));
 
         let many: Vec<Jwk> = (1..=(MAX_KEYS_PER_SET as u8 + 1)).map(sample_key).collect();
         assert_eq!(
             JwkSet::from_untrusted_value(&json!({ "keys": many })),
-            Err(JwkError::TooManyKeys {
-                count: MAX_KEYS_PER_SET + 1
-            })
+            Err(JwkError::TooManyKeys { count: MAX_KEYS_PER_SET + 1 })
         );
-        assert_eq!(
-            JwkSet::from_untrusted_value(&json!({"keys": []})),
-            Err(JwkError::Empty)
-        );
-        assert_eq!(
-            JwkSet::from_untrusted_value(&json!([])),
-            Err(JwkError::NoKeysArray)
-        );
+        assert_eq!(JwkSet::from_untrusted_value(&json!({"keys": []})), Err(JwkError::Empty));
+        assert_eq!(JwkSet::from_untrusted_value(&json!([])), Err(JwkError::NoKeysArray));
         assert_eq!(JwkSet::from_untrusted_json("{"), Err(JwkError::NotJson));
     }
 

@@ -30,9 +30,7 @@ pub enum SealError {
     TooShort,
     #[error("the sealed key has unknown format version {0}")]
     UnknownVersion(u8),
-    #[error(
-        "the sealed key does not open: wrong key-encryption key, wrong kid, or altered ciphertext"
-    )]
+    #[error("the sealed key does not open: wrong key-encryption key, wrong kid, or altered ciphertext")]
     Open,
 }
 
@@ -65,11 +63,7 @@ pub fn seal(
 
 /// Decrypts what [`seal`] produced for the same `kid`. The plain key is wiped from
 /// memory when the returned buffer drops.
-pub fn unseal(
-    sealed: &[u8],
-    key_encryption_key: &[u8; 32],
-    kid: &str,
-) -> Result<Zeroizing<Vec<u8>>, SealError> {
+pub fn unseal(sealed: &[u8], key_encryption_key: &[u8; 32], kid: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let Some((&version, rest)) = sealed.split_first() else {
         return Err(SealError::TooShort);
     };
@@ -92,8 +86,7 @@ pub fn unseal(
 }
 
 fn aead_key(key_encryption_key: &[u8; 32]) -> Result<LessSafeKey, SealError> {
-    let unbound =
-        UnboundKey::new(&AES_256_GCM, key_encryption_key).map_err(|_| SealError::Encrypt)?;
+    let unbound = UnboundKey::new(&AES_256_GCM, key_encryption_key).map_err(|_| SealError::Encrypt)?;
     Ok(LessSafeKey::new(unbound))
 }
 
@@ -119,11 +112,7 @@ mod tests {
     fn round_trip_and_no_plaintext_in_the_sealed_bytes() {
         let sealed = seal(SECRET, &KEY_ENCRYPTION_KEY, NONCE, "kid-1").unwrap();
         assert_eq!(sealed.len(), 1 + 12 + SECRET.len() + 16);
-        assert!(
-            !sealed
-                .windows(8)
-                .any(|window| SECRET.windows(8).any(|part| part == window))
-        );
+        assert!(!sealed.windows(8).any(|window| SECRET.windows(8).any(|part| part == window)));
         let opened = unseal(&sealed, &KEY_ENCRYPTION_KEY, "kid-1").unwrap();
         assert_eq!(opened.as_slice(), SECRET);
     }
@@ -139,10 +128,7 @@ mod tests {
     #[test]
     fn wrong_kid_fails() {
         let sealed = seal(SECRET, &KEY_ENCRYPTION_KEY, NONCE, "kid-1").unwrap();
-        assert_eq!(
-            unseal(&sealed, &KEY_ENCRYPTION_KEY, "kid-2"),
-            Err(SealError::Open)
-        );
+        assert_eq!(unseal(&sealed, &KEY_ENCRYPTION_KEY, "kid-2"), Err(SealError::Open));
     }
 
     #[test]
@@ -152,31 +138,15 @@ mod tests {
         for index in 1..sealed.len() {
             let mut tampered = sealed.clone();
             tampered[index] ^= 0x01;
-            assert_eq!(
-                unseal(&tampered, &KEY_ENCRYPTION_KEY, "kid-1"),
-                Err(SealError::Open),
-                "byte {index}"
-            );
+            assert_eq!(unseal(&tampered, &KEY_ENCRYPTION_KEY, "kid-1"), Err(SealError::Open), "byte {index}");
         }
         let mut other_version = sealed.clone();
         other_version[0] = 2;
-        assert_eq!(
-            unseal(&other_version, &KEY_ENCRYPTION_KEY, "kid-1"),
-            Err(SealError::UnknownVersion(2))
-        );
+        assert_eq!(unseal(&other_version, &KEY_ENCRYPTION_KEY, "kid-1"), Err(SealError::UnknownVersion(2)));
         let truncated = &sealed[..sealed.len() - 1];
-        assert_eq!(
-            unseal(truncated, &KEY_ENCRYPTION_KEY, "kid-1"),
-            Err(SealError::Open)
-        );
-        assert_eq!(
-            unseal(&sealed[..20], &KEY_ENCRYPTION_KEY, "kid-1"),
-            Err(SealError::TooShort)
-        );
-        assert_eq!(
-            unseal(&[], &KEY_ENCRYPTION_KEY, "kid-1"),
-            Err(SealError::TooShort)
-        );
+        assert_eq!(unseal(truncated, &KEY_ENCRYPTION_KEY, "kid-1"), Err(SealError::Open));
+        assert_eq!(unseal(&sealed[..20], &KEY_ENCRYPTION_KEY, "kid-1"), Err(SealError::TooShort));
+        assert_eq!(unseal(&[], &KEY_ENCRYPTION_KEY, "kid-1"), Err(SealError::TooShort));
     }
 
     #[test]

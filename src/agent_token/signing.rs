@@ -54,10 +54,7 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        formatter.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -67,33 +64,24 @@ impl SigningKey {
     /// [`KeyError::InvalidScalar`] draw again.
     pub fn from_random_bytes(random_bytes: [u8; 32]) -> Result<SigningKey, KeyError> {
         let random_bytes = Zeroizing::new(random_bytes);
-        let secret = p256::SecretKey::from_slice(random_bytes.as_slice())
-            .map_err(|_| KeyError::InvalidScalar)?;
+        let secret = p256::SecretKey::from_slice(random_bytes.as_slice()).map_err(|_| KeyError::InvalidScalar)?;
         SigningKey::from_secret(&secret)
     }
 
     /// Loads a key from its PKCS#8 DER form, e.g. as returned by [`unseal`].
     pub fn from_pkcs8_der(private_pkcs8: &[u8]) -> Result<SigningKey, KeyError> {
-        let secret =
-            p256::SecretKey::from_pkcs8_der(private_pkcs8).map_err(|_| KeyError::InvalidPkcs8)?;
+        let secret = p256::SecretKey::from_pkcs8_der(private_pkcs8).map_err(|_| KeyError::InvalidPkcs8)?;
         SigningKey::from_secret(&secret)
     }
 
     /// Loads a key sealed with [`SigningKey::seal`], checking it is the key `kid` names.
-    pub fn from_sealed(
-        sealed: &[u8],
-        key_encryption_key: &[u8; 32],
-        kid: &str,
-    ) -> Result<SigningKey, KeyError> {
+    pub fn from_sealed(sealed: &[u8], key_encryption_key: &[u8; 32], kid: &str) -> Result<SigningKey, KeyError> {
         let private_pkcs8 = unseal(sealed, key_encryption_key, kid)?;
         let key = SigningKey::from_pkcs8_der(&private_pkcs8)?;
         // The kid is authenticated as associated data already; this guards against a
         // record that sealed one key under another key's kid.
         if key.kid != kid {
-            return Err(KeyError::KeyIdMismatch {
-                expected: kid.to_owned(),
-                actual: key.kid,
-            });
+            return Err(KeyError::KeyIdMismatch { expected: kid.to_owned(), actual: key.kid });
         }
         Ok(key)
     }
@@ -103,17 +91,9 @@ impl SigningKey {
         let private_pkcs8 = secret.to_pkcs8_der().map_err(|_| KeyError::Encoding)?;
         let anonymous = Jwk::from_public_key(&secret.public_key(), None);
         let kid = anonymous.thumbprint();
-        let public_jwk = Jwk {
-            kid: Some(kid.clone()),
-            ..anonymous
-        };
+        let public_jwk = Jwk { kid: Some(kid.clone()), ..anonymous };
         let encoding_key = EncodingKey::from_ec_der(private_pkcs8.as_bytes());
-        Ok(SigningKey {
-            kid,
-            private_pkcs8,
-            encoding_key,
-            public_jwk,
-        })
+        Ok(SigningKey { kid, private_pkcs8, encoding_key, public_jwk })
     }
 
     /// The RFC 7638 thumbprint of the public key.
@@ -133,17 +113,8 @@ impl SigningKey {
     }
 
     /// Encrypts the private key for storage in the event log (see [`seal`]).
-    pub fn seal(
-        &self,
-        key_encryption_key: &[u8; 32],
-        nonce: [u8; 12],
-    ) -> Result<Vec<u8>, SealError> {
-        seal(
-            self.private_pkcs8.as_bytes(),
-            key_encryption_key,
-            nonce,
-            &self.kid,
-        )
+    pub fn seal(&self, key_encryption_key: &[u8; 32], nonce: [u8; 12]) -> Result<Vec<u8>, SealError> {
+        seal(self.private_pkcs8.as_bytes(), key_encryption_key, nonce, &self.kid)
     }
 
     /// Signs the claims as a compact JWS with header `{"typ":"JWT","alg":"ES256","kid":..}`.
@@ -153,8 +124,7 @@ impl SigningKey {
         claims.check_shape()?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding_key)
-            .map_err(|error| SignError::Signing(error.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding_key).map_err(|error| SignError::Signing(error.to_string()))
     }
 }
 
@@ -185,15 +155,9 @@ mod tests {
 
     #[test]
     fn invalid_scalars_are_an_error_not_a_panic() {
-        assert_eq!(
-            SigningKey::from_random_bytes([0; 32]).unwrap_err(),
-            KeyError::InvalidScalar
-        );
+        assert_eq!(SigningKey::from_random_bytes([0; 32]).unwrap_err(), KeyError::InvalidScalar);
         // 0xff..ff is above the P-256 group order.
-        assert_eq!(
-            SigningKey::from_random_bytes([0xff; 32]).unwrap_err(),
-            KeyError::InvalidScalar
-        );
+        assert_eq!(SigningKey::from_random_bytes([0xff; 32]).unwrap_err(), KeyError::InvalidScalar);
         assert!(SigningKey::from_random_bytes([1; 32]).is_ok());
     }
 
@@ -207,18 +171,9 @@ mod tests {
         assert!(json.get("d").is_none());
         assert_eq!(json["alg"], "ES256");
         // Same bytes, same key, same kid; different bytes, different kid.
-        assert_eq!(
-            SigningKey::from_random_bytes([1; 32]).unwrap().kid(),
-            key.kid()
-        );
-        assert_ne!(
-            SigningKey::from_random_bytes([2; 32]).unwrap().kid(),
-            key.kid()
-        );
-        assert_eq!(
-            format!("{key:?}"),
-            format!("SigningKey {{ kid: {:?}, .. }}", key.kid())
-        );
+        assert_eq!(SigningKey::from_random_bytes([1; 32]).unwrap().kid(), key.kid());
+        assert_ne!(SigningKey::from_random_bytes([2; 32]).unwrap().kid(), key.kid());
+        assert_eq!(format!("{key:?}"), format!("SigningKey {{ kid: {:?}, .. }}", key.kid()));
     }
 
     #[test]
@@ -228,10 +183,7 @@ mod tests {
         let header_segment = token.split('.').next().unwrap();
         let header: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_segment).unwrap()).unwrap();
-        assert_eq!(
-            header,
-            serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": key.kid()})
-        );
+        assert_eq!(header, serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": key.kid()}));
     }
 
     #[test]
@@ -247,10 +199,7 @@ mod tests {
         let key = SigningKey::from_random_bytes([4; 32]).unwrap();
         let again = SigningKey::from_pkcs8_der(key.private_pkcs8_der()).unwrap();
         assert_eq!(again.kid(), key.kid());
-        assert_eq!(
-            SigningKey::from_pkcs8_der(b"not a key").unwrap_err(),
-            KeyError::InvalidPkcs8
-        );
+        assert_eq!(SigningKey::from_pkcs8_der(b"not a key").unwrap_err(), KeyError::InvalidPkcs8);
     }
 
     #[test]
@@ -271,13 +220,7 @@ mod tests {
             KeyError::Unseal(SealError::Open)
         );
         // A key sealed under a kid that is not its own is caught after opening.
-        let mislabelled = seal(
-            key.private_pkcs8_der(),
-            &key_encryption_key,
-            [2; 12],
-            other.kid(),
-        )
-        .unwrap();
+        let mislabelled = seal(key.private_pkcs8_der(), &key_encryption_key, [2; 12], other.kid()).unwrap();
         assert!(matches!(
             SigningKey::from_sealed(&mislabelled, &key_encryption_key, other.kid()),
             Err(KeyError::KeyIdMismatch { .. })

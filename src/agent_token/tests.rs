@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
-    RSA_PKCS1_SHA256, RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256,
+    RsaKeyPair,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -55,9 +55,7 @@ fn embedded(keys: &[&SigningKey]) -> TrustedIssuer {
         issuer: ISSUER.into(),
         audience: Some(AUDIENCE.into()),
         kind: IssuerKind::Embedded,
-        keys: JwkSet {
-            keys: keys.iter().map(|key| key.public_jwk()).collect(),
-        },
+        keys: JwkSet { keys: keys.iter().map(|key| key.public_jwk()).collect() },
     }
 }
 
@@ -86,16 +84,9 @@ fn forge(header: &Value, payload: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> St
 /// tests can produce correctly signed tokens with any header and claims.
 fn es256_signer(signing_key: &SigningKey) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
     move |message| {
-        let key_pair = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            signing_key.private_pkcs8_der(),
-        )
-        .unwrap();
-        key_pair
-            .sign(&SystemRandom::new(), message)
-            .unwrap()
-            .as_ref()
-            .to_vec()
+        let key_pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, signing_key.private_pkcs8_der()).unwrap();
+        key_pair.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()
     }
 }
 
@@ -108,10 +99,7 @@ fn refused(verifier: &Verifier, token: &str, now: i64) -> TokenError {
     let error = verifier.verify(token, now).unwrap_err();
     let message = error.to_string();
     for segment in token.split('.').filter(|segment| segment.len() > 12) {
-        assert!(
-            !message.contains(segment),
-            "message {message:?} leaks a token segment"
-        );
+        assert!(!message.contains(segment), "message {message:?} leaks a token segment");
     }
     assert!(message.starts_with("agent token"), "{message}");
     error
@@ -125,10 +113,7 @@ fn minted_token_verifies_with_an_independent_es256_implementation() {
     let token = signing_key.sign(&claims()).unwrap();
 
     // What a third party has: the JWKS document as JSON text, and the token.
-    let jwks_text = serde_json::to_string(&JwkSet {
-        keys: vec![signing_key.public_jwk()],
-    })
-    .unwrap();
+    let jwks_text = serde_json::to_string(&JwkSet { keys: vec![signing_key.public_jwk()] }).unwrap();
     let jwks: Value = serde_json::from_str(&jwks_text).unwrap();
     let published = &jwks["keys"][0];
     let (signed_part, signature_segment) = token.rsplit_once('.').unwrap();
@@ -144,38 +129,24 @@ fn minted_token_verifies_with_an_independent_es256_implementation() {
         published["x"].as_str().unwrap(),
         published["y"].as_str().unwrap()
     );
-    assert_eq!(
-        published["kid"],
-        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-    );
+    assert_eq!(published["kid"], URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())));
 
-    let x = URL_SAFE_NO_PAD
-        .decode(published["x"].as_str().unwrap())
-        .unwrap();
-    let y = URL_SAFE_NO_PAD
-        .decode(published["y"].as_str().unwrap())
-        .unwrap();
+    let x = URL_SAFE_NO_PAD.decode(published["x"].as_str().unwrap()).unwrap();
+    let y = URL_SAFE_NO_PAD.decode(published["y"].as_str().unwrap()).unwrap();
     assert_eq!((x.len(), y.len()), (32, 32));
     // SEC1 uncompressed point: 0x04 || x || y.
     let point = [&[0x04_u8][..], &x, &y].concat();
     let verifying_key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
     let signature_bytes = URL_SAFE_NO_PAD.decode(signature_segment).unwrap();
     let signature = p256::ecdsa::Signature::from_slice(&signature_bytes).unwrap();
-    verifying_key
-        .verify(signed_part.as_bytes(), &signature)
-        .unwrap();
+    verifying_key.verify(signed_part.as_bytes(), &signature).unwrap();
 
     // And the independent check fails on a changed message, so it is really checking.
     let altered = signed_part.replacen('e', "f", 1);
-    assert!(
-        verifying_key
-            .verify(altered.as_bytes(), &signature)
-            .is_err()
-    );
+    assert!(verifying_key.verify(altered.as_bytes(), &signature).is_err());
 
     // The payload is the claims, exactly.
-    let payload: AgentClaims =
-        serde_json::from_value(decode_json(signed_part.split('.').nth(1).unwrap())).unwrap();
+    let payload: AgentClaims = serde_json::from_value(decode_json(signed_part.split('.').nth(1).unwrap())).unwrap();
     assert_eq!(payload, claims());
 }
 
@@ -213,10 +184,7 @@ fn verifier_is_send_and_sync_and_works_across_threads() {
     let verifier = Arc::new(verifier_for(&signing_key));
     let tokens: Vec<String> = (0..40)
         .map(|serial| {
-            let claims = AgentClaims {
-                jti: format!("tok_{serial}"),
-                ..claims()
-            };
+            let claims = AgentClaims { jti: format!("tok_{serial}"), ..claims() };
             signing_key.sign(&claims).unwrap()
         })
         .collect();
@@ -225,11 +193,7 @@ fn verifier_is_send_and_sync_and_works_across_threads() {
         .map(|_| {
             let verifier = Arc::clone(&verifier);
             let tokens = Arc::clone(&tokens);
-            std::thread::spawn(move || {
-                tokens
-                    .iter()
-                    .all(|token| verifier.verify(token, NOW).is_ok())
-            })
+            std::thread::spawn(move || tokens.iter().all(|token| verifier.verify(token, NOW).is_ok()))
         })
         .collect();
     for worker in workers {
@@ -248,23 +212,14 @@ fn alg_none_is_refused_in_every_spelling() {
     for alg in ["none", "None", "NONE", "nOnE"] {
         let header = json!({"alg": alg, "typ": "JWT", "kid": signing_key.kid()});
         let unsigned = format!("{}.{}.", encode_json(&header), encode_json(&claims_json()));
-        assert_eq!(
-            refused(&verifier, &unsigned, NOW),
-            TokenError::UnsupportedAlgorithm(format!("{alg:?}"))
-        );
+        assert_eq!(refused(&verifier, &unsigned, NOW), TokenError::UnsupportedAlgorithm(format!("{alg:?}")));
         // Also with a signature segment present, in case a parser skips empty ones.
         let with_junk = format!("{unsigned}AAAA");
-        assert!(matches!(
-            refused(&verifier, &with_junk, NOW),
-            TokenError::UnsupportedAlgorithm(_)
-        ));
+        assert!(matches!(refused(&verifier, &with_junk, NOW), TokenError::UnsupportedAlgorithm(_)));
     }
     let no_alg = json!({"typ": "JWT", "kid": signing_key.kid()});
     let token = forge(&no_alg, &claims_json(), es256_signer(&signing_key));
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::Malformed(_)
-    ));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::Malformed(_)));
 }
 
 #[test]
@@ -273,30 +228,15 @@ fn hs256_signed_with_the_public_key_is_refused() {
     let verifier = verifier_for(&signing_key);
     let jwk = signing_key.public_jwk();
     let point = jwk.validate().unwrap();
-    let jwks_text = serde_json::to_string(&JwkSet {
-        keys: vec![jwk.clone()],
-    })
-    .unwrap();
+    let jwks_text = serde_json::to_string(&JwkSet { keys: vec![jwk.clone()] }).unwrap();
     // Every form of the public key an attacker might try as the HMAC secret.
-    let secrets: [Vec<u8>; 4] = [
-        point.to_vec(),
-        point[1..].to_vec(),
-        serde_json::to_vec(&jwk).unwrap(),
-        jwks_text.into_bytes(),
-    ];
+    let secrets: [Vec<u8>; 4] =
+        [point.to_vec(), point[1..].to_vec(), serde_json::to_vec(&jwk).unwrap(), jwks_text.into_bytes()];
     for secret in secrets {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some(signing_key.kid().to_owned());
-        let token = jsonwebtoken::encode(
-            &header,
-            &claims(),
-            &jsonwebtoken::EncodingKey::from_secret(&secret),
-        )
-        .unwrap();
-        assert_eq!(
-            refused(&verifier, &token, NOW),
-            TokenError::UnsupportedAlgorithm("\"HS256\"".into())
-        );
+        let token = jsonwebtoken::encode(&header, &claims(), &jsonwebtoken::EncodingKey::from_secret(&secret)).unwrap();
+        assert_eq!(refused(&verifier, &token, NOW), TokenError::UnsupportedAlgorithm("\"HS256\"".into()));
     }
     assert_eq!(verifier.signature_checks(), 0, "no key was ever tried");
 }
@@ -310,32 +250,16 @@ fn real_rs256_and_es384_tokens_are_refused() {
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": signing_key.kid()});
     let token = forge(&header, &claims_json(), |message| {
         let mut signature = vec![0; rsa.public_modulus_len()];
-        rsa.sign(
-            &RSA_PKCS1_SHA256,
-            &SystemRandom::new(),
-            message,
-            &mut signature,
-        )
-        .unwrap();
+        rsa.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature).unwrap();
         signature
     });
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnsupportedAlgorithm("\"RS256\"".into())
-    );
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::UnsupportedAlgorithm("\"RS256\"".into()));
 
     let p384 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
     let header = json!({"alg": "ES384", "typ": "JWT", "kid": signing_key.kid()});
-    let token = forge(&header, &claims_json(), |message| {
-        p384.sign(&SystemRandom::new(), message)
-            .unwrap()
-            .as_ref()
-            .to_vec()
-    });
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnsupportedAlgorithm("\"ES384\"".into())
-    );
+    let token =
+        forge(&header, &claims_json(), |message| p384.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec());
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::UnsupportedAlgorithm("\"ES384\"".into()));
     // The P-384 key is real and the token well formed: only the algorithm rule refused it.
     assert_eq!(p384.public_key().as_ref().len(), 97);
 }
@@ -345,18 +269,12 @@ fn any_other_alg_header_is_refused_even_over_a_valid_es256_signature() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
     for alg in [
-        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES384", "ES512", "ES256K", "EdDSA",
-        "HS256", "HS384", "HS512", "es256", "ES256 ",
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES384", "ES512", "ES256K", "EdDSA", "HS256", "HS384",
+        "HS512", "es256", "ES256 ",
     ] {
         let header = json!({"alg": alg, "typ": "JWT", "kid": signing_key.kid()});
         let token = forge(&header, &claims_json(), es256_signer(&signing_key));
-        assert!(
-            matches!(
-                refused(&verifier, &token, NOW),
-                TokenError::UnsupportedAlgorithm(_)
-            ),
-            "{alg}"
-        );
+        assert!(matches!(refused(&verifier, &token, NOW), TokenError::UnsupportedAlgorithm(_)), "{alg}");
     }
     assert_eq!(verifier.signature_checks(), 0);
 }
@@ -383,10 +301,7 @@ fn missing_unknown_or_foreign_kid_is_refused() {
 
     let header = json!({"alg": "ES256", "kid": "no-such-key"});
     let token = forge(&header, &claims_json(), es256_signer(&signing_key));
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnknownKeyId("\"no-such-key\"".into())
-    );
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::UnknownKeyId("\"no-such-key\"".into()));
 
     // A key the verifier knows, but registered for another issuer.
     let other = key(2);
@@ -394,17 +309,11 @@ fn missing_unknown_or_foreign_kid_is_refused() {
     external.issuer = "https://other.example".into();
     verifier.upsert_issuer(external).unwrap();
     let token = forge(&es256_header(&other), &claims_json(), es256_signer(&other));
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnknownKeyId(_)
-    ));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::UnknownKeyId(_)));
 
     let header = json!({"alg": "ES256", "kid": 17});
     let token = forge(&header, &claims_json(), es256_signer(&signing_key));
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::Malformed(_)
-    ));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::Malformed(_)));
 }
 
 #[test]
@@ -437,29 +346,13 @@ fn missing_or_non_integer_exp_is_refused() {
     let verifier = verifier_for(&signing_key);
     let mut payload = claims_json();
     payload.as_object_mut().unwrap().remove("exp");
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::MissingClaim("exp".into())
-    );
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::MissingClaim("exp".into()));
 
-    for bad_exp in [
-        json!("1700000600"),
-        json!(1_700_000_600.5),
-        json!(null),
-        json!(u64::MAX),
-    ] {
+    for bad_exp in [json!("1700000600"), json!(1_700_000_600.5), json!(null), json!(u64::MAX)] {
         let mut payload = claims_json();
         payload["exp"] = bad_exp.clone();
-        let token = forge(
-            &es256_header(&signing_key),
-            &payload,
-            es256_signer(&signing_key),
-        );
+        let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
         assert!(
             matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "exp"),
             "{bad_exp}"
@@ -477,29 +370,11 @@ fn expiry_and_not_before_honour_sixty_seconds_of_leeway_cached_or_not() {
         verifier.upsert_issuer(embedded(&[&signing_key])).unwrap();
         // Within the window, and at both edges of the leeway.
         assert!(verifier.verify(&token, NOW).is_ok());
-        assert!(
-            verifier
-                .verify(&token, expires_at + CLOCK_SKEW_LEEWAY_SECONDS)
-                .is_ok()
-        );
-        assert!(
-            verifier
-                .verify(&token, NOW - CLOCK_SKEW_LEEWAY_SECONDS)
-                .is_ok()
-        );
+        assert!(verifier.verify(&token, expires_at + CLOCK_SKEW_LEEWAY_SECONDS).is_ok());
+        assert!(verifier.verify(&token, NOW - CLOCK_SKEW_LEEWAY_SECONDS).is_ok());
         // One second beyond each edge.
-        assert_eq!(
-            refused(
-                &verifier,
-                &token,
-                expires_at + CLOCK_SKEW_LEEWAY_SECONDS + 1
-            ),
-            TokenError::Expired
-        );
-        assert_eq!(
-            refused(&verifier, &token, NOW - CLOCK_SKEW_LEEWAY_SECONDS - 1),
-            TokenError::NotYetValid
-        );
+        assert_eq!(refused(&verifier, &token, expires_at + CLOCK_SKEW_LEEWAY_SECONDS + 1), TokenError::Expired);
+        assert_eq!(refused(&verifier, &token, NOW - CLOCK_SKEW_LEEWAY_SECONDS - 1), TokenError::NotYetValid);
         // Still good afterwards: refusals do not poison the cache.
         assert!(verifier.verify(&token, NOW + 1).is_ok());
     }
@@ -509,33 +384,14 @@ fn expiry_and_not_before_honour_sixty_seconds_of_leeway_cached_or_not() {
 fn long_expired_and_far_future_tokens_are_refused() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
-    let expired = AgentClaims {
-        iat: NOW - 3_600,
-        nbf: NOW - 3_600,
-        exp: NOW - 61,
-        ..claims()
-    };
+    let expired = AgentClaims { iat: NOW - 3_600, nbf: NOW - 3_600, exp: NOW - 61, ..claims() };
     let token = signing_key.sign(&expired).unwrap();
     assert_eq!(refused(&verifier, &token, NOW), TokenError::Expired);
-    let future = AgentClaims {
-        iat: NOW + 61,
-        nbf: NOW + 61,
-        exp: NOW + 600,
-        ..claims()
-    };
+    let future = AgentClaims { iat: NOW + 61, nbf: NOW + 61, exp: NOW + 600, ..claims() };
     let token = signing_key.sign(&future).unwrap();
     assert_eq!(refused(&verifier, &token, NOW), TokenError::NotYetValid);
-    let just_inside = AgentClaims {
-        iat: NOW + 60,
-        nbf: NOW + 60,
-        exp: NOW + 600,
-        ..claims()
-    };
-    assert!(
-        verifier
-            .verify(&signing_key.sign(&just_inside).unwrap(), NOW)
-            .is_ok()
-    );
+    let just_inside = AgentClaims { iat: NOW + 60, nbf: NOW + 60, exp: NOW + 600, ..claims() };
+    assert!(verifier.verify(&signing_key.sign(&just_inside).unwrap(), NOW).is_ok());
 }
 
 // ---- tampering ----
@@ -555,21 +411,14 @@ fn tampered_payload_is_refused() {
         let mut payload = decode_json(segments[1]);
         payload[claim] = value;
         let tampered = format!("{}.{}.{}", segments[0], encode_json(&payload), segments[2]);
-        assert_eq!(
-            refused(&verifier, &tampered, NOW),
-            TokenError::BadSignature,
-            "{claim}"
-        );
+        assert_eq!(refused(&verifier, &tampered, NOW), TokenError::BadSignature, "{claim}");
     }
     // Swapping in the header of another key's token is caught as well.
     let other = key(2);
     let other_token = other.sign(&claims()).unwrap();
     let other_header = other_token.split('.').next().unwrap();
     let spliced = format!("{other_header}.{}.{}", segments[1], segments[2]);
-    assert!(matches!(
-        refused(&verifier, &spliced, NOW),
-        TokenError::UnknownKeyId(_)
-    ));
+    assert!(matches!(refused(&verifier, &spliced, NOW), TokenError::UnknownKeyId(_)));
 }
 
 #[test]
@@ -594,10 +443,7 @@ fn tampered_signature_is_refused() {
         URL_SAFE_NO_PAD
             .decode(
                 signing_key
-                    .sign(&AgentClaims {
-                        jti: "tok_43".into(),
-                        ..claims()
-                    })
+                    .sign(&AgentClaims { jti: "tok_43".into(), ..claims() })
                     .unwrap()
                     .rsplit_once('.')
                     .unwrap()
@@ -609,9 +455,7 @@ fn tampered_signature_is_refused() {
         assert_eq!(refused(&verifier, &tampered, NOW), TokenError::BadSignature);
     }
     // A DER-encoded ECDSA signature (the other common form) is not a JWS ES256 signature.
-    let der = p256::ecdsa::Signature::from_slice(&signature)
-        .unwrap()
-        .to_der();
+    let der = p256::ecdsa::Signature::from_slice(&signature).unwrap().to_der();
     let tampered = format!("{signed_part}.{}", URL_SAFE_NO_PAD.encode(der.as_bytes()));
     assert_eq!(refused(&verifier, &tampered, NOW), TokenError::BadSignature);
     assert_eq!(
@@ -632,10 +476,7 @@ fn every_single_character_change_is_refused() {
         let replacement = if original == 'A' { 'B' } else { 'A' };
         let mut mutated = token.clone();
         mutated.replace_range(index..index + 1, &replacement.to_string());
-        assert!(
-            verifier.verify(&mutated, NOW).is_err(),
-            "change at {index} accepted"
-        );
+        assert!(verifier.verify(&mutated, NOW).is_err(), "change at {index} accepted");
     }
     assert!(verifier.verify(&token, NOW).is_ok());
 }
@@ -646,34 +487,15 @@ fn every_single_character_change_is_refused() {
 fn wrong_issuer_is_refused() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
-    let token = signing_key
-        .sign(&AgentClaims {
-            iss: "https://evil.example".into(),
-            ..claims()
-        })
-        .unwrap();
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::UntrustedIssuer("\"https://evil.example\"".into())
-    );
+    let token = signing_key.sign(&AgentClaims { iss: "https://evil.example".into(), ..claims() }).unwrap();
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::UntrustedIssuer("\"https://evil.example\"".into()));
     let mut payload = claims_json();
     payload.as_object_mut().unwrap().remove("iss");
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::MissingClaim("iss".into())
-    );
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::MissingClaim("iss".into()));
     // An issuer name built to bloat or garble error messages is cut and escaped.
-    let token = signing_key
-        .sign(&AgentClaims {
-            iss: format!("https://x/{}\n", "a".repeat(5_000)),
-            ..claims()
-        })
-        .unwrap();
+    let token =
+        signing_key.sign(&AgentClaims { iss: format!("https://x/{}\n", "a".repeat(5_000)), ..claims() }).unwrap();
     let message = refused(&verifier, &token, NOW).to_string();
     assert!(message.len() < 200 && !message.contains('\n'), "{message}");
 }
@@ -682,39 +504,18 @@ fn wrong_issuer_is_refused() {
 fn wrong_or_missing_audience_is_refused() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
-    let token = signing_key
-        .sign(&AgentClaims {
-            aud: "someone-else".into(),
-            ..claims()
-        })
-        .unwrap();
+    let token = signing_key.sign(&AgentClaims { aud: "someone-else".into(), ..claims() }).unwrap();
     assert_eq!(refused(&verifier, &token, NOW), TokenError::WrongAudience);
 
     let mut payload = claims_json();
     payload.as_object_mut().unwrap().remove("aud");
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::MissingClaim("aud".into())
-    );
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::MissingClaim("aud".into()));
 
     // Without a configured audience, any audience is accepted.
     let open = Verifier::new();
-    open.upsert_issuer(TrustedIssuer {
-        audience: None,
-        ..embedded(&[&signing_key])
-    })
-    .unwrap();
-    let token = signing_key
-        .sign(&AgentClaims {
-            aud: "someone-else".into(),
-            ..claims()
-        })
-        .unwrap();
+    open.upsert_issuer(TrustedIssuer { audience: None, ..embedded(&[&signing_key]) }).unwrap();
+    let token = signing_key.sign(&AgentClaims { aud: "someone-else".into(), ..claims() }).unwrap();
     assert!(open.verify(&token, NOW).is_ok());
 }
 
@@ -734,52 +535,25 @@ fn malformed_tokens_are_refused() {
         (String::new(), "empty"),
         (header.to_owned(), "one segment"),
         (format!("{header}.{payload}"), "two segments"),
-        (
-            format!("{header}.{payload}.{signature}.{signature}"),
-            "four segments",
-        ),
+        (format!("{header}.{payload}.{signature}.{signature}"), "four segments"),
         (format!("{header}..{signature}"), "empty payload"),
         (format!(".{payload}.{signature}"), "empty header"),
         (format!("{header}=.{payload}.{signature}"), "padded header"),
         (format!("{header}.{payload}=.{signature}"), "padded payload"),
-        (
-            format!("{}.{payload}.{signature}", header.replace('e', "+")),
-            "standard base64 alphabet",
-        ),
+        (format!("{}.{payload}.{signature}", header.replace('e', "+")), "standard base64 alphabet"),
         (format!("!!!!.{payload}.{signature}"), "header not base64"),
         (format!("{header}.%%%%.{signature}"), "payload not base64"),
-        (
-            format!("{}.{payload}.{signature}", text("not json")),
-            "header not JSON",
-        ),
-        (
-            format!("{}.{payload}.{signature}", text("[\"ES256\"]")),
-            "header a JSON array",
-        ),
-        (
-            format!("{header}.{}.{signature}", text("not json")),
-            "payload not JSON",
-        ),
-        (
-            format!("{header}.{}.{signature}", text("[1,2]")),
-            "payload a JSON array",
-        ),
-        (
-            format!("{header}.{}.{signature}", text("\"claims\"")),
-            "payload a JSON string",
-        ),
+        (format!("{}.{payload}.{signature}", text("not json")), "header not JSON"),
+        (format!("{}.{payload}.{signature}", text("[\"ES256\"]")), "header a JSON array"),
+        (format!("{header}.{}.{signature}", text("not json")), "payload not JSON"),
+        (format!("{header}.{}.{signature}", text("[1,2]")), "payload a JSON array"),
+        (format!("{header}.{}.{signature}", text("\"claims\"")), "payload a JSON string"),
         (format!("{header}.{payload}.{signature} "), "trailing space"),
         (format!(" {token}"), "leading space"),
         (format!("Bearer {token}"), "scheme left in"),
     ];
     for (candidate, case) in cases {
-        assert!(
-            matches!(
-                refused(&verifier, &candidate, NOW),
-                TokenError::Malformed(_)
-            ),
-            "{case}"
-        );
+        assert!(matches!(refused(&verifier, &candidate, NOW), TokenError::Malformed(_)), "{case}");
     }
     let huge = format!("{header}.{}.{signature}", "A".repeat(MAX_TOKEN_BYTES));
     assert_eq!(refused(&verifier, &huge, NOW), TokenError::TooLong);
@@ -790,56 +564,26 @@ fn malformed_tokens_are_refused() {
 fn embedded_tokens_must_have_every_claim_in_shape() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
-    for claim in [
-        "sub", "org", "act_for", "mode", "scope", "iat", "nbf", "jti",
-    ] {
+    for claim in ["sub", "org", "act_for", "mode", "scope", "iat", "nbf", "jti"] {
         let mut payload = claims_json();
         payload.as_object_mut().unwrap().remove(claim);
-        let token = forge(
-            &es256_header(&signing_key),
-            &payload,
-            es256_signer(&signing_key),
-        );
-        assert_eq!(
-            refused(&verifier, &token, NOW),
-            TokenError::MissingClaim(claim.into())
-        );
+        let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+        assert_eq!(refused(&verifier, &token, NOW), TokenError::MissingClaim(claim.into()));
     }
     let mut payload = claims_json();
     payload["mode"] = json!("robot");
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::InvalidClaim { .. }
-    ));
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { .. }));
 
     let mut payload = claims_json();
     payload["sub"] = json!("usr_5");
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::Claims(_)
-    ));
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::Claims(_)));
 
     let mut payload = claims_json();
     payload["org"] = json!(3);
-    let token = forge(
-        &es256_header(&signing_key),
-        &payload,
-        es256_signer(&signing_key),
-    );
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::InvalidClaim { .. }
-    ));
+    let token = forge(&es256_header(&signing_key), &payload, es256_signer(&signing_key));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { .. }));
 }
 
 // ---- external issuers ----
@@ -853,9 +597,7 @@ fn external_issuer(signing_key: &SigningKey) -> TrustedIssuer {
             owner_claim: "tenant".into(),
             owners: HashMap::from([("acme".to_owned(), "org_acme".to_owned())]),
         },
-        keys: JwkSet {
-            keys: vec![signing_key.public_jwk()],
-        },
+        keys: JwkSet { keys: vec![signing_key.public_jwk()] },
     }
 }
 
@@ -918,12 +660,7 @@ fn external_token_with_act_names_the_actor_as_agent() {
     assert_eq!(verified.jti, None);
     assert!(verified.scopes.is_empty());
 
-    for bad_act in [
-        json!("agent-7"),
-        json!({}),
-        json!({"sub": ""}),
-        json!({"sub": 7}),
-    ] {
+    for bad_act in [json!("agent-7"), json!({}), json!({"sub": ""}), json!({"sub": 7})] {
         payload["act"] = bad_act;
         let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
         assert!(matches!(
@@ -941,25 +678,14 @@ fn external_token_with_unmapped_or_missing_owner_is_refused() {
     let mut payload = external_payload();
     payload["tenant"] = json!("globex");
     let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnmappedOwner {
-            owner_claim: "tenant".into()
-        }
-    );
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::UnmappedOwner { owner_claim: "tenant".into() });
     payload.as_object_mut().unwrap().remove("tenant");
     let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
-    assert_eq!(
-        refused(&verifier, &token, NOW),
-        TokenError::MissingClaim("tenant".into())
-    );
+    assert_eq!(refused(&verifier, &token, NOW), TokenError::MissingClaim("tenant".into()));
     // An owner value of another type never matches a string key by accident.
     payload["tenant"] = json!(["acme"]);
     let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::InvalidClaim { .. }
-    ));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { .. }));
 }
 
 #[test]
@@ -970,18 +696,11 @@ fn removing_an_issuer_refuses_its_cached_tokens() {
     let token = forge(&es256_header(&idp), &external_payload(), es256_signer(&idp));
     assert!(verifier.verify(&token, NOW).is_ok());
     assert!(verifier.verify(&token, NOW).is_ok());
-    assert_eq!(
-        verifier.signature_checks(),
-        1,
-        "second verification came from the cache"
-    );
+    assert_eq!(verifier.signature_checks(), 1, "second verification came from the cache");
 
     assert!(verifier.remove_issuer("iss_acme"));
     assert!(!verifier.remove_issuer("iss_acme"));
-    assert_eq!(
-        refused(&verifier, &token, NOW + 1),
-        TokenError::UntrustedIssuer(format!("{EXTERNAL_ISSUER:?}"))
-    );
+    assert_eq!(refused(&verifier, &token, NOW + 1), TokenError::UntrustedIssuer(format!("{EXTERNAL_ISSUER:?}")));
 
     // Registering it again trusts it again, after a fresh signature check.
     verifier.upsert_issuer(external_issuer(&idp)).unwrap();
@@ -997,15 +716,9 @@ fn changing_an_owner_map_applies_to_cached_tokens() {
     let token = forge(&es256_header(&idp), &external_payload(), es256_signer(&idp));
     assert_eq!(verifier.verify(&token, NOW).unwrap().org_id, "org_acme");
     let mut narrowed = external_issuer(&idp);
-    narrowed.kind = IssuerKind::External {
-        owner_claim: "tenant".into(),
-        owners: HashMap::new(),
-    };
+    narrowed.kind = IssuerKind::External { owner_claim: "tenant".into(), owners: HashMap::new() };
     verifier.upsert_issuer(narrowed).unwrap();
-    assert!(matches!(
-        refused(&verifier, &token, NOW),
-        TokenError::UnmappedOwner { .. }
-    ));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::UnmappedOwner { .. }));
 }
 
 #[test]
@@ -1027,37 +740,21 @@ fn registrations_sharing_an_issuer_cannot_vouch_for_each_other() {
                 owner_claim: "tenant".into(),
                 owners: HashMap::from([("globex".to_owned(), "org_globex".to_owned())]),
             },
-            keys: JwkSet {
-                keys: vec![impostor_jwk],
-            },
+            keys: JwkSet { keys: vec![impostor_jwk] },
         })
         .unwrap();
 
     // Signed by the impostor, claiming A's tenant: only B's map applies, so refused.
-    let forged = forge(
-        &es256_header(&real_idp),
-        &external_payload(),
-        es256_signer(&impostor),
-    );
-    assert!(matches!(
-        refused(&verifier, &forged, NOW),
-        TokenError::UnmappedOwner { .. }
-    ));
+    let forged = forge(&es256_header(&real_idp), &external_payload(), es256_signer(&impostor));
+    assert!(matches!(refused(&verifier, &forged, NOW), TokenError::UnmappedOwner { .. }));
     // Signed by the impostor for its own tenant: B's own org, nobody else's.
     let mut own = external_payload();
     own["tenant"] = json!("globex");
     let own_token = forge(&es256_header(&real_idp), &own, es256_signer(&impostor));
     let verified = verifier.verify(&own_token, NOW).unwrap();
-    assert_eq!(
-        (verified.org_id.as_str(), verified.registration_id.as_str()),
-        ("org_globex", "iss_globex")
-    );
+    assert_eq!((verified.org_id.as_str(), verified.registration_id.as_str()), ("org_globex", "iss_globex"));
     // The real provider's tokens still map through A.
-    let genuine = forge(
-        &es256_header(&real_idp),
-        &external_payload(),
-        es256_signer(&real_idp),
-    );
+    let genuine = forge(&es256_header(&real_idp), &external_payload(), es256_signer(&real_idp));
     assert_eq!(verifier.verify(&genuine, NOW).unwrap().org_id, "org_acme");
     // Removing B leaves A intact.
     assert!(verifier.remove_issuer("iss_globex"));
@@ -1071,31 +768,16 @@ fn issuer_registration_is_validated() {
     let verifier = Verifier::new();
     let mut nameless = external_issuer(&idp);
     nameless.issuer = String::new();
-    assert_eq!(
-        verifier.upsert_issuer(nameless),
-        Err(IssuerError::EmptyIssuer)
-    );
+    assert_eq!(verifier.upsert_issuer(nameless), Err(IssuerError::EmptyIssuer));
     let mut no_claim = external_issuer(&idp);
-    no_claim.kind = IssuerKind::External {
-        owner_claim: String::new(),
-        owners: HashMap::new(),
-    };
-    assert_eq!(
-        verifier.upsert_issuer(no_claim),
-        Err(IssuerError::EmptyOwnerClaim)
-    );
+    no_claim.kind = IssuerKind::External { owner_claim: String::new(), owners: HashMap::new() };
+    assert_eq!(verifier.upsert_issuer(no_claim), Err(IssuerError::EmptyOwnerClaim));
     let mut keyless = external_issuer(&idp);
     keyless.keys = JwkSet::default();
-    assert_eq!(
-        verifier.upsert_issuer(keyless),
-        Err(IssuerError::Keys(JwkError::Empty))
-    );
+    assert_eq!(verifier.upsert_issuer(keyless), Err(IssuerError::Keys(JwkError::Empty)));
     let mut off_curve = external_issuer(&idp);
     off_curve.keys.keys[0].y = URL_SAFE_NO_PAD.encode([1_u8; 32]);
-    assert!(matches!(
-        verifier.upsert_issuer(off_curve),
-        Err(IssuerError::Keys(JwkError::InvalidKey { index: 0, .. }))
-    ));
+    assert!(matches!(verifier.upsert_issuer(off_curve), Err(IssuerError::Keys(JwkError::InvalidKey { index: 0, .. }))));
     assert_eq!(
         verifier.add_key("iss_nobody", idp.public_jwk()),
         Err(IssuerError::UnknownRegistration("iss_nobody".into()))
@@ -1132,12 +814,7 @@ fn cache_stays_bounded_under_many_distinct_tokens() {
     let verifier = Verifier::with_cache_capacity(64);
     verifier.upsert_issuer(embedded(&[&signing_key])).unwrap();
     for serial in 0..400 {
-        let token = signing_key
-            .sign(&AgentClaims {
-                jti: format!("tok_{serial}"),
-                ..claims()
-            })
-            .unwrap();
+        let token = signing_key.sign(&AgentClaims { jti: format!("tok_{serial}"), ..claims() }).unwrap();
         verifier.verify(&token, NOW).unwrap();
         assert!(verifier.cached_tokens() <= 64);
     }
@@ -1156,12 +833,7 @@ fn rotation_keeps_retired_keys_valid_until_removed() {
     verifier.add_key("embedded", new.public_jwk()).unwrap();
     verifier.add_key("embedded", new.public_jwk()).unwrap();
     assert_eq!(verifier.issuer_keys("embedded").unwrap().keys.len(), 2);
-    let new_token = new
-        .sign(&AgentClaims {
-            jti: "tok_new".into(),
-            ..claims()
-        })
-        .unwrap();
+    let new_token = new.sign(&AgentClaims { jti: "tok_new".into(), ..claims() }).unwrap();
     assert_eq!(verifier.verify(&new_token, NOW).unwrap().key_id, new.kid());
     // The retired key still verifies, and adding a key kept the cache.
     let checks = verifier.signature_checks();
@@ -1171,24 +843,15 @@ fn rotation_keeps_retired_keys_valid_until_removed() {
     // A different key may not take an existing kid.
     let mut clash = key(3).public_jwk();
     clash.kid = Some(new.kid().to_owned());
-    assert!(matches!(
-        verifier.add_key("embedded", clash),
-        Err(IssuerError::Keys(JwkError::DuplicateKeyId { .. }))
-    ));
+    assert!(matches!(verifier.add_key("embedded", clash), Err(IssuerError::Keys(JwkError::DuplicateKeyId { .. }))));
 
     // Retiring the old key refuses its tokens at once, cached or not.
     assert_eq!(verifier.remove_key("embedded", old.kid()), Ok(true));
     assert_eq!(verifier.remove_key("embedded", old.kid()), Ok(false));
-    assert!(matches!(
-        refused(&verifier, &old_token, NOW),
-        TokenError::UnknownKeyId(_)
-    ));
+    assert!(matches!(refused(&verifier, &old_token, NOW), TokenError::UnknownKeyId(_)));
     assert!(verifier.verify(&new_token, NOW).is_ok());
     // The last key cannot be removed; remove the registration instead.
-    assert_eq!(
-        verifier.remove_key("embedded", new.kid()),
-        Err(IssuerError::Keys(JwkError::Empty))
-    );
+    assert_eq!(verifier.remove_key("embedded", new.kid()), Err(IssuerError::Keys(JwkError::Empty)));
 }
 
 #[test]
@@ -1198,27 +861,10 @@ fn replacing_keys_refuses_tokens_of_dropped_keys() {
     let verifier = verifier_for(&old);
     let old_token = old.sign(&claims()).unwrap();
     assert!(verifier.verify(&old_token, NOW).is_ok());
-    verifier
-        .replace_keys(
-            "embedded",
-            JwkSet {
-                keys: vec![new.public_jwk()],
-            },
-        )
-        .unwrap();
-    assert!(matches!(
-        refused(&verifier, &old_token, NOW),
-        TokenError::UnknownKeyId(_)
-    ));
+    verifier.replace_keys("embedded", JwkSet { keys: vec![new.public_jwk()] }).unwrap();
+    assert!(matches!(refused(&verifier, &old_token, NOW), TokenError::UnknownKeyId(_)));
     // Replacing with the same set again re-verifies instead of trusting stale entries.
-    verifier
-        .replace_keys(
-            "embedded",
-            JwkSet {
-                keys: vec![old.public_jwk()],
-            },
-        )
-        .unwrap();
+    verifier.replace_keys("embedded", JwkSet { keys: vec![old.public_jwk()] }).unwrap();
     let checks = verifier.signature_checks();
     assert!(verifier.verify(&old_token, NOW).is_ok());
     assert_eq!(verifier.signature_checks(), checks + 1);

@@ -53,10 +53,7 @@ pub enum IssuerKind {
     Embedded,
     /// A registered external issuer ("bring your own"). The org that pays is
     /// `owners[claims[owner_claim]]`; an owner value not in the map is refused.
-    External {
-        owner_claim: String,
-        owners: HashMap<String, String>,
-    },
+    External { owner_claim: String, owners: HashMap<String, String> },
 }
 
 /// One registration of a trusted issuer.
@@ -195,12 +192,8 @@ struct Registry {
 impl Registry {
     fn put(&mut self, entry: Arc<IssuerEntry>) {
         self.remove(&entry.config.registration_id);
-        self.by_issuer
-            .entry(entry.config.issuer.clone())
-            .or_default()
-            .push(Arc::clone(&entry));
-        self.by_id
-            .insert(entry.config.registration_id.clone(), entry);
+        self.by_issuer.entry(entry.config.issuer.clone()).or_default().push(Arc::clone(&entry));
+        self.by_id.insert(entry.config.registration_id.clone(), entry);
     }
 
     fn remove(&mut self, registration_id: &str) -> Option<Arc<IssuerEntry>> {
@@ -294,10 +287,7 @@ impl Verifier {
         let mut existed = false;
         self.change(registration_id, |config| {
             let before = config.keys.keys.len();
-            config
-                .keys
-                .keys
-                .retain(|key| key.kid.as_deref() != Some(kid));
+            config.keys.keys.retain(|key| key.kid.as_deref() != Some(kid));
             existed = config.keys.keys.len() != before;
             existed
         })?;
@@ -306,11 +296,7 @@ impl Verifier {
 
     /// The public keys of a registration, e.g. to serve the embedded issuer's JWKS.
     pub fn issuer_keys(&self, registration_id: &str) -> Option<JwkSet> {
-        self.registry
-            .read()
-            .by_id
-            .get(registration_id)
-            .map(|entry| entry.config.keys.clone())
+        self.registry.read().by_id.get(registration_id).map(|entry| entry.config.keys.clone())
     }
 
     /// How many signatures have been checked: a cache hit does not add one. For metrics
@@ -327,11 +313,7 @@ impl Verifier {
     /// Verifies `token` at `now_epoch_seconds` (the caller's clock, so tests and replays
     /// are deterministic). A token verified before and still valid is answered from the
     /// cache without a signature check.
-    pub fn verify(
-        &self,
-        token: &str,
-        now_epoch_seconds: i64,
-    ) -> Result<Arc<VerifiedToken>, TokenError> {
+    pub fn verify(&self, token: &str, now_epoch_seconds: i64) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
@@ -349,14 +331,9 @@ impl Verifier {
             // Its registration changed or went away: forget it and decide afresh.
             self.cache.remove(&token_hash);
         }
-        let (verified, generation, not_before_epoch_seconds) =
-            self.verify_uncached(token, now_epoch_seconds)?;
+        let (verified, generation, not_before_epoch_seconds) = self.verify_uncached(token, now_epoch_seconds)?;
         let verified = Arc::new(verified);
-        let entry = CacheEntry {
-            token: Arc::clone(&verified),
-            generation,
-            not_before_epoch_seconds,
-        };
+        let entry = CacheEntry { token: Arc::clone(&verified), generation, not_before_epoch_seconds };
         self.cache.insert(token_hash, entry, now_epoch_seconds);
         Ok(verified)
     }
@@ -369,11 +346,7 @@ impl Verifier {
             .is_some_and(|entry| entry.generation == cached.generation)
     }
 
-    fn verify_uncached(
-        &self,
-        token: &str,
-        now_epoch_seconds: i64,
-    ) -> Result<(VerifiedToken, u64, i64), TokenError> {
+    fn verify_uncached(&self, token: &str, now_epoch_seconds: i64) -> Result<(VerifiedToken, u64, i64), TokenError> {
         let parsed = parse(token)?;
         let issuer = required_string(&parsed.claims, "iss")?;
         let candidates: Vec<Arc<IssuerEntry>> = {
@@ -381,11 +354,7 @@ impl Verifier {
             let Some(registrations) = registry.by_issuer.get(issuer) else {
                 return Err(TokenError::UntrustedIssuer(quoted(issuer)));
             };
-            registrations
-                .iter()
-                .filter(|entry| entry.decoding_keys.contains_key(&parsed.kid))
-                .cloned()
-                .collect()
+            registrations.iter().filter(|entry| entry.decoding_keys.contains_key(&parsed.kid)).cloned().collect()
         };
         if candidates.is_empty() {
             return Err(TokenError::UnknownKeyId(quoted(&parsed.kid)));
@@ -427,11 +396,7 @@ impl Verifier {
 
     /// Builds a new registration state; `generation` keeps the current one when the change
     /// cannot invalidate a cached token.
-    fn build_entry(
-        &self,
-        issuer: TrustedIssuer,
-        generation: Option<u64>,
-    ) -> Result<Arc<IssuerEntry>, IssuerError> {
+    fn build_entry(&self, issuer: TrustedIssuer, generation: Option<u64>) -> Result<Arc<IssuerEntry>, IssuerError> {
         if issuer.registration_id.is_empty() {
             return Err(IssuerError::EmptyRegistrationId);
         }
@@ -446,33 +411,20 @@ impl Verifier {
         issuer.keys.validate()?;
         let mut decoding_keys = HashMap::with_capacity(issuer.keys.keys.len());
         for (index, key) in issuer.keys.keys.iter().enumerate() {
-            let invalid =
-                |reason: String| IssuerError::Keys(JwkError::InvalidKey { index, reason });
+            let invalid = |reason: String| IssuerError::Keys(JwkError::InvalidKey { index, reason });
             // `validate` above guarantees a kid and well-formed coordinates.
-            let kid = key
-                .kid
-                .clone()
-                .ok_or_else(|| invalid("kid is missing".to_owned()))?;
-            let decoding_key = DecodingKey::from_ec_components(&key.x, &key.y)
-                .map_err(|error| invalid(error.to_string()))?;
+            let kid = key.kid.clone().ok_or_else(|| invalid("kid is missing".to_owned()))?;
+            let decoding_key =
+                DecodingKey::from_ec_components(&key.x, &key.y).map_err(|error| invalid(error.to_string()))?;
             decoding_keys.insert(kid, decoding_key);
         }
-        let generation =
-            generation.unwrap_or_else(|| self.next_generation.fetch_add(1, Ordering::Relaxed));
-        Ok(Arc::new(IssuerEntry {
-            config: issuer,
-            decoding_keys,
-            generation,
-        }))
+        let generation = generation.unwrap_or_else(|| self.next_generation.fetch_add(1, Ordering::Relaxed));
+        Ok(Arc::new(IssuerEntry { config: issuer, decoding_keys, generation }))
     }
 
     /// Applies `edit` to a copy of a registration; `edit` returns whether the change can
     /// invalidate cached tokens.
-    fn change(
-        &self,
-        registration_id: &str,
-        edit: impl FnOnce(&mut TrustedIssuer) -> bool,
-    ) -> Result<(), IssuerError> {
+    fn change(&self, registration_id: &str, edit: impl FnOnce(&mut TrustedIssuer) -> bool) -> Result<(), IssuerError> {
         // The write lock is held across the edit so two concurrent changes cannot lose
         // one another; key changes are rare, verification only takes the read lock.
         let mut registry = self.registry.write();
@@ -491,22 +443,16 @@ impl Verifier {
 /// Splits and decodes the token without trusting anything in it yet.
 fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
     let mut segments = token.split('.');
-    let (Some(header_segment), Some(payload_segment), Some(signature_segment), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
-        return Err(TokenError::Malformed(
-            "expected three dot-separated segments",
-        ));
+    let (Some(header_segment), Some(payload_segment), Some(signature_segment), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return Err(TokenError::Malformed("expected three dot-separated segments"));
     };
-    let header_bytes = URL_SAFE_NO_PAD
-        .decode(header_segment)
-        .map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    let header_bytes =
+        URL_SAFE_NO_PAD.decode(header_segment).map_err(|_| TokenError::Malformed("header is not base64url"))?;
     // A map, not a derived struct: serde would also accept a JSON array positionally.
-    let mut header: Map<String, Value> = serde_json::from_slice(&header_bytes)
-        .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
+    let mut header: Map<String, Value> =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
     let Some(Value::String(alg)) = header.get("alg") else {
         return Err(TokenError::Malformed("header has no string alg"));
     };
@@ -521,18 +467,12 @@ fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
         Some(Value::String(kid)) => kid,
         Some(_) => return Err(TokenError::Malformed("header kid is not a string")),
     };
-    let payload_bytes = URL_SAFE_NO_PAD
-        .decode(payload_segment)
-        .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload_bytes)
-        .map_err(|_| TokenError::Malformed("claims are not a JSON object"))?;
+    let payload_bytes =
+        URL_SAFE_NO_PAD.decode(payload_segment).map_err(|_| TokenError::Malformed("claims are not base64url"))?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload_bytes).map_err(|_| TokenError::Malformed("claims are not a JSON object"))?;
     let signed_part = &token[..header_segment.len() + 1 + payload_segment.len()];
-    Ok(ParsedToken {
-        signed_part,
-        signature_segment,
-        kid,
-        claims,
-    })
+    Ok(ParsedToken { signed_part, signature_segment, kid, claims })
 }
 
 /// Applies the time, audience and mapping rules of one registration to claims whose
@@ -577,15 +517,11 @@ fn interpret(
                 used_act_claim: false,
             }
         }
-        IssuerKind::External {
-            owner_claim,
-            owners,
-        } => {
+        IssuerKind::External { owner_claim, owners } => {
             let subject = required_string(claims, "sub")?;
             let owner = required_string(claims, owner_claim)?;
-            let org_id = owners.get(owner).ok_or_else(|| TokenError::UnmappedOwner {
-                owner_claim: owner_claim.clone(),
-            })?;
+            let org_id =
+                owners.get(owner).ok_or_else(|| TokenError::UnmappedOwner { owner_claim: owner_claim.clone() })?;
             let actor = actor_subject(claims)?;
             let (agent_id, act_for, mode) = match actor {
                 // RFC 8693: `act.sub` is the party acting, `sub` the one acted for.
@@ -615,12 +551,10 @@ fn interpret(
 
 fn agent_claims(claims: &Map<String, Value>) -> Result<AgentClaims, TokenError> {
     let mode = required_string(claims, "mode")?;
-    let mode = mode
-        .parse::<AgentMode>()
-        .map_err(|_| TokenError::InvalidClaim {
-            claim: "mode".to_owned(),
-            reason: "must be autonomous, delegated or hybrid",
-        })?;
+    let mode = mode.parse::<AgentMode>().map_err(|_| TokenError::InvalidClaim {
+        claim: "mode".to_owned(),
+        reason: "must be autonomous, delegated or hybrid",
+    })?;
     Ok(AgentClaims {
         iss: required_string(claims, "iss")?.to_owned(),
         aud: required_string(claims, "aud")?.to_owned(),
@@ -645,17 +579,11 @@ fn check_audience(claims: &Map<String, Value>, expected: &str) -> Result<(), Tok
             if !audiences.iter().all(Value::is_string) {
                 return Err(invalid("aud", "must be a string or an array of strings"));
             }
-            audiences
-                .iter()
-                .any(|audience| audience.as_str() == Some(expected))
+            audiences.iter().any(|audience| audience.as_str() == Some(expected))
         }
         Some(_) => return Err(invalid("aud", "must be a string or an array of strings")),
     };
-    if matches {
-        Ok(())
-    } else {
-        Err(TokenError::WrongAudience)
-    }
+    if matches { Ok(()) } else { Err(TokenError::WrongAudience) }
 }
 
 /// `act.sub` of an RFC 8693 `act` claim, if the token has one.
@@ -664,33 +592,21 @@ fn actor_subject(claims: &Map<String, Value>) -> Result<Option<&str>, TokenError
         None => Ok(None),
         Some(Value::Object(actor)) => match actor.get("sub") {
             Some(Value::String(subject)) if !subject.is_empty() => Ok(Some(subject)),
-            _ => Err(invalid(
-                "act",
-                "must be an object with a non-empty string `sub`",
-            )),
+            _ => Err(invalid("act", "must be an object with a non-empty string `sub`")),
         },
-        Some(_) => Err(invalid(
-            "act",
-            "must be an object with a non-empty string `sub`",
-        )),
+        Some(_) => Err(invalid("act", "must be an object with a non-empty string `sub`")),
     }
 }
 
 fn invalid(claim: &str, reason: &'static str) -> TokenError {
-    TokenError::InvalidClaim {
-        claim: claim.to_owned(),
-        reason,
-    }
+    TokenError::InvalidClaim { claim: claim.to_owned(), reason }
 }
 
 fn required_string<'a>(claims: &'a Map<String, Value>, claim: &str) -> Result<&'a str, TokenError> {
     optional_string(claims, claim)?.ok_or_else(|| TokenError::MissingClaim(claim.to_owned()))
 }
 
-fn optional_string<'a>(
-    claims: &'a Map<String, Value>,
-    claim: &str,
-) -> Result<Option<&'a str>, TokenError> {
+fn optional_string<'a>(claims: &'a Map<String, Value>, claim: &str) -> Result<Option<&'a str>, TokenError> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
@@ -707,12 +623,10 @@ fn optional_integer(claims: &Map<String, Value>, claim: &str) -> Result<Option<i
         None => Ok(None),
         // Fractional NumericDates are legal JWT but never produced by bahi or mainstream
         // issuers; refusing them keeps time arithmetic in integers.
-        Some(value) => value.as_i64().map(Some).ok_or_else(|| {
-            invalid(
-                claim,
-                "must be an integer number of seconds since the epoch",
-            )
-        }),
+        Some(value) => value
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| invalid(claim, "must be an integer number of seconds since the epoch")),
     }
 }
 

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bahi_domain::credential::{Role, Scope, SecretHash, parse_api_key};
 use bahi_domain::event::RateLimit;
-use bahi_domain::ids::{OrgId, UserId};
+use bahi_domain::ids::{AgentId, IssuerId, OrgId, TokenId, UserId};
 use bahi_domain::rate_limit::RateDecision;
 use chrono::Utc;
 
@@ -28,6 +28,7 @@ pub const SESSION_COOKIE: &str = "bahi_session";
 pub enum CredentialKind {
     ApiKey,
     Session,
+    AgentToken,
 }
 
 impl CredentialKind {
@@ -35,8 +36,19 @@ impl CredentialKind {
         match self {
             CredentialKind::ApiKey => "api_key",
             CredentialKind::Session => "session",
+            CredentialKind::AgentToken => "agent_token",
         }
     }
+}
+
+/// The agent behind an agent token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRef {
+    /// `agt_…` for bahi's agents; `<iss_…>:<subject>` for an external issuer's, so that an
+    /// external token can never name one of bahi's agents.
+    pub id: String,
+    pub name: Option<String>,
+    pub external_issuer: Option<String>,
 }
 
 /// Who is calling: the org that pays, the credential used, and what it may do.
@@ -44,8 +56,14 @@ impl CredentialKind {
 pub struct Principal {
     pub org_id: OrgId,
     pub credential_kind: CredentialKind,
-    /// `key_…` for keys; the user's `usr_…` for sessions.
+    /// `key_…` for keys; the user's `usr_…` for sessions; `tok_…` (or the issuer
+    /// registration, for external tokens without `jti`) for agent tokens.
     pub credential_id: String,
+    /// The agent, for agent tokens.
+    pub agent: Option<AgentRef>,
+    /// Whom the call is made for: the token's `act_for`, the session's user, or the org for
+    /// an API key.
+    pub act_for: String,
     pub scopes: Vec<Scope>,
     /// Humans only.
     pub user: Option<(UserId, Role)>,
@@ -153,6 +171,8 @@ fn resolve_api_key(state: &AppState, credential: &str) -> Result<Principal, ApiE
         org_id: key.org_id.clone(),
         credential_kind: CredentialKind::ApiKey,
         credential_id: key.id.to_string(),
+        agent: None,
+        act_for: key.org_id.to_string(),
         scopes: key.scopes.clone(),
         user: None,
         session_hash: None,
@@ -172,6 +192,8 @@ fn resolve_session(state: &AppState, cookie: &str) -> Result<Principal, ApiError
         org_id: session.org_id.clone(),
         credential_kind: CredentialKind::Session,
         credential_id: user.id.to_string(),
+        agent: None,
+        act_for: user.id.to_string(),
         scopes: user.role.scopes(),
         user: Some((user.id.clone(), user.role)),
         session_hash: Some(hash),
@@ -180,10 +202,86 @@ fn resolve_session(state: &AppState, cookie: &str) -> Result<Principal, ApiError
     })
 }
 
+fn unauthorized_token(error: impl std::fmt::Display) -> ApiError {
+    ApiError::unauthorized(error.to_string())
+}
+
+async fn resolve_agent_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let verified = state.identity.verify(&state.ledger, token).await.map_err(unauthorized_token)?;
+    let org_id = OrgId::parse(&verified.org_id).map_err(|_| ApiError::unauthorized("agent token names no org"))?;
+    let ledger = state.ledger.read();
+    if !ledger.state.orgs.contains_key(&org_id) {
+        return Err(ApiError::unauthorized("agent token names an unknown org"));
+    }
+    let token_scopes =
+        verified.scopes.iter().filter_map(|text| Scope::parse(text)).filter(|scope| scope.is_org_scope());
+    if verified.external_issuer {
+        let registration = IssuerId::parse(&verified.registration_id)
+            .ok()
+            .and_then(|id| ledger.state.issuers.get(&id))
+            .filter(|record| record.revoked_at.is_none() && record.org_id == org_id)
+            .ok_or_else(|| ApiError::unauthorized("agent token's issuer is revoked"))?;
+        let agent_id = format!("{}:{}", registration.id, verified.agent_id);
+        return Ok(Principal {
+            org_id,
+            credential_kind: CredentialKind::AgentToken,
+            credential_id: verified.jti.clone().unwrap_or_else(|| registration.id.to_string()),
+            agent: Some(AgentRef {
+                id: agent_id.clone(),
+                name: None,
+                external_issuer: Some(registration.id.to_string()),
+            }),
+            act_for: verified.act_for.clone(),
+            scopes: token_scopes.collect(),
+            user: None,
+            session_hash: None,
+            rate_subject: agent_id,
+            rate_limit: state.config.default_rate_limit,
+        });
+    }
+    let agent = AgentId::parse(&verified.agent_id)
+        .ok()
+        .and_then(|id| ledger.state.agents.get(&id))
+        .filter(|agent| agent.org_id == org_id)
+        .ok_or_else(|| ApiError::unauthorized("agent token names an unknown agent"))?;
+    if agent.revoked_at.is_some() {
+        return Err(ApiError::unauthorized("this agent was revoked"));
+    }
+    let token_id = verified.jti.as_deref().and_then(|jti| TokenId::parse(jti).ok());
+    let minted =
+        token_id.as_ref().and_then(|id| ledger.state.tokens.get(id)).filter(|token| token.agent_id == agent.id);
+    match minted {
+        None => return Err(ApiError::unauthorized("agent token was not minted here")),
+        Some(token) if token.revoked => return Err(ApiError::unauthorized("this agent token was revoked")),
+        Some(_) => {}
+    }
+    Ok(Principal {
+        org_id,
+        credential_kind: CredentialKind::AgentToken,
+        credential_id: verified.jti.clone().unwrap_or_default(),
+        agent: Some(AgentRef { id: agent.id.to_string(), name: Some(agent.name.clone()), external_issuer: None }),
+        act_for: verified.act_for.clone(),
+        // A token narrows its agent's scopes; it never widens them.
+        scopes: token_scopes.filter(|scope| agent.scopes.contains(scope)).collect(),
+        user: None,
+        session_hash: None,
+        rate_subject: agent.id.to_string(),
+        rate_limit: agent.rate_limit.unwrap_or(state.config.default_rate_limit),
+    })
+}
+
+/// Whether header credential text is a JWT (three dot-separated segments) rather than a key.
+fn looks_like_token(credential: &str) -> bool {
+    credential.bytes().filter(|&b| b == b'.').count() == 2
+}
+
 /// Resolves the request's one credential: a header credential if present, else the
 /// session cookie.
-pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     if let Some(credential) = presented_header_credential(headers)? {
+        if looks_like_token(&credential) {
+            return resolve_agent_token(state, &credential).await;
+        }
         return resolve_api_key(state, &credential);
     }
     if let Some(cookie) = session_cookie(headers) {
@@ -223,7 +321,7 @@ pub fn rate_limited(decision: &RateDecision) -> ApiError {
 
 /// Route layer of every authenticated route: resolve, rate-limit, run, add the headers.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let principal = match resolve(&state, request.headers()) {
+    let principal = match resolve(&state, request.headers()).await {
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };
@@ -247,7 +345,7 @@ impl FromRequestParts<AppState> for Principal {
             Some(principal) => Ok(principal.clone()),
             // A route outside the authenticate layer asked for a principal: resolve it here
             // (without rate limiting) rather than fail.
-            None => resolve(state, &parts.headers),
+            None => resolve(state, &parts.headers).await,
         }
     }
 }
@@ -256,4 +354,29 @@ impl FromRequestParts<AppState> for Principal {
 pub fn check_client_rate(state: &AppState, client: std::net::IpAddr) -> Result<RateDecision, ApiError> {
     let decision = state.rate_limiter.take(&format!("ip:{client}"), state.config.anonymous_rate_limit, Utc::now());
     if decision.allowed { Ok(decision) } else { Err(rate_limited(&decision)) }
+}
+
+/// The operator: `Authorization: Bearer <BAHI_OPERATOR_KEY>`. Any other valid credential is
+/// 403 on operator endpoints; anything else is 401.
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Operator, ApiError> {
+        let credential = presented_header_credential(&parts.headers)?;
+        if let (Some(credential), Some(expected)) = (&credential, &state.config.operator_key_hash)
+            && SecretHash::of(credential) == *expected
+        {
+            return Ok(Operator);
+        }
+        match resolve(state, &parts.headers).await {
+            Ok(_) => Err(ApiError::forbidden("operator_only", "this endpoint is for the operator credential")),
+            Err(_) if state.config.operator_key_hash.is_none() => {
+                Err(ApiError::unauthorized("no operator credential is configured (BAHI_OPERATOR_KEY)"))
+            }
+            Err(error) => Err(error),
+        }
+    }
 }

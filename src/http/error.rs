@@ -89,6 +89,7 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound(what) => ApiError::not_found(what),
             DomainError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string()),
             DomainError::Forbidden(_) => ApiError::forbidden("forbidden", error.to_string()),
+            DomainError::AgentRevoked => ApiError::new(StatusCode::CONFLICT, "agent_revoked", error.to_string()),
         }
     }
 }

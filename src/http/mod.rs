@@ -2,11 +2,13 @@
 //! extract, call the writer or read the ledger, and map the answer.
 
 pub mod accounts;
+pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod humans;
+pub mod issuers;
 pub mod keys;
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
+use crate::identity::Identity;
 use crate::ledger::SharedLedger;
 use crate::limits::{KeyUses, RateLimiter};
 use crate::metrics::Metrics;
@@ -38,6 +41,7 @@ pub struct AppState {
     pub store: Store,
     pub rate_limiter: Arc<RateLimiter>,
     pub key_uses: Arc<KeyUses>,
+    pub identity: Arc<Identity>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .merge(accounts::router(&state))
         .merge(keys::router(&state))
         .merge(humans::router(&state))
+        .merge(agents::router(&state))
+        .merge(issuers::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,194 @@
+//! Token issuers: the embedded issuer's published keys (`/.well-known/jwks.json`), external
+//! issuers registered by an org ("bring your own"), and the operator's key rotation.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bahi_domain::Command;
+use bahi_domain::credential::Role;
+use bahi_domain::event::Event;
+use bahi_domain::ids::{IssuerId, OrgId};
+use bahi_domain::state::IssuerRecord;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::accounts::random_bytes;
+use super::auth::{Operator, Principal, authenticate};
+use super::error::{ApiError, ApiResult, current_request_id};
+use super::extract::ApiJson;
+use crate::agent_token::JwkSet;
+use crate::identity::new_signing_key;
+use crate::ledger::Actor;
+use crate::writer::CommandContext;
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let authenticated = Router::new()
+        .route("/me/issuers", post(register).get(list))
+        .route("/me/issuers/{id}/revoke", post(revoke))
+        .route_layer(from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/admin/signing-keys/rotate", post(rotate))
+        .merge(authenticated)
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    let keys = state.identity.published_keys(&state.ledger.read().state, Utc::now());
+    ([(axum::http::header::CACHE_CONTROL, "public, max-age=300")], Json(keys))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    issuer: String,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<String>,
+    audience: Option<String>,
+    owner_claim: Option<String>,
+    owners: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct IssuerView {
+    id: IssuerId,
+    issuer: String,
+    audience: Option<String>,
+    owner_claim: String,
+    owners: BTreeMap<String, OrgId>,
+    jwks_uri: Option<String>,
+    status: &'static str,
+    registered_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+fn issuer_view(record: &IssuerRecord) -> IssuerView {
+    IssuerView {
+        id: record.id.clone(),
+        issuer: record.issuer.clone(),
+        audience: record.audience.clone(),
+        owner_claim: record.owner_claim.clone(),
+        owners: record.owners.clone(),
+        jwks_uri: record.jwks_uri.clone(),
+        status: if record.revoked_at.is_some() { "revoked" } else { "active" },
+        registered_at: record.registered_at,
+        revoked_at: record.revoked_at,
+    }
+}
+
+fn context(principal: &Principal) -> CommandContext {
+    CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None }
+}
+
+async fn register(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<IssuerView>)> {
+    principal.require_human(&[Role::Owner, Role::Admin])?;
+    if request.issuer == state.identity.issuer {
+        return Err(ApiError::invalid_request("that is bahi's own issuer; its tokens are trusted already"));
+    }
+    let mut owners = BTreeMap::new();
+    for (owner, org) in request.owners {
+        owners.insert(owner, OrgId::parse(&org)?);
+    }
+    let issuer_id = IssuerId::from_random(random_bytes());
+    match (&request.jwks, &request.jwks_uri) {
+        (Some(inline), None) => {
+            JwkSet::from_untrusted_value(inline)
+                .map_err(|error| ApiError::invalid_request(format!("jwks: {error}")))?;
+        }
+        (None, Some(uri)) => {
+            if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                return Err(ApiError::invalid_request("jwks_uri must be an http(s) URL"));
+            }
+            // The keys must be reachable now: a registration that can never verify is an error.
+            state
+                .identity
+                .fetch_jwks(&issuer_id, uri)
+                .await
+                .map_err(|error| ApiError::invalid_request(format!("jwks_uri: {error}")))?;
+        }
+        _ => return Err(ApiError::invalid_request("give exactly one of jwks (an inline JWK set) and jwks_uri")),
+    }
+    let command = Command::RegisterIssuer {
+        org_id: principal.org_id.clone(),
+        issuer_id: issuer_id.clone(),
+        issuer: request.issuer,
+        jwks: request.jwks,
+        jwks_uri: request.jwks_uri,
+        audience: request.audience,
+        owner_claim: request.owner_claim.unwrap_or_else(|| "org".to_owned()),
+        owners,
+    };
+    state.writer.submit(command, context(&principal)).await?;
+    let ledger = state.ledger.read();
+    let record =
+        ledger.state.issuers.get(&issuer_id).ok_or_else(|| ApiError::internal("issuer not in the read model"))?;
+    Ok((StatusCode::CREATED, Json(issuer_view(record))))
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    data: Vec<IssuerView>,
+}
+
+async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<ListResponse>> {
+    principal.require(bahi_domain::credential::Scope::AccountRead)?;
+    let ledger = state.ledger.read();
+    let mut data: Vec<IssuerView> =
+        ledger.state.issuers.values().filter(|record| record.org_id == principal.org_id).map(issuer_view).collect();
+    data.sort_by(|a, b| b.registered_at.cmp(&a.registered_at));
+    Ok(Json(ListResponse { data }))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<IssuerView>> {
+    principal.require_human(&[Role::Owner, Role::Admin])?;
+    let issuer_id = IssuerId::parse(&id)?;
+    let command = Command::RevokeIssuer { org_id: principal.org_id.clone(), issuer_id: issuer_id.clone() };
+    state.writer.submit(command, context(&principal)).await?;
+    let ledger = state.ledger.read();
+    let record = ledger.state.issuers.get(&issuer_id).ok_or_else(|| ApiError::not_found("issuer"))?;
+    Ok(Json(issuer_view(record)))
+}
+
+#[derive(Serialize)]
+struct RotateResponse {
+    key_id: String,
+    retired_key_id: Option<String>,
+    retired_key_verifies_until: Option<DateTime<Utc>>,
+}
+
+/// Operator: a new signing key signs from now on; the previous one keeps verifying until
+/// the last token it could have signed has expired.
+async fn rotate(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<RotateResponse>> {
+    let (_, key) = new_signing_key(state.identity.key_encryption_key()).map_err(ApiError::internal)?;
+    let context = CommandContext {
+        actor: Some(Actor::new("operator", "operator")),
+        request_id: Some(current_request_id()),
+        idempotency: None,
+    };
+    let outcome = state.writer.submit(Command::RotateSigningKey { key }, context).await?;
+    let mut response = RotateResponse { key_id: String::new(), retired_key_id: None, retired_key_verifies_until: None };
+    for committed in &outcome.events {
+        match &committed.event {
+            Event::SigningKeyAdded(added) => response.key_id = added.key_id.clone(),
+            Event::SigningKeyRetired(retired) => {
+                response.retired_key_id = Some(retired.key_id.clone());
+                response.retired_key_verifies_until = Some(retired.verify_until);
+            }
+            _ => {}
+        }
+    }
+    Ok(Json(response))
+}

@@ -1,0 +1,291 @@
+//! The node's agent-identity runtime: the embedded issuer's signing key (unsealed in
+//! memory only), the token verifier kept in step with the ledger, and JWK sets fetched
+//! from external issuers' `jwks_uri`.
+//!
+//! Private keys are in the event log only sealed (AES-256-GCM) under a 32-byte
+//! key-encryption key that never enters the database: `BAHI_KEY_ENCRYPTION_KEY` (64 hex
+//! characters), or else a key file (`BAHI_KEY_FILE`, by default `<sqlite path>.kek` or
+//! `./bahi.kek`), created with mode 0600 on first start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bahi_domain::State;
+use bahi_domain::command::NewSigningKey;
+use bahi_domain::ids::IssuerId;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock};
+
+use crate::agent_token::{IssuerKind, JwkSet, SigningKey, TokenError, TrustedIssuer, VerifiedToken, Verifier};
+
+/// The registration id of the embedded issuer in the verifier.
+pub const EMBEDDED_REGISTRATION: &str = "embedded";
+/// How long a fetched JWK set is used before it is fetched again.
+pub const JWKS_CACHE_SECONDS: i64 = 300;
+/// At most one refetch per issuer per this many seconds, however many unknown kids arrive.
+pub const JWKS_REFRESH_MIN_SECONDS: i64 = 30;
+/// Timeout of one JWKS fetch.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document accepted from a `jwks_uri`.
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+/// The verifier is rebuilt at least this often, so retired keys leave it when their time is up.
+const RESYNC_SECONDS: i64 = 30;
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    bytes
+}
+
+/// Loads or creates the key-encryption key.
+pub fn load_key_encryption_key(from_environment: Option<&str>, key_file: PathBuf) -> anyhow::Result<[u8; 32]> {
+    let parse = |text: &str, source: &str| -> anyhow::Result<[u8; 32]> {
+        let bytes = hex::decode(text.trim()).with_context(|| format!("{source} must be 64 hex characters"))?;
+        bytes.try_into().map_err(|_| anyhow::anyhow!("{source} must be 64 hex characters (32 bytes)"))
+    };
+    if let Some(text) = from_environment.filter(|text| !text.is_empty()) {
+        return parse(text, "BAHI_KEY_ENCRYPTION_KEY");
+    }
+    match std::fs::read_to_string(&key_file) {
+        Ok(text) => parse(&text, &key_file.display().to_string()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = random_bytes();
+            write_private_file(&key_file, &hex::encode(key))
+                .with_context(|| format!("creating the key file {}", key_file.display()))?;
+            tracing::info!(path = %key_file.display(), "created the key-encryption key file");
+            Ok(key)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", key_file.display())),
+    }
+}
+
+fn write_private_file(path: &PathBuf, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// A new signing key, sealed for the log.
+pub fn new_signing_key(key_encryption_key: &[u8; 32]) -> anyhow::Result<(SigningKey, NewSigningKey)> {
+    let key = loop {
+        // A random 32-byte string is a valid P-256 scalar except with negligible chance.
+        if let Ok(key) = SigningKey::from_random_bytes(random_bytes()) {
+            break key;
+        }
+    };
+    let sealed = key.seal(key_encryption_key, random_bytes()).context("sealing the signing key")?;
+    let record = NewSigningKey {
+        key_id: key.kid().to_owned(),
+        public_jwk: serde_json::to_value(key.public_jwk())?,
+        sealed_private_key: URL_SAFE_NO_PAD.encode(sealed),
+    };
+    Ok((key, record))
+}
+
+pub struct Identity {
+    key_encryption_key: [u8; 32],
+    pub issuer: String,
+    pub audience: String,
+    pub verifier: Verifier,
+    signing_keys: RwLock<HashMap<String, Arc<SigningKey>>>,
+    synced_generation: AtomicU64,
+    synced_at_seconds: AtomicI64,
+    sync_lock: Mutex<()>,
+    fetched: RwLock<HashMap<IssuerId, (JwkSet, i64)>>,
+    http: reqwest::Client,
+}
+
+impl Identity {
+    pub fn new(key_encryption_key: [u8; 32], issuer: String) -> Identity {
+        Identity {
+            key_encryption_key,
+            audience: issuer.clone(),
+            issuer,
+            verifier: Verifier::new(),
+            signing_keys: RwLock::new(HashMap::new()),
+            synced_generation: AtomicU64::new(u64::MAX),
+            synced_at_seconds: AtomicI64::new(0),
+            sync_lock: Mutex::new(()),
+            fetched: RwLock::new(HashMap::new()),
+            http: reqwest::Client::builder().timeout(JWKS_FETCH_TIMEOUT).build().unwrap_or_default(),
+        }
+    }
+
+    pub fn key_encryption_key(&self) -> &[u8; 32] {
+        &self.key_encryption_key
+    }
+
+    /// The key to sign with (unsealed once, then kept in memory).
+    pub fn signing_key(&self, state: &State) -> anyhow::Result<Arc<SigningKey>> {
+        let Some(record) = state.current_signing_key() else { bail!("the embedded issuer has no signing key yet") };
+        if let Some(key) = self.signing_keys.read().get(&record.key_id) {
+            return Ok(key.clone());
+        }
+        let sealed = URL_SAFE_NO_PAD.decode(&record.sealed_private_key).context("sealed key is not base64url")?;
+        let key = SigningKey::from_sealed(&sealed, &self.key_encryption_key, &record.key_id).with_context(|| {
+            format!(
+                "cannot unseal signing key {}: BAHI_KEY_ENCRYPTION_KEY or the key file differs from the one it was sealed with",
+                record.key_id
+            )
+        })?;
+        let key = Arc::new(key);
+        self.signing_keys.write().insert(record.key_id.clone(), key.clone());
+        Ok(key)
+    }
+
+    /// The public keys that verify now: the current key and retired ones until their
+    /// last token expired.
+    pub fn published_keys(&self, state: &State, now: DateTime<Utc>) -> JwkSet {
+        let keys = state
+            .signing_keys
+            .iter()
+            .filter(|key| key.verify_until.is_none_or(|until| until > now))
+            .filter_map(|key| serde_json::from_value(key.public_jwk.clone()).ok())
+            .collect();
+        JwkSet { keys }
+    }
+
+    /// Rebuilds the verifier's registrations from the ledger when issuer or key events
+    /// changed it (or every RESYNC_SECONDS, for retirements that take effect with time).
+    pub fn sync(&self, state: &State, now: DateTime<Utc>) {
+        let now_seconds = now.timestamp();
+        if self.synced_generation.load(Ordering::Acquire) == state.credentials_generation
+            && now_seconds - self.synced_at_seconds.load(Ordering::Relaxed) < RESYNC_SECONDS
+        {
+            return;
+        }
+        let _guard = self.sync_lock.lock();
+        let embedded = TrustedIssuer {
+            registration_id: EMBEDDED_REGISTRATION.to_owned(),
+            issuer: self.issuer.clone(),
+            audience: Some(self.audience.clone()),
+            kind: IssuerKind::Embedded,
+            keys: self.published_keys(state, now),
+        };
+        self.upsert_if_changed(embedded);
+        for record in state.issuers.values() {
+            if record.revoked_at.is_some() {
+                self.verifier.remove_issuer(record.id.as_str());
+                continue;
+            }
+            let keys = match (&record.jwks, &record.jwks_uri) {
+                (Some(inline), _) => JwkSet::from_untrusted_value(inline).unwrap_or_default(),
+                (None, Some(_)) => {
+                    self.fetched.read().get(&record.id).map(|(keys, _)| keys.clone()).unwrap_or_default()
+                }
+                (None, None) => JwkSet::default(),
+            };
+            let owners = record.owners.iter().map(|(owner, org)| (owner.clone(), org.to_string())).collect();
+            self.upsert_if_changed(TrustedIssuer {
+                registration_id: record.id.to_string(),
+                issuer: record.issuer.clone(),
+                audience: record.audience.clone(),
+                kind: IssuerKind::External { owner_claim: record.owner_claim.clone(), owners },
+                keys,
+            });
+        }
+        self.synced_generation.store(state.credentials_generation, Ordering::Release);
+        self.synced_at_seconds.store(now_seconds, Ordering::Relaxed);
+    }
+
+    fn upsert_if_changed(&self, issuer: TrustedIssuer) {
+        // Re-registering identical keys would only cost every cached token a second
+        // signature check.
+        if self.verifier.issuer_keys(&issuer.registration_id).as_ref() == Some(&issuer.keys)
+            && !issuer.keys.keys.is_empty()
+        {
+            return;
+        }
+        if issuer.keys.keys.is_empty() {
+            self.verifier.remove_issuer(&issuer.registration_id);
+            return;
+        }
+        if let Err(error) = self.verifier.upsert_issuer(issuer) {
+            tracing::warn!(%error, "issuer registration refused by the verifier");
+        }
+    }
+
+    /// Fetches an external issuer's JWK set (bounded in time and size) and stores it.
+    pub async fn fetch_jwks(&self, issuer_id: &IssuerId, uri: &str) -> Result<JwkSet, String> {
+        let response = self.http.get(uri).send().await.map_err(|error| format!("fetching jwks_uri failed: {error}"))?;
+        if !response.status().is_success() {
+            return Err(format!("jwks_uri answered {}", response.status()));
+        }
+        if response.content_length().is_some_and(|length| length as usize > MAX_JWKS_BYTES) {
+            return Err(format!("jwks_uri document is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let body = response.bytes().await.map_err(|error| format!("reading jwks_uri failed: {error}"))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(format!("jwks_uri document is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let text = std::str::from_utf8(&body).map_err(|_| "jwks_uri document is not UTF-8".to_owned())?;
+        let keys = JwkSet::from_untrusted_json(text).map_err(|error| error.to_string())?;
+        self.fetched.write().insert(issuer_id.clone(), (keys.clone(), Utc::now().timestamp()));
+        // Force the next sync to pick the keys up.
+        self.synced_generation.store(u64::MAX, Ordering::Release);
+        Ok(keys)
+    }
+
+    /// Verifies a token; on an unknown `kid` from an issuer with a `jwks_uri`, refetches
+    /// its keys (at most once per JWKS_REFRESH_MIN_SECONDS) and tries once more.
+    pub async fn verify(
+        &self,
+        ledger: &crate::ledger::SharedLedger,
+        token: &str,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let now = Utc::now();
+        self.sync(&ledger.read().state, now);
+        let first = self.verifier.verify(token, now.timestamp());
+        let Err(TokenError::UnknownKeyId(_) | TokenError::UntrustedIssuer(_)) = &first else { return first };
+        let due: Vec<(IssuerId, String)> = {
+            let ledger = ledger.read();
+            let fetched = self.fetched.read();
+            ledger
+                .state
+                .issuers
+                .values()
+                .filter(|record| record.revoked_at.is_none())
+                .filter_map(|record| Some((record.id.clone(), record.jwks_uri.clone()?)))
+                .filter(|(id, _)| {
+                    fetched.get(id).is_none_or(|(_, at)| now.timestamp() - at >= JWKS_REFRESH_MIN_SECONDS)
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return first;
+        }
+        for (issuer_id, uri) in due {
+            if let Err(error) = self.fetch_jwks(&issuer_id, &uri).await {
+                tracing::warn!(issuer = %issuer_id, %error, "refreshing a JWK set failed");
+                // Remember the attempt so a flood of bad tokens cannot turn into a flood of fetches.
+                let mut fetched = self.fetched.write();
+                let entry = fetched.entry(issuer_id).or_insert_with(|| (JwkSet::default(), 0));
+                entry.1 = now.timestamp();
+            }
+        }
+        self.sync(&ledger.read().state, now);
+        self.verifier.verify(token, now.timestamp())
+    }
+
+    /// Refreshes fetched JWK sets older than JWKS_CACHE_SECONDS (a background duty).
+    pub async fn refresh_stale(&self, state_issuers: Vec<(IssuerId, String)>) {
+        let now = Utc::now().timestamp();
+        for (issuer_id, uri) in state_issuers {
+            let stale = self.fetched.read().get(&issuer_id).is_none_or(|(_, at)| now - at >= JWKS_CACHE_SECONDS);
+            if stale && let Err(error) = self.fetch_jwks(&issuer_id, &uri).await {
+                tracing::warn!(issuer = %issuer_id, %error, "fetching a JWK set failed");
+            }
+        }
+    }
+}
