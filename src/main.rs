@@ -57,7 +57,9 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         legacy_key_prefixes,
         operator_key_hash,
         hold_ttl_seconds: args.hold_ttl_seconds,
-        issuer: args.issuer.clone().unwrap_or_else(|| format!("http://{}", args.listen)),
+        // Empty means `http://<bound address>`, filled in once the listener is bound (the
+        // port is only known then when listening on port 0).
+        issuer: args.issuer.clone().unwrap_or_default(),
     })
 }
 

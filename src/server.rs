@@ -34,7 +34,12 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     Ok((store, shared))
 }
 
-pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let address = listener.local_addr()?;
+    if config.issuer.is_empty() {
+        config.issuer = format!("http://{address}");
+    }
     let (store, shared) = open_and_load(database_url).await?;
     let metrics = Arc::new(Metrics::default());
     let position = shared.read().position;
@@ -66,8 +71,6 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
         key_uses,
         identity,
     };
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let address = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("bahi listening on http://{address}");
     tracing::info!(%address, "listening");

@@ -144,7 +144,7 @@ async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<
     let ledger = state.ledger.read();
     let mut data: Vec<IssuerView> =
         ledger.state.issuers.values().filter(|record| record.org_id == principal.org_id).map(issuer_view).collect();
-    data.sort_by(|a, b| b.registered_at.cmp(&a.registered_at));
+    data.sort_by_key(|issuer| std::cmp::Reverse(issuer.registered_at));
     Ok(Json(ListResponse { data }))
 }
 
