@@ -5,16 +5,20 @@ use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
 
+use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, call_cost};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
 use crate::event::{
     AgentCreated, AgentRevoked, AgentTokenMinted, AgentTokenRevoked, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, Budget,
-    Event, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, RateLimit, SessionEnded, SessionStarted,
-    SigningKeyAdded, SigningKeyRetired, UserSessionsEnded, UserSignedUp,
+    CallAttribution, CallAuthorized, CreditsGranted, CreditsToppedUp, Event, GatewayKeyCreated, GatewayKeyRevoked,
+    HoldExpired, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, PriceSet, RateLimit, SessionEnded,
+    SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded, UserSessionsEnded, UserSignedUp,
 };
-use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
+use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
+use crate::money::Money;
 use crate::state::State;
+use crate::state::budget_subject;
 
 /// A key's last use is written to the log at most this often.
 pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
@@ -29,6 +33,14 @@ pub const TOKEN_LEEWAY_SECONDS: i64 = 60;
 /// Limits on an issuer registration.
 pub const MAX_ISSUER_OWNERS: usize = 100;
 pub const MAX_ISSUER_TEXT_LENGTH: usize = 512;
+
+/// Longest model name, payment reference, grant reason and usage status.
+pub const MAX_MODEL_NAME_LENGTH: usize = 128;
+pub const MAX_REFERENCE_LENGTH: usize = 128;
+pub const MAX_REASON_LENGTH: usize = 500;
+pub const MAX_STATUS_LENGTH: usize = 32;
+/// Holds expired per command, so one command stays small.
+pub const MAX_HOLDS_EXPIRED_PER_COMMAND: usize = 1000;
 
 /// A new embedded signing key: public JWK and the sealed private key.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +182,72 @@ pub enum Command {
         org_id: OrgId,
         issuer_id: IssuerId,
     },
+    SetPrice {
+        model: String,
+        price: Price,
+    },
+    TopUp {
+        org_id: OrgId,
+        topup_id: TopupId,
+        amount: Money,
+        payment_reference: String,
+        user_id: UserId,
+    },
+    Grant {
+        org_id: OrgId,
+        grant_id: TopupId,
+        amount: Money,
+        reason: String,
+    },
+    /// Authorize a call: budget and credit checks, and a hold of `max_cost` if given.
+    Authorize {
+        call_id: CallId,
+        org_id: OrgId,
+        attribution: CallAttribution,
+        model: String,
+        max_cost: Option<Money>,
+        hold_ttl_seconds: i64,
+    },
+    /// Settle a call's usage: idempotent on the call id and the request's hash.
+    RecordUsage {
+        call_id: CallId,
+        model: String,
+        input_tokens: u64,
+        output_tokens: u64,
+        status: String,
+        request_hash: String,
+    },
+    /// Release every hold whose expiry has passed (at most MAX_HOLDS_EXPIRED_PER_COMMAND).
+    ExpireHolds,
+    CreateGatewayKey {
+        key_id: ApiKeyId,
+        name: Option<String>,
+        hash: SecretHash,
+        display_prefix: String,
+    },
+    RevokeGatewayKey {
+        key_id: ApiKeyId,
+    },
+}
+
+pub fn check_model_name(model: &str) -> Result<(), DomainError> {
+    let valid = !model.is_empty()
+        && model.len() <= MAX_MODEL_NAME_LENGTH
+        && model.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/-@".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(format!(
+            "model must be 1 to {MAX_MODEL_NAME_LENGTH} characters of letters, digits and ._:/-@"
+        )))
+    }
+}
+
+fn check_printable(value: &str, what: &str, max: usize) -> Result<(), DomainError> {
+    if value.trim().is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(DomainError::invalid(format!("{what} must be 1 to {max} printable characters")));
+    }
+    Ok(())
 }
 
 fn check_agent_act_for(state: &State, org_id: &OrgId, mode: AgentMode, act_for: &str) -> Result<(), DomainError> {
@@ -611,6 +689,206 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 return Ok(Vec::new());
             }
             Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
+        }
+        Command::SetPrice { model, price } => {
+            check_model_name(model)?;
+            for amount in [price.input_per_million, price.output_per_million] {
+                if amount.is_negative() || amount.micros() > MAX_PRICE_PER_MILLION_MICROS {
+                    return Err(DomainError::invalid(
+                        "prices must be between 0 and 10000000 rupees per million tokens",
+                    ));
+                }
+            }
+            Ok(vec![PriceSet { model: model.clone(), price: *price, set_at: now }.into()])
+        }
+        Command::TopUp { org_id, topup_id, amount, payment_reference, user_id } => {
+            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
+            if !amount.is_positive() {
+                return Err(DomainError::invalid("amount must be positive"));
+            }
+            check_printable(payment_reference, "payment_reference", MAX_REFERENCE_LENGTH)?;
+            if let Some(existing) = state.topups.get(&(org_id.clone(), payment_reference.clone())) {
+                // The same payment again: nothing new happens; a different amount is a conflict.
+                return if existing.amount == *amount {
+                    Ok(Vec::new())
+                } else {
+                    Err(DomainError::Conflict("payment_reference was already used with a different amount".into()))
+                };
+            }
+            Ok(vec![
+                CreditsToppedUp {
+                    topup_id: topup_id.clone(),
+                    org_id: org_id.clone(),
+                    amount: *amount,
+                    payment_reference: payment_reference.clone(),
+                    user_id: user_id.clone(),
+                    balance_after: org.balance.checked_add(*amount)?,
+                    topped_up_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::Grant { org_id, grant_id, amount, reason } => {
+            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
+            if !amount.is_positive() {
+                return Err(DomainError::invalid("amount must be positive"));
+            }
+            check_printable(reason, "reason", MAX_REASON_LENGTH)?;
+            Ok(vec![
+                CreditsGranted {
+                    grant_id: grant_id.clone(),
+                    org_id: org_id.clone(),
+                    amount: *amount,
+                    reason: reason.clone(),
+                    balance_after: org.balance.checked_add(*amount)?,
+                    granted_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
+            if !state.orgs.contains_key(org_id) {
+                return Err(DomainError::NotFound("org"));
+            }
+            if state.calls.contains_key(call_id) {
+                return Err(DomainError::Conflict("call id already used".into()));
+            }
+            let price = *state.prices.get(model).ok_or_else(|| DomainError::UnknownModel(model.clone()))?;
+            if max_cost.is_some_and(|cost| !cost.is_positive()) {
+                return Err(DomainError::invalid("max_cost must be positive"));
+            }
+            let hold = max_cost.unwrap_or(Money::ZERO);
+            let budget = match budget_subject(attribution) {
+                Some(subject) if subject.starts_with(AgentId::PREFIX) => AgentId::parse(&subject)
+                    .ok()
+                    .and_then(|id| state.agents.get(&id))
+                    .and_then(|agent| agent.budget)
+                    .map(|b| (subject, b)),
+                Some(subject) => ApiKeyId::parse(&subject)
+                    .ok()
+                    .and_then(|id| state.api_keys.get(&id))
+                    .and_then(|key| key.budget)
+                    .map(|b| (subject, b)),
+                None => None,
+            };
+            if let Some((subject, budget)) = budget {
+                let usage = state.budget_usage.get(&subject).cloned().unwrap_or_default();
+                let committed = usage.spent_in(budget.period, now).saturating_add(usage.held);
+                let exceeded = if hold.is_positive() {
+                    committed.saturating_add(hold) > budget.amount
+                } else {
+                    committed >= budget.amount
+                };
+                if exceeded {
+                    return Err(DomainError::BudgetExceeded { spent: committed, budget: budget.amount });
+                }
+            }
+            let available = state.available(org_id);
+            let covered = if hold.is_positive() { available >= hold } else { available.is_positive() };
+            if !covered {
+                let needed = if hold.is_positive() { hold } else { Money::from_micros(1)? };
+                return Err(DomainError::InsufficientCredits { available, needed });
+            }
+            Ok(vec![
+                CallAuthorized {
+                    call_id: call_id.clone(),
+                    org_id: org_id.clone(),
+                    attribution: attribution.clone(),
+                    model: model.clone(),
+                    price,
+                    hold,
+                    authorized_at: now,
+                    hold_expires_at: now + chrono::Duration::seconds(*hold_ttl_seconds),
+                }
+                .into(),
+            ])
+        }
+        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
+            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
+            if let Some(settlement) = &call.settlement {
+                return if &settlement.request_hash == request_hash {
+                    Ok(Vec::new())
+                } else {
+                    Err(DomainError::Conflict("this call's usage was already recorded with different content".into()))
+                };
+            }
+            if model != &call.model {
+                return Err(DomainError::invalid(format!(
+                    "model {model:?} does not match the authorized call's {:?}",
+                    call.model
+                )));
+            }
+            if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
+                return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
+            }
+            let valid_status = !status.is_empty()
+                && status.len() <= MAX_STATUS_LENGTH
+                && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if !valid_status {
+                return Err(DomainError::invalid(
+                    "status must be 1 to 32 lowercase letters or '_' (e.g. \"succeeded\")",
+                ));
+            }
+            let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
+            let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
+            Ok(vec![
+                UsageRecorded {
+                    call_id: call_id.clone(),
+                    org_id: call.org_id.clone(),
+                    attribution: call.attribution.clone(),
+                    model: model.clone(),
+                    input_tokens: *input_tokens,
+                    output_tokens: *output_tokens,
+                    status: status.clone(),
+                    cost,
+                    hold_released: if call.hold_open { call.hold } else { Money::ZERO },
+                    balance_after: org.balance.checked_sub(cost)?,
+                    request_hash: request_hash.clone(),
+                    settled_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::ExpireHolds => Ok(state
+            .hold_expiries
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
+            .filter_map(|(_, call_id)| state.calls.get(call_id))
+            .map(|call| {
+                HoldExpired {
+                    call_id: call.id.clone(),
+                    org_id: call.org_id.clone(),
+                    released: call.hold,
+                    expired_at: now,
+                }
+                .into()
+            })
+            .collect()),
+        Command::CreateGatewayKey { key_id, name, hash, display_prefix } => {
+            if let Some(name) = name {
+                check_name(name, "name")?;
+            }
+            if state.gateway_keys.contains_key(key_id) || state.gateway_keys_by_hash.contains_key(hash) {
+                return Err(DomainError::Conflict("key already exists".into()));
+            }
+            Ok(vec![
+                GatewayKeyCreated {
+                    key_id: key_id.clone(),
+                    name: name.clone(),
+                    key_hash: *hash,
+                    display_prefix: display_prefix.clone(),
+                    created_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::RevokeGatewayKey { key_id } => {
+            let key = state.gateway_keys.get(key_id).ok_or(DomainError::NotFound("gateway key"))?;
+            if key.revoked_at.is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: now }.into()])
         }
     }
 }

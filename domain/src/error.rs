@@ -23,6 +23,15 @@ pub enum DomainError {
     /// The agent was revoked; nothing more may be done in its name (409).
     #[error("this agent was revoked")]
     AgentRevoked,
+    /// The org's available credit cannot cover the call (402).
+    #[error("insufficient credits: available {available}, needed {needed}")]
+    InsufficientCredits { available: crate::money::Money, needed: crate::money::Money },
+    /// The key's or agent's budget for the period is spent (402).
+    #[error("budget exceeded: {spent} of {budget} spent this period")]
+    BudgetExceeded { spent: crate::money::Money, budget: crate::money::Money },
+    /// No price is set for the model (400).
+    #[error("unknown model {0:?}: no price is set for it")]
+    UnknownModel(String),
 }
 
 impl DomainError {

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use std::collections::BTreeMap;
 
+use crate::billing::Price;
 use crate::claims::AgentMode;
-use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
+use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
 
 /// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
@@ -211,6 +212,108 @@ pub struct IssuerRevoked {
     pub revoked_at: DateTime<Utc>,
 }
 
+/// The operator set a model's price; calls authorized from now on are billed at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceSet {
+    pub model: String,
+    pub price: Price,
+    pub set_at: DateTime<Utc>,
+}
+
+/// A human (owner or finance) added prepaid credit, idempotent on the payment reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsToppedUp {
+    pub topup_id: TopupId,
+    pub org_id: OrgId,
+    pub amount: Money,
+    pub payment_reference: String,
+    pub user_id: UserId,
+    pub balance_after: Money,
+    pub topped_up_at: DateTime<Utc>,
+}
+
+/// The operator granted credit, with a reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditsGranted {
+    pub grant_id: TopupId,
+    pub org_id: OrgId,
+    pub amount: Money,
+    pub reason: String,
+    pub balance_after: Money,
+    pub granted_at: DateTime<Utc>,
+}
+
+/// Who made a call, for whom, and who pays: recorded when it is authorized.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAttribution {
+    /// `api_key`, `session` or `agent_token`.
+    pub credential_kind: String,
+    pub credential_id: String,
+    /// `agt_…`, or `<iss_…>:<subject>` for an external issuer's agent; none for keys.
+    pub agent_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub act_for: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallAuthorized {
+    pub call_id: CallId,
+    pub org_id: OrgId,
+    pub attribution: CallAttribution,
+    pub model: String,
+    /// The price in force now; the call is billed at it whenever its usage arrives.
+    pub price: Price,
+    /// Credit held until the usage settles or the hold expires (zero without max_cost).
+    pub hold: Money,
+    pub authorized_at: DateTime<Utc>,
+    pub hold_expires_at: DateTime<Utc>,
+}
+
+/// A call's usage: cost debited from the payer, its hold (if still open) released, and the
+/// whole attribution repeated so that this one event answers "who, for whom, who paid".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecorded {
+    pub call_id: CallId,
+    pub org_id: OrgId,
+    pub attribution: CallAttribution,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub status: String,
+    pub cost: Money,
+    /// The hold released by this settlement (zero when it had expired already).
+    pub hold_released: Money,
+    pub balance_after: Money,
+    /// Hex SHA-256 of the usage request, so that a replay can be told from a conflict.
+    pub request_hash: String,
+    pub settled_at: DateTime<Utc>,
+}
+
+/// An unsettled hold reached its expiry and released its credit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldExpired {
+    pub call_id: CallId,
+    pub org_id: OrgId,
+    pub released: Money,
+    pub expired_at: DateTime<Utc>,
+}
+
+/// An operator-made key for a gateway: it holds `usage:write` alone and belongs to no org.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayKeyCreated {
+    pub key_id: ApiKeyId,
+    pub name: Option<String>,
+    pub key_hash: SecretHash,
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayKeyRevoked {
+    pub key_id: ApiKeyId,
+    pub revoked_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown event type {event_type} version {schema_version}")]
@@ -289,6 +392,14 @@ events! {
     SigningKeyRetired => key_id,
     IssuerRegistered => issuer_id,
     IssuerRevoked => issuer_id,
+    PriceSet => model,
+    CreditsToppedUp => org_id,
+    CreditsGranted => org_id,
+    CallAuthorized => org_id,
+    UsageRecorded => org_id,
+    HoldExpired => org_id,
+    GatewayKeyCreated => key_id,
+    GatewayKeyRevoked => key_id,
 }
 
 impl Event {
@@ -315,7 +426,16 @@ impl Event {
             Event::AgentTokenRevoked(event) => Some(&event.org_id),
             Event::IssuerRegistered(event) => Some(&event.org_id),
             Event::IssuerRevoked(event) => Some(&event.org_id),
-            Event::SigningKeyAdded(_) | Event::SigningKeyRetired(_) => None,
+            Event::CreditsToppedUp(event) => Some(&event.org_id),
+            Event::CreditsGranted(event) => Some(&event.org_id),
+            Event::CallAuthorized(event) => Some(&event.org_id),
+            Event::UsageRecorded(event) => Some(&event.org_id),
+            Event::HoldExpired(event) => Some(&event.org_id),
+            Event::SigningKeyAdded(_)
+            | Event::SigningKeyRetired(_)
+            | Event::PriceSet(_)
+            | Event::GatewayKeyCreated(_)
+            | Event::GatewayKeyRevoked(_) => None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! pure `decide`/`evolve` pair. Nothing here performs I/O, reads a clock or draws random
 //! bytes: time and randomness are passed in, so every rule is a deterministic function.
 
+pub mod billing;
 pub mod chain;
 pub mod claims;
 pub mod command;

@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
+use crate::billing::{Price, period_key};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use crate::event::{ApiKeyCreated, Budget, Event, OrgRegistered, RateLimit};
-use crate::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
+use crate::event::{BudgetPeriod, CallAttribution};
+use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +24,13 @@ pub struct Org {
     pub registered_at: DateTime<Utc>,
     /// Credits minus debits, folded from the log.
     pub balance: Money,
+    pub credits: Money,
+    pub debits: Money,
+    /// Credit held by authorized, unsettled calls.
+    pub held: Money,
+    /// How far settled costs exceeded their holds, summed: the only way `held + debits`
+    /// may exceed `credits` (a served call is never free).
+    pub overshoot: Money,
     pub api_keys: Vec<ApiKeyId>,
     pub members: Vec<UserId>,
     pub agents: Vec<AgentId>,
@@ -73,6 +82,96 @@ pub struct IssuerRecord {
     pub owner_claim: String,
     pub owners: BTreeMap<String, OrgId>,
     pub registered_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub status: String,
+    pub cost: Money,
+    pub hold_released: Money,
+    pub request_hash: String,
+    pub balance_after: Money,
+    pub settled_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub id: CallId,
+    pub org_id: OrgId,
+    pub attribution: CallAttribution,
+    pub model: String,
+    pub price: Price,
+    pub hold: Money,
+    pub hold_open: bool,
+    pub authorized_at: DateTime<Utc>,
+    pub hold_expires_at: DateTime<Utc>,
+    pub settlement: Option<Settlement>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopupRecord {
+    pub topup_id: TopupId,
+    pub amount: Money,
+    pub balance_after: Money,
+}
+
+/// Spend and holds of one budget subject (an API key or an agent), per period.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetUsage {
+    pub day_key: String,
+    pub day_spent: Money,
+    pub month_key: String,
+    pub month_spent: Money,
+    pub total_spent: Money,
+    pub held: Money,
+}
+
+impl BudgetUsage {
+    /// What was spent in the period containing `now` (zero once the period rolled over).
+    pub fn spent_in(&self, period: BudgetPeriod, now: DateTime<Utc>) -> Money {
+        match period {
+            BudgetPeriod::Day if self.day_key == period_key(period, now) => self.day_spent,
+            BudgetPeriod::Month if self.month_key == period_key(period, now) => self.month_spent,
+            BudgetPeriod::Total => self.total_spent,
+            _ => Money::ZERO,
+        }
+    }
+
+    fn add_spend(&mut self, cost: Money, at: DateTime<Utc>) {
+        for (period, key, spent) in [
+            (BudgetPeriod::Day, &mut self.day_key, &mut self.day_spent),
+            (BudgetPeriod::Month, &mut self.month_key, &mut self.month_spent),
+        ] {
+            let current = period_key(period, at);
+            if *key != current {
+                *key = current;
+                *spent = Money::ZERO;
+            }
+            *spent = spent.saturating_add(cost);
+        }
+        self.total_spent = self.total_spent.saturating_add(cost);
+    }
+}
+
+/// Whose budget a call counts against: its agent (bahi agents only) or its API key.
+pub fn budget_subject(attribution: &CallAttribution) -> Option<String> {
+    match &attribution.agent_id {
+        Some(agent) if agent.starts_with(AgentId::PREFIX) => Some(agent.clone()),
+        Some(_) => None,
+        None if attribution.credential_kind == "api_key" => Some(attribution.credential_id.clone()),
+        None => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayKey {
+    pub id: ApiKeyId,
+    pub name: Option<String>,
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -151,6 +250,14 @@ pub struct State {
     /// In the order added; the last one not retired signs.
     pub signing_keys: Vec<SigningKeyRecord>,
     pub issuers: HashMap<IssuerId, IssuerRecord>,
+    pub prices: HashMap<String, Price>,
+    pub calls: HashMap<CallId, Call>,
+    /// Open holds by expiry, so expired ones are found without a scan.
+    pub hold_expiries: BTreeSet<(DateTime<Utc>, CallId)>,
+    pub topups: HashMap<(OrgId, String), TopupRecord>,
+    pub budget_usage: HashMap<String, BudgetUsage>,
+    pub gateway_keys: HashMap<ApiKeyId, GatewayKey>,
+    pub gateway_keys_by_hash: HashMap<SecretHash, ApiKeyId>,
     /// Bumped by every signing-key and issuer event, so that a token verifier built from
     /// this state knows when to rebuild.
     pub credentials_generation: u64,
@@ -175,6 +282,36 @@ impl State {
         let user = self.users.get(&session.user_id)?;
         let live = !session.ended && session.expires_at > now && session.epoch == user.session_epoch;
         live.then_some((session, user))
+    }
+
+    /// Balance minus holds: what new calls can still be authorized against.
+    pub fn available(&self, org_id: &OrgId) -> Money {
+        self.orgs.get(org_id).map_or(Money::ZERO, |org| org.balance.saturating_sub(org.held))
+    }
+
+    fn credit(&mut self, org_id: &OrgId, amount: Money) {
+        if let Some(org) = self.orgs.get_mut(org_id) {
+            org.credits = org.credits.saturating_add(amount);
+            org.balance = org.balance.saturating_add(amount);
+        }
+    }
+
+    fn release_hold(&mut self, call_id: &CallId, amount: Money) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        if !call.hold_open {
+            return;
+        }
+        call.hold_open = false;
+        let (org_id, expires_at, subject) =
+            (call.org_id.clone(), call.hold_expires_at, budget_subject(&call.attribution));
+        self.hold_expiries.remove(&(expires_at, call_id.clone()));
+        if let Some(org) = self.orgs.get_mut(&org_id) {
+            org.held = org.held.saturating_sub(amount);
+        }
+        if let Some(subject) = subject {
+            let usage = self.budget_usage.entry(subject).or_default();
+            usage.held = usage.held.saturating_sub(amount);
+        }
     }
 
     /// The key that signs new tokens: the newest one not retired.
@@ -216,6 +353,10 @@ pub fn evolve(state: &mut State, event: &Event) {
                     environment: *environment,
                     registered_at: *registered_at,
                     balance: Money::ZERO,
+                    credits: Money::ZERO,
+                    debits: Money::ZERO,
+                    held: Money::ZERO,
+                    overshoot: Money::ZERO,
                     api_keys: Vec::new(),
                     members: Vec::new(),
                     agents: Vec::new(),
@@ -390,6 +531,106 @@ pub fn evolve(state: &mut State, event: &Event) {
                 issuer.revoked_at.get_or_insert(revoked.revoked_at);
             }
             state.credentials_generation += 1;
+        }
+        Event::PriceSet(set) => {
+            state.prices.insert(set.model.clone(), set.price);
+        }
+        Event::CreditsToppedUp(topped_up) => {
+            state.credit(&topped_up.org_id, topped_up.amount);
+            state.topups.insert(
+                (topped_up.org_id.clone(), topped_up.payment_reference.clone()),
+                TopupRecord {
+                    topup_id: topped_up.topup_id.clone(),
+                    amount: topped_up.amount,
+                    balance_after: topped_up.balance_after,
+                },
+            );
+        }
+        Event::CreditsGranted(granted) => state.credit(&granted.org_id, granted.amount),
+        Event::CallAuthorized(authorized) => {
+            let hold_open = authorized.hold.is_positive();
+            if hold_open {
+                state.hold_expiries.insert((authorized.hold_expires_at, authorized.call_id.clone()));
+                if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
+                    org.held = org.held.saturating_add(authorized.hold);
+                }
+                if let Some(subject) = budget_subject(&authorized.attribution) {
+                    let usage = state.budget_usage.entry(subject).or_default();
+                    usage.held = usage.held.saturating_add(authorized.hold);
+                }
+            }
+            state.calls.insert(
+                authorized.call_id.clone(),
+                Call {
+                    id: authorized.call_id.clone(),
+                    org_id: authorized.org_id.clone(),
+                    attribution: authorized.attribution.clone(),
+                    model: authorized.model.clone(),
+                    price: authorized.price,
+                    hold: authorized.hold,
+                    hold_open,
+                    authorized_at: authorized.authorized_at,
+                    hold_expires_at: authorized.hold_expires_at,
+                    settlement: None,
+                },
+            );
+        }
+        Event::UsageRecorded(recorded) => {
+            state.release_hold(&recorded.call_id, recorded.hold_released);
+            if let Some(org) = state.orgs.get_mut(&recorded.org_id) {
+                org.debits = org.debits.saturating_add(recorded.cost);
+                org.balance = org.balance.saturating_sub(recorded.cost);
+                org.overshoot =
+                    org.overshoot.saturating_add(recorded.cost.saturating_sub(recorded.hold_released).max(Money::ZERO));
+            }
+            if let Some(subject) = budget_subject(&recorded.attribution) {
+                state.budget_usage.entry(subject).or_default().add_spend(recorded.cost, recorded.settled_at);
+            }
+            let attribution = &recorded.attribution;
+            if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| AgentId::parse(id).ok()) {
+                if let Some(agent) = state.agents.get_mut(&agent) {
+                    agent.usage_calls += 1;
+                    agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
+                }
+            }
+            if attribution.credential_kind == "api_key"
+                && let Some(key) =
+                    ApiKeyId::parse(&attribution.credential_id).ok().and_then(|id| state.api_keys.get_mut(&id))
+            {
+                key.usage_calls += 1;
+                key.usage_cost = key.usage_cost.saturating_add(recorded.cost);
+            }
+            if let Some(call) = state.calls.get_mut(&recorded.call_id) {
+                call.settlement = Some(Settlement {
+                    input_tokens: recorded.input_tokens,
+                    output_tokens: recorded.output_tokens,
+                    status: recorded.status.clone(),
+                    cost: recorded.cost,
+                    hold_released: recorded.hold_released,
+                    request_hash: recorded.request_hash.clone(),
+                    balance_after: recorded.balance_after,
+                    settled_at: recorded.settled_at,
+                });
+            }
+        }
+        Event::HoldExpired(expired) => state.release_hold(&expired.call_id, expired.released),
+        Event::GatewayKeyCreated(created) => {
+            state.gateway_keys_by_hash.insert(created.key_hash, created.key_id.clone());
+            state.gateway_keys.insert(
+                created.key_id.clone(),
+                GatewayKey {
+                    id: created.key_id.clone(),
+                    name: created.name.clone(),
+                    display_prefix: created.display_prefix.clone(),
+                    created_at: created.created_at,
+                    revoked_at: None,
+                },
+            );
+        }
+        Event::GatewayKeyRevoked(revoked) => {
+            if let Some(key) = state.gateway_keys.get_mut(&revoked.key_id) {
+                key.revoked_at.get_or_insert(revoked.revoked_at);
+            }
         }
     }
 }

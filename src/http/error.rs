@@ -90,6 +90,13 @@ impl From<DomainError> for ApiError {
             DomainError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string()),
             DomainError::Forbidden(_) => ApiError::forbidden("forbidden", error.to_string()),
             DomainError::AgentRevoked => ApiError::new(StatusCode::CONFLICT, "agent_revoked", error.to_string()),
+            DomainError::InsufficientCredits { .. } => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", error.to_string())
+            }
+            DomainError::BudgetExceeded { .. } => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, "budget_exceeded", error.to_string())
+            }
+            DomainError::UnknownModel(_) => ApiError::new(StatusCode::BAD_REQUEST, "unknown_model", error.to_string()),
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Billing arithmetic: per-call cost from token counts and the price in force, and budget
+//! periods. Pure and exact: integer micro-rupees, `rust_decimal` for the one rounding.
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::event::BudgetPeriod;
+use crate::money::{Money, MoneyError};
+
+/// Most tokens of either kind one call may report; bounds the cost of a single call.
+pub const MAX_TOKENS_PER_CALL: u64 = 100_000_000;
+/// Highest price per million tokens accepted (one crore rupees).
+pub const MAX_PRICE_PER_MILLION_MICROS: i64 = 10_000_000 * 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    pub input_per_million: Money,
+    pub output_per_million: Money,
+}
+
+/// cost = (input × input price + output × output price) / 1,000,000, rounded half-even to
+/// six places once (never per part).
+pub fn call_cost(price: &Price, input_tokens: u64, output_tokens: u64) -> Result<Money, MoneyError> {
+    let numerator = i128::from(input_tokens) * i128::from(price.input_per_million.micros())
+        + i128::from(output_tokens) * i128::from(price.output_per_million.micros());
+    // numerator is in millionths of a micro-rupee: scale 12 in rupees.
+    let exact = Decimal::try_from_i128_with_scale(numerator, 12).map_err(|_| MoneyError::TooLarge)?;
+    Money::from_decimal(exact.round_dp_with_strategy(6, RoundingStrategy::MidpointNearestEven))
+}
+
+/// Which budget period `at` falls in: `day:2026-11-22`, `month:2026-11`, or `total`.
+pub fn period_key(period: BudgetPeriod, at: DateTime<Utc>) -> String {
+    match period {
+        BudgetPeriod::Day => format!("day:{}", at.format("%Y-%m-%d")),
+        BudgetPeriod::Month => format!("month:{}", at.format("%Y-%m")),
+        BudgetPeriod::Total => "total".to_owned(),
+    }
+}
+
+/// When the period containing `at` ends (00:00 UTC), or never for `total`.
+pub fn resets_at(period: BudgetPeriod, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match period {
+        BudgetPeriod::Day => {
+            let next = at.date_naive().succ_opt()?;
+            Some(Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0)?))
+        }
+        BudgetPeriod::Month => {
+            let (year, month) = if at.month() == 12 { (at.year() + 1, 1) } else { (at.year(), at.month() + 1) };
+            Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single()
+        }
+        BudgetPeriod::Total => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn price(input: &str, output: &str) -> Price {
+        Price { input_per_million: Money::parse(input).unwrap(), output_per_million: Money::parse(output).unwrap() }
+    }
+
+    #[test]
+    fn hand_computed_costs() {
+        // 1,234 input at ₹50/M and 567 output at ₹150/M: 0.0617 + 0.08505 = 0.14675.
+        assert_eq!(call_cost(&price("50", "150"), 1234, 567).unwrap().to_string(), "0.14675");
+        // 1 token at ₹0.5/M is 0.0000005: half-way, rounds to even (0.000000).
+        assert_eq!(call_cost(&price("0.5", "0"), 1, 0).unwrap().micros(), 0);
+        // 3 tokens at ₹0.5/M is 0.0000015: rounds to even (0.000002).
+        assert_eq!(call_cost(&price("0.5", "0"), 3, 0).unwrap().micros(), 2);
+        // Rounding happens once, on the sum: 1 + 1 tokens at ₹0.5/M each is exactly 0.000001.
+        assert_eq!(call_cost(&price("0.5", "0.5"), 1, 1).unwrap().micros(), 1);
+        assert_eq!(call_cost(&price("3.75", "15"), 1_000_000, 1_000_000).unwrap().to_string(), "18.75");
+        assert_eq!(call_cost(&price("10", "10"), 0, 0).unwrap(), Money::ZERO);
+    }
+
+    #[test]
+    fn periods_reset_at_midnight_utc() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
+        assert_eq!(period_key(BudgetPeriod::Day, at), "day:2026-12-31");
+        assert_eq!(period_key(BudgetPeriod::Month, at), "month:2026-12");
+        assert_eq!(resets_at(BudgetPeriod::Day, at).unwrap(), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(resets_at(BudgetPeriod::Month, at).unwrap(), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(resets_at(BudgetPeriod::Total, at), None);
+    }
+}
