@@ -8,6 +8,7 @@
 
 use bahi_domain::Event;
 use bahi_domain::credential::Scope;
+use bahi_domain::event::CallAttribution;
 use chrono::{DateTime, Utc};
 
 /// One row change a projection asks for. Every operation is idempotent by primary key, so
@@ -37,6 +38,90 @@ pub enum SqlOperation {
         revoked_at: DateTime<Utc>,
         position: i64,
     },
+    /// One line of an org's ledger (statements and attribution read these).
+    InsertLedgerEntry(LedgerEntryRow),
+    /// A call as authorized: who made it, for whom, who pays.
+    UpsertAuthorizedCall(AuthorizedCallRow),
+    /// A call's settlement: tokens, cost and when.
+    SettleCall(SettledCallRow),
+    /// An event that concerns a call, listed by the call's audit answer.
+    InsertCallEvent {
+        call_id: String,
+        position: i64,
+        event_type: String,
+    },
+    /// An event that belongs to an org, so the org (and only it) can read it in the audit log.
+    InsertOrgEvent {
+        org_id: String,
+        position: i64,
+    },
+}
+
+/// The kinds of ledger entry, as statements name them.
+pub mod entry_type {
+    pub const TOPUP: &str = "topup";
+    pub const GRANT: &str = "grant";
+    pub const USAGE: &str = "usage";
+    /// A hold that expired unsettled: it never moved the balance, but releasing it is listed.
+    pub const HOLD_RELEASE: &str = "hold_release";
+}
+
+/// A row of `read_ledger_entries`. Amounts are integer micro-rupees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntryRow {
+    pub org_id: String,
+    pub position: i64,
+    pub entry_type: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    /// `YYYY-MM-DD` of `occurred_at` in UTC, so that grouping by day is the same on every engine.
+    pub occurred_day: String,
+    /// The top-up or grant id, or the call id.
+    pub reference: String,
+    /// The payment reference, the grant's reason, or the usage status.
+    pub description: Option<String>,
+    pub call_id: Option<String>,
+    pub credential_kind: Option<String>,
+    pub credential_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub act_for: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub debit_micros: i64,
+    pub credit_micros: i64,
+    /// Credit held for a call and released by this entry (listed, never moves the balance).
+    pub released_micros: i64,
+    /// The balance after this entry, as the event recorded it. `None` when the event does not
+    /// carry one because it cannot move the balance (a hold expiry): the engine then repeats
+    /// the org's previous entry's balance.
+    pub balance_after_micros: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedCallRow {
+    pub call_id: String,
+    pub org_id: String,
+    pub credential_kind: String,
+    pub credential_id: String,
+    pub agent_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub act_for: String,
+    pub model: String,
+    pub hold_micros: i64,
+    pub authorized_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledCallRow {
+    pub call_id: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    pub status: String,
+    pub settled_at: DateTime<Utc>,
+    pub position: i64,
 }
 
 /// A SQL projection: its name (the checkpoint's key), the tables it owns (emptied by
@@ -47,8 +132,15 @@ pub struct Projection {
     pub apply: fn(&Event, i64) -> Vec<SqlOperation>,
 }
 
-pub const PROJECTIONS: &[Projection] =
-    &[Projection { name: "directory", tables: &["read_orgs", "read_api_keys"], apply: directory }];
+pub const PROJECTIONS: &[Projection] = &[
+    Projection { name: "directory", tables: &["read_orgs", "read_api_keys"], apply: directory },
+    // One projection for the four audit tables: the events are decoded once for all of them.
+    Projection {
+        name: "audit",
+        tables: &["read_ledger_entries", "read_calls", "read_call_events", "read_org_events"],
+        apply: audit,
+    },
+];
 
 pub fn scopes_text(scopes: &[Scope]) -> String {
     scopes.iter().map(|scope| scope.as_str()).collect::<Vec<_>>().join(" ")
@@ -80,6 +172,181 @@ pub fn directory(event: &Event, position: i64) -> Vec<SqlOperation> {
             revoked_at: revoked.revoked_at,
             position,
         }],
+        _ => Vec::new(),
+    }
+}
+
+/// The audit read models: ledger entries, calls with their events, and each org's events.
+pub fn audit(event: &Event, position: i64) -> Vec<SqlOperation> {
+    let mut operations = org_events(event, position);
+    operations.extend(ledger_entries(event, position));
+    operations.extend(calls(event, position));
+    operations
+}
+
+/// Which org may read an event in its audit log.
+pub fn org_events(event: &Event, position: i64) -> Vec<SqlOperation> {
+    match event.org_id() {
+        Some(org_id) => vec![SqlOperation::InsertOrgEvent { org_id: org_id.to_string(), position }],
+        None => Vec::new(),
+    }
+}
+
+fn day_of(time: DateTime<Utc>) -> String {
+    time.format("%Y-%m-%d").to_string()
+}
+
+/// Token counts are bounded far below `i64::MAX` by the domain; saturate rather than wrap.
+fn tokens(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn money_entry(
+    org_id: String,
+    position: i64,
+    entry_type: &'static str,
+    occurred_at: DateTime<Utc>,
+    reference: String,
+    description: Option<String>,
+) -> LedgerEntryRow {
+    LedgerEntryRow {
+        org_id,
+        position,
+        entry_type,
+        occurred_at,
+        occurred_day: day_of(occurred_at),
+        reference,
+        description,
+        call_id: None,
+        credential_kind: None,
+        credential_id: None,
+        agent_id: None,
+        agent_name: None,
+        act_for: None,
+        model: None,
+        input_tokens: None,
+        output_tokens: None,
+        debit_micros: 0,
+        credit_micros: 0,
+        released_micros: 0,
+        balance_after_micros: None,
+    }
+}
+
+fn with_attribution(mut row: LedgerEntryRow, attribution: &CallAttribution) -> LedgerEntryRow {
+    row.credential_kind = Some(attribution.credential_kind.clone());
+    row.credential_id = Some(attribution.credential_id.clone());
+    row.agent_id = attribution.agent_id.clone();
+    row.agent_name = attribution.agent_name.clone();
+    row.act_for = Some(attribution.act_for.clone());
+    row
+}
+
+/// One ledger entry per money event of an org: credits, debits, and released holds.
+pub fn ledger_entries(event: &Event, position: i64) -> Vec<SqlOperation> {
+    let row = match event {
+        Event::CreditsToppedUp(topped_up) => LedgerEntryRow {
+            credit_micros: topped_up.amount.micros(),
+            balance_after_micros: Some(topped_up.balance_after.micros()),
+            ..money_entry(
+                topped_up.org_id.to_string(),
+                position,
+                entry_type::TOPUP,
+                topped_up.topped_up_at,
+                topped_up.topup_id.to_string(),
+                Some(topped_up.payment_reference.clone()),
+            )
+        },
+        Event::CreditsGranted(granted) => LedgerEntryRow {
+            credit_micros: granted.amount.micros(),
+            balance_after_micros: Some(granted.balance_after.micros()),
+            ..money_entry(
+                granted.org_id.to_string(),
+                position,
+                entry_type::GRANT,
+                granted.granted_at,
+                granted.grant_id.to_string(),
+                Some(granted.reason.clone()),
+            )
+        },
+        Event::UsageRecorded(recorded) => {
+            let row = money_entry(
+                recorded.org_id.to_string(),
+                position,
+                entry_type::USAGE,
+                recorded.settled_at,
+                recorded.call_id.to_string(),
+                Some(recorded.status.clone()),
+            );
+            LedgerEntryRow {
+                call_id: Some(recorded.call_id.to_string()),
+                model: Some(recorded.model.clone()),
+                input_tokens: Some(tokens(recorded.input_tokens)),
+                output_tokens: Some(tokens(recorded.output_tokens)),
+                debit_micros: recorded.cost.micros(),
+                released_micros: recorded.hold_released.micros(),
+                balance_after_micros: Some(recorded.balance_after.micros()),
+                ..with_attribution(row, &recorded.attribution)
+            }
+        }
+        Event::HoldExpired(expired) => LedgerEntryRow {
+            call_id: Some(expired.call_id.to_string()),
+            released_micros: expired.released.micros(),
+            ..money_entry(
+                expired.org_id.to_string(),
+                position,
+                entry_type::HOLD_RELEASE,
+                expired.expired_at,
+                expired.call_id.to_string(),
+                None,
+            )
+        },
+        _ => return Vec::new(),
+    };
+    vec![SqlOperation::InsertLedgerEntry(row)]
+}
+
+/// One row per call (attribution at authorization, tokens and cost at settlement), and the
+/// call's events.
+pub fn calls(event: &Event, position: i64) -> Vec<SqlOperation> {
+    let call_event = |call_id: &bahi_domain::ids::CallId| SqlOperation::InsertCallEvent {
+        call_id: call_id.to_string(),
+        position,
+        event_type: event.event_type().to_owned(),
+    };
+    match event {
+        Event::CallAuthorized(authorized) => {
+            let attribution = &authorized.attribution;
+            vec![
+                SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
+                    call_id: authorized.call_id.to_string(),
+                    org_id: authorized.org_id.to_string(),
+                    credential_kind: attribution.credential_kind.clone(),
+                    credential_id: attribution.credential_id.clone(),
+                    agent_id: attribution.agent_id.clone(),
+                    agent_name: attribution.agent_name.clone(),
+                    act_for: attribution.act_for.clone(),
+                    model: authorized.model.clone(),
+                    hold_micros: authorized.hold.micros(),
+                    authorized_at: authorized.authorized_at,
+                    position,
+                }),
+                call_event(&authorized.call_id),
+            ]
+        }
+        Event::UsageRecorded(recorded) => vec![
+            SqlOperation::SettleCall(SettledCallRow {
+                call_id: recorded.call_id.to_string(),
+                input_tokens: tokens(recorded.input_tokens),
+                output_tokens: tokens(recorded.output_tokens),
+                cost_micros: recorded.cost.micros(),
+                status: recorded.status.clone(),
+                settled_at: recorded.settled_at,
+                position,
+            }),
+            call_event(&recorded.call_id),
+        ],
+        Event::HoldExpired(expired) => vec![call_event(&expired.call_id)],
         _ => Vec::new(),
     }
 }

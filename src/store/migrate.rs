@@ -12,11 +12,21 @@ pub struct Migration {
 pub const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/sqlite/0001_event_log.sql") },
     Migration { version: 2, name: "read_models", sql: include_str!("../../migrations/sqlite/0002_read_models.sql") },
+    Migration {
+        version: 3,
+        name: "audit_read_models",
+        sql: include_str!("../../migrations/sqlite/0003_audit_read_models.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/postgres/0001_event_log.sql") },
     Migration { version: 2, name: "read_models", sql: include_str!("../../migrations/postgres/0002_read_models.sql") },
+    Migration {
+        version: 3,
+        name: "audit_read_models",
+        sql: include_str!("../../migrations/postgres/0003_audit_read_models.sql"),
+    },
 ];
 
 pub fn checksum(migration: &Migration) -> String {

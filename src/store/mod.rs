@@ -6,7 +6,10 @@
 
 mod migrate;
 mod postgres;
+mod postgres_read_models;
+mod read_models;
 mod sqlite;
+mod sqlite_read_models;
 
 use std::future::Future;
 
@@ -15,6 +18,7 @@ use bahi_projections::SqlOperation;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
+pub use read_models::{AuditEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUPS, STATEMENT_BATCH};
 
 pub fn postgres_notify_channel() -> &'static str {
     postgres::NOTIFY_CHANNEL

@@ -248,6 +248,7 @@ impl EventStore for PostgresStore {
                         .execute(&mut *transaction)
                         .await?;
                 }
+                audit => super::postgres_read_models::apply(&mut transaction, audit).await?,
             }
         }
         sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")

@@ -263,6 +263,7 @@ impl EventStore for SqliteStore {
                     .execute(&mut *transaction)
                     .await?;
                 }
+                audit => super::sqlite_read_models::apply(&mut transaction, audit).await?,
             }
         }
         sqlx::query(

@@ -1,0 +1,330 @@
+//! PostgreSQL SQL of the audit read models: applying their row operations, and reading them.
+
+use bahi_projections::{AuthorizedCallRow, LedgerEntryRow, SettledCallRow, SqlOperation};
+use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::read_models::{
+    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money,
+};
+use super::{StoreError, hash_from_bytes};
+
+/// Applies one audit operation inside the projection's transaction. Operations of other
+/// projections are not this module's business and are refused as a programming error.
+pub async fn apply(connection: &mut PgConnection, operation: &SqlOperation) -> Result<(), StoreError> {
+    match operation {
+        SqlOperation::InsertLedgerEntry(row) => insert_ledger_entry(connection, row).await,
+        SqlOperation::UpsertAuthorizedCall(row) => upsert_authorized_call(connection, row).await,
+        SqlOperation::SettleCall(row) => settle_call(connection, row).await,
+        SqlOperation::InsertCallEvent { call_id, position, event_type } => {
+            sqlx::query(
+                "INSERT INTO read_call_events (call_id, position, event_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(call_id)
+            .bind(position)
+            .bind(event_type)
+            .execute(connection)
+            .await?;
+            Ok(())
+        }
+        SqlOperation::InsertOrgEvent { org_id, position } => {
+            sqlx::query("INSERT INTO read_org_events (org_id, position) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(org_id)
+                .bind(position)
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+        other => Err(StoreError::Corrupt(format!("not an audit operation: {other:?}"))),
+    }
+}
+
+async fn insert_ledger_entry(connection: &mut PgConnection, row: &LedgerEntryRow) -> Result<(), StoreError> {
+    // A row without its own balance (a hold expiry) repeats the org's previous one: earlier
+    // rows of the same page were inserted before it in this transaction.
+    sqlx::query(
+        "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, call_id, \
+         credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, \
+         credit_micros, released_micros, balance_after_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, coalesce($20::bigint, \
+         (SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = $1 AND position < $2 ORDER BY position DESC LIMIT 1), 0)) \
+         ON CONFLICT (org_id, position) DO NOTHING",
+    )
+    .bind(&row.org_id)
+    .bind(row.position)
+    .bind(row.entry_type)
+    .bind(row.occurred_at)
+    .bind(&row.occurred_day)
+    .bind(&row.reference)
+    .bind(&row.description)
+    .bind(&row.call_id)
+    .bind(&row.credential_kind)
+    .bind(&row.credential_id)
+    .bind(&row.agent_id)
+    .bind(&row.agent_name)
+    .bind(&row.act_for)
+    .bind(&row.model)
+    .bind(row.input_tokens)
+    .bind(row.output_tokens)
+    .bind(row.debit_micros)
+    .bind(row.credit_micros)
+    .bind(row.released_micros)
+    .bind(row.balance_after_micros)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_authorized_call(connection: &mut PgConnection, row: &AuthorizedCallRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
+         hold_micros, authorized_at, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (call_id) DO NOTHING",
+    )
+    .bind(&row.call_id)
+    .bind(&row.org_id)
+    .bind(&row.credential_kind)
+    .bind(&row.credential_id)
+    .bind(&row.agent_id)
+    .bind(&row.agent_name)
+    .bind(&row.act_for)
+    .bind(&row.model)
+    .bind(row.hold_micros)
+    .bind(row.authorized_at)
+    .bind(row.position)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+async fn settle_call(connection: &mut PgConnection, row: &SettledCallRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE read_calls SET input_tokens = $1, output_tokens = $2, cost_micros = $3, status = $4, settled_at = $5, \
+         position = $6 WHERE call_id = $7",
+    )
+    .bind(row.input_tokens)
+    .bind(row.output_tokens)
+    .bind(row.cost_micros)
+    .bind(&row.status)
+    .bind(row.settled_at)
+    .bind(row.position)
+    .bind(&row.call_id)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
+         authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = $1",
+    )
+    .bind(call_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(CallRecord {
+        call_id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        credential_kind: row.try_get(2)?,
+        credential_id: row.try_get(3)?,
+        agent_id: row.try_get(4)?,
+        agent_name: row.try_get(5)?,
+        act_for: row.try_get(6)?,
+        model: row.try_get(7)?,
+        hold: money(row.try_get(8)?)?,
+        authorized_at: row.try_get(9)?,
+        input_tokens: row.try_get(10)?,
+        output_tokens: row.try_get(11)?,
+        cost: row.try_get::<Option<i64>, _>(12)?.map(money).transpose()?,
+        status: row.try_get(13)?,
+        settled_at: row.try_get(14)?,
+    }))
+}
+
+pub async fn call_events(pool: &PgPool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.position, c.event_type, e.hash FROM read_call_events c JOIN events e ON e.position = c.position \
+         WHERE c.call_id = $1 ORDER BY c.position",
+    )
+    .bind(call_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
+        .collect()
+}
+
+pub async fn org_events(pool: &PgPool, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT e.position, e.event_type, e.recorded_at, e.payload, e.hash FROM read_org_events o \
+         JOIN events e ON e.position = o.position WHERE o.org_id = $1 AND o.position > $2 ORDER BY o.position LIMIT $3",
+    )
+    .bind(org_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditEvent {
+                position: row.try_get(0)?,
+                event_type: row.try_get(1)?,
+                recorded_at: row.try_get(2)?,
+                payload: row.try_get(3)?,
+                hash: hash_from_bytes(row.try_get::<&[u8], _>(4)?)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn org_exists(pool: &PgPool, org_id: &str) -> Result<bool, StoreError> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM read_orgs WHERE org_id = $1").bind(org_id).fetch_optional(pool).await?;
+    Ok(found.is_some())
+}
+
+pub async fn balance_before(
+    pool: &PgPool,
+    org_id: &str,
+    before: DateTime<Utc>,
+) -> Result<bahi_domain::Money, StoreError> {
+    let micros: Option<i64> = sqlx::query_scalar(
+        "SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = $1 AND occurred_at < $2 \
+         ORDER BY occurred_at DESC, position DESC LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(before)
+    .fetch_optional(pool)
+    .await?;
+    money(micros.unwrap_or(0))
+}
+
+fn entry_from_row(row: &PgRow) -> Result<LedgerEntry, StoreError> {
+    Ok(LedgerEntry {
+        position: row.try_get(0)?,
+        entry_type: row.try_get(1)?,
+        occurred_at: row.try_get(2)?,
+        reference: row.try_get(3)?,
+        description: row.try_get(4)?,
+        call_id: row.try_get(5)?,
+        credential_kind: row.try_get(6)?,
+        credential_id: row.try_get(7)?,
+        agent_id: row.try_get(8)?,
+        agent_name: row.try_get(9)?,
+        act_for: row.try_get(10)?,
+        model: row.try_get(11)?,
+        input_tokens: row.try_get(12)?,
+        output_tokens: row.try_get(13)?,
+        debit: money(row.try_get(14)?)?,
+        credit: money(row.try_get(15)?)?,
+        hold_released: money(row.try_get(16)?)?,
+        balance_after: money(row.try_get(17)?)?,
+    })
+}
+
+pub async fn stream_ledger_entries(
+    pool: &PgPool,
+    org_id: &str,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    sender: &EntrySender,
+) -> Result<(), StoreError> {
+    let mut rows = sqlx::query(
+        "SELECT position, entry_type, occurred_at, reference, description, call_id, credential_kind, credential_id, \
+         agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, credit_micros, \
+         released_micros, balance_after_micros FROM read_ledger_entries \
+         WHERE org_id = $1 AND occurred_at >= $2 AND occurred_at < $3 ORDER BY position",
+    )
+    .bind(org_id)
+    .bind(from)
+    .bind(until)
+    .fetch(pool);
+    let mut batch = Vec::with_capacity(STATEMENT_BATCH);
+    while let Some(row) = rows.try_next().await? {
+        batch.push(entry_from_row(&row)?);
+        if batch.len() == STATEMENT_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(STATEMENT_BATCH));
+            if sender.send(Ok(full)).await.is_err() {
+                // The reader went away (client disconnected): stop reading.
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(Ok(batch)).await;
+    }
+    Ok(())
+}
+
+pub async fn attribution(
+    pool: &PgPool,
+    org_id: &str,
+    period: Period,
+    group_by: &[GroupKey],
+) -> Result<Vec<AttributionRow>, StoreError> {
+    let sql = attribution_sql(
+        group_by,
+        "org_id = $1 AND entry_type = 'usage' AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
+         AND ($3::timestamptz IS NULL OR occurred_at < $3)",
+    );
+    let rows =
+        sqlx::query(AssertSqlSafe(sql)).bind(org_id).bind(period.from).bind(period.until).fetch_all(pool).await?;
+    let key_count: usize = group_by.iter().map(|key| super::read_models::group_columns(*key).len()).sum();
+    rows.iter()
+        .map(|row| {
+            let keys =
+                (0..key_count).map(|index| row.try_get::<Option<String>, _>(index)).collect::<Result<Vec<_>, _>>()?;
+            let sums = [
+                row.try_get(key_count)?,
+                row.try_get::<i64, _>(key_count + 1)?,
+                row.try_get::<i64, _>(key_count + 2)?,
+                row.try_get::<i64, _>(key_count + 3)?,
+            ];
+            attribution_row(group_by, keys.into_iter(), sums)
+        })
+        .collect()
+}
+
+pub async fn insert_ledger_entries(pool: &PgPool, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
+    let mut transaction = pool.begin().await?;
+    for chunk in rows.chunks(10_000) {
+        let column = |get: fn(&LedgerEntryRow) -> Option<String>| chunk.iter().map(get).collect::<Vec<_>>();
+        let number = |get: fn(&LedgerEntryRow) -> Option<i64>| chunk.iter().map(get).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
+             call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+             debit_micros, credit_micros, released_micros, balance_after_micros) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], \
+             $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[])",
+        )
+        .bind(column(|row| Some(row.org_id.clone())))
+        .bind(number(|row| Some(row.position)))
+        .bind(column(|row| Some(row.entry_type.to_owned())))
+        .bind(chunk.iter().map(|row| row.occurred_at).collect::<Vec<_>>())
+        .bind(column(|row| Some(row.occurred_day.clone())))
+        .bind(column(|row| Some(row.reference.clone())))
+        .bind(column(|row| row.description.clone()))
+        .bind(column(|row| row.call_id.clone()))
+        .bind(column(|row| row.credential_kind.clone()))
+        .bind(column(|row| row.credential_id.clone()))
+        .bind(column(|row| row.agent_id.clone()))
+        .bind(column(|row| row.agent_name.clone()))
+        .bind(column(|row| row.act_for.clone()))
+        .bind(column(|row| row.model.clone()))
+        .bind(number(|row| row.input_tokens))
+        .bind(number(|row| row.output_tokens))
+        .bind(number(|row| Some(row.debit_micros)))
+        .bind(number(|row| Some(row.credit_micros)))
+        .bind(number(|row| Some(row.released_micros)))
+        .bind(number(|row| Some(row.balance_after_micros.unwrap_or(0))))
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! SQLite SQL of the audit read models: applying their row operations, and reading them.
+//! Times are stored as fixed-width RFC 3339 text (microseconds, `Z`), so text comparison is
+//! time comparison.
+
+use bahi_domain::chain::format_recorded_at;
+use bahi_projections::{AuthorizedCallRow, LedgerEntryRow, SettledCallRow, SqlOperation};
+use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::read_models::{
+    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money,
+};
+use super::{StoreError, hash_from_bytes};
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
+}
+
+fn optional_time(text: Option<&str>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.map(parse_time).transpose()
+}
+
+const LEDGER_COLUMNS: &str = "org_id, position, entry_type, occurred_at, occurred_day, reference, description, call_id, \
+credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, \
+credit_micros, released_micros, balance_after_micros";
+
+/// Applies one audit operation inside the projection's transaction. Operations of other
+/// projections are not this module's business and are refused as a programming error.
+pub async fn apply(connection: &mut SqliteConnection, operation: &SqlOperation) -> Result<(), StoreError> {
+    match operation {
+        SqlOperation::InsertLedgerEntry(row) => insert_ledger_entry(connection, row).await,
+        SqlOperation::UpsertAuthorizedCall(row) => upsert_authorized_call(connection, row).await,
+        SqlOperation::SettleCall(row) => settle_call(connection, row).await,
+        SqlOperation::InsertCallEvent { call_id, position, event_type } => {
+            sqlx::query(
+                "INSERT INTO read_call_events (call_id, position, event_type) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(call_id)
+            .bind(position)
+            .bind(event_type)
+            .execute(connection)
+            .await?;
+            Ok(())
+        }
+        SqlOperation::InsertOrgEvent { org_id, position } => {
+            sqlx::query("INSERT INTO read_org_events (org_id, position) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(org_id)
+                .bind(position)
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+        other => Err(StoreError::Corrupt(format!("not an audit operation: {other:?}"))),
+    }
+}
+
+async fn insert_ledger_entry(connection: &mut SqliteConnection, row: &LedgerEntryRow) -> Result<(), StoreError> {
+    // A row without its own balance (a hold expiry) repeats the org's previous one: earlier
+    // rows of the same page were inserted before it in this transaction.
+    sqlx::query(
+        "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, call_id, \
+         credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, \
+         credit_micros, released_micros, balance_after_micros) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, coalesce(?, \
+         (SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = ? AND position < ? ORDER BY position DESC LIMIT 1), 0)) \
+         ON CONFLICT (org_id, position) DO NOTHING",
+    )
+    .bind(&row.org_id)
+    .bind(row.position)
+    .bind(row.entry_type)
+    .bind(format_recorded_at(row.occurred_at))
+    .bind(&row.occurred_day)
+    .bind(&row.reference)
+    .bind(&row.description)
+    .bind(&row.call_id)
+    .bind(&row.credential_kind)
+    .bind(&row.credential_id)
+    .bind(&row.agent_id)
+    .bind(&row.agent_name)
+    .bind(&row.act_for)
+    .bind(&row.model)
+    .bind(row.input_tokens)
+    .bind(row.output_tokens)
+    .bind(row.debit_micros)
+    .bind(row.credit_micros)
+    .bind(row.released_micros)
+    .bind(row.balance_after_micros)
+    .bind(&row.org_id)
+    .bind(row.position)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_authorized_call(connection: &mut SqliteConnection, row: &AuthorizedCallRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
+         hold_micros, authorized_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+    )
+    .bind(&row.call_id)
+    .bind(&row.org_id)
+    .bind(&row.credential_kind)
+    .bind(&row.credential_id)
+    .bind(&row.agent_id)
+    .bind(&row.agent_name)
+    .bind(&row.act_for)
+    .bind(&row.model)
+    .bind(row.hold_micros)
+    .bind(format_recorded_at(row.authorized_at))
+    .bind(row.position)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+async fn settle_call(connection: &mut SqliteConnection, row: &SettledCallRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE read_calls SET input_tokens = ?, output_tokens = ?, cost_micros = ?, status = ?, settled_at = ?, position = ? \
+         WHERE call_id = ?",
+    )
+    .bind(row.input_tokens)
+    .bind(row.output_tokens)
+    .bind(row.cost_micros)
+    .bind(&row.status)
+    .bind(format_recorded_at(row.settled_at))
+    .bind(row.position)
+    .bind(&row.call_id)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+pub async fn audit_call(pool: &SqlitePool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
+         authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = ?",
+    )
+    .bind(call_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(CallRecord {
+        call_id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        credential_kind: row.try_get(2)?,
+        credential_id: row.try_get(3)?,
+        agent_id: row.try_get(4)?,
+        agent_name: row.try_get(5)?,
+        act_for: row.try_get(6)?,
+        model: row.try_get(7)?,
+        hold: money(row.try_get(8)?)?,
+        authorized_at: parse_time(row.try_get::<&str, _>(9)?)?,
+        input_tokens: row.try_get(10)?,
+        output_tokens: row.try_get(11)?,
+        cost: row.try_get::<Option<i64>, _>(12)?.map(money).transpose()?,
+        status: row.try_get(13)?,
+        settled_at: optional_time(row.try_get::<Option<&str>, _>(14)?)?,
+    }))
+}
+
+pub async fn call_events(pool: &SqlitePool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.position, c.event_type, e.hash FROM read_call_events c JOIN events e ON e.position = c.position \
+         WHERE c.call_id = ? ORDER BY c.position",
+    )
+    .bind(call_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
+        .collect()
+}
+
+pub async fn org_events(
+    pool: &SqlitePool,
+    org_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT e.position, e.event_type, e.recorded_at, e.payload, e.hash FROM read_org_events o \
+         JOIN events e ON e.position = o.position WHERE o.org_id = ? AND o.position > ? ORDER BY o.position LIMIT ?",
+    )
+    .bind(org_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditEvent {
+                position: row.try_get(0)?,
+                event_type: row.try_get(1)?,
+                recorded_at: parse_time(row.try_get::<&str, _>(2)?)?,
+                payload: row.try_get(3)?,
+                hash: hash_from_bytes(row.try_get::<&[u8], _>(4)?)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn org_exists(pool: &SqlitePool, org_id: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM read_orgs WHERE org_id = ?").bind(org_id).fetch_optional(pool).await?;
+    Ok(found.is_some())
+}
+
+pub async fn balance_before(
+    pool: &SqlitePool,
+    org_id: &str,
+    before: DateTime<Utc>,
+) -> Result<bahi_domain::Money, StoreError> {
+    let micros: Option<i64> = sqlx::query_scalar(
+        "SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = ? AND occurred_at < ? \
+         ORDER BY occurred_at DESC, position DESC LIMIT 1",
+    )
+    .bind(org_id)
+    .bind(format_recorded_at(before))
+    .fetch_optional(pool)
+    .await?;
+    money(micros.unwrap_or(0))
+}
+
+/// The first and last positions of the org's entries in `[from, until)`, found through the
+/// time index, so the rows themselves are read as one range of the primary key.
+async fn position_bounds(
+    pool: &SqlitePool,
+    org_id: &str,
+    from: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let from = from.map(format_recorded_at).unwrap_or_default();
+    let until = until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned());
+    let bound = |direction: &str| {
+        format!(
+            "SELECT position FROM read_ledger_entries WHERE org_id = ? AND occurred_at >= ? AND occurred_at < ? \
+             ORDER BY occurred_at {direction}, position {direction} LIMIT 1"
+        )
+    };
+    let first: Option<i64> = sqlx::query_scalar(AssertSqlSafe(bound("ASC")))
+        .bind(org_id)
+        .bind(&from)
+        .bind(&until)
+        .fetch_optional(pool)
+        .await?;
+    let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(bound("DESC")))
+        .bind(org_id)
+        .bind(&from)
+        .bind(&until)
+        .fetch_optional(pool)
+        .await?;
+    Ok(first.zip(last))
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry, StoreError> {
+    Ok(LedgerEntry {
+        position: row.try_get(0)?,
+        entry_type: row.try_get(1)?,
+        occurred_at: parse_time(row.try_get::<&str, _>(2)?)?,
+        reference: row.try_get(3)?,
+        description: row.try_get(4)?,
+        call_id: row.try_get(5)?,
+        credential_kind: row.try_get(6)?,
+        credential_id: row.try_get(7)?,
+        agent_id: row.try_get(8)?,
+        agent_name: row.try_get(9)?,
+        act_for: row.try_get(10)?,
+        model: row.try_get(11)?,
+        input_tokens: row.try_get(12)?,
+        output_tokens: row.try_get(13)?,
+        debit: money(row.try_get(14)?)?,
+        credit: money(row.try_get(15)?)?,
+        hold_released: money(row.try_get(16)?)?,
+        balance_after: money(row.try_get(17)?)?,
+    })
+}
+
+pub async fn stream_ledger_entries(
+    pool: &SqlitePool,
+    org_id: &str,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    sender: &EntrySender,
+) -> Result<(), StoreError> {
+    let Some((first, last)) = position_bounds(pool, org_id, Some(from), Some(until)).await? else { return Ok(()) };
+    // `+occurred_at` keeps SQLite on the primary-key range (rows arrive in position order,
+    // no sort) instead of the time index; the time test still drops rows outside the period.
+    let mut rows = sqlx::query(
+        "SELECT position, entry_type, occurred_at, reference, description, call_id, credential_kind, credential_id, \
+         agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, credit_micros, \
+         released_micros, balance_after_micros FROM read_ledger_entries \
+         WHERE org_id = ? AND position >= ? AND position <= ? AND +occurred_at >= ? AND +occurred_at < ? ORDER BY position",
+    )
+    .bind(org_id)
+    .bind(first)
+    .bind(last)
+    .bind(format_recorded_at(from))
+    .bind(format_recorded_at(until))
+    .fetch(pool);
+    let mut batch = Vec::with_capacity(STATEMENT_BATCH);
+    while let Some(row) = rows.try_next().await? {
+        batch.push(entry_from_row(&row)?);
+        if batch.len() == STATEMENT_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(STATEMENT_BATCH));
+            if sender.send(Ok(full)).await.is_err() {
+                // The reader went away (client disconnected): stop reading.
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(Ok(batch)).await;
+    }
+    Ok(())
+}
+
+pub async fn attribution(
+    pool: &SqlitePool,
+    org_id: &str,
+    period: Period,
+    group_by: &[GroupKey],
+) -> Result<Vec<AttributionRow>, StoreError> {
+    let Some((first, last)) = position_bounds(pool, org_id, period.from, period.until).await? else {
+        return Ok(if group_by.is_empty() { vec![AttributionRow::default()] } else { Vec::new() });
+    };
+    let sql = attribution_sql(
+        group_by,
+        "org_id = ? AND position >= ? AND position <= ? AND entry_type = 'usage' AND +occurred_at >= ? AND +occurred_at < ?",
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(org_id)
+        .bind(first)
+        .bind(last)
+        .bind(period.from.map(format_recorded_at).unwrap_or_default())
+        .bind(period.until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned()))
+        .fetch_all(pool)
+        .await?;
+    let key_count: usize = group_by.iter().map(|key| super::read_models::group_columns(*key).len()).sum();
+    rows.iter()
+        .map(|row| {
+            let keys =
+                (0..key_count).map(|index| row.try_get::<Option<String>, _>(index)).collect::<Result<Vec<_>, _>>()?;
+            let sums = [
+                row.try_get(key_count)?,
+                row.try_get(key_count + 1)?,
+                row.try_get(key_count + 2)?,
+                row.try_get(key_count + 3)?,
+            ];
+            attribution_row(group_by, keys.into_iter(), sums)
+        })
+        .collect()
+}
+
+/// Rows per INSERT of the bulk loader (20 columns each; SQLite allows 32766 variables).
+const BULK_ROWS: usize = 1000;
+
+pub async fn insert_ledger_entries(pool: &SqlitePool, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
+    let mut transaction = pool.begin().await?;
+    for chunk in rows.chunks(BULK_ROWS) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO read_ledger_entries ({LEDGER_COLUMNS}) "));
+        builder.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(row.org_id.clone())
+                .push_bind(row.position)
+                .push_bind(row.entry_type)
+                .push_bind(format_recorded_at(row.occurred_at))
+                .push_bind(row.occurred_day.clone())
+                .push_bind(row.reference.clone())
+                .push_bind(row.description.clone())
+                .push_bind(row.call_id.clone())
+                .push_bind(row.credential_kind.clone())
+                .push_bind(row.credential_id.clone())
+                .push_bind(row.agent_id.clone())
+                .push_bind(row.agent_name.clone())
+                .push_bind(row.act_for.clone())
+                .push_bind(row.model.clone())
+                .push_bind(row.input_tokens)
+                .push_bind(row.output_tokens)
+                .push_bind(row.debit_micros)
+                .push_bind(row.credit_micros)
+                .push_bind(row.released_micros)
+                .push_bind(row.balance_after_micros.unwrap_or(0));
+        });
+        builder.build().execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_column_list_has_every_column() {
+        assert_eq!(super::LEDGER_COLUMNS.split(',').count(), 20);
+    }
+}
