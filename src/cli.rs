@@ -67,6 +67,24 @@ pub struct ServeArgs {
     pub log_format: String,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct StatementArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The org (`org_…`).
+    #[arg(long)]
+    pub org: String,
+    /// First day of the period (YYYY-MM-DD, UTC).
+    #[arg(long)]
+    pub from: String,
+    /// Last day of the period, included (YYYY-MM-DD, UTC).
+    #[arg(long)]
+    pub to: String,
+    /// `csv` or `json`.
+    #[arg(long, default_value = "csv")]
+    pub format: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (applies migrations first).
@@ -77,6 +95,8 @@ pub enum Command {
     Verify(DatabaseArgs),
     /// Drop every SQL projection and replay it from position 1.
     Rebuild(DatabaseArgs),
+    /// Print an org's INR statement for a period, read from the database (no server needed).
+    Statement(StatementArgs),
     /// Run a benchmark and print its figures beside a baseline measured in the same run.
     Bench(crate::bench::BenchArgs),
 }

@@ -8,6 +8,7 @@ pub mod agent_token;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod finance;
 pub mod http;
 pub mod identity;
 pub mod ledger;

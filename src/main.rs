@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let position = bahi::projector::catch_up_projections(&store, None).await?;
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }
+        Command::Statement(args) => return bahi::finance::statement_command(&args).await,
         Command::Bench(args) => {
             init_tracing("pretty");
             bahi::bench::run(args).await?;

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -10,6 +11,7 @@ pub mod health;
 pub mod humans;
 pub mod issuers;
 pub mod keys;
+pub mod statements;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .merge(humans::router(&state))
         .merge(agents::router(&state))
         .merge(issuers::router(&state))
+        .merge(audit::router(&state))
+        .merge(statements::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
