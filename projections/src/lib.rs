@@ -350,3 +350,87 @@ pub fn calls(event: &Event, position: i64) -> Vec<SqlOperation> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bahi_domain::Money;
+    use bahi_domain::event::{HoldExpired, PriceSet, UsageRecorded};
+    use bahi_domain::ids::{CallId, OrgId};
+
+    fn attribution() -> CallAttribution {
+        CallAttribution {
+            credential_kind: "agent_token".into(),
+            credential_id: "tok_1".into(),
+            agent_id: Some("agt_1".into()),
+            agent_name: Some("bot".into()),
+            act_for: "usr_1".into(),
+        }
+    }
+
+    fn usage() -> Event {
+        UsageRecorded {
+            call_id: CallId::parse("call_1").unwrap(),
+            org_id: OrgId::parse("org_1").unwrap(),
+            attribution: attribution(),
+            model: "m".into(),
+            input_tokens: 10,
+            output_tokens: 20,
+            status: "succeeded".into(),
+            cost: Money::parse("0.5").unwrap(),
+            hold_released: Money::parse("1").unwrap(),
+            balance_after: Money::parse("9.5").unwrap(),
+            request_hash: "h".into(),
+            settled_at: "2026-03-04T23:59:59Z".parse().unwrap(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn usage_is_a_debit_with_its_attribution_and_settles_its_call() {
+        let operations = audit(&usage(), 7);
+        assert_eq!(operations[0], SqlOperation::InsertOrgEvent { org_id: "org_1".into(), position: 7 });
+        let SqlOperation::InsertLedgerEntry(row) = &operations[1] else { panic!("{operations:?}") };
+        assert_eq!(row.entry_type, entry_type::USAGE);
+        assert_eq!((row.debit_micros, row.credit_micros, row.released_micros), (500_000, 0, 1_000_000));
+        assert_eq!(row.balance_after_micros, Some(9_500_000));
+        assert_eq!(row.occurred_day, "2026-03-04");
+        assert_eq!(row.agent_id.as_deref(), Some("agt_1"));
+        assert_eq!(row.act_for.as_deref(), Some("usr_1"));
+        assert_eq!((row.input_tokens, row.output_tokens), (Some(10), Some(20)));
+        assert!(matches!(&operations[2], SqlOperation::SettleCall(settled) if settled.cost_micros == 500_000));
+        assert_eq!(
+            operations[3],
+            SqlOperation::InsertCallEvent { call_id: "call_1".into(), position: 7, event_type: "UsageRecorded".into() }
+        );
+    }
+
+    #[test]
+    fn a_hold_expiry_is_listed_without_moving_the_balance() {
+        let expired: Event = HoldExpired {
+            call_id: CallId::parse("call_1").unwrap(),
+            org_id: OrgId::parse("org_1").unwrap(),
+            released: Money::parse("2").unwrap(),
+            expired_at: "2026-03-05T00:00:00Z".parse().unwrap(),
+        }
+        .into();
+        let operations = ledger_entries(&expired, 8);
+        let [SqlOperation::InsertLedgerEntry(row)] = operations.as_slice() else { panic!("one ledger row") };
+        assert_eq!((row.debit_micros, row.credit_micros, row.released_micros), (0, 0, 2_000_000));
+        // The engine repeats the previous balance: the event carries none.
+        assert_eq!(row.balance_after_micros, None);
+        assert_eq!(row.entry_type, entry_type::HOLD_RELEASE);
+    }
+
+    #[test]
+    fn events_without_an_org_are_nobodys() {
+        let price: Event = PriceSet {
+            model: "m".into(),
+            price: bahi_domain::billing::Price { input_per_million: Money::ZERO, output_per_million: Money::ZERO },
+            set_at: "2026-03-05T00:00:00Z".parse().unwrap(),
+        }
+        .into();
+        assert_eq!(audit(&price, 3), Vec::new());
+    }
+}
