@@ -34,6 +34,11 @@ pub enum Benchmark {
     /// Folding --events events into every projection (memory and SQL), beside reading the
     /// same rows without folding.
     Replay,
+    /// A statement of --events ledger rows streamed as CSV, beside a bare CSV write of the
+    /// same rows (time and peak memory).
+    Statement,
+    /// Attribution over --events calls grouped by agent (and more), beside the ungrouped total.
+    Attribution,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +217,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Append => append(&args).await,
         Benchmark::Sustained => sustained(&args).await,
         Benchmark::Replay => replay(&args).await,
+        Benchmark::Statement => crate::bench_reports::statement(&args).await,
+        Benchmark::Attribution => crate::bench_reports::attribution(&args).await,
     }
 }
 
