@@ -817,8 +817,18 @@ async fn every_answer_is_the_same_after_a_restart_and_after_rebuild() {
         same_answers(&first, &restarted, &format!("{}: restart", database.engine()));
         assert!(server.terminate().success());
 
+        let tables = ["read_ledger_entries", "read_calls", "read_call_events", "read_org_events"];
+        let store = Store::open(&database.url()).await.unwrap();
+        let mut live = Vec::new();
+        for table in tables {
+            live.push(store.dump_table(table).await.unwrap());
+        }
+        assert!(live.iter().all(|rows| !rows.is_empty()));
         let (code, stdout, stderr) = run_cli(&["rebuild", "--database", &database.url()]);
         assert_eq!(code, 0, "{stdout}{stderr}");
+        for (table, rows) in tables.iter().zip(&live) {
+            assert_eq!(&store.dump_table(table).await.unwrap(), rows, "{}: {table} rebuilt", database.engine());
+        }
         let server = start_server(&database).await;
         let rebuilt = answers(&client, &server, &scenario).await;
         same_answers(&first, &rebuilt, &format!("{}: rebuild", database.engine()));
