@@ -61,6 +61,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     let stop_flusher = CancellationToken::new();
     let flusher_join =
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
+    let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let state = AppState {
         writer: writer_handle,
         ledger: shared,
@@ -84,6 +85,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     // it holds and drops the last writer handle, so the writer drains its queue and stops.
     stop_flusher.cancel();
     flusher_join.await.context("key-use flusher")?;
+    expirer_join.await.context("hold expirer")?;
     tracing::info!("draining the writer");
     writer_join.await.context("writer task")?;
     shutdown.cancel();
@@ -108,6 +110,24 @@ async fn ensure_signing_key(identity: &Identity, ledger: &SharedLedger, writer: 
     }
     identity.signing_key(&ledger.read().state)?;
     Ok(())
+}
+
+/// How often holds are checked for expiry; an expired hold is released within this long.
+const HOLD_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Releases holds whose time is up, through the writer (each release is an event).
+async fn expire_holds(ledger: SharedLedger, writer: Writer, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HOLD_EXPIRY_INTERVAL) => {}
+        }
+        let now = chrono::Utc::now();
+        let due = ledger.read().state.hold_expiries.first().is_some_and(|(expires_at, _)| *expires_at <= now);
+        if due && let Err(error) = writer.submit(Command::ExpireHolds, CommandContext::default()).await {
+            tracing::warn!(%error, "expiring holds failed; the next turn retries");
+        }
+    }
 }
 
 /// Keeps JWK sets fetched from external issuers' `jwks_uri` fresh.

@@ -21,7 +21,7 @@ use super::accounts::random_bytes;
 use super::auth::{Principal, authenticate};
 use super::error::{ApiError, ApiResult, current_request_id};
 use super::extract::{ApiJson, OptionalJson};
-use super::keys::Usage;
+use super::keys::{BudgetView, Usage, budget_view};
 use crate::writer::CommandContext;
 
 /// Most agents listed at once.
@@ -56,14 +56,14 @@ pub struct AgentView {
     mode: AgentMode,
     act_for: String,
     scopes: Vec<Scope>,
-    budget: Option<Budget>,
+    budget: Option<BudgetView>,
     rate_limit: Option<RateLimit>,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
     usage: Usage,
 }
 
-fn agent_view(agent: &Agent) -> AgentView {
+fn agent_view(state: &bahi_domain::State, agent: &Agent) -> AgentView {
     AgentView {
         id: agent.id.clone(),
         name: agent.name.clone(),
@@ -71,7 +71,7 @@ fn agent_view(agent: &Agent) -> AgentView {
         mode: agent.mode,
         act_for: agent.act_for.clone(),
         scopes: agent.scopes.clone(),
-        budget: agent.budget,
+        budget: budget_view(state, agent.id.as_str(), agent.budget, Utc::now()),
         rate_limit: agent.rate_limit,
         created_at: agent.created_at,
         revoked_at: agent.revoked_at,
@@ -136,7 +136,7 @@ async fn create(
     let ledger = state.ledger.read();
     let agent =
         ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::internal("created agent not in the read model"))?;
-    Ok((StatusCode::CREATED, Json(agent_view(agent))))
+    Ok((StatusCode::CREATED, Json(agent_view(&ledger.state, agent))))
 }
 
 fn require_read(principal: &Principal) -> Result<(), ApiError> {
@@ -156,7 +156,10 @@ async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<
     let mut agents: Vec<&Agent> = org.agents.iter().filter_map(|id| ledger.state.agents.get(id)).collect();
     agents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
     let has_more = agents.len() > MAX_AGENTS_LISTED;
-    Ok(Json(ListResponse { data: agents.into_iter().take(MAX_AGENTS_LISTED).map(agent_view).collect(), has_more }))
+    Ok(Json(ListResponse {
+        data: agents.into_iter().take(MAX_AGENTS_LISTED).map(|agent| agent_view(&ledger.state, agent)).collect(),
+        has_more,
+    }))
 }
 
 /// The caller's own org's agent, or 404.
@@ -177,7 +180,7 @@ async fn show(
     let agent_id = own_agent(&state, &principal, &id)?;
     let ledger = state.ledger.read();
     let agent = ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::not_found("agent"))?;
-    Ok(Json(agent_view(agent)))
+    Ok(Json(agent_view(&ledger.state, agent)))
 }
 
 #[derive(Default, Deserialize)]
@@ -266,7 +269,7 @@ async fn revoke(
     state.writer.submit(command, context(&principal)).await?;
     let ledger = state.ledger.read();
     let agent = ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::not_found("agent"))?;
-    Ok(Json(agent_view(agent)))
+    Ok(Json(agent_view(&ledger.state, agent)))
 }
 
 #[derive(Serialize)]

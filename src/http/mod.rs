@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod agents;
 pub mod auth;
+pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(humans::router(&state))
         .merge(agents::router(&state))
         .merge(issuers::router(&state))
+        .merge(billing::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
