@@ -587,8 +587,11 @@ pub fn evolve(state: &mut State, event: &Event) {
                 state.budget_usage.entry(subject).or_default().add_spend(recorded.cost, recorded.settled_at);
             }
             let attribution = &recorded.attribution;
-            if let Some(agent) =
-                attribution.agent_id.as_deref().and_then(|id| AgentId::parse(id).ok()).and_then(|id| state.agents.get_mut(&id))
+            if let Some(agent) = attribution
+                .agent_id
+                .as_deref()
+                .and_then(|id| AgentId::parse(id).ok())
+                .and_then(|id| state.agents.get_mut(&id))
             {
                 agent.usage_calls += 1;
                 agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
