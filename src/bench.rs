@@ -34,6 +34,11 @@ pub enum Benchmark {
     /// Folding --events events into every projection (memory and SQL), beside reading the
     /// same rows without folding.
     Replay,
+    /// Key resolution in memory vs bare SHA-256; agent-token verification vs bare ES256.
+    Credentials,
+    /// HTTP on loopback at --connections: account, authorize, authorize+usage pairs, each
+    /// beside a trivial axum JSON endpoint.
+    Http,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +55,9 @@ pub struct BenchArgs {
     /// Events for sustained and replay.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: i64,
+    /// Concurrent connections (http).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -212,6 +220,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Append => append(&args).await,
         Benchmark::Sustained => sustained(&args).await,
         Benchmark::Replay => replay(&args).await,
+        Benchmark::Credentials => crate::bench_api::credentials(args.seconds),
+        Benchmark::Http => crate::bench_api::http(args.seconds, args.connections, args.database.clone()).await,
     }
 }
 

@@ -34,8 +34,19 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     Ok((store, shared))
 }
 
-pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    serve_on(listener, database_url, config, shutdown_signal()).await
+}
+
+/// Runs a node on a bound listener until `stop` completes, then shuts down gracefully.
+/// (`bahi bench` runs nodes in-process through this.)
+pub async fn serve_on(
+    listener: TcpListener,
+    database_url: &str,
+    mut config: ServerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     if config.issuer.is_empty() {
         config.issuer = format!("http://{address}");
@@ -77,7 +88,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     tracing::info!(%address, "listening");
 
     axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("serving HTTP")?;
 
