@@ -80,7 +80,11 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
             let parsed = bahi_domain::credential::parse_api_key(secret).map_err(|error| anyhow::anyhow!("{error}"))?;
             let key = state.api_key_by_hash(&SecretHash::of(secret)).context("key")?;
             let live = parsed.environment == key.environment && key.revoked_at.is_none() && key.expires_at.is_none();
-            let decision = limiter.take(key.id.as_str(), key.rate_limit.unwrap_or(RateLimit { requests: 1, interval_seconds: 1 }), now);
+            let decision = limiter.take(
+                key.id.as_str(),
+                key.rate_limit.unwrap_or(RateLimit { requests: 1, interval_seconds: 1 }),
+                now,
+            );
             sink ^= u8::from(live && decision.allowed);
         }
         count += 1000;
@@ -88,7 +92,11 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
     let resolved = per_second(count, started.elapsed());
     println!("{:<52} {:>14} {:>8}", "what (one thread)", "per second", "ratio");
     println!("{:<52} {bare:>14.0} {:>8.2}", "bare SHA-256 of the key (baseline)", 1.0);
-    println!("{:<52} {resolved:>14.0} {:>8.2}", "key -> principal: parse, hash, lookup, rate-limit step", resolved / bare);
+    println!(
+        "{:<52} {resolved:>14.0} {:>8.2}",
+        "key -> principal: parse, hash, lookup, rate-limit step",
+        resolved / bare
+    );
     std::hint::black_box(sink);
 
     println!();
@@ -139,7 +147,8 @@ where
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let percentile = |fraction: f64| latencies.get(((latencies.len() as f64) * fraction) as usize).copied().unwrap_or(0);
+    let percentile =
+        |fraction: f64| latencies.get(((latencies.len() as f64) * fraction) as usize).copied().unwrap_or(0);
     (per_second(latencies.len() as u64, elapsed), percentile(0.50), percentile(0.99), failures)
 }
 
@@ -149,13 +158,15 @@ const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop"
 /// account endpoint, authorize without a hold, and authorize-with-hold + usage pairs.
 pub async fn http(seconds: u64, connections: usize, database: Option<String>) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
-    let directory = std::env::temp_dir().join(format!("bahi-bench-http-{}", hex::encode(crate::identity::random_bytes::<8>())));
+    let directory =
+        std::env::temp_dir().join(format!("bahi-bench-http-{}", hex::encode(crate::identity::random_bytes::<8>())));
     std::fs::create_dir_all(&directory)?;
     let database_url = database.unwrap_or_else(|| format!("sqlite://{}", directory.join("bench.db").display()));
 
     let trivial_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let trivial_address = trivial_listener.local_addr()?;
-    let trivial = axum::Router::new().route("/trivial", axum::routing::get(|| async { axum::Json(json!({"ok": true})) }));
+    let trivial =
+        axum::Router::new().route("/trivial", axum::routing::get(|| async { axum::Json(json!({"ok": true})) }));
     tokio::spawn(async move { axum::serve(trivial_listener, trivial).await });
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -189,7 +200,13 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let registered: Value = client.post(format!("{base}/v1/auth/agent-register")).json(&json!({"org_name": "bench"})).send().await?.json().await?;
+    let registered: Value = client
+        .post(format!("{base}/v1/auth/agent-register"))
+        .json(&json!({"org_name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
     let org_id = registered["org_id"].as_str().context("org")?.to_owned();
     let key = registered["api_key"].as_str().context("key")?.to_owned();
     client
@@ -205,9 +222,14 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         .send()
         .await?;
 
-    println!("engine: {}; {connections} connections; {seconds} s per point; client and server share the machine",
-        if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" });
-    println!("{:<44} {:>12} {:>8} {:>10} {:>10} {:>9}", "endpoint", "requests/s", "ratio", "p50 µs", "p99 µs", "failures");
+    println!(
+        "engine: {}; {connections} connections; {seconds} s per point; client and server share the machine",
+        if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" }
+    );
+    println!(
+        "{:<44} {:>12} {:>8} {:>10} {:>10} {:>9}",
+        "endpoint", "requests/s", "ratio", "p50 µs", "p99 µs", "failures"
+    );
     let trivial_url = format!("http://{trivial_address}/trivial");
     let (client_a, url_a) = (client.clone(), trivial_url.clone());
     let (baseline, p50, p99, failures) = load(connections, duration, move |_| {
@@ -229,11 +251,21 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
     let (rate, p50, p99, failures) = load(connections, duration, move |_| {
         let (client, url, key) = (client_c.clone(), url_c.clone(), key_c.clone());
         async move {
-            client.post(url).bearer_auth(key).json(&json!({"model": "bench-model"})).send().await.is_ok_and(|response| response.status().is_success())
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "bench-model"}))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
         }
     })
     .await;
-    println!("{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "POST /v1/authorize (no hold)", rate / baseline);
+    println!(
+        "{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
+        "POST /v1/authorize (no hold)",
+        rate / baseline
+    );
 
     let (client_d, base_d, key_d) = (client.clone(), base.clone(), key.clone());
     let (rate, p50, p99, failures) = load(connections, duration, move |_| {
