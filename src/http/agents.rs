@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::accounts::random_bytes;
-use super::auth::{Principal, authenticate};
+use super::auth::{Principal, authenticate, grantable_scopes};
 use super::error::{ApiError, ApiResult, current_request_id};
 use super::extract::{ApiJson, OptionalJson};
 use super::keys::{BudgetView, Usage, budget_view};
@@ -83,27 +83,6 @@ fn context(principal: &Principal) -> CommandContext {
     CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None }
 }
 
-/// Parses requested scopes; each must be an org scope the caller holds itself.
-pub fn requested_scopes(requested: &[String], held: &[Scope]) -> Result<Vec<Scope>, ApiError> {
-    let mut scopes = Vec::new();
-    for text in requested {
-        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
-        if !scope.is_org_scope() || !held.contains(&scope) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("you cannot grant {text}: you do not hold it"),
-            ));
-        }
-        if !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::invalid_request("scopes must not be empty"));
-    }
-    Ok(scopes)
-}
-
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -120,7 +99,7 @@ async fn create(
         (None, _, _) => principal.org_id.to_string(),
     };
     // Agents get inference alone unless asked for more: least privilege by default.
-    let scopes = requested_scopes(&request.scopes.unwrap_or_else(|| vec!["inference".to_owned()]), &principal.scopes)?;
+    let scopes = grantable_scopes(&request.scopes.unwrap_or_else(|| vec!["inference".to_owned()]), &principal.scopes)?;
     let agent_id = AgentId::from_random(random_bytes());
     let command = Command::CreateAgent {
         org_id: principal.org_id.clone(),
@@ -218,7 +197,7 @@ async fn mint(
     };
     let scopes = match request.scopes {
         None => agent_scopes,
-        Some(requested) => requested_scopes(&requested, &agent_scopes)?,
+        Some(requested) => grantable_scopes(&requested, &agent_scopes)?,
     };
     let token_id = TokenId::from_random(random_bytes());
     let command = Command::MintAgentToken {

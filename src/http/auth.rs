@@ -73,17 +73,42 @@ pub struct Principal {
     rate_limit: RateLimit,
 }
 
+/// Refuses with 403 `insufficient_scope` unless `held` contains `scope`: the one scope check
+/// of every credential.
+fn require_scope(held: &[Scope], scope: Scope) -> Result<(), ApiError> {
+    if held.contains(&scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("insufficient_scope", format!("this credential lacks the {} scope", scope.as_str())))
+    }
+}
+
+/// Parses scopes requested for a new key, agent or token: each must be an org scope that
+/// `held` (the granter's own) contains, so nobody grants more than they have.
+pub fn grantable_scopes(requested: &[String], held: &[Scope]) -> Result<Vec<Scope>, ApiError> {
+    let mut scopes = Vec::new();
+    for text in requested {
+        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
+        if !scope.is_org_scope() || !held.contains(&scope) {
+            return Err(ApiError::forbidden(
+                "insufficient_scope",
+                format!("you cannot grant {text}: you do not hold it"),
+            ));
+        }
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::invalid_request("scopes must not be empty; omit it for the default"));
+    }
+    Ok(scopes)
+}
+
 impl Principal {
     /// Refuses with 403 unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("this credential lacks the {} scope", scope.as_str()),
-            ))
-        }
+        require_scope(&self.scopes, scope)
     }
 
     /// Refuses with 403 `human_only` unless this is a console session with one of `roles`.
@@ -368,14 +393,7 @@ pub struct Operator {
 
 impl Operator {
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("this credential lacks the {} scope", scope.as_str()),
-            ))
-        }
+        require_scope(&self.scopes, scope)
     }
 
     pub fn actor(&self) -> crate::ledger::Actor {

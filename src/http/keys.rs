@@ -128,26 +128,7 @@ fn parse_scopes(requested: Option<Vec<String>>, principal: &Principal) -> Result
         // No scopes: every org scope the creator itself holds.
         return Ok(Scope::ORG_DEFAULT.into_iter().filter(|scope| principal.scopes.contains(scope)).collect());
     };
-    let mut scopes = Vec::new();
-    for text in &requested {
-        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
-        if !scope.is_org_scope() {
-            return Err(ApiError::forbidden("forbidden", format!("the {text} scope is for operator credentials only")));
-        }
-        if !principal.scopes.contains(&scope) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("you cannot grant {text}: you do not hold it"),
-            ));
-        }
-        if !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::invalid_request("scopes must not be empty; omit it for every scope"));
-    }
-    Ok(scopes)
+    super::auth::grantable_scopes(&requested, &principal.scopes)
 }
 
 async fn create(
