@@ -39,6 +39,11 @@ pub enum Benchmark {
     Statement,
     /// Attribution over --events calls grouped by agent (and more), beside the ungrouped total.
     Attribution,
+    /// Key resolution in memory vs bare SHA-256; agent-token verification vs bare ES256.
+    Credentials,
+    /// HTTP on loopback at --connections: account, authorize, authorize+usage pairs, each
+    /// beside a trivial axum JSON endpoint.
+    Http,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +60,9 @@ pub struct BenchArgs {
     /// Events for sustained and replay.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: i64,
+    /// Concurrent connections (http).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -219,6 +227,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Replay => replay(&args).await,
         Benchmark::Statement => crate::bench_reports::statement(&args).await,
         Benchmark::Attribution => crate::bench_reports::attribution(&args).await,
+        Benchmark::Credentials => crate::bench_api::credentials(args.seconds),
+        Benchmark::Http => crate::bench_api::http(args.seconds, args.connections, args.database.clone()).await,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod agent_token;
 pub mod bench;
+pub mod bench_api;
 pub mod bench_reports;
 pub mod cli;
 pub mod config;

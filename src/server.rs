@@ -34,8 +34,19 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     Ok((store, shared))
 }
 
-pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    serve_on(listener, database_url, config, shutdown_signal()).await
+}
+
+/// Runs a node on a bound listener until `stop` completes, then shuts down gracefully.
+/// (`bahi bench` runs nodes in-process through this.)
+pub async fn serve_on(
+    listener: TcpListener,
+    database_url: &str,
+    mut config: ServerConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     if config.issuer.is_empty() {
         config.issuer = format!("http://{address}");
@@ -61,6 +72,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     let stop_flusher = CancellationToken::new();
     let flusher_join =
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
+    let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let state = AppState {
         writer: writer_handle,
         ledger: shared,
@@ -76,7 +88,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     tracing::info!(%address, "listening");
 
     axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("serving HTTP")?;
 
@@ -84,6 +96,7 @@ pub async fn serve(listen: &str, database_url: &str, mut config: ServerConfig) -
     // it holds and drops the last writer handle, so the writer drains its queue and stops.
     stop_flusher.cancel();
     flusher_join.await.context("key-use flusher")?;
+    expirer_join.await.context("hold expirer")?;
     tracing::info!("draining the writer");
     writer_join.await.context("writer task")?;
     shutdown.cancel();
@@ -108,6 +121,24 @@ async fn ensure_signing_key(identity: &Identity, ledger: &SharedLedger, writer: 
     }
     identity.signing_key(&ledger.read().state)?;
     Ok(())
+}
+
+/// How often holds are checked for expiry; an expired hold is released within this long.
+const HOLD_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Releases holds whose time is up, through the writer (each release is an event).
+async fn expire_holds(ledger: SharedLedger, writer: Writer, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HOLD_EXPIRY_INTERVAL) => {}
+        }
+        let now = chrono::Utc::now();
+        let due = ledger.read().state.hold_expiries.first().is_some_and(|(expires_at, _)| *expires_at <= now);
+        if due && let Err(error) = writer.submit(Command::ExpireHolds, CommandContext::default()).await {
+            tracing::warn!(%error, "expiring holds failed; the next turn retries");
+        }
+    }
 }
 
 /// Keeps JWK sets fetched from external issuers' `jwks_uri` fresh.

@@ -538,3 +538,23 @@ async fn last_use_is_coalesced_into_at_most_one_event_per_key_per_minute() {
         assert!(listed[0]["last_used_at"].is_string(), "the last use survived the restart");
     }
 }
+
+#[tokio::test]
+async fn legacy_prefixes_stay_valid_after_the_prefix_changes() {
+    let database = TestDatabase::sqlite();
+    let client = client();
+    let server = TestServer::start_with(&database.url(), &[("BAHI_KEY_PREFIX", "ob")]);
+    let (_, old_key) = register(&client, &server, "Acme").await;
+    assert!(old_key.starts_with("ob_live_"));
+    drop(server);
+
+    let server =
+        TestServer::start_with(&database.url(), &[("BAHI_KEY_PREFIX", "br"), ("BAHI_LEGACY_KEY_PREFIXES", "ob")]);
+    assert_eq!(account_status(&client, &server, &old_key).await, 200, "a legacy key stays valid");
+    let new_key = create_key(&client, &server, &old_key, json!({"name": "new"})).await;
+    assert!(new_key["api_key"].as_str().unwrap().starts_with("br_live_"));
+    drop(server);
+
+    let server = TestServer::start_with(&database.url(), &[("BAHI_KEY_PREFIX", "br")]);
+    assert_eq!(account_status(&client, &server, &old_key).await, 401, "a prefix no longer configured is refused");
+}

@@ -231,3 +231,46 @@ async fn rebuilt_projections_equal_live_ones_for_a_random_history() {
         let _ = RwLock::new(());
     }
 }
+
+/// A batch whose commit fails fails every command in it, leaves no trace in memory or in
+/// the log, and the writer carries on from the committed state.
+#[tokio::test]
+async fn a_failed_commit_fails_the_whole_batch_and_leaves_no_trace() {
+    for database in TestDatabase::all().await {
+        let running = start(&database).await;
+        running.writer.submit(register_command("before"), CommandContext::default()).await.unwrap();
+        let refuse = match database.engine() {
+            "sqlite" => {
+                "CREATE TRIGGER injected_failure BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            }
+            _ => {
+                "CREATE FUNCTION injected_failure() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
+                  CREATE TRIGGER injected_failure BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION injected_failure()"
+            }
+        };
+        database.execute_raw(refuse).await.unwrap();
+        let failing: Vec<_> = (0..8)
+            .map(|index| {
+                let writer = running.writer.clone();
+                tokio::spawn(async move {
+                    writer.submit(register_command(&format!("lost {index}")), CommandContext::default()).await
+                })
+            })
+            .collect();
+        for outcome in failing {
+            assert!(matches!(outcome.await.unwrap(), Err(WriteError::Store(_))), "{}", database.engine());
+        }
+        assert_eq!(running.shared.read().position, 2, "nothing of the failed batch is in memory");
+        assert!(running.shared.read().state.orgs.values().all(|org| !org.display_name.starts_with("lost")));
+
+        let allow = match database.engine() {
+            "sqlite" => "DROP TRIGGER injected_failure",
+            _ => "DROP TRIGGER injected_failure ON events; DROP FUNCTION injected_failure()",
+        };
+        database.execute_raw(allow).await.unwrap();
+        let after = running.writer.submit(register_command("after"), CommandContext::default()).await.unwrap();
+        assert_eq!(after.events[0].position, 3, "{}: the writer continues from the committed head", database.engine());
+        let store = running.stop().await;
+        assert_eq!(verify_log(&store).await.unwrap(), Ok(4));
+    }
+}

@@ -177,6 +177,11 @@ pub struct GatewayKey {
 
 /// A minted token is forgotten this long after it expired (beyond any verifier leeway).
 pub const TOKEN_FORGET_AFTER_SECONDS: i64 = 300;
+/// A settled call stays in memory this long, so a usage replay within it gets the recorded
+/// answer (afterwards the call is in the SQL read models and the log only; a replay is 404).
+pub const SETTLED_CALL_RETENTION_SECONDS: i64 = 86_400;
+/// An unsettled call stays this long waiting for late usage.
+pub const UNSETTLED_CALL_RETENTION_SECONDS: i64 = 7 * 86_400;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
@@ -254,6 +259,8 @@ pub struct State {
     pub calls: HashMap<CallId, Call>,
     /// Open holds by expiry, so expired ones are found without a scan.
     pub hold_expiries: BTreeSet<(DateTime<Utc>, CallId)>,
+    /// When each call leaves memory, so that memory does not grow with the number of calls.
+    pub call_retention: BTreeSet<(DateTime<Utc>, CallId)>,
     pub topups: HashMap<(OrgId, String), TopupRecord>,
     pub budget_usage: HashMap<String, BudgetUsage>,
     pub gateway_keys: HashMap<ApiKeyId, GatewayKey>,
@@ -317,6 +324,19 @@ impl State {
     /// The key that signs new tokens: the newest one not retired.
     pub fn current_signing_key(&self) -> Option<&SigningKeyRecord> {
         self.signing_keys.iter().rev().find(|key| key.retired_at.is_none())
+    }
+
+    fn forget_old_calls(&mut self, now: DateTime<Utc>) {
+        while let Some((forget_at, call_id)) = self.call_retention.first().cloned() {
+            if forget_at > now {
+                break;
+            }
+            self.call_retention.pop_first();
+            if let Some(call) = self.calls.remove(&call_id) {
+                // Holds expire long before a call is forgotten; this only guards the books.
+                self.hold_expiries.remove(&(call.hold_expires_at, call_id));
+            }
+        }
     }
 
     fn forget_expired_tokens(&mut self, now: DateTime<Utc>) {
@@ -559,6 +579,11 @@ pub fn evolve(state: &mut State, event: &Event) {
                     usage.held = usage.held.saturating_add(authorized.hold);
                 }
             }
+            state.forget_old_calls(authorized.authorized_at);
+            state.call_retention.insert((
+                authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS),
+                authorized.call_id.clone(),
+            ));
             state.calls.insert(
                 authorized.call_id.clone(),
                 Call {
@@ -587,11 +612,14 @@ pub fn evolve(state: &mut State, event: &Event) {
                 state.budget_usage.entry(subject).or_default().add_spend(recorded.cost, recorded.settled_at);
             }
             let attribution = &recorded.attribution;
-            if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| AgentId::parse(id).ok()) {
-                if let Some(agent) = state.agents.get_mut(&agent) {
-                    agent.usage_calls += 1;
-                    agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
-                }
+            if let Some(agent) = attribution
+                .agent_id
+                .as_deref()
+                .and_then(|id| AgentId::parse(id).ok())
+                .and_then(|id| state.agents.get_mut(&id))
+            {
+                agent.usage_calls += 1;
+                agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
             }
             if attribution.credential_kind == "api_key"
                 && let Some(key) =
@@ -600,6 +628,15 @@ pub fn evolve(state: &mut State, event: &Event) {
                 key.usage_calls += 1;
                 key.usage_cost = key.usage_cost.saturating_add(recorded.cost);
             }
+            if let Some(call) = state.calls.get(&recorded.call_id) {
+                let unsettled_until = call.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS);
+                state.call_retention.remove(&(unsettled_until, recorded.call_id.clone()));
+                state.call_retention.insert((
+                    recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS),
+                    recorded.call_id.clone(),
+                ));
+            }
+            state.forget_old_calls(recorded.settled_at);
             if let Some(call) = state.calls.get_mut(&recorded.call_id) {
                 call.settlement = Some(Settlement {
                     input_tokens: recorded.input_tokens,

@@ -132,3 +132,70 @@ fn events_round_trip_through_their_stored_bytes() {
     assert!(Event::decode("OrgRegistered", 99, b"{}").is_err());
     assert!(Event::decode("OrgRegistered", 1, b"{not json").is_err());
 }
+
+#[test]
+fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
+    use bahi_domain::billing::Price;
+    use bahi_domain::event::CallAttribution;
+    use bahi_domain::ids::{CallId, TopupId};
+
+    let mut state = State::default();
+    let mut at = now();
+    let mut run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
+        let events = decide(state, command, at).unwrap();
+        for event in &events {
+            evolve(state, event);
+        }
+        events
+    };
+    let register_command = register(1, "Acme");
+    run(&mut state, &register_command, at);
+    let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
+    let price = Price { input_per_million: Money::parse("1").unwrap(), output_per_million: Money::parse("1").unwrap() };
+    run(&mut state, &Command::SetPrice { model: "m".into(), price }, at);
+    let grant = Command::Grant {
+        org_id: org_id.clone(),
+        grant_id: TopupId::from_random([1; 16]),
+        amount: Money::parse("10").unwrap(),
+        reason: "r".into(),
+    };
+    run(&mut state, &grant, at);
+    let authorize = |seed: u8| Command::Authorize {
+        call_id: CallId::from_random([seed; 16]),
+        org_id: org_id.clone(),
+        attribution: CallAttribution {
+            credential_kind: "api_key".into(),
+            credential_id: first_key.key_id.to_string(),
+            agent_id: None,
+            agent_name: None,
+            act_for: org_id.to_string(),
+        },
+        model: "m".into(),
+        max_cost: None,
+        hold_ttl_seconds: 600,
+    };
+    let usage = |seed: u8| Command::RecordUsage {
+        call_id: CallId::from_random([seed; 16]),
+        model: "m".into(),
+        input_tokens: 10,
+        output_tokens: 10,
+        status: "succeeded".into(),
+        request_hash: "h".into(),
+    };
+    run(&mut state, &authorize(1), at);
+    run(&mut state, &authorize(2), at);
+    run(&mut state, &usage(1), at);
+    // Within a day a replay is answered from memory.
+    assert!(decide(&state, &usage(1), at + Duration::hours(23)).unwrap().is_empty());
+    // A day later (seen through the next event), the settled call is gone: a replay is 404.
+    at += Duration::hours(25);
+    run(&mut state, &authorize(3), at);
+    assert!(!state.calls.contains_key(&CallId::from_random([1; 16])));
+    assert!(matches!(decide(&state, &usage(1), at), Err(DomainError::NotFound("call"))));
+    // The unsettled call waits a week for late usage, then it is gone too.
+    assert!(state.calls.contains_key(&CallId::from_random([2; 16])));
+    at += Duration::days(7);
+    run(&mut state, &authorize(4), at);
+    assert!(!state.calls.contains_key(&CallId::from_random([2; 16])));
+    assert!(state.calls.contains_key(&CallId::from_random([4; 16])));
+}

@@ -101,6 +101,9 @@ struct AccountResponse {
     plan: String,
     environment: String,
     credit_balance: Money,
+    /// Balance minus the holds of authorized, unsettled calls.
+    available_balance: Money,
+    held: Money,
     members: Vec<Member>,
 }
 
@@ -124,6 +127,8 @@ async fn account(State(state): State<AppState>, principal: Principal) -> ApiResu
         plan: org.plan.clone(),
         environment: org.environment.as_str().to_owned(),
         credit_balance: org.balance,
+        available_balance: org.balance.saturating_sub(org.held),
+        held: org.held,
         members,
     }))
 }

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::accounts::random_bytes;
-use super::auth::{Principal, authenticate};
+use super::auth::{Principal, authenticate, grantable_scopes};
 use super::error::{ApiError, ApiResult, current_request_id};
 use super::extract::{ApiJson, OptionalJson};
-use super::keys::Usage;
+use super::keys::{BudgetView, Usage, budget_view};
 use crate::writer::CommandContext;
 
 /// Most agents listed at once.
@@ -56,14 +56,14 @@ pub struct AgentView {
     mode: AgentMode,
     act_for: String,
     scopes: Vec<Scope>,
-    budget: Option<Budget>,
+    budget: Option<BudgetView>,
     rate_limit: Option<RateLimit>,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
     usage: Usage,
 }
 
-fn agent_view(agent: &Agent) -> AgentView {
+fn agent_view(state: &bahi_domain::State, agent: &Agent) -> AgentView {
     AgentView {
         id: agent.id.clone(),
         name: agent.name.clone(),
@@ -71,7 +71,7 @@ fn agent_view(agent: &Agent) -> AgentView {
         mode: agent.mode,
         act_for: agent.act_for.clone(),
         scopes: agent.scopes.clone(),
-        budget: agent.budget,
+        budget: budget_view(state, agent.id.as_str(), agent.budget, Utc::now()),
         rate_limit: agent.rate_limit,
         created_at: agent.created_at,
         revoked_at: agent.revoked_at,
@@ -81,27 +81,6 @@ fn agent_view(agent: &Agent) -> AgentView {
 
 fn context(principal: &Principal) -> CommandContext {
     CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None }
-}
-
-/// Parses requested scopes; each must be an org scope the caller holds itself.
-pub fn requested_scopes(requested: &[String], held: &[Scope]) -> Result<Vec<Scope>, ApiError> {
-    let mut scopes = Vec::new();
-    for text in requested {
-        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
-        if !scope.is_org_scope() || !held.contains(&scope) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("you cannot grant {text}: you do not hold it"),
-            ));
-        }
-        if !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::invalid_request("scopes must not be empty"));
-    }
-    Ok(scopes)
 }
 
 async fn create(
@@ -120,7 +99,7 @@ async fn create(
         (None, _, _) => principal.org_id.to_string(),
     };
     // Agents get inference alone unless asked for more: least privilege by default.
-    let scopes = requested_scopes(&request.scopes.unwrap_or_else(|| vec!["inference".to_owned()]), &principal.scopes)?;
+    let scopes = grantable_scopes(&request.scopes.unwrap_or_else(|| vec!["inference".to_owned()]), &principal.scopes)?;
     let agent_id = AgentId::from_random(random_bytes());
     let command = Command::CreateAgent {
         org_id: principal.org_id.clone(),
@@ -136,7 +115,7 @@ async fn create(
     let ledger = state.ledger.read();
     let agent =
         ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::internal("created agent not in the read model"))?;
-    Ok((StatusCode::CREATED, Json(agent_view(agent))))
+    Ok((StatusCode::CREATED, Json(agent_view(&ledger.state, agent))))
 }
 
 fn require_read(principal: &Principal) -> Result<(), ApiError> {
@@ -156,7 +135,10 @@ async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<
     let mut agents: Vec<&Agent> = org.agents.iter().filter_map(|id| ledger.state.agents.get(id)).collect();
     agents.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
     let has_more = agents.len() > MAX_AGENTS_LISTED;
-    Ok(Json(ListResponse { data: agents.into_iter().take(MAX_AGENTS_LISTED).map(agent_view).collect(), has_more }))
+    Ok(Json(ListResponse {
+        data: agents.into_iter().take(MAX_AGENTS_LISTED).map(|agent| agent_view(&ledger.state, agent)).collect(),
+        has_more,
+    }))
 }
 
 /// The caller's own org's agent, or 404.
@@ -177,7 +159,7 @@ async fn show(
     let agent_id = own_agent(&state, &principal, &id)?;
     let ledger = state.ledger.read();
     let agent = ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::not_found("agent"))?;
-    Ok(Json(agent_view(agent)))
+    Ok(Json(agent_view(&ledger.state, agent)))
 }
 
 #[derive(Default, Deserialize)]
@@ -215,7 +197,7 @@ async fn mint(
     };
     let scopes = match request.scopes {
         None => agent_scopes,
-        Some(requested) => requested_scopes(&requested, &agent_scopes)?,
+        Some(requested) => grantable_scopes(&requested, &agent_scopes)?,
     };
     let token_id = TokenId::from_random(random_bytes());
     let command = Command::MintAgentToken {
@@ -266,7 +248,7 @@ async fn revoke(
     state.writer.submit(command, context(&principal)).await?;
     let ledger = state.ledger.read();
     let agent = ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::not_found("agent"))?;
-    Ok(Json(agent_view(agent)))
+    Ok(Json(agent_view(&ledger.state, agent)))
 }
 
 #[derive(Serialize)]

@@ -73,17 +73,42 @@ pub struct Principal {
     rate_limit: RateLimit,
 }
 
+/// Refuses with 403 `insufficient_scope` unless `held` contains `scope`: the one scope check
+/// of every credential.
+fn require_scope(held: &[Scope], scope: Scope) -> Result<(), ApiError> {
+    if held.contains(&scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("insufficient_scope", format!("this credential lacks the {} scope", scope.as_str())))
+    }
+}
+
+/// Parses scopes requested for a new key, agent or token: each must be an org scope that
+/// `held` (the granter's own) contains, so nobody grants more than they have.
+pub fn grantable_scopes(requested: &[String], held: &[Scope]) -> Result<Vec<Scope>, ApiError> {
+    let mut scopes = Vec::new();
+    for text in requested {
+        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
+        if !scope.is_org_scope() || !held.contains(&scope) {
+            return Err(ApiError::forbidden(
+                "insufficient_scope",
+                format!("you cannot grant {text}: you do not hold it"),
+            ));
+        }
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::invalid_request("scopes must not be empty; omit it for the default"));
+    }
+    Ok(scopes)
+}
+
 impl Principal {
     /// Refuses with 403 unless the principal holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("this credential lacks the {} scope", scope.as_str()),
-            ))
-        }
+        require_scope(&self.scopes, scope)
     }
 
     /// Refuses with 403 `human_only` unless this is a console session with one of `roles`.
@@ -356,24 +381,52 @@ pub fn check_client_rate(state: &AppState, client: std::net::IpAddr) -> Result<R
     if decision.allowed { Ok(decision) } else { Err(rate_limited(&decision)) }
 }
 
-/// The operator: `Authorization: Bearer <BAHI_OPERATOR_KEY>`. Any other valid credential is
-/// 403 on operator endpoints; anything else is 401.
-#[derive(Debug, Clone, Copy)]
-pub struct Operator;
+/// The operator (`Authorization: Bearer <BAHI_OPERATOR_KEY>`, every operator scope) or a
+/// gateway key the operator created (`usage:write` alone). Any org credential is 403 on
+/// operator endpoints; anything else is 401.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub scopes: Vec<Scope>,
+    /// The gateway key used, when it was not the operator credential itself.
+    pub gateway_key: Option<bahi_domain::ids::ApiKeyId>,
+}
+
+impl Operator {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        require_scope(&self.scopes, scope)
+    }
+
+    pub fn actor(&self) -> crate::ledger::Actor {
+        match &self.gateway_key {
+            Some(key) => crate::ledger::Actor::new("gateway_key", key.to_string()),
+            None => crate::ledger::Actor::new("operator", "operator"),
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Operator, ApiError> {
         let credential = presented_header_credential(&parts.headers)?;
-        if let (Some(credential), Some(expected)) = (&credential, &state.config.operator_key_hash)
-            && SecretHash::of(credential) == *expected
-        {
-            return Ok(Operator);
+        if let Some(credential) = &credential {
+            let hash = SecretHash::of(credential);
+            if state.config.operator_key_hash == Some(hash) {
+                return Ok(Operator { scopes: Scope::OPERATOR.to_vec(), gateway_key: None });
+            }
+            let ledger = state.ledger.read();
+            if let Some(key) =
+                ledger.state.gateway_keys_by_hash.get(&hash).and_then(|id| ledger.state.gateway_keys.get(id))
+            {
+                if key.revoked_at.is_some() {
+                    return Err(ApiError::unauthorized("this gateway key was revoked"));
+                }
+                return Ok(Operator { scopes: vec![Scope::UsageWrite], gateway_key: Some(key.id.clone()) });
+            }
         }
         match resolve(state, &parts.headers).await {
             Ok(_) => Err(ApiError::forbidden("operator_only", "this endpoint is for the operator credential")),
-            Err(_) if state.config.operator_key_hash.is_none() => {
+            Err(_) if state.config.operator_key_hash.is_none() && credential.is_none() => {
                 Err(ApiError::unauthorized("no operator credential is configured (BAHI_OPERATOR_KEY)"))
             }
             Err(error) => Err(error),

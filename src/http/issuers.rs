@@ -171,7 +171,10 @@ struct RotateResponse {
 
 /// Operator: a new signing key signs from now on; the previous one keeps verifying until
 /// the last token it could have signed has expired.
-async fn rotate(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<RotateResponse>> {
+async fn rotate(State(state): State<AppState>, operator: Operator) -> ApiResult<Json<RotateResponse>> {
+    if operator.gateway_key.is_some() {
+        return Err(ApiError::forbidden("operator_only", "key rotation needs the operator credential"));
+    }
     let (_, key) = new_signing_key(state.identity.key_encryption_key()).map_err(ApiError::internal)?;
     let context = CommandContext {
         actor: Some(Actor::new("operator", "operator")),

@@ -62,12 +62,39 @@ pub struct KeyView {
     pub status: &'static str,
     pub scopes: Vec<Scope>,
     pub rate_limit: Option<RateLimit>,
-    pub budget: Option<Budget>,
+    pub budget: Option<BudgetView>,
     pub metadata: Option<serde_json::Value>,
     pub usage: Usage,
 }
 
-pub fn key_view(state: &AppState, key: &ApiKey, now: DateTime<Utc>) -> KeyView {
+/// A budget with what was spent (and is held) in the current period, and when it resets.
+#[derive(Serialize)]
+pub struct BudgetView {
+    pub amount: Money,
+    pub period: bahi_domain::event::BudgetPeriod,
+    pub spent: Money,
+    pub held: Money,
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+pub fn budget_view(
+    state: &bahi_domain::State,
+    subject: &str,
+    budget: Option<Budget>,
+    now: DateTime<Utc>,
+) -> Option<BudgetView> {
+    let budget = budget?;
+    let usage = state.budget_usage.get(subject).cloned().unwrap_or_default();
+    Some(BudgetView {
+        amount: budget.amount,
+        period: budget.period,
+        spent: usage.spent_in(budget.period, now),
+        held: usage.held,
+        resets_at: bahi_domain::billing::resets_at(budget.period, now),
+    })
+}
+
+pub fn key_view(state: &AppState, ledger: &bahi_domain::State, key: &ApiKey, now: DateTime<Utc>) -> KeyView {
     let last_used_at = match (key.last_used_at, state.key_uses.last_use(&key.id)) {
         (Some(recorded), Some(seen)) => Some(recorded.max(seen)),
         (recorded, seen) => recorded.or(seen),
@@ -82,7 +109,7 @@ pub fn key_view(state: &AppState, key: &ApiKey, now: DateTime<Utc>) -> KeyView {
         status: key.status(now),
         scopes: key.scopes.clone(),
         rate_limit: key.rate_limit,
-        budget: key.budget,
+        budget: budget_view(ledger, key.id.as_str(), key.budget, now),
         metadata: key.metadata.clone(),
         usage: Usage { calls: key.usage_calls, cost: key.usage_cost },
     }
@@ -101,26 +128,7 @@ fn parse_scopes(requested: Option<Vec<String>>, principal: &Principal) -> Result
         // No scopes: every org scope the creator itself holds.
         return Ok(Scope::ORG_DEFAULT.into_iter().filter(|scope| principal.scopes.contains(scope)).collect());
     };
-    let mut scopes = Vec::new();
-    for text in &requested {
-        let scope = Scope::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown scope {text:?}")))?;
-        if !scope.is_org_scope() {
-            return Err(ApiError::forbidden("forbidden", format!("the {text} scope is for operator credentials only")));
-        }
-        if !principal.scopes.contains(&scope) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("you cannot grant {text}: you do not hold it"),
-            ));
-        }
-        if !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
-    if scopes.is_empty() {
-        return Err(ApiError::invalid_request("scopes must not be empty; omit it for every scope"));
-    }
-    Ok(scopes)
+    super::auth::grantable_scopes(&requested, &principal.scopes)
 }
 
 async fn create(
@@ -154,7 +162,10 @@ async fn create(
     let ledger = state.ledger.read();
     let key =
         ledger.state.api_keys.get(&key_id).ok_or_else(|| ApiError::internal("created key not in the read model"))?;
-    Ok((StatusCode::CREATED, Json(CreateResponse { api_key: new_key.secret, key: key_view(&state, key, now) })))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateResponse { api_key: new_key.secret, key: key_view(&state, &ledger.state, key, now) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -197,7 +208,8 @@ async fn list(
             .map(|index| index + 1)
             .ok_or_else(|| ApiError::not_found("api key"))?,
     };
-    let page: Vec<KeyView> = keys.iter().skip(start).take(limit).map(|key| key_view(&state, key, now)).collect();
+    let page: Vec<KeyView> =
+        keys.iter().skip(start).take(limit).map(|key| key_view(&state, &ledger.state, key, now)).collect();
     let has_more = keys.len() > start + page.len();
     Ok(Json(ListResponse { data: page, has_more }))
 }
@@ -217,7 +229,7 @@ async fn show(State(state): State<AppState>, principal: Principal, Path(id): Pat
     let key_id = own_key(&state, &principal, &id)?;
     let ledger = state.ledger.read();
     let key = ledger.state.api_keys.get(&key_id).ok_or_else(|| ApiError::not_found("api key"))?;
-    Ok(Json(key_view(&state, key, Utc::now())))
+    Ok(Json(key_view(&state, &ledger.state, key, Utc::now())))
 }
 
 async fn revoke_key(state: AppState, principal: Principal, id: String, deleted: bool) -> ApiResult<Json<KeyView>> {
@@ -229,7 +241,7 @@ async fn revoke_key(state: AppState, principal: Principal, id: String, deleted: 
     state.writer.submit(command, context).await?;
     let ledger = state.ledger.read();
     let key = ledger.state.api_keys.get(&key_id).ok_or_else(|| ApiError::not_found("api key"))?;
-    Ok(Json(key_view(&state, key, Utc::now())))
+    Ok(Json(key_view(&state, &ledger.state, key, Utc::now())))
 }
 
 async fn revoke(

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(issuers::router(&state))
         .merge(audit::router(&state))
         .merge(statements::router(&state))
+        .merge(billing::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,295 @@
+//! API benchmarks: credential resolution in memory, agent tokens, and HTTP endpoints on
+//! loopback against a trivial axum JSON endpoint measured in the same run.
+
+// Rates, ratios and percentiles are floats; no money is computed here.
+#![allow(clippy::float_arithmetic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope, SecretHash};
+use bahi_domain::event::RateLimit;
+use bahi_domain::ids::{ApiKeyId, OrgId};
+use bahi_domain::{Command, State, evolve};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::ServerConfig;
+use crate::limits::RateLimiter;
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Resolving an API key to its principal in memory (hash, lookup, checks, one token-bucket
+/// step) beside a bare SHA-256 of the same key text.
+pub fn credentials(seconds: u64) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let prefix = KeyPrefix::parse("bahi").map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut state = State::default();
+    let now = chrono::Utc::now();
+    let mut secrets = Vec::new();
+    // 10,000 orgs with one key each: a realistic map, not a one-entry one.
+    for index in 0..10_000u32 {
+        let mut random = [0u8; 32];
+        random[..4].copy_from_slice(&index.to_be_bytes());
+        let key = NewApiKey::generate(&prefix, Environment::Live, random);
+        let mut id_bytes = [0u8; 16];
+        id_bytes[..4].copy_from_slice(&index.to_be_bytes());
+        let command = Command::RegisterOrg {
+            org_id: OrgId::from_random(id_bytes),
+            display_name: format!("org {index}"),
+            environment: Environment::Live,
+            first_key: bahi_domain::command::NewKeyRecord {
+                key_id: ApiKeyId::from_random(id_bytes),
+                hash: key.hash,
+                display_prefix: key.display_prefix,
+                environment: Environment::Live,
+                name: None,
+                scopes: Scope::ORG_DEFAULT.to_vec(),
+                expires_at: None,
+                rate_limit: Some(RateLimit { requests: 1_000_000_000, interval_seconds: 1 }),
+                budget: None,
+                metadata: None,
+            },
+        };
+        for event in bahi_domain::decide(&state, &command, now).map_err(|error| anyhow::anyhow!("{error}"))? {
+            evolve(&mut state, &event);
+        }
+        secrets.push(key.secret);
+    }
+    let limiter = RateLimiter::default();
+
+    let mut count = 0u64;
+    let started = Instant::now();
+    let mut sink = 0u8;
+    while started.elapsed() < duration {
+        for secret in &secrets[..1000] {
+            sink ^= Sha256::digest(secret.as_bytes())[0];
+        }
+        count += 1000;
+    }
+    let bare = per_second(count, started.elapsed());
+
+    let mut count = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let now = chrono::Utc::now();
+        for secret in &secrets[..1000] {
+            let parsed = bahi_domain::credential::parse_api_key(secret).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let key = state.api_key_by_hash(&SecretHash::of(secret)).context("key")?;
+            let live = parsed.environment == key.environment && key.revoked_at.is_none() && key.expires_at.is_none();
+            let decision = limiter.take(
+                key.id.as_str(),
+                key.rate_limit.unwrap_or(RateLimit { requests: 1, interval_seconds: 1 }),
+                now,
+            );
+            sink ^= u8::from(live && decision.allowed);
+        }
+        count += 1000;
+    }
+    let resolved = per_second(count, started.elapsed());
+    println!("{:<52} {:>14} {:>8}", "what (one thread)", "per second", "ratio");
+    println!("{:<52} {bare:>14.0} {:>8.2}", "bare SHA-256 of the key (baseline)", 1.0);
+    println!(
+        "{:<52} {resolved:>14.0} {:>8.2}",
+        "key -> principal: parse, hash, lookup, rate-limit step",
+        resolved / bare
+    );
+    std::hint::black_box(sink);
+
+    println!();
+    println!("{:<52} {:>14} {:>8}", "agent tokens (one thread)", "per second", "ratio");
+    let figures = crate::agent_token::bench(duration);
+    let baseline = figures.iter().find(|(name, _)| name.contains("baseline")).map_or(1.0, |(_, rate)| *rate);
+    for (name, rate) in figures {
+        println!("{name:<52} {rate:>14.0} {:>8.2}", rate / baseline);
+    }
+    Ok(())
+}
+
+/// Runs `connections` tasks issuing `request` for `duration`; returns (requests/s, p50, p99 in µs).
+async fn load<F, Fut>(connections: usize, duration: Duration, request: F) -> (f64, u64, u64, u64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let mut index = connection * 10_000_000;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                if request(index).await {
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                } else {
+                    failures += 1;
+                }
+                index += 1;
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        if let Ok((mut part, failed)) = task.await {
+            latencies.append(&mut part);
+            failures += failed;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let percentile =
+        |fraction: f64| latencies.get(((latencies.len() as f64) * fraction) as usize).copied().unwrap_or(0);
+    (per_second(latencies.len() as u64, elapsed), percentile(0.50), percentile(0.99), failures)
+}
+
+const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop";
+
+/// HTTP on loopback at `connections` connections: a trivial axum JSON endpoint, the
+/// account endpoint, authorize without a hold, and authorize-with-hold + usage pairs.
+pub async fn http(seconds: u64, connections: usize, database: Option<String>) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let directory =
+        std::env::temp_dir().join(format!("bahi-bench-http-{}", hex::encode(crate::identity::random_bytes::<8>())));
+    std::fs::create_dir_all(&directory)?;
+    let database_url = database.unwrap_or_else(|| format!("sqlite://{}", directory.join("bench.db").display()));
+
+    let trivial_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let trivial_address = trivial_listener.local_addr()?;
+    let trivial =
+        axum::Router::new().route("/trivial", axum::routing::get(|| async { axum::Json(json!({"ok": true})) }));
+    tokio::spawn(async move { axum::serve(trivial_listener, trivial).await });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let config = ServerConfig {
+        environment: Environment::Live,
+        key_prefix: KeyPrefix::parse("bahi").map_err(|error| anyhow::anyhow!("{error}"))?,
+        legacy_key_prefixes: Vec::new(),
+        operator_key_hash: Some(SecretHash::of(BENCH_OPERATOR_KEY)),
+        hold_ttl_seconds: 600,
+        issuer: String::new(),
+        default_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
+        anonymous_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
+        secure_cookies: false,
+        key_encryption_key: crate::identity::random_bytes(),
+    };
+    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
+    let url = database_url.clone();
+    let server = tokio::spawn(async move {
+        crate::server::serve_on(listener, &url, config, async {
+            let _ = stop_receiver.await;
+        })
+        .await
+    });
+    let base = format!("http://{address}");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    // Wait for the node to answer.
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let registered: Value = client
+        .post(format!("{base}/v1/auth/agent-register"))
+        .json(&json!({"org_name": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let org_id = registered["org_id"].as_str().context("org")?.to_owned();
+    let key = registered["api_key"].as_str().context("key")?.to_owned();
+    client
+        .put(format!("{base}/v1/admin/prices/bench-model"))
+        .bearer_auth(BENCH_OPERATOR_KEY)
+        .json(&json!({"input_per_million": "1", "output_per_million": "2"}))
+        .send()
+        .await?;
+    client
+        .post(format!("{base}/v1/admin/credits/grants"))
+        .bearer_auth(BENCH_OPERATOR_KEY)
+        .json(&json!({"org_id": org_id, "amount": "1000000000", "reason": "bench"}))
+        .send()
+        .await?;
+
+    println!(
+        "engine: {}; {connections} connections; {seconds} s per point; client and server share the machine",
+        if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" }
+    );
+    println!(
+        "{:<44} {:>12} {:>8} {:>10} {:>10} {:>9}",
+        "endpoint", "requests/s", "ratio", "p50 µs", "p99 µs", "failures"
+    );
+    let trivial_url = format!("http://{trivial_address}/trivial");
+    let (client_a, url_a) = (client.clone(), trivial_url.clone());
+    let (baseline, p50, p99, failures) = load(connections, duration, move |_| {
+        let (client, url) = (client_a.clone(), url_a.clone());
+        async move { client.get(url).send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await;
+    println!("{:<44} {baseline:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "trivial axum JSON (baseline)", 1.0);
+
+    let (client_b, url_b, key_b) = (client.clone(), format!("{base}/v1/auth/account"), key.clone());
+    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
+        let (client, url, key) = (client_b.clone(), url_b.clone(), key_b.clone());
+        async move { client.get(url).bearer_auth(key).send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await;
+    println!("{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "GET /v1/auth/account", rate / baseline);
+
+    let (client_c, url_c, key_c) = (client.clone(), format!("{base}/v1/authorize"), key.clone());
+    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
+        let (client, url, key) = (client_c.clone(), url_c.clone(), key_c.clone());
+        async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "bench-model"}))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        }
+    })
+    .await;
+    println!(
+        "{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
+        "POST /v1/authorize (no hold)",
+        rate / baseline
+    );
+
+    let (client_d, base_d, key_d) = (client.clone(), base.clone(), key.clone());
+    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
+        let (client, base, key) = (client_d.clone(), base_d.clone(), key_d.clone());
+        async move {
+            let Ok(response) = client.post(format!("{base}/v1/authorize")).bearer_auth(&key).json(&json!({"model": "bench-model", "max_cost": "1"})).send().await else {
+                return false;
+            };
+            let Ok(authorized) = response.json::<Value>().await else { return false };
+            let Some(call_id) = authorized["call_id"].as_str() else { return false };
+            client
+                .post(format!("{base}/v1/usage"))
+                .bearer_auth(BENCH_OPERATOR_KEY)
+                .json(&json!({"call_id": call_id, "model": "bench-model", "input_tokens": 1000, "output_tokens": 500, "status": "succeeded"}))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        }
+    })
+    .await;
+    println!("{:<44} {rate:>12.0} {:>8} {p50:>10} {p99:>10} {failures:>9}", "authorize (hold) + usage, pairs/s", "-");
+
+    let _ = stop_sender.send(());
+    server.await??;
+    let _ = std::fs::remove_dir_all(&directory);
+    Ok(())
+}
