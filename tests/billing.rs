@@ -592,3 +592,71 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
     let refused = authorize(&client, &server, no_scope["api_key"].as_str().unwrap(), json!({"model": "m"})).await;
     assert_eq!(error_type(refused).await, (403, "insufficient_scope".to_owned()));
 }
+
+/// The whole path over HTTP: an agent token authorizes, the gateway reports usage, and the
+/// auditor's and finance's answers agree with the account.
+#[tokio::test]
+async fn a_metered_agent_call_is_answered_by_audit_and_statements() {
+    for database in TestDatabase::all().await {
+        let server = start(&database, &[]);
+        let client = client();
+        let (org_id, key) = register(&client, &server, "Acme").await;
+        set_price(&client, &server, "krutrim-2", "50", "150").await;
+        grant(&client, &server, &org_id, "100").await;
+        let agent: Value =
+            send(&client, &server, reqwest::Method::POST, "/me/agents", &key, json!({"name": "nightly-reconciler"}))
+                .await
+                .json()
+                .await
+                .unwrap();
+        let agent_id = agent["id"].as_str().unwrap();
+        let token: Value =
+            send(&client, &server, reqwest::Method::POST, &format!("/me/agents/{agent_id}/token"), &key, json!({}))
+                .await
+                .json()
+                .await
+                .unwrap();
+        let token = token["access_token"].as_str().unwrap();
+        let authorized: Value = authorize(&client, &server, token, json!({"model": "krutrim-2", "max_cost": "1"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let call_id = authorized["call_id"].as_str().unwrap();
+        assert_eq!(authorized["agent_id"], agent_id);
+        usage(&client, &server, call_id, "krutrim-2", 1234, 567).await;
+
+        let audit: Value = client
+            .get(server.url(&format!("/v1/audit/calls/{call_id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(audit["agent"]["id"], agent_id, "{}: {audit}", database.engine());
+        assert_eq!(audit["agent"]["name"], "nightly-reconciler");
+        assert_eq!(audit["act_for"], org_id.as_str());
+        assert_eq!(audit["payer_org_id"], org_id.as_str());
+        assert_eq!(audit["credential"]["kind"], "agent_token");
+        assert_eq!(amount(&audit["cost"]), "0.14675");
+        let types: Vec<&str> =
+            audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["CallAuthorized", "UsageRecorded"]);
+
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let statement: Value = client
+            .get(server.url(&format!("/v1/statements?from={today}&to={today}&format=json")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let balance = account(&client, &server, &key).await;
+        assert_eq!(statement["closing_balance"], balance["credit_balance"], "{statement}");
+        assert_eq!(amount(&balance["credit_balance"]), "99.85325");
+    }
+}
