@@ -15,6 +15,11 @@ use crate::store::{EventStore, Store, StoreError};
 pub const PROJECTION_PAGE: i64 = 2000;
 /// How often the runner looks for events other nodes appended, without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// After a commit, the runner waits this long before folding, so that one projection
+/// transaction covers many writer batches. On SQLite both take the one write lock; folding
+/// after every batch made the writer queue behind the runner (measured: authorize at 64
+/// connections fell from 7.0k/s to 3.9k/s, p99 from 34 ms to 190 ms).
+const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Brings every SQL projection up to the head of the log. Returns the lowest checkpoint.
 pub async fn catch_up_projections(store: &Store, metrics: Option<&Metrics>) -> Result<i64, StoreError> {
@@ -59,7 +64,15 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = committed.changed() => if changed.is_err() { break },
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(DEBOUNCE) => {}
+                }
+            }
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
