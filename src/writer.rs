@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bahi_domain::chain::truncate_to_micros;
+use bahi_domain::chain::{format_recorded_at, truncate_to_micros};
 use bahi_domain::ids::EventId;
 use bahi_domain::{Command, DomainError, decide};
 use chrono::Utc;
@@ -172,6 +172,8 @@ impl WriterTask {
     /// accepted command's events at once so the next command sees them.
     fn decide_batch(&mut self, batch: &[Submission]) -> DecidedBatch {
         let now = truncate_to_micros(Utc::now());
+        // Every event of the batch carries this time: format it once, not once per event.
+        let now_text = format_recorded_at(now);
         let mut decided = DecidedBatch {
             expected_head: self.ledger.position,
             pending: Vec::with_capacity(batch.len()),
@@ -220,7 +222,7 @@ impl WriterTask {
                     metadata: metadata_bytes.clone(),
                     hash: [0; 32],
                 };
-                row.hash = row.expected_hash(&self.ledger.head_hash);
+                row.hash = row.expected_hash_with(&self.ledger.head_hash, &now_text);
                 let event = CommittedEvent { position: row.position, recorded_at: now, event };
                 // Positions are assigned from the ledger's own position, so folding cannot be
                 // out of order.
@@ -249,11 +251,16 @@ impl WriterTask {
         self.committed.send_replace(position);
     }
 
+    /// Answers every caller. The events move into the answers: both ledgers hold their own
+    /// copies already.
     fn answer(&mut self, batch: &mut Vec<Submission>, decided: DecidedBatch) {
+        let mut events = decided.committed.into_iter();
         for (submission, pending) in batch.drain(..).zip(decided.pending) {
             let result = match pending {
                 Pending::Answered(result) => result,
-                Pending::Appended(range) => Ok(Outcome { events: decided.committed[range].to_vec(), replayed: false }),
+                Pending::Appended(range) => {
+                    Ok(Outcome { events: events.by_ref().take(range.len()).collect(), replayed: false })
+                }
             };
             let _ = submission.reply.send(result);
         }
