@@ -245,8 +245,14 @@ async fn writer_rate(store: Store, pools: Vec<Vec<Command>>, duration: Duration)
     let position = shared.read().position;
     let batches = metrics.batches_committed.load(std::sync::atomic::Ordering::Relaxed).max(1);
     let batch_events = metrics.events_appended.load(std::sync::atomic::Ordering::Relaxed) as f64 / batches as f64;
-    let measured =
-        Measured { events_per_second: events as f64 / seconds, events, seconds, cpu_micros_per_event, exhausted, batch_events };
+    let measured = Measured {
+        events_per_second: events as f64 / seconds,
+        events,
+        seconds,
+        cpu_micros_per_event,
+        exhausted,
+        batch_events,
+    };
     Ok((measured, position))
 }
 

@@ -255,7 +255,11 @@ impl WriterTask {
                             }
                         }
                         Err(StoreError::HeadMoved { expected, actual }) if batch.attempts + 1 < MAX_APPEND_ATTEMPTS => {
-                            tracing::info!(expected, actual, "another writer appended first; catching up and deciding again");
+                            tracing::info!(
+                                expected,
+                                actual,
+                                "another writer appended first; catching up and deciding again"
+                            );
                             let attempts = batch.attempts + 1;
                             let waiting = std::mem::replace(&mut open, Batch::new(0, 0));
                             match self.catch_up().await {
