@@ -63,7 +63,14 @@ pub struct BenchArgs {
     /// Concurrent connections (http).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Producer counts measured by `append`.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256])]
+    pub producers: Vec<usize>,
 }
+
+/// Commands generated per measured second, before timing starts: enough for 120,000
+/// events/s, so a point only ends early (and says so) above that rate.
+const COMMANDS_PER_SECOND: usize = 60_000;
 
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -165,59 +172,145 @@ mod tempfile_dir {
     }
 }
 
-/// Runs `producers` tasks, each submitting commands and awaiting its answer, for `seconds`.
-/// Returns acknowledged events per second.
-async fn writer_rate(store: Store, producers: usize, duration: Duration) -> anyhow::Result<(f64, i64)> {
+/// Commands for `producers` producers, generated before timing so that the measured CPU is
+/// the writer's (and the database's), not the generator's random bytes, SHA-256 and base62.
+fn command_pools(producers: usize, seconds: u64, first_index: usize) -> Vec<Vec<Command>> {
+    let per_producer = (COMMANDS_PER_SECOND * seconds as usize).div_ceil(producers);
+    (0..producers)
+        .map(|producer| {
+            let base = first_index + producer * per_producer;
+            (base..base + per_producer).map(register_command).collect()
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system, every thread) this process has used so far, from
+/// /proc/self/stat; 0 where that is unavailable. On a shared machine, CPU per event is a
+/// steadier figure than events per second.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some((_, fields)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of proc(5); `fields` starts at field 3. Linux
+    // reports them in USER_HZ, which is 100 on every architecture Rust targets.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// One measured point.
+struct Measured {
+    events_per_second: f64,
+    events: i64,
+    seconds: f64,
+    /// Process CPU (all threads: producers, writer, database driver) per event, microseconds.
+    cpu_micros_per_event: f64,
+    /// True when a producer used up its pre-generated commands before the deadline.
+    exhausted: bool,
+    /// Mean events per committed transaction.
+    batch_events: f64,
+}
+
+/// Runs one task per pool, each submitting its commands one at a time and awaiting the
+/// answer (so a producer has at most one command in flight), until the deadline or until its
+/// pool is used up. Counts acknowledged events only: an answer arrives after the commit.
+async fn writer_rate(store: Store, pools: Vec<Vec<Command>>, duration: Duration) -> anyhow::Result<(Measured, i64)> {
     let shared = Arc::new(RwLock::new(Ledger::new()));
     catch_up_shared(&store, &shared).await?;
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
     let metrics = Arc::new(Metrics::default());
-    let (handle, task) = writer(store, shared.clone(), metrics, committed);
+    let (handle, task) = writer(store, shared.clone(), metrics.clone(), committed);
     let task = tokio::spawn(task.run());
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
-    for producer in 0..producers {
+    for pool in pools {
         let handle = handle.clone();
         workers.push(tokio::spawn(async move {
             let mut acknowledged = 0i64;
-            let mut index = producer * 1_000_000;
-            while Instant::now() < deadline {
-                let outcome = handle.submit(register_command(index), CommandContext::default()).await;
+            let mut commands = pool.into_iter();
+            loop {
+                // The unused commands go back to the caller, so freeing them is not timed.
+                if Instant::now() >= deadline {
+                    return (acknowledged, false, commands);
+                }
+                let Some(command) = commands.next() else { return (acknowledged, true, commands) };
+                let outcome = handle.submit(command, CommandContext::default()).await;
                 acknowledged += outcome.map(|outcome| outcome.events.len() as i64).unwrap_or(0);
-                index += 1;
             }
-            acknowledged
         }));
     }
-    let mut total = 0;
+    let mut events = 0;
+    let mut exhausted = false;
+    let mut unused = Vec::with_capacity(workers.len());
     for worker in workers {
-        total += worker.await?;
+        let (acknowledged, ran_out, commands) = worker.await?;
+        events += acknowledged;
+        exhausted |= ran_out;
+        unused.push(commands);
     }
-    let elapsed = started.elapsed();
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_micros_per_event = (process_cpu_seconds() - cpu_before) * 1e6 / events.max(1) as f64;
+    drop(unused);
     drop(handle);
     task.await?;
-    Ok((total as f64 / elapsed.as_secs_f64(), shared.read().position))
+    let position = shared.read().position;
+    let batches = metrics.batches_committed.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let batch_events = metrics.events_appended.load(std::sync::atomic::Ordering::Relaxed) as f64 / batches as f64;
+    let measured = Measured {
+        events_per_second: events as f64 / seconds,
+        events,
+        seconds,
+        cpu_micros_per_event,
+        exhausted,
+        batch_events,
+    };
+    Ok((measured, position))
 }
 
-/// Raw batched INSERTs of prebuilt rows, `batch_commands` commands per transaction.
-async fn raw_rate(store: &Store, batch_commands: usize, duration: Duration) -> anyhow::Result<f64> {
+/// Raw batched INSERTs through `EventStore::append` (no decide, no fold, no hashing in the
+/// timed part): `events` rows prebuilt before timing, chained after the head, appended
+/// `batch_commands` commands per transaction until done or the deadline passes.
+async fn raw_rate(store: &Store, batch_commands: usize, events: i64, duration: Duration) -> anyhow::Result<Measured> {
     let (position, head_hash) = store.head().await?;
     let mut ledger = Ledger::new();
     ledger.position = position;
     ledger.head_hash = head_hash;
     // Fresh streams only, so stream versions start at 1 exactly as the writer would assign.
+    let commands = usize::try_from(events.max(2) / 2).unwrap_or(1);
+    let mut batches = Vec::with_capacity(commands.div_ceil(batch_commands));
+    let mut built = 0;
+    while built < commands {
+        let count = batch_commands.min(commands - built);
+        let before = ledger.position;
+        batches.push((before, prebuilt_rows(&mut ledger, count)));
+        built += count;
+    }
+    let cpu_before = process_cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
     let mut appended = 0i64;
-    while Instant::now() < deadline {
-        let before = ledger.position;
-        let rows = prebuilt_rows(&mut ledger, batch_commands);
-        store.append(before, &rows).await?;
+    let mut exhausted = true;
+    let batch_events = batches.first().map_or(0.0, |(_, rows)| rows.len() as f64);
+    for (before, rows) in &batches {
+        if Instant::now() >= deadline {
+            exhausted = false;
+            break;
+        }
+        store.append(*before, rows).await?;
         appended += rows.len() as i64;
     }
-    Ok(appended as f64 / started.elapsed().as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_micros_per_event = (process_cpu_seconds() - cpu_before) * 1e6 / appended.max(1) as f64;
+    Ok(Measured {
+        events_per_second: appended as f64 / seconds,
+        events: appended,
+        seconds,
+        cpu_micros_per_event,
+        exhausted,
+        batch_events,
+    })
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -235,12 +328,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn append(args: &BenchArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     let (store, _directory) = fresh_store(&args.database, "append").await?;
-    println!("engine: {}; {} s per point; each command appends 2 events", store.engine(), args.seconds);
-    println!("{:>10} {:>16} {:>16} {:>8}", "producers", "writer ev/s", "raw ev/s", "ratio");
-    for producers in [1usize, 16, 64, 256] {
-        let (writer, _) = writer_rate(store.clone(), producers, duration).await?;
-        let raw = raw_rate(&store, producers, duration).await?;
-        println!("{producers:>10} {writer:>16.0} {raw:>16.0} {:>8.2}", writer / raw);
+    println!(
+        "engine: {}; up to {} s per point; each command appends 2 events; commands and raw rows are generated before timing",
+        store.engine(),
+        args.seconds
+    );
+    println!(
+        "{:>10} {:>12} {:>6} {:>10} {:>9} {:>12} {:>6} {:>10} {:>9} {:>7} {:>10}",
+        "producers",
+        "writer ev/s",
+        "s",
+        "CPU µs/ev",
+        "ev/batch",
+        "raw ev/s",
+        "s",
+        "CPU µs/ev",
+        "ev/batch",
+        "ratio",
+        "log size"
+    );
+    let mut next_index = 0;
+    for &producers in &args.producers {
+        let pools = command_pools(producers, args.seconds, next_index);
+        next_index += pools.iter().map(Vec::len).sum::<usize>();
+        let (writer, _) = writer_rate(store.clone(), pools, duration).await?;
+        // The same number of events as the writer acknowledged, in transactions of the same
+        // number of commands as the writer's batches (one command per producer in flight).
+        let raw = raw_rate(&store, producers, writer.events, duration).await?;
+        let (head, _) = store.head().await?;
+        println!(
+            "{producers:>10} {:>12.0} {:>6.2} {:>10.1} {:>9.1} {:>12.0} {:>6.2} {:>10.1} {:>9.1} {:>7.2} {head:>10}{}",
+            writer.events_per_second,
+            writer.seconds,
+            writer.cpu_micros_per_event,
+            writer.batch_events,
+            raw.events_per_second,
+            raw.seconds,
+            raw.cpu_micros_per_event,
+            raw.batch_events,
+            writer.events_per_second / raw.events_per_second,
+            if writer.exhausted { "  (command pool used up before the deadline)" } else { "" }
+        );
     }
     Ok(())
 }
@@ -248,14 +376,38 @@ async fn append(args: &BenchArgs) -> anyhow::Result<()> {
 async fn sustained(args: &BenchArgs) -> anyhow::Result<()> {
     let (store, _directory) = fresh_store(&args.database, "sustained").await?;
     let segment = Duration::from_secs(args.seconds);
-    println!("engine: {}; 64 producers until the log holds {} events", store.engine(), args.events);
-    println!("{:>12} {:>16} {:>16} {:>8}", "log size", "writer ev/s", "raw ev/s", "ratio");
+    println!(
+        "engine: {}; 64 producers, {} s segments, until the log holds {} events (writer and raw rows both grow it)",
+        store.engine(),
+        args.seconds,
+        args.events
+    );
+    println!(
+        "{:>10} {:>12} {:>10} {:>9} {:>12} {:>10} {:>7}",
+        "log size", "writer ev/s", "CPU µs/ev", "ev/batch", "raw ev/s", "CPU µs/ev", "ratio"
+    );
+    let mut next_index = 0;
+    let mut lowest_rate = f64::MAX;
+    let mut lowest_ratio = f64::MAX;
     loop {
-        let (rate, position) = writer_rate(store.clone(), 64, segment).await?;
-        let raw = raw_rate(&store, 64, segment).await?;
+        let pools = command_pools(64, args.seconds, next_index);
+        next_index += pools.iter().map(Vec::len).sum::<usize>();
+        let (writer, _) = writer_rate(store.clone(), pools, segment).await?;
+        let raw = raw_rate(&store, 64, writer.events, segment).await?;
         let (head, _) = store.head().await?;
-        println!("{position:>12} {rate:>16.0} {raw:>16.0} {:>8.2}", rate / raw);
+        let ratio = writer.events_per_second / raw.events_per_second;
+        lowest_rate = lowest_rate.min(writer.events_per_second);
+        lowest_ratio = lowest_ratio.min(ratio);
+        println!(
+            "{head:>10} {:>12.0} {:>10.1} {:>9.1} {:>12.0} {:>10.1} {ratio:>7.2}",
+            writer.events_per_second,
+            writer.cpu_micros_per_event,
+            writer.batch_events,
+            raw.events_per_second,
+            raw.cpu_micros_per_event
+        );
         if head >= args.events {
+            println!("lowest writer rate {lowest_rate:.0} ev/s; lowest ratio {lowest_ratio:.2}");
             return Ok(());
         }
     }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bahi_domain::chain::truncate_to_micros;
+use bahi_domain::chain::{format_recorded_at, truncate_to_micros};
 use bahi_domain::ids::EventId;
 use bahi_domain::{Command, DomainError, decide};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger};
 use crate::metrics::Metrics;
@@ -91,6 +92,9 @@ pub struct WriterTask {
     metrics: Arc<Metrics>,
     committed: watch::Sender<i64>,
     random: StdRng,
+    /// The last clock reading and its `format_recorded_at` text, so that the text is built
+    /// once per reading rather than once per event.
+    clock: (DateTime<Utc>, String),
 }
 
 /// Creates the writer over a ledger already loaded from the log. The returned task must be
@@ -103,7 +107,17 @@ pub fn writer(
 ) -> (Writer, WriterTask) {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let ledger = shared.read().clone();
-    let task = WriterTask { store, ledger, shared, receiver, metrics, committed, random: StdRng::from_os_rng() };
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    let task = WriterTask {
+        store,
+        ledger,
+        shared,
+        receiver,
+        metrics,
+        committed,
+        random: StdRng::from_os_rng(),
+        clock: (epoch, format_recorded_at(epoch)),
+    };
     (Writer { sender }, task)
 }
 
@@ -112,133 +126,287 @@ enum Pending {
     Appended(std::ops::Range<usize>),
 }
 
-/// One batch after deciding: an answer or event range per submission, and the rows to append
-/// with their decoded events and idempotency records.
-#[derive(Default)]
-struct DecidedBatch {
+/// A batch: its submissions in arrival order and, for each, an answer or the range of events
+/// it appends, plus the rows to append with their decoded events and idempotency records.
+struct Batch {
     /// The log position the batch was decided after: the compare-and-swap expectation.
     expected_head: i64,
+    submissions: Vec<Submission>,
     pending: Vec<Pending>,
     rows: Vec<StoredEvent>,
     committed: Vec<CommittedEvent>,
     idempotency: Vec<Option<Idempotency>>,
+    /// Earlier attempts at these commands that lost the head to another node.
+    attempts: usize,
+}
+
+impl Batch {
+    fn new(expected_head: i64, attempts: usize) -> Batch {
+        Batch {
+            expected_head,
+            submissions: Vec::new(),
+            pending: Vec::new(),
+            rows: Vec::new(),
+            committed: Vec::new(),
+            idempotency: Vec::new(),
+            attempts,
+        }
+    }
+}
+
+/// The append of one batch, running on its own task so that the writer can decide the next
+/// batch while the database commits this one. Nothing of the next batch is answered, or
+/// appended, before this one's outcome is known.
+struct InFlight {
+    batch: Batch,
+    append: JoinHandle<Appended>,
+}
+
+/// What the append task hands back: its result, the rows (for publishing) and how long the
+/// append took.
+struct Appended {
+    result: Result<(), StoreError>,
+    rows: Vec<StoredEvent>,
+    elapsed: Duration,
+}
+
+/// What `launch` did with a batch.
+enum Launched {
+    Appending(InFlight),
+    /// Nothing to append (every command was refused or replayed): to be answered once
+    /// everything before it is answered.
+    NothingToAppend(Batch),
+}
+
+/// What woke the writer while a batch was in flight.
+// A submission lives here for one turn of the loop; boxing it would allocate per command.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Appended(Result<Appended, tokio::task::JoinError>),
+    Received(Option<Submission>),
 }
 
 impl WriterTask {
+    /// Group commit, pipelined one batch deep: while batch N commits, arriving commands are
+    /// decided (against a ledger that already includes N) into batch N+1, which is appended
+    /// as soon as N has committed. If N fails, N's callers fail, the ledger is reset to the
+    /// committed read model and N+1's commands are decided again; none of them was answered.
     pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = self.receiver.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.receiver.try_recv() {
-                    Ok(submission) => batch.push(submission),
-                    Err(_) => break,
+        let mut open = Batch::new(self.ledger.position, 0);
+        let mut in_flight: Option<InFlight> = None;
+        let mut closed = false;
+        loop {
+            let Some(flight) = in_flight.as_mut() else {
+                if open.submissions.is_empty() {
+                    if closed {
+                        break;
+                    }
+                    match self.receiver.recv().await {
+                        Some(submission) => self.decide_into(&mut open, submission),
+                        None => break,
+                    }
+                }
+                self.decide_queued(&mut open, &mut closed);
+                let batch = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
+                match self.launch(batch) {
+                    Launched::Appending(flight) => in_flight = Some(flight),
+                    Launched::NothingToAppend(batch) => self.answer(batch),
+                }
+                continue;
+            };
+            let wake = tokio::select! {
+                biased;
+                appended = &mut flight.append => Wake::Appended(appended),
+                received = self.receiver.recv(), if !closed && open.submissions.len() < MAX_BATCH => {
+                    Wake::Received(received)
+                }
+            };
+            match wake {
+                Wake::Received(Some(submission)) => self.decide_into(&mut open, submission),
+                Wake::Received(None) => closed = true,
+                Wake::Appended(appended) => {
+                    let Some(InFlight { mut batch, .. }) = in_flight.take() else { continue };
+                    let result = match appended {
+                        Ok(Appended { result, rows, elapsed }) => {
+                            batch.rows = rows;
+                            self.metrics.commit_seconds.observe_micros(elapsed.as_micros() as u64);
+                            result
+                        }
+                        Err(error) => Err(StoreError::Corrupt(format!("the append task failed: {error}"))),
+                    };
+                    match result {
+                        Ok(()) => {
+                            // Start the next append first, so the database works while this
+                            // batch is published and answered.
+                            self.decide_queued(&mut open, &mut closed);
+                            let next = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
+                            let unappended = match self.launch(next) {
+                                Launched::Appending(flight) => {
+                                    in_flight = Some(flight);
+                                    None
+                                }
+                                Launched::NothingToAppend(next) => Some(next),
+                            };
+                            self.record_commit(&batch);
+                            self.publish(&batch);
+                            self.answer(batch);
+                            if let Some(next) = unappended {
+                                self.answer(next);
+                            }
+                        }
+                        Err(StoreError::HeadMoved { expected, actual }) if batch.attempts + 1 < MAX_APPEND_ATTEMPTS => {
+                            tracing::info!(
+                                expected,
+                                actual,
+                                "another writer appended first; catching up and deciding again"
+                            );
+                            let attempts = batch.attempts + 1;
+                            let waiting = std::mem::replace(&mut open, Batch::new(0, 0));
+                            match self.catch_up().await {
+                                Ok(()) => {
+                                    open = Batch::new(self.ledger.position, attempts);
+                                    self.decide_again(&mut open, batch);
+                                    self.decide_again(&mut open, waiting);
+                                }
+                                Err(error) => {
+                                    self.fail(batch, error);
+                                    open = Batch::new(self.ledger.position, 0);
+                                    self.decide_again(&mut open, waiting);
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            self.fail(batch, error);
+                            let waiting = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
+                            self.decide_again(&mut open, waiting);
+                        }
+                    }
                 }
             }
-            self.process(&mut batch).await;
         }
         tracing::info!(position = self.ledger.position, "writer drained and stopped");
     }
 
-    async fn process(&mut self, batch: &mut Vec<Submission>) {
-        for attempt in 1..=MAX_APPEND_ATTEMPTS {
-            let decided = self.decide_batch(batch);
-            if decided.rows.is_empty() {
-                return self.answer(batch, decided);
-            }
-            let started = Instant::now();
-            match self.store.append(decided.expected_head, &decided.rows).await {
-                Ok(()) => {
-                    let rows = decided.rows.len() as u64;
-                    self.metrics.commit_seconds.observe_micros(started.elapsed().as_micros() as u64);
-                    self.metrics.batch_size.observe_micros(rows * 1_000_000);
-                    self.metrics.events_appended.fetch_add(rows, Ordering::Relaxed);
-                    self.metrics.batches_committed.fetch_add(1, Ordering::Relaxed);
-                    self.publish(&decided);
-                    return self.answer(batch, decided);
+    /// Decides whatever is already queued, up to the batch limit, without waiting.
+    fn decide_queued(&mut self, batch: &mut Batch, closed: &mut bool) {
+        while batch.submissions.len() < MAX_BATCH {
+            match self.receiver.try_recv() {
+                Ok(submission) => self.decide_into(batch, submission),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    *closed = true;
+                    break;
                 }
-                Err(StoreError::HeadMoved { expected, actual }) if attempt < MAX_APPEND_ATTEMPTS => {
-                    tracing::info!(expected, actual, "another writer appended first; catching up and deciding again");
-                    if let Err(error) = self.catch_up().await {
-                        return self.fail(batch, error);
-                    }
-                }
-                Err(error) => return self.fail(batch, error),
             }
         }
     }
 
-    /// Decides every command of the batch in order against the writer's ledger, folding each
-    /// accepted command's events at once so the next command sees them.
-    fn decide_batch(&mut self, batch: &[Submission]) -> DecidedBatch {
-        let now = truncate_to_micros(Utc::now());
-        let mut decided = DecidedBatch {
-            expected_head: self.ledger.position,
-            pending: Vec::with_capacity(batch.len()),
-            ..DecidedBatch::default()
-        };
-        let DecidedBatch { pending, rows, committed, idempotency: row_idempotency, .. } = &mut decided;
-        for submission in batch {
-            if let Some(idempotency) = &submission.context.idempotency
-                && let Some(record) = self.ledger.idempotency.get(&idempotency.key)
-            {
-                pending.push(Pending::Answered(if record.request_hash == idempotency.request_hash {
-                    Ok(Outcome { events: record.events.clone(), replayed: true })
-                } else {
-                    Err(WriteError::IdempotencyConflict)
-                }));
-                continue;
-            }
-            let events = match decide(&self.ledger.state, &submission.command, now) {
-                Ok(events) => events,
-                Err(error) => {
-                    self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
-                    pending.push(Pending::Answered(Err(WriteError::Rejected(error))));
-                    continue;
-                }
-            };
-            let metadata = EventMetadata {
-                actor: submission.context.actor.clone().unwrap_or_else(Actor::system),
-                request_id: submission.context.request_id.clone(),
-                idempotency_key: submission.context.idempotency.as_ref().map(|i| i.key.clone()),
-                request_hash: submission.context.idempotency.as_ref().map(|i| hex::encode(i.request_hash)),
-            };
-            let metadata_bytes = serde_json::to_vec(&metadata).unwrap_or_default();
-            let first = committed.len();
-            for event in events {
-                let mut random = [0u8; 16];
-                self.random.fill_bytes(&mut random);
-                let mut row = StoredEvent {
-                    position: self.ledger.position + 1,
-                    stream_id: event.stream_id().to_owned(),
-                    stream_version: self.ledger.next_stream_version(event.stream_id()),
-                    event_id: EventId::from_random(random).to_string(),
-                    event_type: event.event_type().to_owned(),
-                    schema_version: event.schema_version(),
-                    recorded_at: now,
-                    payload: event.payload_bytes(),
-                    metadata: metadata_bytes.clone(),
-                    hash: [0; 32],
-                };
-                row.hash = row.expected_hash(&self.ledger.head_hash);
-                let event = CommittedEvent { position: row.position, recorded_at: now, event };
-                // Positions are assigned from the ledger's own position, so folding cannot be
-                // out of order.
-                let _ = self.ledger.fold(&row, &event, submission.context.idempotency.as_ref());
-                rows.push(row);
-                committed.push(event);
-                row_idempotency.push(submission.context.idempotency.clone());
-            }
-            pending.push(Pending::Appended(first..committed.len()));
+    /// Starts appending a batch that has rows; hands back one that has none.
+    fn launch(&mut self, mut batch: Batch) -> Launched {
+        if batch.rows.is_empty() {
+            return Launched::NothingToAppend(batch);
         }
-        decided
+        let store = self.store.clone();
+        let expected_head = batch.expected_head;
+        let rows = std::mem::take(&mut batch.rows);
+        let append = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = store.append(expected_head, &rows).await;
+            Appended { result, rows, elapsed: started.elapsed() }
+        });
+        Launched::Appending(InFlight { batch, append })
+    }
+
+    /// Decides the commands of a batch that will not be appended as it was, into `into`
+    /// (after a reset or catch-up of the ledger). Their callers have not been answered.
+    fn decide_again(&mut self, into: &mut Batch, batch: Batch) {
+        for submission in batch.submissions {
+            self.decide_into(into, submission);
+        }
+    }
+
+    /// The current time as the log keeps it, and its stored text.
+    fn now(&mut self) -> DateTime<Utc> {
+        let now = truncate_to_micros(Utc::now());
+        if now != self.clock.0 {
+            self.clock = (now, format_recorded_at(now));
+        }
+        now
+    }
+
+    /// Decides one command against the writer's ledger and folds its events at once, so
+    /// that the next command sees them.
+    fn decide_into(&mut self, batch: &mut Batch, submission: Submission) {
+        if let Some(idempotency) = &submission.context.idempotency
+            && let Some(record) = self.ledger.idempotency.get(&idempotency.key)
+        {
+            batch.pending.push(Pending::Answered(if record.request_hash == idempotency.request_hash {
+                Ok(Outcome { events: record.events.clone(), replayed: true })
+            } else {
+                Err(WriteError::IdempotencyConflict)
+            }));
+            batch.submissions.push(submission);
+            return;
+        }
+        let now = self.now();
+        let events = match decide(&self.ledger.state, &submission.command, now) {
+            Ok(events) => events,
+            Err(error) => {
+                self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                batch.pending.push(Pending::Answered(Err(WriteError::Rejected(error))));
+                batch.submissions.push(submission);
+                return;
+            }
+        };
+        let context = &submission.context;
+        let metadata = EventMetadata {
+            actor: context.actor.clone().unwrap_or_else(Actor::system),
+            request_id: context.request_id.clone(),
+            idempotency_key: context.idempotency.as_ref().map(|i| i.key.clone()),
+            request_hash: context.idempotency.as_ref().map(|i| hex::encode(i.request_hash)),
+        };
+        let metadata_bytes = serde_json::to_vec(&metadata).unwrap_or_default();
+        let first = batch.committed.len();
+        for event in events {
+            let mut random = [0u8; 16];
+            self.random.fill_bytes(&mut random);
+            let mut row = StoredEvent {
+                position: self.ledger.position + 1,
+                stream_id: event.stream_id().to_owned(),
+                stream_version: self.ledger.next_stream_version(event.stream_id()),
+                event_id: EventId::from_random(random).to_string(),
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                recorded_at: now,
+                payload: event.payload_bytes(),
+                metadata: metadata_bytes.clone(),
+                hash: [0; 32],
+            };
+            row.hash = row.expected_hash_with(&self.ledger.head_hash, &self.clock.1);
+            let event = CommittedEvent { position: row.position, recorded_at: now, event };
+            // Positions are assigned from the ledger's own position, so folding cannot be
+            // out of order.
+            let _ = self.ledger.fold(&row, &event, context.idempotency.as_ref());
+            batch.rows.push(row);
+            batch.committed.push(event);
+            batch.idempotency.push(context.idempotency.clone());
+        }
+        batch.pending.push(Pending::Appended(first..batch.committed.len()));
+        batch.submissions.push(submission);
+    }
+
+    fn record_commit(&self, batch: &Batch) {
+        let rows = batch.rows.len() as u64;
+        self.metrics.batch_size.observe_micros(rows * 1_000_000);
+        self.metrics.events_appended.fetch_add(rows, Ordering::Relaxed);
+        self.metrics.batches_committed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Makes a committed batch visible: the node's read model first, then the position
     /// watchers (projection runner, waiters).
-    fn publish(&mut self, decided: &DecidedBatch) {
+    fn publish(&mut self, batch: &Batch) {
         let mut shared = self.shared.write();
-        for ((row, event), idempotency) in decided.rows.iter().zip(&decided.committed).zip(&decided.idempotency) {
+        for ((row, event), idempotency) in batch.rows.iter().zip(&batch.committed).zip(&batch.idempotency) {
             // The rows were folded into the writer's ledger in the same order, so they
             // follow the shared ledger's position exactly.
             let _ = shared.fold(row, event, idempotency.as_ref());
@@ -249,28 +417,33 @@ impl WriterTask {
         self.committed.send_replace(position);
     }
 
-    fn answer(&mut self, batch: &mut Vec<Submission>, decided: DecidedBatch) {
-        for (submission, pending) in batch.drain(..).zip(decided.pending) {
+    /// Answers every caller of a batch that committed (or appended nothing). The events move
+    /// into the answers: the ledgers keep their own copies.
+    fn answer(&mut self, batch: Batch) {
+        let mut events = batch.committed.into_iter();
+        for (submission, pending) in batch.submissions.into_iter().zip(batch.pending) {
             let result = match pending {
                 Pending::Answered(result) => result,
-                Pending::Appended(range) => Ok(Outcome { events: decided.committed[range].to_vec(), replayed: false }),
+                Pending::Appended(range) => {
+                    Ok(Outcome { events: events.by_ref().take(range.len()).collect(), replayed: false })
+                }
             };
             let _ = submission.reply.send(result);
         }
     }
 
-    fn fail(&mut self, batch: &mut Vec<Submission>, error: StoreError) {
-        tracing::warn!(%error, commands = batch.len(), "batch failed to commit; every command in it fails");
+    fn fail(&mut self, batch: Batch, error: StoreError) {
+        tracing::warn!(%error, commands = batch.submissions.len(), "batch failed to commit; every command in it fails");
         self.metrics.batches_failed.fetch_add(1, Ordering::Relaxed);
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
-        for submission in batch.drain(..) {
+        for submission in batch.submissions {
             let _ = submission.reply.send(Err(WriteError::Store(message.clone())));
         }
     }
 
     /// Folds events other nodes appended into the shared read model, then restarts the
-    /// writer's ledger from it (dropping the batch that lost the race).
+    /// writer's ledger from it (dropping the batches that lost the race).
     async fn catch_up(&mut self) -> Result<(), StoreError> {
         catch_up_shared(&self.store, &self.shared).await?;
         self.ledger = self.shared.read().clone();

@@ -46,7 +46,13 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// The hash this row must carry after `previous_hash`.
     pub fn expected_hash(&self, previous_hash: &[u8; 32]) -> [u8; 32] {
-        let recorded_at = format_recorded_at(self.recorded_at);
+        self.expected_hash_with(previous_hash, &format_recorded_at(self.recorded_at))
+    }
+
+    /// `expected_hash` with `recorded_at` already formatted by `format_recorded_at`: the
+    /// writer formats it once per clock reading instead of once per event.
+    pub fn expected_hash_with(&self, previous_hash: &[u8; 32], recorded_at: &str) -> [u8; 32] {
+        debug_assert_eq!(recorded_at, format_recorded_at(self.recorded_at));
         chain_hash(
             previous_hash,
             &RecordView {
@@ -56,7 +62,7 @@ impl StoredEvent {
                 event_id: &self.event_id,
                 event_type: &self.event_type,
                 schema_version: self.schema_version,
-                recorded_at: &recorded_at,
+                recorded_at,
                 payload: &self.payload,
                 metadata: &self.metadata,
             },

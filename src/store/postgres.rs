@@ -107,19 +107,6 @@ impl EventStore for PostgresStore {
 
     async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
         let Some(last) = events.last() else { return Ok(()) };
-        let mut transaction = self.pool.begin().await?;
-        let moved = sqlx::query("UPDATE log_head SET position = $1, hash = $2 WHERE id AND position = $3")
-            .bind(last.position)
-            .bind(last.hash.as_slice())
-            .bind(expected_head)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
-        if moved != 1 {
-            drop(transaction);
-            let (actual, _) = self.head().await?;
-            return Err(StoreError::HeadMoved { expected: expected_head, actual });
-        }
         let mut positions = Vec::with_capacity(events.len());
         let mut stream_ids = Vec::with_capacity(events.len());
         let mut stream_versions = Vec::with_capacity(events.len());
@@ -142,10 +129,26 @@ impl EventStore for PostgresStore {
             metadatas.push(event.metadata.as_slice());
             hashes.push(event.hash.as_slice());
         }
-        sqlx::query(
-            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::int[], $7::timestamptz[], $8::bytea[], $9::bytea[], $10::bytea[])",
+        // One statement, so one round trip and one implicit transaction: the compare-and-swap
+        // on log_head, the UNNEST insert (only when the swap moved the head; a data-modifying
+        // WITH always runs to completion) and one pg_notify (CASE, so only when it moved), all
+        // committed together or not at all; the reply comes after the commit is flushed.
+        // Under READ COMMITTED a concurrent writer's swap makes this UPDATE wait, then re-check
+        // `position = $3` against the new row and match nothing, so nothing is inserted or
+        // notified and the head is reported moved.
+        let moved: bool = sqlx::query_scalar(
+            "WITH head AS ( \
+                 UPDATE log_head SET position = $1, hash = $2 WHERE id AND position = $3 RETURNING position \
+             ), inserted AS ( \
+                 INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash) \
+                 SELECT * FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::int[], $10::timestamptz[], $11::bytea[], $12::bytea[], $13::bytea[]) \
+                 WHERE EXISTS (SELECT 1 FROM head) \
+             ) \
+             SELECT CASE WHEN EXISTS (SELECT 1 FROM head) THEN (SELECT true FROM pg_notify($14, $1::text)) ELSE false END",
         )
+        .bind(last.position)
+        .bind(last.hash.as_slice())
+        .bind(expected_head)
         .bind(&positions)
         .bind(&stream_ids)
         .bind(&stream_versions)
@@ -156,14 +159,13 @@ impl EventStore for PostgresStore {
         .bind(&payloads)
         .bind(&metadatas)
         .bind(&hashes)
-        .execute(&mut *transaction)
+        .bind(NOTIFY_CHANNEL)
+        .fetch_one(&self.pool)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(last.position.to_string())
-            .execute(&mut *transaction)
-            .await?;
-        transaction.commit().await?;
+        if !moved {
+            let (actual, _) = self.head().await?;
+            return Err(StoreError::HeadMoved { expected: expected_head, actual });
+        }
         Ok(())
     }
 
