@@ -12,7 +12,9 @@ use crate::metrics::Metrics;
 use crate::store::{EventStore, Store, StoreError};
 
 /// Events folded per transaction.
-pub const PROJECTION_PAGE: i64 = 2000;
+/// Small enough that one projection transaction holds SQLite's write lock for a few
+/// milliseconds, not the hundred-odd that 2000 events took (the writer waits on that lock).
+pub const PROJECTION_PAGE: i64 = 200;
 /// How often the runner looks for events other nodes appended, without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// After a commit, the runner waits this long before folding, so that one projection
