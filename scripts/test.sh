@@ -28,8 +28,18 @@ else
     echo "$skipped_postgres"
 fi
 
-cargo test --workspace --locked "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+
+# One closing line over every test binary (cargo's own last line is often a doc-test run
+# of zero tests).
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{sum += $1} END {print sum + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{sum += $1} END {print sum + 0}')
 
 if [ -n "$skipped_postgres" ]; then
     echo "$skipped_postgres"
 fi
+echo "$passed passed, $failed failed"
+exit "$status"
