@@ -224,6 +224,17 @@ pub fn is_dumpable_table(table: &str) -> bool {
     bahi_projections::PROJECTIONS.iter().any(|projection| projection.tables.contains(&table))
 }
 
+/// Every row of `table` as one text value (columns joined by `|`, NULL as `-`), ordered:
+/// the same SQL on both engines. `table` and `columns` come from the schema, never from input.
+pub(crate) fn dump_query(table: &str, columns: &[String]) -> String {
+    let expression = columns
+        .iter()
+        .map(|column| format!("coalesce(CAST({column} AS TEXT), '-')"))
+        .collect::<Vec<_>>()
+        .join(" || '|' || ");
+    format!("SELECT {expression} FROM {table} ORDER BY 1")
+}
+
 pub(crate) fn hash_from_bytes(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
     bytes.try_into().map_err(|_| StoreError::Corrupt(format!("hash of {} bytes", bytes.len())))
 }

@@ -284,13 +284,6 @@ impl EventStore for PostgresStore {
         .bind(table)
         .fetch_all(&self.pool)
         .await?;
-        let expression = columns
-            .iter()
-            .map(|column| format!("coalesce(CAST({column} AS TEXT), '-')"))
-            .collect::<Vec<_>>()
-            .join(" || '|' || ");
-        Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT {expression} FROM {table} ORDER BY 1")))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
     }
 }

@@ -304,13 +304,6 @@ impl EventStore for SqliteStore {
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid")))
                 .fetch_all(&self.pool)
                 .await?;
-        let expression = columns
-            .iter()
-            .map(|column| format!("coalesce(CAST({column} AS TEXT), '-')"))
-            .collect::<Vec<_>>()
-            .join(" || '|' || ");
-        Ok(sqlx::query_scalar(AssertSqlSafe(format!("SELECT {expression} FROM {table} ORDER BY 1")))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
     }
 }
