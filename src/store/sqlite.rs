@@ -79,12 +79,13 @@ impl SqliteStore {
             // The triggers on `events` can abort a multi-row INSERT, so SQLite keeps a
             // statement journal for it; in a temporary file that cost a pwrite per page
             // (9% of the writer connection's time in a profile). In memory it is a copy.
-            .pragma("temp_store", "MEMORY")
-            // 64 MiB of page cache per connection (default 2 MiB): the `streams` B-tree is
-            // written at random places and is about 40 MiB at a million streams.
-            .pragma("cache_size", "-65536");
-        let writer = SqliteConnection::connect_with(&options).await?;
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            .pragma("temp_store", "MEMORY");
+        // 64 MiB of page cache for the writer (default 2 MiB): the `streams` B-tree is written
+        // at random places and is about 40 MiB at a million streams. Readers stream ordered
+        // ranges and get 8 MiB each, so that a streamed statement stays small in memory.
+        let writer = SqliteConnection::connect_with(&options.clone().pragma("cache_size", "-65536")).await?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.pragma("cache_size", "-8192")).await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
         Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), pool, insert_statements: Arc::new(insert_statements) })
     }
