@@ -56,24 +56,44 @@ pub fn load_key_encryption_key(from_environment: Option<&str>, key_file: PathBuf
         Ok(text) => parse(&text, &key_file.display().to_string()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = random_bytes();
-            write_private_file(&key_file, &hex::encode(key))
-                .with_context(|| format!("creating the key file {}", key_file.display()))?;
-            tracing::info!(path = %key_file.display(), "created the key-encryption key file");
-            Ok(key)
+            if write_private_file(&key_file, &hex::encode(key))
+                .with_context(|| format!("creating the key file {}", key_file.display()))?
+            {
+                tracing::info!(path = %key_file.display(), "created the key-encryption key file");
+                Ok(key)
+            } else {
+                // Another process created it first: use theirs.
+                let text =
+                    std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
+                parse(&text, &key_file.display().to_string())
+            }
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", key_file.display())),
     }
 }
 
-fn write_private_file(path: &PathBuf, contents: &str) -> std::io::Result<()> {
+/// Writes `contents` to `path` only if no file is there, atomically: the text goes to a
+/// private temporary file first, which is then hard-linked into place (linking never
+/// replaces a file), so a concurrent reader never sees a half-written key. Returns false
+/// when the file already existed.
+fn write_private_file(path: &PathBuf, contents: &str) -> std::io::Result<bool> {
     use std::io::Write;
+    let temporary = path.with_extension(format!("tmp-{}", hex::encode(random_bytes::<8>())));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let mut file = options.open(&temporary)?;
     file.write_all(contents.as_bytes())?;
-    file.sync_all()
+    file.sync_all()?;
+    drop(file);
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// A new signing key, sealed for the log.
@@ -287,5 +307,35 @@ impl Identity {
                 tracing::warn!(issuer = %issuer_id, %error, "fetching a JWK set failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_file_is_created_once_privately_and_shared_by_concurrent_starts() {
+        let directory = std::env::temp_dir().join(format!("bahi-kek-test-{}", hex::encode(random_bytes::<8>())));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("bahi.db.kek");
+        let keys: Vec<[u8; 32]> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| load_key_encryption_key(None, path.clone()).unwrap())).collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|key| *key == keys[0]), "every start agrees on one key");
+        assert_eq!(load_key_encryption_key(None, path.clone()).unwrap(), keys[0]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let leftovers = std::fs::read_dir(&directory).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary files are left behind");
+        assert!(load_key_encryption_key(Some("abc"), path.clone()).is_err());
+        assert_eq!(load_key_encryption_key(Some(&"01".repeat(32)), path).unwrap(), [1u8; 32]);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -151,6 +151,12 @@ impl TestServer {
             .env_remove("BAHI_OPERATOR_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if !database_url.starts_with("sqlite") {
+            // On SQLite the key file lives beside the database in the test's temporary
+            // directory; for PostgreSQL give the key directly so that no test writes a key
+            // file into the source tree. A test may still set its own.
+            command.env("BAHI_KEY_ENCRYPTION_KEY", "7e".repeat(32));
+        }
         for (name, value) in environment {
             command.env(name, value);
         }
