@@ -18,7 +18,6 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::extract::OptionalJson;
 use crate::ledger::Actor;
-use crate::writer::CommandContext;
 
 pub fn router(state: &AppState) -> Router<AppState> {
     let authenticated = Router::new()
@@ -78,11 +77,7 @@ async fn agent_register(
             metadata: None,
         },
     };
-    let context = CommandContext {
-        actor: Some(Actor::anonymous(client.ip().to_string())),
-        request_id: Some(super::error::current_request_id()),
-        idempotency: None,
-    };
+    let context = super::command_context(Actor::anonymous(client.ip().to_string()));
     state.writer.submit(command, context).await?;
     Ok((StatusCode::CREATED, Json(AgentRegisterResponse { org_id, api_key: new_key.secret, api_key_id: key_id })))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::accounts::random_bytes;
 use super::auth::{Principal, authenticate, grantable_scopes};
-use super::error::{ApiError, ApiResult, current_request_id};
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
 use super::keys::{BudgetView, Usage, budget_view};
 use crate::writer::CommandContext;
@@ -80,7 +80,7 @@ fn agent_view(state: &bahi_domain::State, agent: &Agent) -> AgentView {
 }
 
 fn context(principal: &Principal) -> CommandContext {
-    CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None }
+    super::command_context(principal.actor())
 }
 
 async fn create(

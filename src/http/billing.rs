@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::accounts::random_bytes;
 use super::auth::{Operator, Principal, authenticate};
-use super::error::{ApiError, ApiResult, current_request_id};
+use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
 use crate::ledger::{Actor, Idempotency};
 use crate::writer::CommandContext;
@@ -41,7 +41,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 fn context(actor: Actor, idempotency: Option<Idempotency>) -> CommandContext {
-    CommandContext { actor: Some(actor), request_id: Some(current_request_id()), idempotency }
+    CommandContext { idempotency, ..super::command_context(actor) }
 }
 
 fn sha256_hex(text: &str) -> String {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::accounts::random_bytes;
 use super::auth::{Principal, SESSION_COOKIE, authenticate, check_client_rate, session_cookie};
-use super::error::{ApiError, ApiResult, current_request_id};
+use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
@@ -125,7 +125,7 @@ fn email_or_400(email: &str) -> Result<String, ApiError> {
 }
 
 fn context(actor: Actor) -> CommandContext {
-    CommandContext { actor: Some(actor), request_id: Some(current_request_id()), idempotency: None }
+    super::command_context(actor)
 }
 
 async fn signup(

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::accounts::random_bytes;
 use super::auth::{Operator, Principal, authenticate};
-use super::error::{ApiError, ApiResult, current_request_id};
+use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::agent_token::JwkSet;
 use crate::identity::new_signing_key;
@@ -82,7 +82,7 @@ fn issuer_view(record: &IssuerRecord) -> IssuerView {
 }
 
 fn context(principal: &Principal) -> CommandContext {
-    CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None }
+    super::command_context(principal.actor())
 }
 
 async fn register(
@@ -176,11 +176,7 @@ async fn rotate(State(state): State<AppState>, operator: Operator) -> ApiResult<
         return Err(ApiError::forbidden("operator_only", "key rotation needs the operator credential"));
     }
     let (_, key) = new_signing_key(state.identity.key_encryption_key()).map_err(ApiError::internal)?;
-    let context = CommandContext {
-        actor: Some(Actor::new("operator", "operator")),
-        request_id: Some(current_request_id()),
-        idempotency: None,
-    };
+    let context = super::command_context(Actor::new("operator", "operator"));
     let outcome = state.writer.submit(Command::RotateSigningKey { key }, context).await?;
     let mut response = RotateResponse { key_id: String::new(), retired_key_id: None, retired_key_verifies_until: None };
     for committed in &outcome.events {

@@ -17,9 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::accounts::random_bytes;
 use super::auth::{Principal, authenticate};
-use super::error::{ApiError, ApiResult, current_request_id};
+use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use crate::writer::CommandContext;
 
 /// Default and largest page of the key list.
 pub const DEFAULT_PAGE: usize = 100;
@@ -155,8 +154,7 @@ async fn create(
             metadata: request.metadata,
         },
     };
-    let context =
-        CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None };
+    let context = super::command_context(principal.actor());
     state.writer.submit(command, context).await?;
     let now = Utc::now();
     let ledger = state.ledger.read();
@@ -236,8 +234,7 @@ async fn revoke_key(state: AppState, principal: Principal, id: String, deleted: 
     principal.require(Scope::KeysWrite)?;
     let key_id = own_key(&state, &principal, &id)?;
     let command = Command::RevokeApiKey { org_id: principal.org_id.clone(), key_id: key_id.clone(), deleted };
-    let context =
-        CommandContext { actor: Some(principal.actor()), request_id: Some(current_request_id()), idempotency: None };
+    let context = super::command_context(principal.actor());
     state.writer.submit(command, context).await?;
     let ledger = state.ledger.read();
     let key = ledger.state.api_keys.get(&key_id).ok_or_else(|| ApiError::not_found("api key"))?;

@@ -34,6 +34,16 @@ use crate::writer::Writer;
 use error::{ApiError, REQUEST_ID};
 use extract::MAX_BODY_BYTES;
 
+/// The context of a command submitted while handling a request: who acts, and the request
+/// id, both kept in the events' metadata.
+pub fn command_context(actor: crate::ledger::Actor) -> crate::writer::CommandContext {
+    crate::writer::CommandContext {
+        actor: Some(actor),
+        request_id: Some(error::current_request_id()),
+        idempotency: None,
+    }
+}
+
 /// What every handler can reach. Cheap to clone: handles and `Arc`s only.
 #[derive(Clone)]
 pub struct AppState {
