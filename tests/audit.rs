@@ -151,6 +151,7 @@ async fn call(running: &Running, org: &OrgId, who: CallAttribution, model: &str,
         running
             .submit(Command::RecordUsage {
                 call_id: call_id.clone(),
+                ticket: None,
                 model: model.into(),
                 input_tokens,
                 output_tokens,

@@ -660,3 +660,68 @@ async fn a_metered_agent_call_is_answered_by_audit_and_statements() {
         assert_eq!(amount(&balance["credit_balance"]), "99.85325");
     }
 }
+
+#[tokio::test]
+async fn a_call_without_a_hold_writes_nothing_and_is_billed_after_a_restart() {
+    for database in TestDatabase::all().await {
+        let engine = database.engine();
+        let mut server = start(&database, &[]);
+        let client = client();
+        let (org_id, key) = register(&client, &server, "Acme").await;
+        set_price(&client, &server, "m", "10", "20").await;
+        grant(&client, &server, &org_id, "5").await;
+        let call_authorized_events = |server: &TestServer| {
+            let request = client.get(server.url("/v1/audit/events?limit=1000")).bearer_auth(key.clone());
+            async move {
+                let page: Value = request.send().await.unwrap().json().await.unwrap();
+                page["data"].as_array().unwrap().iter().filter(|event| event["type"] == "CallAuthorized").count()
+            }
+        };
+        let authorized: Value = authorize(&client, &server, &key, json!({"model": "m"})).await.json().await.unwrap();
+        let call_id = authorized["call_id"].as_str().unwrap().to_owned();
+        assert_eq!(amount(&authorized["hold"]), "0.00", "{engine}: {authorized}");
+        // The price changes after the authorization: the call keeps the price it was given.
+        set_price(&client, &server, "m", "1000", "1000").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(call_authorized_events(&server).await, 0, "{engine}: authorize without a hold wrote nothing");
+
+        // No node holds the call in memory any more; the sealed call id is enough to bill it.
+        server.kill();
+        let server = start(&database, &[]);
+        let settled = usage(&client, &server, &call_id, "m", 1000, 1000).await;
+        assert_eq!(settled.status(), 200, "{engine}");
+        let settled: Value = settled.json().await.unwrap();
+        assert_eq!(amount(&settled["cost"]), "0.03", "{engine}: 1000 × ₹10/M + 1000 × ₹20/M");
+        assert_eq!(amount(&settled["balance"]), "4.97");
+        let replay: Value = usage(&client, &server, &call_id, "m", 1000, 1000).await.json().await.unwrap();
+        assert_eq!(replay, settled, "{engine}: same body again, same answer, billed once");
+        assert_eq!(amount(&account(&client, &server, &key).await["credit_balance"]), "4.97");
+
+        // The log now holds the authorization (at its own time, without a hold) and the usage.
+        let mut audit = Value::Null;
+        for _ in 0..50 {
+            let response =
+                client.get(server.url(&format!("/v1/audit/calls/{call_id}"))).bearer_auth(&key).send().await.unwrap();
+            if response.status() == 200 {
+                audit = response.json().await.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let types: Vec<&str> =
+            audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["CallAuthorized", "UsageRecorded"], "{engine}: {audit}");
+        assert_eq!(audit["credential"]["kind"], "api_key");
+        assert_eq!(audit["payer_org_id"], org_id.as_str());
+        assert!(audit["authorized_at"].as_str().unwrap() <= audit["settled_at"].as_str().unwrap());
+
+        // A sealed call id with one character changed is no call at all.
+        let mut forged = call_id.clone().into_bytes();
+        let middle = forged.len() / 2;
+        forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let refused = usage(&client, &server, &forged, "m", 1, 1).await;
+        assert_eq!(error_type(refused).await, (404, "not_found".to_owned()), "{engine}");
+        assert_eq!(amount(&account(&client, &server, &key).await["credit_balance"]), "4.97");
+    }
+}

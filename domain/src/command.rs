@@ -211,6 +211,9 @@ pub enum Command {
     /// Settle a call's usage: idempotent on the call id and the request's hash.
     RecordUsage {
         call_id: CallId,
+        /// The verified contents of a sealed call id, for a call authorized without a hold:
+        /// such a call is not in the log until its usage is recorded.
+        ticket: Option<CallTicket>,
         model: String,
         input_tokens: u64,
         output_tokens: u64,
@@ -228,6 +231,107 @@ pub enum Command {
     RevokeGatewayKey {
         key_id: ApiKeyId,
     },
+}
+
+/// How long after its authorization a call without a hold may report usage. It is shorter
+/// than `SETTLED_CALL_RETENTION_SECONDS` by an hour of clock skew between nodes, so that a
+/// replayed report always finds the first settlement still in memory and is never billed
+/// twice (a sealed call id carries everything needed to settle it again otherwise).
+pub const CALL_TICKET_VALIDITY_SECONDS: i64 = crate::state::SETTLED_CALL_RETENTION_SECONDS - 3_600;
+
+/// What a call authorized without a hold is bound to. Such an authorization writes nothing
+/// (design.md: authorize must not touch the database; only holds go through the writer), so
+/// the server seals this into the call id it returns and checks the seal when usage arrives;
+/// the call enters the log, authorization and settlement together, with its usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallTicket {
+    pub org_id: OrgId,
+    pub attribution: CallAttribution,
+    pub model: String,
+    /// The price in force at authorization: the call is billed at it.
+    pub price: Price,
+    pub authorized_at: DateTime<Utc>,
+}
+
+impl CallTicket {
+    /// The call as if its authorization had been recorded, or an error once the ticket is too
+    /// old to be settled safely (see `CALL_TICKET_VALIDITY_SECONDS`).
+    fn authorized_call(&self, call_id: &CallId, now: DateTime<Utc>) -> Result<crate::state::Call, DomainError> {
+        if now - self.authorized_at > chrono::Duration::seconds(CALL_TICKET_VALIDITY_SECONDS) {
+            return Err(DomainError::invalid(format!(
+                "usage of a call authorized without max_cost must be reported within {} hours of the authorization",
+                CALL_TICKET_VALIDITY_SECONDS / 3_600
+            )));
+        }
+        Ok(crate::state::Call {
+            id: call_id.clone(),
+            org_id: self.org_id.clone(),
+            attribution: self.attribution.clone(),
+            model: self.model.clone(),
+            price: self.price,
+            hold: Money::ZERO,
+            hold_open: false,
+            authorized_at: self.authorized_at,
+            hold_expires_at: self.authorized_at,
+            settlement: None,
+        })
+    }
+}
+
+/// The checks of an authorization, in order: the org, the model's price, a positive
+/// `max_cost`, the key's or agent's budget, then available credit. Returns the price in
+/// force. Pure: the writer runs it for holds, and the HTTP layer runs it against the
+/// in-memory state for calls without a hold, which write nothing.
+pub fn check_authorization(
+    state: &State,
+    org_id: &OrgId,
+    attribution: &CallAttribution,
+    model: &str,
+    max_cost: Option<Money>,
+    now: DateTime<Utc>,
+) -> Result<Price, DomainError> {
+    if !state.orgs.contains_key(org_id) {
+        return Err(DomainError::NotFound("org"));
+    }
+    let price = *state.prices.get(model).ok_or_else(|| DomainError::UnknownModel(model.to_owned()))?;
+    if max_cost.is_some_and(|cost| !cost.is_positive()) {
+        return Err(DomainError::invalid("max_cost must be positive"));
+    }
+    let hold = max_cost.unwrap_or(Money::ZERO);
+    let budget = match budget_subject(attribution) {
+        Some(subject) if subject.starts_with(AgentId::PREFIX) => AgentId::parse(&subject)
+            .ok()
+            .and_then(|id| state.agents.get(&id))
+            .and_then(|agent| agent.budget)
+            .map(|b| (subject, b)),
+        Some(subject) => ApiKeyId::parse(&subject)
+            .ok()
+            .and_then(|id| state.api_keys.get(&id))
+            .and_then(|key| key.budget)
+            .map(|b| (subject, b)),
+        None => None,
+    };
+    if let Some((subject, budget)) = budget {
+        let committed = state
+            .budget_usage
+            .get(&subject)
+            .map_or(Money::ZERO, |usage| usage.spent_in(budget.period, now).saturating_add(usage.held));
+        let exceeded = if hold.is_positive() {
+            committed.saturating_add(hold) > budget.amount
+        } else {
+            committed >= budget.amount
+        };
+        if exceeded {
+            return Err(DomainError::BudgetExceeded { spent: committed, budget: budget.amount });
+        }
+    }
+    let available = state.available(org_id);
+    let covered = if hold.is_positive() { available >= hold } else { available.is_positive() };
+    if !covered {
+        let needed = if hold.is_positive() { hold } else { Money::from_micros(1)? };
+        return Err(DomainError::InsufficientCredits { available, needed });
+    }
+    Ok(price)
 }
 
 pub fn check_model_name(model: &str) -> Result<(), DomainError> {
@@ -747,48 +851,11 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             ])
         }
         Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
             if state.calls.contains_key(call_id) {
                 return Err(DomainError::Conflict("call id already used".into()));
             }
-            let price = *state.prices.get(model).ok_or_else(|| DomainError::UnknownModel(model.clone()))?;
-            if max_cost.is_some_and(|cost| !cost.is_positive()) {
-                return Err(DomainError::invalid("max_cost must be positive"));
-            }
+            let price = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
             let hold = max_cost.unwrap_or(Money::ZERO);
-            let budget = match budget_subject(attribution) {
-                Some(subject) if subject.starts_with(AgentId::PREFIX) => AgentId::parse(&subject)
-                    .ok()
-                    .and_then(|id| state.agents.get(&id))
-                    .and_then(|agent| agent.budget)
-                    .map(|b| (subject, b)),
-                Some(subject) => ApiKeyId::parse(&subject)
-                    .ok()
-                    .and_then(|id| state.api_keys.get(&id))
-                    .and_then(|key| key.budget)
-                    .map(|b| (subject, b)),
-                None => None,
-            };
-            if let Some((subject, budget)) = budget {
-                let usage = state.budget_usage.get(&subject).cloned().unwrap_or_default();
-                let committed = usage.spent_in(budget.period, now).saturating_add(usage.held);
-                let exceeded = if hold.is_positive() {
-                    committed.saturating_add(hold) > budget.amount
-                } else {
-                    committed >= budget.amount
-                };
-                if exceeded {
-                    return Err(DomainError::BudgetExceeded { spent: committed, budget: budget.amount });
-                }
-            }
-            let available = state.available(org_id);
-            let covered = if hold.is_positive() { available >= hold } else { available.is_positive() };
-            if !covered {
-                let needed = if hold.is_positive() { hold } else { Money::from_micros(1)? };
-                return Err(DomainError::InsufficientCredits { available, needed });
-            }
             Ok(vec![
                 CallAuthorized {
                     call_id: call_id.clone(),
@@ -803,8 +870,26 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 .into(),
             ])
         }
-        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
-            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
+        Command::RecordUsage { call_id, ticket, model, input_tokens, output_tokens, status, request_hash } => {
+            let ticketed;
+            let (call, authorized) = match (state.calls.get(call_id), ticket) {
+                (Some(call), _) => (call, None),
+                (None, Some(ticket)) => {
+                    ticketed = ticket.authorized_call(call_id, now)?;
+                    let authorized = CallAuthorized {
+                        call_id: call_id.clone(),
+                        org_id: ticketed.org_id.clone(),
+                        attribution: ticketed.attribution.clone(),
+                        model: ticketed.model.clone(),
+                        price: ticketed.price,
+                        hold: Money::ZERO,
+                        authorized_at: ticketed.authorized_at,
+                        hold_expires_at: ticketed.hold_expires_at,
+                    };
+                    (&ticketed, Some(authorized))
+                }
+                (None, None) => return Err(DomainError::NotFound("call")),
+            };
             if let Some(settlement) = &call.settlement {
                 return if &settlement.request_hash == request_hash {
                     Ok(Vec::new())
@@ -831,23 +916,21 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             }
             let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
             let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
-            Ok(vec![
-                UsageRecorded {
-                    call_id: call_id.clone(),
-                    org_id: call.org_id.clone(),
-                    attribution: call.attribution.clone(),
-                    model: model.clone(),
-                    input_tokens: *input_tokens,
-                    output_tokens: *output_tokens,
-                    status: status.clone(),
-                    cost,
-                    hold_released: if call.hold_open { call.hold } else { Money::ZERO },
-                    balance_after: org.balance.checked_sub(cost)?,
-                    request_hash: request_hash.clone(),
-                    settled_at: now,
-                }
-                .into(),
-            ])
+            let recorded = UsageRecorded {
+                call_id: call_id.clone(),
+                org_id: call.org_id.clone(),
+                attribution: call.attribution.clone(),
+                model: model.clone(),
+                input_tokens: *input_tokens,
+                output_tokens: *output_tokens,
+                status: status.clone(),
+                cost,
+                hold_released: if call.hold_open { call.hold } else { Money::ZERO },
+                balance_after: org.balance.checked_sub(cost)?,
+                request_hash: request_hash.clone(),
+                settled_at: now,
+            };
+            Ok(authorized.map(Event::from).into_iter().chain([recorded.into()]).collect())
         }
         Command::ExpireHolds => Ok(state
             .hold_expiries

@@ -41,8 +41,29 @@ pub fn is_base62(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Longest accepted body of a call id: a sealed call id (`CallTicket`) is longer than the
+/// others, because it carries the call's binding.
+pub const MAX_CALL_ID_BODY_LENGTH: usize = 1_024;
+
+/// A plain id body, or the unpadded base64url body of a sealed call id.
+fn is_call_id_body(body: &str) -> bool {
+    if body.len() <= MAX_ID_BODY_LENGTH {
+        is_base62(body)
+    } else {
+        body.len() <= MAX_CALL_ID_BODY_LENGTH
+            && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
+
+fn is_id_body(body: &str) -> bool {
+    body.len() <= MAX_ID_BODY_LENGTH && is_base62(body)
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        define_id!($(#[$doc])* $name, $prefix, $kind, is_id_body);
+    };
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $valid_body:path) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -53,7 +74,7 @@ macro_rules! define_id {
             pub fn parse(text: &str) -> Result<$name, IdError> {
                 let error = IdError { kind: $kind, prefix: $prefix };
                 let body = text.strip_prefix($prefix).ok_or(error.clone())?;
-                if body.is_empty() || body.len() > MAX_ID_BODY_LENGTH || !is_base62(body) {
+                if body.is_empty() || !$valid_body(body) {
                     return Err(error);
                 }
                 Ok($name(text.to_owned()))
@@ -62,6 +83,12 @@ macro_rules! define_id {
             /// A new id from 16 caller-supplied random bytes (the domain draws no randomness).
             pub fn from_random(random: [u8; 16]) -> $name {
                 $name(format!("{}{}", $prefix, base62(&random)))
+            }
+
+            /// An id from text the caller built itself in this id's alphabet (e.g. a sealed
+            /// call id); checked like any parsed id.
+            pub fn from_body(body: &str) -> Result<$name, IdError> {
+                $name::parse(&format!("{}{}", $prefix, body))
             }
 
             pub fn as_str(&self) -> &str {
@@ -109,8 +136,8 @@ define_id!(/// One minted agent token (`jti`).
     TokenId, "tok_", "token");
 define_id!(/// A registered external token issuer.
     IssuerId, "iss_", "issuer");
-define_id!(/// One authorized inference call.
-    CallId, "call_", "call");
+define_id!(/// One authorized inference call; longer when sealed (see `CallTicket`).
+    CallId, "call_", "call", is_call_id_body);
 define_id!(/// One credit top-up.
     TopupId, "top_", "top-up");
 define_id!(/// One event's own id.

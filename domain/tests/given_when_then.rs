@@ -176,6 +176,7 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     };
     let usage = |seed: u8| Command::RecordUsage {
         call_id: CallId::from_random([seed; 16]),
+        ticket: None,
         model: "m".into(),
         input_tokens: 10,
         output_tokens: 10,
@@ -198,4 +199,89 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     run(&mut state, &authorize(4), at);
     assert!(!state.calls.contains_key(&CallId::from_random([2; 16])));
     assert!(state.calls.contains_key(&CallId::from_random([4; 16])));
+}
+
+#[test]
+fn a_ticketed_call_enters_the_log_with_its_usage_once_and_only_while_the_ticket_is_valid() {
+    use bahi_domain::billing::Price;
+    use bahi_domain::command::{CALL_TICKET_VALIDITY_SECONDS, CallTicket};
+    use bahi_domain::event::CallAttribution;
+    use bahi_domain::ids::{CallId, TopupId};
+
+    let mut state = State::default();
+    let at = now();
+    let run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
+        let events = decide(state, command, at).unwrap();
+        for event in &events {
+            evolve(state, event);
+        }
+        events
+    };
+    let register_command = register(1, "Acme");
+    run(&mut state, &register_command, at);
+    let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
+    let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("4").unwrap() };
+    run(&mut state, &Command::SetPrice { model: "m".into(), price }, at);
+    let grant = Command::Grant {
+        org_id: org_id.clone(),
+        grant_id: TopupId::from_random([1; 16]),
+        amount: Money::parse("10").unwrap(),
+        reason: "r".into(),
+    };
+    run(&mut state, &grant, at);
+    let ticket = CallTicket {
+        org_id: org_id.clone(),
+        attribution: CallAttribution {
+            credential_kind: "api_key".into(),
+            credential_id: first_key.key_id.to_string(),
+            agent_id: None,
+            agent_name: None,
+            act_for: org_id.to_string(),
+        },
+        model: "m".into(),
+        // The price sealed at authorization, not today's: a price change in between must not
+        // change the bill.
+        price: Price { input_per_million: Money::parse("1").unwrap(), output_per_million: Money::parse("1").unwrap() },
+        authorized_at: at - Duration::minutes(5),
+    };
+    let call_id = CallId::from_random([9; 16]);
+    let usage = |ticket: Option<CallTicket>, output_tokens: u64| Command::RecordUsage {
+        call_id: call_id.clone(),
+        ticket,
+        model: "m".into(),
+        input_tokens: 1_000_000,
+        output_tokens,
+        status: "succeeded".into(),
+        request_hash: format!("h{output_tokens}"),
+    };
+
+    // Unknown to the state and without a ticket: 404, as before.
+    assert!(matches!(decide(&state, &usage(None, 500_000), at), Err(DomainError::NotFound("call"))));
+    // With a ticket: the authorization (no hold, at the ticket's time and price) and the usage.
+    let events = run(&mut state, &usage(Some(ticket.clone()), 500_000), at);
+    let [Event::CallAuthorized(authorized), Event::UsageRecorded(recorded)] = events.as_slice() else {
+        panic!("expected CallAuthorized then UsageRecorded, got {events:?}")
+    };
+    assert_eq!(authorized.hold, Money::ZERO);
+    assert_eq!(authorized.authorized_at, ticket.authorized_at);
+    assert_eq!(authorized.price, ticket.price);
+    assert_eq!(recorded.cost, Money::parse("1.5").unwrap(), "1M × ₹1/M + 0.5M × ₹1/M");
+    assert_eq!(state.orgs[&org_id].balance, Money::parse("8.5").unwrap());
+    // The same report again, even with the ticket: nothing new (never billed twice).
+    assert!(decide(&state, &usage(Some(ticket.clone()), 500_000), at + Duration::hours(22)).unwrap().is_empty());
+    // Other content: 409.
+    assert!(matches!(decide(&state, &usage(Some(ticket.clone()), 1), at), Err(DomainError::Conflict(_))));
+
+    // A ticket too old to be safely settled (its first settlement might be forgotten) is refused.
+    let old = CallTicket { authorized_at: at - Duration::seconds(CALL_TICKET_VALIDITY_SECONDS + 1), ..ticket };
+    let other_call = Command::RecordUsage {
+        call_id: CallId::from_random([10; 16]),
+        ticket: Some(old),
+        model: "m".into(),
+        input_tokens: 1,
+        output_tokens: 1,
+        status: "succeeded".into(),
+        request_hash: "x".into(),
+    };
+    assert!(matches!(decide(&state, &other_call, at), Err(DomainError::Invalid(_))));
 }

@@ -125,6 +125,7 @@ impl World {
     fn usage(&self, call_id: &CallId, input: u64, output: u64) -> Command {
         Command::RecordUsage {
             call_id: call_id.clone(),
+            ticket: None,
             model: "m".into(),
             input_tokens: input,
             output_tokens: output,

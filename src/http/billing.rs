@@ -7,6 +7,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use bahi_domain::billing::Price;
+use bahi_domain::command::{CallTicket, check_authorization};
 use bahi_domain::credential::{NewApiKey, Role, Scope};
 use bahi_domain::event::{CallAttribution, Event};
 use bahi_domain::ids::{ApiKeyId, CallId, OrgId, TopupId};
@@ -89,7 +90,6 @@ async fn authorize(
 ) -> ApiResult<Json<AuthorizeResponse>> {
     principal.require(Scope::Inference)?;
     bahi_domain::command::check_model_name(&request.model)?;
-    let call_id = CallId::from_random(random_bytes());
     let attribution = CallAttribution {
         credential_kind: principal.credential_kind.as_str().to_owned(),
         credential_id: principal.credential_id.clone(),
@@ -97,17 +97,40 @@ async fn authorize(
         agent_name: principal.agent.as_ref().and_then(|agent| agent.name.clone()),
         act_for: principal.act_for.clone(),
     };
-    let command = Command::Authorize {
-        call_id: call_id.clone(),
-        org_id: principal.org_id.clone(),
-        attribution,
-        model: request.model.clone(),
-        max_cost: request.max_cost,
-        hold_ttl_seconds: i64::try_from(state.config.hold_ttl_seconds).unwrap_or(600),
-    };
-    let outcome = state.writer.submit(command, context(principal.actor(), None)).await?;
-    let Some(Event::CallAuthorized(authorized)) = outcome.events.first().map(|committed| &committed.event) else {
-        return Err(ApiError::internal("authorization recorded no event"));
+    let org_id = principal.org_id.clone();
+    let (call_id, hold, hold_expires_at) = match request.max_cost {
+        // Without a hold nothing is written: the checks run against this node's in-memory
+        // state and the binding travels sealed in the call id (see call_ticket.rs).
+        None => {
+            let now = Utc::now();
+            let price = {
+                let ledger = state.ledger.read();
+                check_authorization(&ledger.state, &org_id, &attribution, &request.model, None, now)?
+            };
+            let ticket = CallTicket { org_id, attribution, model: request.model.clone(), price, authorized_at: now };
+            let call_id = state
+                .call_tickets
+                .seal(&ticket, random_bytes::<8>())
+                .map_err(|_| ApiError::internal("a call ticket did not fit in a call id"))?;
+            (call_id, Money::ZERO, now)
+        }
+        Some(max_cost) => {
+            let call_id = CallId::from_random(random_bytes());
+            let command = Command::Authorize {
+                call_id: call_id.clone(),
+                org_id,
+                attribution,
+                model: request.model.clone(),
+                max_cost: Some(max_cost),
+                hold_ttl_seconds: i64::try_from(state.config.hold_ttl_seconds).unwrap_or(600),
+            };
+            let outcome = state.writer.submit(command, context(principal.actor(), None)).await?;
+            let Some(Event::CallAuthorized(authorized)) = outcome.events.first().map(|committed| &committed.event)
+            else {
+                return Err(ApiError::internal("authorization recorded no event"));
+            };
+            (call_id, authorized.hold, authorized.hold_expires_at)
+        }
     };
     Ok(Json(AuthorizeResponse {
         call_id,
@@ -118,8 +141,8 @@ async fn authorize(
         credential_kind: principal.credential_kind.as_str(),
         scopes: principal.scopes.clone(),
         model: request.model,
-        hold: authorized.hold,
-        hold_expires_at: authorized.hold_expires_at,
+        hold,
+        hold_expires_at,
     }))
 }
 
@@ -150,9 +173,12 @@ async fn usage(
 ) -> ApiResult<Json<UsageResponse>> {
     operator.require(Scope::UsageWrite)?;
     let call_id = CallId::parse(&request.call_id)?;
+    // A sealed id that does not open is no call of this log's: the same 404 as any unknown id.
+    let ticket = state.call_tickets.open(&call_id).map_err(|_| ApiError::not_found("call"))?;
     let request_hash = sha256_hex(&serde_json::to_string(&request).map_err(ApiError::internal)?);
     let command = Command::RecordUsage {
         call_id: call_id.clone(),
+        ticket,
         model: request.model,
         input_tokens: request.input_tokens,
         output_tokens: request.output_tokens,

@@ -55,6 +55,7 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     pub key_uses: Arc<KeyUses>,
     pub identity: Arc<Identity>,
+    pub call_tickets: Arc<crate::call_ticket::CallTickets>,
 }
 
 pub fn router(state: AppState) -> Router {
