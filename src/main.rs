@@ -8,6 +8,12 @@ use bahi_domain::credential::{Environment, KeyPrefix, SecretHash};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+// The writer, the fold and the HTTP path allocate many small, short-lived values across
+// threads; glibc's malloc spent about a sixth of the CPU of an authorize-and-usage load
+// (`malloc_consolidate`, `_int_malloc`, `_int_free`; BENCHMARKS.md has the A/B).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
