@@ -1,5 +1,6 @@
 //! Property tests of the credit invariants over random interleavings of grants,
-//! authorizations (with and without holds), settlements, replays, conflicting retries,
+//! authorizations (with and without holds; without one, also as a sealed ticket that
+//! enters the log only with its usage), settlements, replays, conflicting retries,
 //! time passing and hold expiries:
 //! - for every org at every position: holds + debits <= credits + overshoot, where the
 //!   overshoot is what settled calls cost beyond their still-open holds (a served call is
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 
 use bahi_domain::billing::Price;
-use bahi_domain::command::NewKeyRecord;
+use bahi_domain::command::{CallTicket, NewKeyRecord, check_authorization};
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
 use bahi_domain::event::{Budget, BudgetPeriod, CallAttribution, Event};
 use bahi_domain::ids::{ApiKeyId, CallId, OrgId, TopupId};
@@ -22,7 +23,7 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Operation {
     Grant { org: usize, micros: i64 },
-    Authorize { org: usize, max_cost_micros: Option<i64> },
+    Authorize { org: usize, max_cost_micros: Option<i64>, sealed: bool },
     Settle { call: usize, input: u64, output: u64 },
     Replay { call: usize },
     ConflictingRetry { call: usize },
@@ -32,8 +33,8 @@ enum Operation {
 fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
         (0..3usize, 1..20_000_000i64).prop_map(|(org, micros)| Operation::Grant { org, micros }),
-        (0..3usize, proptest::option::of(1..8_000_000i64))
-            .prop_map(|(org, max_cost_micros)| Operation::Authorize { org, max_cost_micros }),
+        (0..3usize, proptest::option::of(1..8_000_000i64), any::<bool>())
+            .prop_map(|(org, max_cost_micros, sealed)| Operation::Authorize { org, max_cost_micros, sealed }),
         (0..64usize, 0..40_000u64, 0..40_000u64).prop_map(|(call, input, output)| Operation::Settle {
             call,
             input,
@@ -52,6 +53,9 @@ struct World {
     keys: Vec<ApiKeyId>,
     calls: Vec<CallId>,
     settled_requests: HashMap<CallId, (u64, u64)>,
+    /// Calls authorized without a hold the way the HTTP layer does it: checked against the
+    /// state, nothing decided or written, the binding kept as a ticket.
+    tickets: HashMap<CallId, CallTicket>,
     events: Vec<Event>,
     counter: u8,
 }
@@ -65,6 +69,7 @@ impl World {
             keys: Vec::new(),
             calls: Vec::new(),
             settled_requests: HashMap::new(),
+            tickets: HashMap::new(),
             events: Vec::new(),
             counter: 0,
         };
@@ -125,7 +130,7 @@ impl World {
     fn usage(&self, call_id: &CallId, input: u64, output: u64) -> Command {
         Command::RecordUsage {
             call_id: call_id.clone(),
-            ticket: None,
+            ticket: self.tickets.get(call_id).cloned(),
             model: "m".into(),
             input_tokens: input,
             output_tokens: output,
@@ -146,18 +151,39 @@ impl World {
                 };
                 self.run(&command).unwrap();
             }
-            Operation::Authorize { org, max_cost_micros } => {
+            Operation::Authorize { org, max_cost_micros, sealed } => {
                 let call_id = CallId::from_random(self.next_random());
+                let attribution = CallAttribution {
+                    credential_kind: "api_key".into(),
+                    credential_id: self.keys[org].to_string(),
+                    agent_id: None,
+                    agent_name: None,
+                    act_for: self.orgs[org].to_string(),
+                };
+                if sealed && max_cost_micros.is_none() {
+                    let before = self.events.len();
+                    match check_authorization(&self.state, &self.orgs[org], &attribution, "m", None, self.now) {
+                        Ok(price) => {
+                            let ticket = CallTicket {
+                                org_id: self.orgs[org].clone(),
+                                attribution,
+                                model: "m".into(),
+                                price,
+                                authorized_at: self.now,
+                            };
+                            self.tickets.insert(call_id.clone(), ticket);
+                            self.calls.push(call_id);
+                        }
+                        Err(DomainError::InsufficientCredits { .. } | DomainError::BudgetExceeded { .. }) => {}
+                        Err(other) => panic!("unexpected refusal {other:?}"),
+                    }
+                    assert_eq!(self.events.len(), before, "an authorization without a hold writes nothing");
+                    return;
+                }
                 let command = Command::Authorize {
                     call_id: call_id.clone(),
                     org_id: self.orgs[org].clone(),
-                    attribution: CallAttribution {
-                        credential_kind: "api_key".into(),
-                        credential_id: self.keys[org].to_string(),
-                        agent_id: None,
-                        agent_name: None,
-                        act_for: self.orgs[org].to_string(),
-                    },
+                    attribution,
                     model: "m".into(),
                     max_cost: max_cost_micros.map(|micros| Money::from_micros(micros).unwrap()),
                     hold_ttl_seconds: 600,
@@ -215,7 +241,14 @@ impl World {
         let mut debits: HashMap<&OrgId, i64> = HashMap::new();
         let mut resolutions: HashMap<&CallId, u32> = HashMap::new();
         let mut holds: HashMap<&CallId, (&OrgId, i64)> = HashMap::new();
+        let mut authorizations: HashMap<&CallId, u32> = HashMap::new();
+        let mut settlements: HashMap<&CallId, u32> = HashMap::new();
         for event in &self.events {
+            match event {
+                Event::CallAuthorized(authorized) => *authorizations.entry(&authorized.call_id).or_default() += 1,
+                Event::UsageRecorded(recorded) => *settlements.entry(&recorded.call_id).or_default() += 1,
+                _ => {}
+            }
             match event {
                 Event::CreditsGranted(granted) => {
                     *credits.entry(&granted.org_id).or_default() += granted.amount.micros()
@@ -239,6 +272,9 @@ impl World {
             }
         }
         assert!(resolutions.values().all(|&count| count == 1), "a hold resolves exactly once");
+        assert!(authorizations.values().all(|&count| count == 1), "a call is authorized once in the log");
+        assert!(settlements.values().all(|&count| count == 1), "a call is billed at most once");
+        assert!(settlements.keys().all(|call_id| authorizations.contains_key(call_id)), "no usage without its call");
         for org_id in &self.orgs {
             let org = self.state.org(org_id).unwrap();
             let credit = credits.get(org_id).copied().unwrap_or(0);
@@ -281,7 +317,7 @@ proptest! {
         }
         for (org, input, output) in calls {
             // 5,000 tokens each way at ₹150/₹600 per million costs at most 3.75.
-            world.apply(&Operation::Authorize { org, max_cost_micros: Some(3_750_000) });
+            world.apply(&Operation::Authorize { org, max_cost_micros: Some(3_750_000), sealed: false });
             let index = world.calls.len().saturating_sub(1);
             if world.calls.len() > index && !world.settled_requests.contains_key(&world.calls[index]) {
                 world.apply(&Operation::Settle { call: index, input, output });
