@@ -141,7 +141,7 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
 
     let mut state = State::default();
     let mut at = now();
-    let mut run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
+    let run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
         let events = decide(state, command, at).unwrap();
         for event in &events {
             evolve(state, event);
