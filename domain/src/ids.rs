@@ -22,6 +22,21 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 pub fn base62(bytes: &[u8]) -> String {
     // Width: ceil(bits / log2(62)); 62^width >= 256^len.
     let width = (bytes.len() * 8 * 1000).div_ceil(5954);
+    if bytes.len() <= 16 {
+        // Every id (16 random bytes) takes this path: one u128 instead of a byte-wise long
+        // division per digit, which showed in the writer's profile (an event id per event).
+        let mut number = bytes.iter().fold(0u128, |number, &byte| (number << 8) | u128::from(byte));
+        let mut digits = vec![0u8; width];
+        for digit in digits.iter_mut().rev() {
+            *digit = BASE62[(number % 62) as usize];
+            number /= 62;
+        }
+        return String::from_utf8(digits).unwrap_or_default();
+    }
+    long_base62(bytes, width)
+}
+
+fn long_base62(bytes: &[u8], width: usize) -> String {
     let mut number: Vec<u8> = bytes.to_vec();
     let mut digits = Vec::with_capacity(width);
     for _ in 0..width {
@@ -154,6 +169,26 @@ mod tests {
         assert_eq!(id.as_str().len(), 4 + 22);
         assert_eq!(OrgId::parse(id.as_str()).unwrap(), id);
         assert_eq!(OrgId::from_random([0; 16]).as_str(), "org_0000000000000000000000");
+    }
+
+    #[test]
+    fn the_u128_path_agrees_with_long_division() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        for length in 0..=16 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..length)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let width = (bytes.len() * 8 * 1000).div_ceil(5954);
+                assert_eq!(base62(&bytes), long_base62(&bytes, width), "{bytes:?}");
+            }
+        }
+        assert_eq!(base62(&[255; 16]), long_base62(&[255; 16], 22));
     }
 
     #[test]
