@@ -83,11 +83,11 @@ fn register_command(index: usize) -> Command {
     let key =
         NewApiKey::generate(&KeyPrefix::parse("bahi").unwrap_or_else(|_| unreachable!()), Environment::Live, random());
     Command::RegisterOrg {
-        org_id: OrgId::from_random(random()),
+        org_id: OrgId::from_random(crate::identity::new_id_bytes()),
         display_name: format!("bench org {index}"),
         environment: Environment::Live,
         first_key: NewKeyRecord {
-            key_id: ApiKeyId::from_random(random()),
+            key_id: ApiKeyId::from_random(crate::identity::new_id_bytes()),
             hash: key.hash,
             display_prefix: key.display_prefix,
             environment: Environment::Live,

@@ -43,6 +43,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// The bytes of a new entity id: time-ordered (see `time_ordered_bytes`).
+pub fn new_id_bytes() -> [u8; 16] {
+    bahi_domain::ids::time_ordered_bytes(Utc::now().timestamp_millis(), random_bytes())
+}
+
 /// Loads or creates the key-encryption key.
 pub fn load_key_encryption_key(from_environment: Option<&str>, key_file: PathBuf) -> anyhow::Result<[u8; 32]> {
     let parse = |text: &str, source: &str| -> anyhow::Result<[u8; 32]> {

@@ -10,13 +10,13 @@ use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{NewApiKey, Scope};
 use bahi_domain::ids::{ApiKeyId, OrgId};
 use bahi_domain::{Command, Money};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::extract::OptionalJson;
+use crate::identity::{new_id_bytes, random_bytes};
 use crate::ledger::Actor;
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -40,20 +40,14 @@ struct AgentRegisterResponse {
     api_key_id: ApiKeyId,
 }
 
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
-}
-
 async fn agent_register(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     OptionalJson(request): OptionalJson<AgentRegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<AgentRegisterResponse>)> {
     super::auth::check_client_rate(&state, client.ip())?;
-    let org_id = OrgId::from_random(random_bytes());
-    let key_id = ApiKeyId::from_random(random_bytes());
+    let org_id = OrgId::from_random(new_id_bytes());
+    let key_id = ApiKeyId::from_random(new_id_bytes());
     let new_key = NewApiKey::generate(&state.config.key_prefix, state.config.environment, random_bytes());
     let display_name = request
         .org_name

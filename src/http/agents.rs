@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::accounts::random_bytes;
 use super::auth::{Principal, authenticate, grantable_scopes};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
 use super::keys::{BudgetView, Usage, budget_view};
+use crate::identity::new_id_bytes;
 use crate::writer::CommandContext;
 
 /// Most agents listed at once.
@@ -100,7 +100,7 @@ async fn create(
     };
     // Agents get inference alone unless asked for more: least privilege by default.
     let scopes = grantable_scopes(&request.scopes.unwrap_or_else(|| vec!["inference".to_owned()]), &principal.scopes)?;
-    let agent_id = AgentId::from_random(random_bytes());
+    let agent_id = AgentId::from_random(new_id_bytes());
     let command = Command::CreateAgent {
         org_id: principal.org_id.clone(),
         agent_id: agent_id.clone(),
@@ -199,7 +199,7 @@ async fn mint(
         None => agent_scopes,
         Some(requested) => grantable_scopes(&requested, &agent_scopes)?,
     };
-    let token_id = TokenId::from_random(random_bytes());
+    let token_id = TokenId::from_random(new_id_bytes());
     let command = Command::MintAgentToken {
         org_id: principal.org_id.clone(),
         agent_id: agent_id.clone(),

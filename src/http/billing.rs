@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
-use super::accounts::random_bytes;
 use super::auth::{Operator, Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
+use crate::identity::new_id_bytes;
+use crate::identity::random_bytes;
 use crate::ledger::{Actor, Idempotency};
 use crate::writer::CommandContext;
 
@@ -115,7 +116,7 @@ async fn authorize(
             (call_id, Money::ZERO, now)
         }
         Some(max_cost) => {
-            let call_id = CallId::from_random(random_bytes());
+            let call_id = CallId::from_random(new_id_bytes());
             let command = Command::Authorize {
                 call_id: call_id.clone(),
                 org_id,
@@ -263,7 +264,7 @@ async fn top_up(
     let (user_id, _) = principal.require_human(&[Role::Owner, Role::Finance])?;
     let command = Command::TopUp {
         org_id: principal.org_id.clone(),
-        topup_id: TopupId::from_random(random_bytes()),
+        topup_id: TopupId::from_random(new_id_bytes()),
         amount: request.amount,
         payment_reference: request.payment_reference.clone(),
         user_id,
@@ -315,7 +316,7 @@ async fn grant(
     let org_id = OrgId::parse(&request.org_id)?;
     let command = Command::Grant {
         org_id: org_id.clone(),
-        grant_id: TopupId::from_random(random_bytes()),
+        grant_id: TopupId::from_random(new_id_bytes()),
         amount: request.amount,
         reason: request.reason,
     };
@@ -358,7 +359,7 @@ async fn create_gateway_key(
     if operator.gateway_key.is_some() {
         return Err(ApiError::forbidden("operator_only", "only the operator credential creates gateway keys"));
     }
-    let key_id = ApiKeyId::from_random(random_bytes());
+    let key_id = ApiKeyId::from_random(new_id_bytes());
     let new_key = NewApiKey::generate(&state.config.key_prefix, state.config.environment, random_bytes());
     let command = Command::CreateGatewayKey {
         key_id: key_id.clone(),

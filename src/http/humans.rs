@@ -22,10 +22,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::accounts::random_bytes;
 use super::auth::{Principal, SESSION_COOKIE, authenticate, check_client_rate, session_cookie};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use crate::identity::new_id_bytes;
+use crate::identity::random_bytes;
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
 
@@ -140,8 +141,8 @@ async fn signup(
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", "a user with this email already exists"));
     }
     let password_hash = hash_password(request.password).await?;
-    let org_id = OrgId::from_random(random_bytes());
-    let user_id = UserId::from_random(random_bytes());
+    let org_id = OrgId::from_random(new_id_bytes());
+    let user_id = UserId::from_random(new_id_bytes());
     let (secret, session) = new_session();
     let expires_at = session.expires_at;
     let org_name = request.org_name.unwrap_or_else(|| format!("{email}'s org"));
@@ -235,7 +236,7 @@ async fn add_member(
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", "a user with this email already exists"));
     }
     let password_hash = hash_password(request.password).await?;
-    let user_id = UserId::from_random(random_bytes());
+    let user_id = UserId::from_random(new_id_bytes());
     let command = Command::AddMember {
         org_id: principal.org_id.clone(),
         added_by: owner_id,

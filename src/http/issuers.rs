@@ -18,11 +18,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::accounts::random_bytes;
 use super::auth::{Operator, Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::agent_token::JwkSet;
+use crate::identity::new_id_bytes;
 use crate::identity::new_signing_key;
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
@@ -98,7 +98,7 @@ async fn register(
     for (owner, org) in request.owners {
         owners.insert(owner, OrgId::parse(&org)?);
     }
-    let issuer_id = IssuerId::from_random(random_bytes());
+    let issuer_id = IssuerId::from_random(new_id_bytes());
     match (&request.jwks, &request.jwks_uri) {
         (Some(inline), None) => {
             JwkSet::from_untrusted_value(inline)

@@ -15,10 +15,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::accounts::random_bytes;
 use super::auth::{Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use crate::identity::new_id_bytes;
+use crate::identity::random_bytes;
 
 /// Default and largest page of the key list.
 pub const DEFAULT_PAGE: usize = 100;
@@ -137,7 +138,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<CreateResponse>)> {
     principal.require(Scope::KeysWrite)?;
     let scopes = parse_scopes(request.scopes, &principal)?;
-    let key_id = ApiKeyId::from_random(random_bytes());
+    let key_id = ApiKeyId::from_random(new_id_bytes());
     let new_key = NewApiKey::generate(&state.config.key_prefix, state.config.environment, random_bytes());
     let command = Command::CreateApiKey {
         org_id: principal.org_id.clone(),

@@ -98,7 +98,7 @@ fn request_id_for(request: &Request) -> String {
                 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{}", bahi_domain::ids::base62(&accounts::random_bytes::<12>())))
+        .unwrap_or_else(|| format!("req_{}", bahi_domain::ids::base62(&crate::identity::random_bytes::<12>())))
 }
 
 /// Gives every request an id (the client's, when well-formed), a tracing span, and the
