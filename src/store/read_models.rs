@@ -7,7 +7,7 @@ use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{Store, StoreError, postgres_read_models, sqlite_read_models};
+use super::{Store, StoreError, postgres_read_models, sqlite_read_models, sqlite_statement};
 
 /// Ledger entries per message of a statement stream: large enough that the channel costs
 /// nothing per row, small enough that memory stays flat.
@@ -154,16 +154,28 @@ impl Store {
         until: DateTime<Utc>,
         sender: EntrySender,
     ) {
-        let result = match self {
+        match self {
             Store::Sqlite(store) => {
-                sqlite_read_models::stream_ledger_entries(store.pool(), org_id, from, until, &sender).await
+                let path = store.path().to_owned();
+                let org_id = org_id.to_owned();
+                // Kept here so that a reader that panics ends the stream with an error, not
+                // with a closing balance as if every row had been read.
+                let on_failure = sender.clone();
+                let reader = tokio::task::spawn_blocking(move || {
+                    sqlite_statement::stream_ledger_entries(&path, &org_id, from, until, &sender);
+                });
+                if let Err(error) = reader.await {
+                    tracing::error!(%error, "the statement reader thread failed");
+                    let _ = on_failure.send(Err(StoreError::Corrupt("the statement reader failed".into()))).await;
+                }
             }
             Store::Postgres(store) => {
-                postgres_read_models::stream_ledger_entries(store.pool(), org_id, from, until, &sender).await
+                let result =
+                    postgres_read_models::stream_ledger_entries(store.pool(), org_id, from, until, &sender).await;
+                if let Err(error) = result {
+                    let _ = sender.send(Err(error)).await;
+                }
             }
-        };
-        if let Err(error) = result {
-            let _ = sender.send(Err(error)).await;
         }
     }
 
