@@ -108,3 +108,28 @@ fn send_ledger_entries(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_database_is_an_error_and_is_not_created() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("missing.db");
+        assert!(open_read_only(&path).is_err());
+        assert!(!path.exists(), "a read-only open must never create the file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_ends_the_stream_with_an_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("missing.db");
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+        let (from, until) = ("2026-01-01T00:00:00Z".parse().unwrap(), "2026-02-01T00:00:00Z".parse().unwrap());
+        tokio::task::spawn_blocking(move || stream_ledger_entries(&path, "org_A", from, until, &sender));
+        assert!(matches!(receiver.recv().await, Some(Err(StoreError::SqliteRead(_)))));
+        assert!(receiver.recv().await.is_none());
+    }
+}
