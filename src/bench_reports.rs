@@ -123,6 +123,7 @@ async fn fill(args: &BenchArgs, label: &str) -> anyhow::Result<Fresh> {
         fresh.store.insert_ledger_entries_for_bench(&rows).await.context("filling the ledger read model")?;
         index = end;
     }
+    fresh.store.analyze_ledger_entries_for_bench().await.context("analyzing the ledger read model")?;
     println!(
         "engine: {}; {} ledger rows of one org filled in {:.1} s",
         fresh.store.engine(),

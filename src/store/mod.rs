@@ -10,6 +10,7 @@ mod postgres_read_models;
 mod read_models;
 mod sqlite;
 mod sqlite_read_models;
+mod sqlite_statement;
 
 use std::future::Future;
 
@@ -74,6 +75,9 @@ impl StoredEvent {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the rusqlite connections that read large ranges off the async runtime.
+    #[error("database error: {0}")]
+    SqliteRead(#[from] rusqlite::Error),
     #[error("the log head moved: expected position {expected}, found {actual}")]
     HeadMoved { expected: i64, actual: i64 },
     #[error("stored data is corrupt: {0}")]

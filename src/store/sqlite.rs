@@ -2,6 +2,7 @@
 //! under `synchronous=FULL` in WAL mode (an acknowledged commit survives power loss), and a
 //! separate pool for reads and read-model writes.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
+    /// The database file, for readers that open their own connection (statements).
+    path: Arc<PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -80,6 +83,7 @@ impl SqliteStore {
             // statement journal for it; in a temporary file that cost a pwrite per page
             // (9% of the writer connection's time in a profile). In memory it is a copy.
             .pragma("temp_store", "MEMORY");
+        let path = Arc::new(options.get_filename().to_owned());
         // 64 MiB of page cache for the writer (default 2 MiB): the `streams` B-tree is written
         // at random places and is about 40 MiB at a million streams. Readers stream ordered
         // ranges and get 8 MiB each, so that a streamed statement stays small in memory.
@@ -87,11 +91,21 @@ impl SqliteStore {
         let pool =
             SqlitePoolOptions::new().max_connections(4).connect_with(options.pragma("cache_size", "-8192")).await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
-        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), pool, insert_statements: Arc::new(insert_statements) })
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            pool,
+            insert_statements: Arc::new(insert_statements),
+            path,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The database file this store opened.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

@@ -4,18 +4,15 @@
 
 use bahi_domain::chain::format_recorded_at;
 use bahi_projections::{AuthorizedCallRow, LedgerEntryRow, SettledCallRow, SqlOperation};
-use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
+use bahi_reports::{AttributionRow, GroupKey, Period};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::read_models::{
-    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money,
-};
+use super::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money};
 use super::{StoreError, hash_from_bytes};
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
@@ -226,8 +223,25 @@ pub async fn balance_before(
     money(micros.unwrap_or(0))
 }
 
-/// The first and last positions of the org's entries in `[from, until)`, found through the
-/// time index, so the rows themselves are read as one range of the primary key.
+/// The first position of the org's entries in `[from, until)` (bound: org, from, until),
+/// found through the time index, so that the rows themselves are read as one range of the
+/// primary key.
+pub(super) const FIRST_POSITION: &str = "SELECT position FROM read_ledger_entries \
+WHERE org_id = ? AND occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at ASC, position ASC LIMIT 1";
+/// The last position of the org's entries in `[from, until)`, as `FIRST_POSITION`.
+pub(super) const LAST_POSITION: &str = "SELECT position FROM read_ledger_entries \
+WHERE org_id = ? AND occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at DESC, position DESC LIMIT 1";
+
+/// The ledger entries of an org between two positions and two times, in log order (bound:
+/// org, first and last position, from, until). `+occurred_at` keeps SQLite on the
+/// primary-key range (rows arrive in position order, no sort) instead of the time index; the
+/// time test still drops rows outside the period. The columns are `LedgerEntry`'s, in order.
+pub(super) const LEDGER_ENTRIES_IN_RANGE: &str = "SELECT position, entry_type, occurred_at, reference, description, \
+call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+debit_micros, credit_micros, released_micros, balance_after_micros FROM read_ledger_entries \
+WHERE org_id = ? AND position >= ? AND position <= ? AND +occurred_at >= ? AND +occurred_at < ? ORDER BY position";
+
+/// The first and last positions of the org's entries in `[from, until)`.
 async fn position_bounds(
     pool: &SqlitePool,
     org_id: &str,
@@ -236,87 +250,11 @@ async fn position_bounds(
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let from = from.map(format_recorded_at).unwrap_or_default();
     let until = until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned());
-    let bound = |direction: &str| {
-        format!(
-            "SELECT position FROM read_ledger_entries WHERE org_id = ? AND occurred_at >= ? AND occurred_at < ? \
-             ORDER BY occurred_at {direction}, position {direction} LIMIT 1"
-        )
-    };
-    let first: Option<i64> = sqlx::query_scalar(AssertSqlSafe(bound("ASC")))
-        .bind(org_id)
-        .bind(&from)
-        .bind(&until)
-        .fetch_optional(pool)
-        .await?;
-    let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(bound("DESC")))
-        .bind(org_id)
-        .bind(&from)
-        .bind(&until)
-        .fetch_optional(pool)
-        .await?;
+    let first: Option<i64> =
+        sqlx::query_scalar(FIRST_POSITION).bind(org_id).bind(&from).bind(&until).fetch_optional(pool).await?;
+    let last: Option<i64> =
+        sqlx::query_scalar(LAST_POSITION).bind(org_id).bind(&from).bind(&until).fetch_optional(pool).await?;
     Ok(first.zip(last))
-}
-
-fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry, StoreError> {
-    Ok(LedgerEntry {
-        position: row.try_get(0)?,
-        entry_type: row.try_get(1)?,
-        occurred_at: parse_time(row.try_get::<&str, _>(2)?)?,
-        reference: row.try_get(3)?,
-        description: row.try_get(4)?,
-        call_id: row.try_get(5)?,
-        credential_kind: row.try_get(6)?,
-        credential_id: row.try_get(7)?,
-        agent_id: row.try_get(8)?,
-        agent_name: row.try_get(9)?,
-        act_for: row.try_get(10)?,
-        model: row.try_get(11)?,
-        input_tokens: row.try_get(12)?,
-        output_tokens: row.try_get(13)?,
-        debit: money(row.try_get(14)?)?,
-        credit: money(row.try_get(15)?)?,
-        hold_released: money(row.try_get(16)?)?,
-        balance_after: money(row.try_get(17)?)?,
-    })
-}
-
-pub async fn stream_ledger_entries(
-    pool: &SqlitePool,
-    org_id: &str,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
-    sender: &EntrySender,
-) -> Result<(), StoreError> {
-    let Some((first, last)) = position_bounds(pool, org_id, Some(from), Some(until)).await? else { return Ok(()) };
-    // `+occurred_at` keeps SQLite on the primary-key range (rows arrive in position order,
-    // no sort) instead of the time index; the time test still drops rows outside the period.
-    let mut rows = sqlx::query(
-        "SELECT position, entry_type, occurred_at, reference, description, call_id, credential_kind, credential_id, \
-         agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, credit_micros, \
-         released_micros, balance_after_micros FROM read_ledger_entries \
-         WHERE org_id = ? AND position >= ? AND position <= ? AND +occurred_at >= ? AND +occurred_at < ? ORDER BY position",
-    )
-    .bind(org_id)
-    .bind(first)
-    .bind(last)
-    .bind(format_recorded_at(from))
-    .bind(format_recorded_at(until))
-    .fetch(pool);
-    let mut batch = Vec::with_capacity(STATEMENT_BATCH);
-    while let Some(row) = rows.try_next().await? {
-        batch.push(entry_from_row(&row)?);
-        if batch.len() == STATEMENT_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(STATEMENT_BATCH));
-            if sender.send(Ok(full)).await.is_err() {
-                // The reader went away (client disconnected): stop reading.
-                return Ok(());
-            }
-        }
-    }
-    if !batch.is_empty() {
-        let _ = sender.send(Ok(batch)).await;
-    }
-    Ok(())
 }
 
 pub async fn attribution(
