@@ -450,7 +450,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
 
     store.reset_projections().await?;
     let started = Instant::now();
-    crate::projector::catch_up_projections(&store, None).await?;
+    crate::projector::catch_up_projections_in_pages(&store, None, crate::projector::REBUILD_PAGE).await?;
     let sql_rate = head as f64 / started.elapsed().as_secs_f64();
 
     println!("engine: {}; {head} events", store.engine());

@@ -6,15 +6,17 @@
 
 mod migrate;
 mod postgres;
+mod postgres_batch;
 mod postgres_read_models;
 mod read_models;
 mod sqlite;
+mod sqlite_batch;
 mod sqlite_read_models;
 
 use std::future::Future;
 
 use bahi_domain::chain::{RecordView, chain_hash, format_recorded_at};
-use bahi_projections::SqlOperation;
+use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
@@ -97,14 +99,15 @@ pub trait EventStore: Send + Sync {
     -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A projection's checkpoint (0 when it has never run).
     fn checkpoint(&self, projection: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Applies row operations and moves the checkpoint to `position`, in one transaction.
-    /// Returns false, changing nothing, when the checkpoint is no longer `from_position`
-    /// (another runner, on this or another node, applied them first).
-    fn apply_projection(
+    /// Writes the row batches (in order) of the events after `from_position` up to
+    /// `position` and moves the checkpoint of every projection in `projections` there, in one
+    /// transaction. Returns false, changing nothing, when any of those checkpoints is no
+    /// longer `from_position` (another runner, on this or another node, applied them first).
+    fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Empties every projection table and checkpoint (for `bahi rebuild`).
@@ -172,14 +175,14 @@ impl EventStore for Store {
     async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
         delegate!(self, store => store.checkpoint(projection))
     }
-    async fn apply_projection(
+    async fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
-        delegate!(self, store => store.apply_projection(projection, from_position, operations, position))
+        delegate!(self, store => store.apply_projections(projections, from_position, batches, position))
     }
     async fn reset_projections(&self) -> Result<(), StoreError> {
         delegate!(self, store => store.reset_projections())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::SqlOperation;
+use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -62,10 +62,6 @@ fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
         metadata: row.try_get(8)?,
         hash: hash_from_bytes(row.try_get::<&[u8], _>(9)?)?,
     })
-}
-
-fn optional_time(time: &Option<DateTime<Utc>>) -> Option<String> {
-    time.map(format_recorded_at)
 }
 
 impl SqliteStore {
@@ -202,85 +198,35 @@ impl EventStore for SqliteStore {
         Ok(position.unwrap_or(0))
     }
 
-    async fn apply_projection(
+    async fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-            .bind(projection)
-            .fetch_optional(&mut *transaction)
-            .await?;
-        if current.unwrap_or(0) != from_position {
-            return Ok(false);
-        }
-        for operation in operations {
-            match operation {
-                SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
-                    sqlx::query(
-                        "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES (?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
-                         environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
-                    )
-                    .bind(org_id)
-                    .bind(display_name)
-                    .bind(plan)
-                    .bind(environment)
-                    .bind(format_recorded_at(*registered_at))
-                    .bind(position)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                SqlOperation::UpsertApiKey {
-                    key_id,
-                    org_id,
-                    name,
-                    display_prefix,
-                    scopes,
-                    created_at,
-                    expires_at,
-                    position,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, position) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
-                         display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
-                         expires_at = excluded.expires_at, position = excluded.position",
-                    )
-                    .bind(key_id)
-                    .bind(org_id)
-                    .bind(name)
-                    .bind(display_prefix)
-                    .bind(scopes)
-                    .bind(format_recorded_at(*created_at))
-                    .bind(optional_time(expires_at))
-                    .bind(position)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
-                    sqlx::query(
-                        "UPDATE read_api_keys SET revoked_at = coalesce(revoked_at, ?), position = ? WHERE key_id = ?",
-                    )
-                    .bind(format_recorded_at(*revoked_at))
-                    .bind(position)
-                    .bind(key_id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                audit => super::sqlite_read_models::apply(&mut transaction, audit).await?,
+        for projection in projections {
+            let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                .bind(*projection)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            if current.unwrap_or(0) != from_position {
+                return Ok(false);
             }
         }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(projection)
-        .bind(position)
-        .execute(&mut *transaction)
-        .await?;
+        for batch in batches {
+            super::sqlite_batch::write(&mut transaction, batch).await?;
+        }
+        for projection in projections {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .bind(*projection)
+            .bind(position)
+            .execute(&mut *transaction)
+            .await?;
+        }
         transaction.commit().await?;
         Ok(true)
     }
