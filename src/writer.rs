@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger};
+use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger, decode_stored};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store, StoreError, StoredEvent};
 
@@ -467,4 +467,61 @@ pub async fn catch_up_shared(store: &Store, shared: &SharedLedger) -> Result<i64
             ledger.fold_stored(row).map_err(|error| StoreError::Corrupt(error.to_string()))?;
         }
     }
+}
+
+/// Pages decoded ahead of the one being folded while loading.
+const LOAD_PAGES_AHEAD: usize = 2;
+
+/// A page of the log, decoded.
+type DecodedPage = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
+
+/// Loads the whole log into `shared` at start-up: a reader task reads and decodes pages
+/// (on one core) while this task folds the previous page (on the other). Returns the head.
+pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, StoreError> {
+    let after = shared.read().position;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<DecodedPage, StoreError>>(LOAD_PAGES_AHEAD);
+    let reader_store = store.clone();
+    let reader = tokio::spawn(async move {
+        let mut position = after;
+        loop {
+            let page = match reader_store.read_after(position, crate::store::MAX_READ_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last() else { return };
+            position = last.position;
+            let decoded: Result<DecodedPage, StoreError> = page
+                .into_iter()
+                .map(|stored| {
+                    let (committed, idempotency) =
+                        decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                    Ok((stored, committed, idempotency))
+                })
+                .collect();
+            let failed = decoded.is_err();
+            if sender.send(decoded).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let outcome = async {
+        while let Some(page) = receiver.recv().await {
+            let page = page?;
+            let mut ledger = shared.write();
+            for (stored, committed, idempotency) in &page {
+                ledger
+                    .fold(stored, committed, idempotency.as_ref())
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    reader.abort();
+    outcome?;
+    // Anything appended while loading (another node) is folded the ordinary way.
+    catch_up_shared(store, shared).await
 }

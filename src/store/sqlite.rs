@@ -25,6 +25,12 @@ const EVENT_COLUMNS: &str =
 /// of distinct statements exist, each prepared once and cached.
 const INSERT_CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
+/// Page cache of the pool's connections (negative: KiB), 8 MiB.
+const READER_CACHE: &str = "-8192";
+/// Page cache for a projection transaction of more than LARGE_PAGE_ROWS rows, 256 MiB.
+const LARGE_PAGE_CACHE: &str = "-262144";
+const LARGE_PAGE_ROWS: usize = 5_000;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
@@ -80,8 +86,10 @@ impl SqliteStore {
         // at random places and is about 40 MiB at a million streams. Readers stream ordered
         // ranges and get 8 MiB each, so that a streamed statement stays small in memory.
         let writer = SqliteConnection::connect_with(&options.clone().pragma("cache_size", "-65536")).await?;
-        let pool =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.pragma("cache_size", "-8192")).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.pragma("cache_size", READER_CACHE))
+            .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
         Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), pool, insert_statements: Arc::new(insert_statements) })
     }
@@ -205,30 +213,26 @@ impl EventStore for SqliteStore {
         batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for projection in projections {
-            let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-                .bind(*projection)
-                .fetch_optional(&mut *transaction)
+        // A rebuild-sized page inserts at random places all over the read-model B-trees,
+        // which outgrow the readers' 8 MiB page cache; with it, pages were evicted and read
+        // again within one transaction. Such a page gets a large cache for its transaction.
+        let large = batches.iter().map(RowBatch::rows).sum::<usize>() > LARGE_PAGE_ROWS;
+        let mut connection = self.pool.acquire().await?;
+        if large {
+            sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {LARGE_PAGE_CACHE}")))
+                .execute(&mut *connection)
                 .await?;
-            if current.unwrap_or(0) != from_position {
-                return Ok(false);
+        }
+        let applied = Self::apply_on(&mut connection, projections, from_position, batches, position).await;
+        if large {
+            let reset = sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {READER_CACHE}")));
+            if reset.execute(&mut *connection).await.is_err() {
+                // The rows are committed (or not) already; a connection that kept the large
+                // cache must not serve readers, so it leaves the pool.
+                let _ = connection.close().await;
             }
         }
-        for batch in batches {
-            super::sqlite_batch::write(&mut transaction, batch).await?;
-        }
-        for projection in projections {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            )
-            .bind(*projection)
-            .bind(position)
-            .execute(&mut *transaction)
-            .await?;
-        }
-        transaction.commit().await?;
-        Ok(true)
+        applied
     }
 
     async fn reset_projections(&self) -> Result<(), StoreError> {
@@ -252,5 +256,40 @@ impl EventStore for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
+    }
+}
+
+impl SqliteStore {
+    async fn apply_on(
+        connection: &mut SqliteConnection,
+        projections: &[&str],
+        from_position: i64,
+        batches: &[RowBatch],
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
+        for projection in projections {
+            let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                .bind(*projection)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            if current.unwrap_or(0) != from_position {
+                return Ok(false);
+            }
+        }
+        for batch in batches {
+            super::sqlite_batch::write(&mut transaction, batch).await?;
+        }
+        for projection in projections {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .bind(*projection)
+            .bind(position)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(true)
     }
 }
