@@ -140,21 +140,17 @@ async fn read_and_plan(
     page_events: i64,
     sender: mpsc::Sender<Result<PlannedPage, StoreError>>,
 ) {
-    let mut position = from;
-    loop {
-        let limit = match until {
-            Some(until) if until <= position => return,
-            Some(until) => page_events.min(until - position),
-            None => page_events,
-        };
-        let page = match store.read_after(position, limit).await {
+    let (page_sender, mut pages) = mpsc::channel(PAGES_AHEAD);
+    let reader = store.spawn_page_reader(from, until, page_events, page_sender);
+    while let Some(page) = pages.recv().await {
+        let page = match page {
             Ok(page) => page,
             Err(error) => {
                 let _ = sender.send(Err(error)).await;
-                return;
+                break;
             }
         };
-        let Some(last) = page.last() else { return };
+        let Some(last) = page.last() else { continue };
         let last_position = last.position;
         let mut operations = Vec::with_capacity(page.len() * 2);
         for row in &page {
@@ -162,6 +158,7 @@ async fn read_and_plan(
                 Ok(event) => event,
                 Err(error) => {
                     let _ = sender.send(Err(StoreError::Corrupt(format!("position {}: {error}", row.position)))).await;
+                    reader.abort();
                     return;
                 }
             };
@@ -171,10 +168,10 @@ async fn read_and_plan(
         }
         let planned = PlannedPage { last_position, batches: plan(operations) };
         if sender.send(Ok(planned)).await.is_err() {
-            return;
+            break;
         }
-        position = last_position;
     }
+    reader.abort();
 }
 
 /// Runs until cancelled, then catches up one last time so a graceful stop leaves the read

@@ -475,32 +475,25 @@ const LOAD_PAGES_AHEAD: usize = 2;
 /// A page of the log, decoded.
 type DecodedPage = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
 
-/// Loads the whole log into `shared` at start-up: a reader task reads and decodes pages
-/// (on one core) while this task folds the previous page (on the other). Returns the head.
+/// Loads the whole log into `shared` at start-up in three overlapping stages: a reader
+/// (on SQLite a blocking thread of its own), a task that decodes each page, and this task,
+/// which folds the previous page. Returns the head.
 pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, StoreError> {
     let after = shared.read().position;
+    let (page_sender, mut pages) = tokio::sync::mpsc::channel(LOAD_PAGES_AHEAD);
+    let reader = store.spawn_page_reader(after, None, crate::store::MAX_READ_PAGE, page_sender);
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<DecodedPage, StoreError>>(LOAD_PAGES_AHEAD);
-    let reader_store = store.clone();
-    let reader = tokio::spawn(async move {
-        let mut position = after;
-        loop {
-            let page = match reader_store.read_after(position, crate::store::MAX_READ_PAGE).await {
-                Ok(page) => page,
-                Err(error) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            };
-            let Some(last) = page.last() else { return };
-            position = last.position;
-            let decoded: Result<DecodedPage, StoreError> = page
-                .into_iter()
-                .map(|stored| {
-                    let (committed, idempotency) =
-                        decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                    Ok((stored, committed, idempotency))
-                })
-                .collect();
+    let decoder = tokio::spawn(async move {
+        while let Some(page) = pages.recv().await {
+            let decoded: Result<DecodedPage, StoreError> = page.and_then(|page| {
+                page.into_iter()
+                    .map(|stored| {
+                        let (committed, idempotency) =
+                            decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                        Ok((stored, committed, idempotency))
+                    })
+                    .collect()
+            });
             let failed = decoded.is_err();
             if sender.send(decoded).await.is_err() || failed {
                 return;
@@ -520,6 +513,7 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
         Ok::<(), StoreError>(())
     }
     .await;
+    decoder.abort();
     reader.abort();
     outcome?;
     // Anything appended while loading (another node) is folded the ordinary way.

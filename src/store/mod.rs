@@ -11,6 +11,7 @@ mod postgres_read_models;
 mod read_models;
 mod sqlite;
 mod sqlite_batch;
+mod sqlite_bulk;
 mod sqlite_read_models;
 
 use std::future::Future;
@@ -189,6 +190,61 @@ impl EventStore for Store {
     }
     async fn dump_table(&self, table: &str) -> Result<Vec<String>, StoreError> {
         delegate!(self, store => store.dump_table(table))
+    }
+}
+
+/// A page of the log, or the error that ended the reading.
+pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
+
+/// Pages at least this large are read in bulk on SQLite (see `sqlite_bulk`); the live
+/// projection runner's small pages keep using the pool.
+const BULK_PAGE_EVENTS: i64 = 1_000;
+
+impl Store {
+    /// Sends the events after `after` (up to and including `until`) in pages of
+    /// `page_events`, in order, until the head of the log, or until the receiver goes away.
+    /// On an SQLite file and large pages the reading runs on a blocking thread through
+    /// rusqlite; otherwise through `read_after`.
+    pub fn spawn_page_reader(
+        &self,
+        after: i64,
+        until: Option<i64>,
+        page_events: i64,
+        sender: PageSender,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Store::Sqlite(sqlite) = self
+            && let Some(path) = sqlite.path()
+            && page_events >= BULK_PAGE_EVENTS
+        {
+            let path = path.to_path_buf();
+            let page_events = usize::try_from(page_events).unwrap_or(1);
+            return tokio::task::spawn_blocking(move || {
+                sqlite_bulk::read_pages(path, after, until, page_events, sender)
+            });
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut position = after;
+            loop {
+                let limit = match until {
+                    Some(until) if until <= position => return,
+                    Some(until) => page_events.min(until - position),
+                    None => page_events,
+                };
+                let page = match store.read_after(position, limit).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                position = last.position;
+                if sender.send(Ok(page)).await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! under `synchronous=FULL` in WAL mode (an acknowledged commit survives power loss), and a
 //! separate pool for reads and read-model writes.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ const LARGE_PAGE_ROWS: usize = 5_000;
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The database file, for the bulk reader's own connection (`None` in memory).
+    path: Option<PathBuf>,
     writer: Arc<Mutex<SqliteConnection>>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
@@ -49,7 +52,7 @@ fn insert_statement(rows: usize) -> String {
     format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {placeholders}")
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
@@ -82,6 +85,9 @@ impl SqliteStore {
             // statement journal for it; in a temporary file that cost a pwrite per page
             // (9% of the writer connection's time in a profile). In memory it is a copy.
             .pragma("temp_store", "MEMORY");
+        let filename = options.get_filename();
+        let path =
+            (filename != Path::new(":memory:") && !filename.as_os_str().is_empty()).then(|| filename.to_path_buf());
         // 64 MiB of page cache for the writer (default 2 MiB): the `streams` B-tree is written
         // at random places and is about 40 MiB at a million streams. Readers stream ordered
         // ranges and get 8 MiB each, so that a streamed statement stays small in memory.
@@ -91,11 +97,20 @@ impl SqliteStore {
             .connect_with(options.pragma("cache_size", READER_CACHE))
             .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
-        Ok(SqliteStore { writer: Arc::new(Mutex::new(writer)), pool, insert_statements: Arc::new(insert_statements) })
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            pool,
+            insert_statements: Arc::new(insert_statements),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 }
 
