@@ -124,7 +124,6 @@ struct OpenBatch {
     orgs: HashMap<String, usize>,
     api_keys: HashMap<String, usize>,
     key_revocations: HashMap<String, usize>,
-    ledger_entries: HashSet<(String, i64)>,
     /// Orgs with an entry in this batch whose balance only the database can supply.
     unresolved_balances: HashSet<String>,
     calls: HashMap<String, usize>,
@@ -139,6 +138,9 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
     let mut open = OpenBatch::default();
     // The balance each org's latest entry of the page stores, across batches.
     let mut balances: HashMap<String, i64> = HashMap::new();
+    // Ledger entries of the whole page: a repeated one is not inserted, so it must not feed
+    // `balances` either, whichever batch the first one went to.
+    let mut ledger_entries: HashSet<(String, i64)> = HashSet::new();
     for operation in operations {
         match operation {
             SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
@@ -205,7 +207,7 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
                 }
             }
             SqlOperation::InsertLedgerEntry(mut row) => {
-                if open.ledger_entries.contains(&(row.org_id.clone(), row.position)) {
+                if !ledger_entries.insert((row.org_id.clone(), row.position)) {
                     continue;
                 }
                 if row.balance_after_micros.is_none() {
@@ -224,7 +226,6 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
                         open.unresolved_balances.insert(row.org_id.clone());
                     }
                 }
-                open.ledger_entries.insert((row.org_id.clone(), row.position));
                 open.rows.ledger_entries.push(row);
             }
             SqlOperation::UpsertAuthorizedCall(authorized) => {
