@@ -107,20 +107,7 @@ impl Ledger {
         if stored.position <= self.position {
             return Ok(None);
         }
-        let event = Event::decode(&stored.event_type, stored.schema_version, &stored.payload)
-            .map_err(|error| FoldError::Undecodable { position: stored.position, message: error.to_string() })?;
-        // Only rows that carry an idempotency key pay for parsing their metadata.
-        let idempotency = if stored.metadata.windows(16).any(|window| window == b"idempotency_key\"") {
-            serde_json::from_slice::<EventMetadata>(&stored.metadata).ok().and_then(|metadata| {
-                Some(Idempotency {
-                    key: metadata.idempotency_key?,
-                    request_hash: parse_hex_32(&metadata.request_hash?)?,
-                })
-            })
-        } else {
-            None
-        };
-        let committed = CommittedEvent { position: stored.position, recorded_at: stored.recorded_at, event };
+        let (committed, idempotency) = decode_stored(stored)?;
         self.fold(stored, &committed, idempotency.as_ref())?;
         Ok(Some(committed))
     }
@@ -152,4 +139,20 @@ impl Ledger {
         }
         Ok(())
     }
+}
+
+/// Decodes a stored row into its event and idempotency record, without folding it: pure, so
+/// that loading can decode one page while the previous one is folded.
+pub fn decode_stored(stored: &StoredEvent) -> Result<(CommittedEvent, Option<Idempotency>), FoldError> {
+    let event = Event::decode(&stored.event_type, stored.schema_version, &stored.payload)
+        .map_err(|error| FoldError::Undecodable { position: stored.position, message: error.to_string() })?;
+    // Only rows that carry an idempotency key pay for parsing their metadata.
+    let idempotency = if stored.metadata.windows(16).any(|window| window == b"idempotency_key\"") {
+        serde_json::from_slice::<EventMetadata>(&stored.metadata).ok().and_then(|metadata| {
+            Some(Idempotency { key: metadata.idempotency_key?, request_hash: parse_hex_32(&metadata.request_hash?)? })
+        })
+    } else {
+        None
+    };
+    Ok((CommittedEvent { position: stored.position, recorded_at: stored.recorded_at, event }, idempotency))
 }

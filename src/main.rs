@@ -98,7 +98,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = bahi::store::Store::open(&args.database_url).await?;
             store.migrate().await?;
             store.reset_projections().await?;
-            let position = bahi::projector::catch_up_projections(&store, None).await?;
+            let position =
+                bahi::projector::catch_up_projections_in_pages(&store, None, bahi::projector::REBUILD_PAGE).await?;
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }
         Command::Statement(args) => return bahi::finance::statement_command(&args).await,

@@ -22,7 +22,7 @@ use crate::limits::{KeyUses, RateLimiter, flush_key_uses};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store};
 use crate::writer::{CommandContext, Writer};
-use crate::writer::{catch_up_shared, writer};
+use crate::writer::{load_shared, writer};
 use crate::{projector, tailer};
 
 /// Opens the store, applies migrations, and folds the whole log into a fresh ledger.
@@ -30,7 +30,7 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     let store = Store::open(database_url).await.with_context(|| format!("opening {database_url}"))?;
     store.migrate().await.context("applying migrations")?;
     let shared: SharedLedger = Arc::new(RwLock::new(Ledger::new()));
-    let position = catch_up_shared(&store, &shared).await.context("loading the event log")?;
+    let position = load_shared(&store, &shared).await.context("loading the event log")?;
     tracing::info!(engine = store.engine(), position, "event log loaded");
     Ok((store, shared))
 }

@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger};
+use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger, decode_stored};
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store, StoreError, StoredEvent};
 
@@ -467,4 +467,55 @@ pub async fn catch_up_shared(store: &Store, shared: &SharedLedger) -> Result<i64
             ledger.fold_stored(row).map_err(|error| StoreError::Corrupt(error.to_string()))?;
         }
     }
+}
+
+/// Pages decoded ahead of the one being folded while loading.
+const LOAD_PAGES_AHEAD: usize = 2;
+
+/// A page of the log, decoded.
+type DecodedPage = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
+
+/// Loads the whole log into `shared` at start-up in three overlapping stages: a reader
+/// (on SQLite a blocking thread of its own), a task that decodes each page, and this task,
+/// which folds the previous page. Returns the head.
+pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, StoreError> {
+    let after = shared.read().position;
+    let (page_sender, mut pages) = tokio::sync::mpsc::channel(LOAD_PAGES_AHEAD);
+    let reader = store.spawn_page_reader(after, None, crate::store::MAX_READ_PAGE, page_sender);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<DecodedPage, StoreError>>(LOAD_PAGES_AHEAD);
+    let decoder = tokio::spawn(async move {
+        while let Some(page) = pages.recv().await {
+            let decoded: Result<DecodedPage, StoreError> = page.and_then(|page| {
+                page.into_iter()
+                    .map(|stored| {
+                        let (committed, idempotency) =
+                            decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                        Ok((stored, committed, idempotency))
+                    })
+                    .collect()
+            });
+            let failed = decoded.is_err();
+            if sender.send(decoded).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let outcome = async {
+        while let Some(page) = receiver.recv().await {
+            let page = page?;
+            let mut ledger = shared.write();
+            for (stored, committed, idempotency) in &page {
+                ledger
+                    .fold(stored, committed, idempotency.as_ref())
+                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    decoder.abort();
+    reader.abort();
+    outcome?;
+    // Anything appended while loading (another node) is folded the ordinary way.
+    catch_up_shared(store, shared).await
 }

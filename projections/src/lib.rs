@@ -6,6 +6,8 @@
 //! them against SQLite or PostgreSQL with a checkpoint per projection, written in the same
 //! transaction as the rows; this crate knows nothing of SQL engines.
 
+pub mod batch;
+
 use bahi_domain::Event;
 use bahi_domain::credential::Scope;
 use bahi_domain::event::CallAttribution;

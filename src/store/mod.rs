@@ -6,16 +6,19 @@
 
 mod migrate;
 mod postgres;
+mod postgres_batch;
 mod postgres_read_models;
 mod read_models;
 mod sqlite;
+mod sqlite_batch;
+mod sqlite_bulk;
 mod sqlite_read_models;
 mod sqlite_statement;
 
 use std::future::Future;
 
 use bahi_domain::chain::{RecordView, chain_hash, format_recorded_at};
-use bahi_projections::SqlOperation;
+use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
@@ -101,14 +104,15 @@ pub trait EventStore: Send + Sync {
     -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A projection's checkpoint (0 when it has never run).
     fn checkpoint(&self, projection: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Applies row operations and moves the checkpoint to `position`, in one transaction.
-    /// Returns false, changing nothing, when the checkpoint is no longer `from_position`
-    /// (another runner, on this or another node, applied them first).
-    fn apply_projection(
+    /// Writes the row batches (in order) of the events after `from_position` up to
+    /// `position` and moves the checkpoint of every projection in `projections` there, in one
+    /// transaction. Returns false, changing nothing, when any of those checkpoints is no
+    /// longer `from_position` (another runner, on this or another node, applied them first).
+    fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Empties every projection table and checkpoint (for `bahi rebuild`).
@@ -176,20 +180,75 @@ impl EventStore for Store {
     async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
         delegate!(self, store => store.checkpoint(projection))
     }
-    async fn apply_projection(
+    async fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
-        delegate!(self, store => store.apply_projection(projection, from_position, operations, position))
+        delegate!(self, store => store.apply_projections(projections, from_position, batches, position))
     }
     async fn reset_projections(&self) -> Result<(), StoreError> {
         delegate!(self, store => store.reset_projections())
     }
     async fn dump_table(&self, table: &str) -> Result<Vec<String>, StoreError> {
         delegate!(self, store => store.dump_table(table))
+    }
+}
+
+/// A page of the log, or the error that ended the reading.
+pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
+
+/// Pages at least this large are read in bulk on SQLite (see `sqlite_bulk`); the live
+/// projection runner's small pages keep using the pool.
+const BULK_PAGE_EVENTS: i64 = 1_000;
+
+impl Store {
+    /// Sends the events after `after` (up to and including `until`) in pages of
+    /// `page_events`, in order, until the head of the log, or until the receiver goes away.
+    /// On an SQLite file and large pages the reading runs on a blocking thread through
+    /// rusqlite; otherwise through `read_after`.
+    pub fn spawn_page_reader(
+        &self,
+        after: i64,
+        until: Option<i64>,
+        page_events: i64,
+        sender: PageSender,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Store::Sqlite(sqlite) = self
+            && let Some(path) = sqlite.path()
+            && page_events >= BULK_PAGE_EVENTS
+        {
+            let path = path.to_path_buf();
+            let page_events = usize::try_from(page_events).unwrap_or(1);
+            return tokio::task::spawn_blocking(move || {
+                sqlite_bulk::read_pages(path, after, until, page_events, sender)
+            });
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut position = after;
+            loop {
+                let limit = match until {
+                    Some(until) if until <= position => return,
+                    Some(until) => page_events.min(until - position),
+                    None => page_events,
+                };
+                let page = match store.read_after(position, limit).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                position = last.position;
+                if sender.send(Ok(page)).await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bahi_projections::SqlOperation;
+use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
@@ -177,84 +177,37 @@ impl EventStore for PostgresStore {
         Ok(position.unwrap_or(0))
     }
 
-    async fn apply_projection(
+    async fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
-            .bind(projection)
+        for projection in projections {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(*projection)
             .execute(&mut *transaction)
             .await?;
-        // The row lock serializes runners on different nodes; the comparison makes a runner
-        // that lost the race apply nothing.
-        let current: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(projection)
-            .fetch_one(&mut *transaction)
-            .await?;
-        if current != from_position {
-            return Ok(false);
-        }
-        for operation in operations {
-            match operation {
-                SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
-                    sqlx::query(
-                        "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
-                         environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
-                    )
-                    .bind(org_id)
-                    .bind(display_name)
-                    .bind(plan)
-                    .bind(environment)
-                    .bind(registered_at)
-                    .bind(position)
-                    .execute(&mut *transaction)
+            // The row lock serializes runners on different nodes; the comparison makes a
+            // runner that lost the race apply nothing.
+            let current: i64 =
+                sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+                    .bind(*projection)
+                    .fetch_one(&mut *transaction)
                     .await?;
-                }
-                SqlOperation::UpsertApiKey {
-                    key_id,
-                    org_id,
-                    name,
-                    display_prefix,
-                    scopes,
-                    created_at,
-                    expires_at,
-                    position,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, position) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
-                         display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
-                         expires_at = excluded.expires_at, position = excluded.position",
-                    )
-                    .bind(key_id)
-                    .bind(org_id)
-                    .bind(name)
-                    .bind(display_prefix)
-                    .bind(scopes)
-                    .bind(created_at)
-                    .bind(expires_at)
-                    .bind(position)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
-                    sqlx::query("UPDATE read_api_keys SET revoked_at = coalesce(revoked_at, $1), position = $2 WHERE key_id = $3")
-                        .bind(revoked_at)
-                        .bind(position)
-                        .bind(key_id)
-                        .execute(&mut *transaction)
-                        .await?;
-                }
-                audit => super::postgres_read_models::apply(&mut transaction, audit).await?,
+            if current != from_position {
+                return Ok(false);
             }
         }
-        sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = $1")
-            .bind(projection)
+        for batch in batches {
+            super::postgres_batch::write(&mut transaction, batch).await?;
+        }
+        sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = ANY($1)")
+            .bind(projections)
             .bind(position)
             .execute(&mut *transaction)
             .await?;

@@ -1,121 +1,16 @@
 //! PostgreSQL SQL of the audit read models: applying their row operations, and reading them.
 
-use bahi_projections::{AuthorizedCallRow, LedgerEntryRow, SettledCallRow, SqlOperation};
+use bahi_projections::LedgerEntryRow;
 use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::read_models::{
     AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money,
 };
 use super::{StoreError, hash_from_bytes};
-
-/// Applies one audit operation inside the projection's transaction. Operations of other
-/// projections are not this module's business and are refused as a programming error.
-pub async fn apply(connection: &mut PgConnection, operation: &SqlOperation) -> Result<(), StoreError> {
-    match operation {
-        SqlOperation::InsertLedgerEntry(row) => insert_ledger_entry(connection, row).await,
-        SqlOperation::UpsertAuthorizedCall(row) => upsert_authorized_call(connection, row).await,
-        SqlOperation::SettleCall(row) => settle_call(connection, row).await,
-        SqlOperation::InsertCallEvent { call_id, position, event_type } => {
-            sqlx::query(
-                "INSERT INTO read_call_events (call_id, position, event_type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(call_id)
-            .bind(position)
-            .bind(event_type)
-            .execute(connection)
-            .await?;
-            Ok(())
-        }
-        SqlOperation::InsertOrgEvent { org_id, position } => {
-            sqlx::query("INSERT INTO read_org_events (org_id, position) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(org_id)
-                .bind(position)
-                .execute(connection)
-                .await?;
-            Ok(())
-        }
-        other => Err(StoreError::Corrupt(format!("not an audit operation: {other:?}"))),
-    }
-}
-
-async fn insert_ledger_entry(connection: &mut PgConnection, row: &LedgerEntryRow) -> Result<(), StoreError> {
-    // A row without its own balance (a hold expiry) repeats the org's previous one: earlier
-    // rows of the same page were inserted before it in this transaction.
-    sqlx::query(
-        "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, call_id, \
-         credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, \
-         credit_micros, released_micros, balance_after_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, coalesce($20::bigint, \
-         (SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = $1 AND position < $2 ORDER BY position DESC LIMIT 1), 0)) \
-         ON CONFLICT (org_id, position) DO NOTHING",
-    )
-    .bind(&row.org_id)
-    .bind(row.position)
-    .bind(row.entry_type)
-    .bind(row.occurred_at)
-    .bind(&row.occurred_day)
-    .bind(&row.reference)
-    .bind(&row.description)
-    .bind(&row.call_id)
-    .bind(&row.credential_kind)
-    .bind(&row.credential_id)
-    .bind(&row.agent_id)
-    .bind(&row.agent_name)
-    .bind(&row.act_for)
-    .bind(&row.model)
-    .bind(row.input_tokens)
-    .bind(row.output_tokens)
-    .bind(row.debit_micros)
-    .bind(row.credit_micros)
-    .bind(row.released_micros)
-    .bind(row.balance_after_micros)
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
-async fn upsert_authorized_call(connection: &mut PgConnection, row: &AuthorizedCallRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
-         hold_micros, authorized_at, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (call_id) DO NOTHING",
-    )
-    .bind(&row.call_id)
-    .bind(&row.org_id)
-    .bind(&row.credential_kind)
-    .bind(&row.credential_id)
-    .bind(&row.agent_id)
-    .bind(&row.agent_name)
-    .bind(&row.act_for)
-    .bind(&row.model)
-    .bind(row.hold_micros)
-    .bind(row.authorized_at)
-    .bind(row.position)
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
-async fn settle_call(connection: &mut PgConnection, row: &SettledCallRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE read_calls SET input_tokens = $1, output_tokens = $2, cost_micros = $3, status = $4, settled_at = $5, \
-         position = $6 WHERE call_id = $7",
-    )
-    .bind(row.input_tokens)
-    .bind(row.output_tokens)
-    .bind(row.cost_micros)
-    .bind(&row.status)
-    .bind(row.settled_at)
-    .bind(row.position)
-    .bind(&row.call_id)
-    .execute(connection)
-    .await?;
-    Ok(())
-}
 
 pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
     let row = sqlx::query(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::SqlOperation;
+use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -26,13 +26,20 @@ const EVENT_COLUMNS: &str =
 /// of distinct statements exist, each prepared once and cached.
 const INSERT_CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
+/// Page cache of the pool's connections (negative: KiB), 8 MiB.
+const READER_CACHE: &str = "-8192";
+/// Page cache for a projection transaction of more than LARGE_PAGE_ROWS rows, 256 MiB.
+const LARGE_PAGE_CACHE: &str = "-262144";
+const LARGE_PAGE_ROWS: usize = 5_000;
+
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The database file, for readers with a connection of their own (the bulk log reader,
+    /// statements); `None` in memory.
+    path: Option<PathBuf>,
     writer: Arc<Mutex<SqliteConnection>>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
-    /// The database file, for readers that open their own connection (statements).
-    path: Arc<PathBuf>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -46,7 +53,7 @@ fn insert_statement(rows: usize) -> String {
     format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {placeholders}")
 }
 
-fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
@@ -67,10 +74,6 @@ fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
-fn optional_time(time: &Option<DateTime<Utc>>) -> Option<String> {
-    time.map(format_recorded_at)
-}
-
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -83,19 +86,23 @@ impl SqliteStore {
             // statement journal for it; in a temporary file that cost a pwrite per page
             // (9% of the writer connection's time in a profile). In memory it is a copy.
             .pragma("temp_store", "MEMORY");
-        let path = Arc::new(options.get_filename().to_owned());
+        let filename = options.get_filename();
+        let path =
+            (filename != Path::new(":memory:") && !filename.as_os_str().is_empty()).then(|| filename.to_path_buf());
         // 64 MiB of page cache for the writer (default 2 MiB): the `streams` B-tree is written
         // at random places and is about 40 MiB at a million streams. Readers stream ordered
         // ranges and get 8 MiB each, so that a streamed statement stays small in memory.
         let writer = SqliteConnection::connect_with(&options.clone().pragma("cache_size", "-65536")).await?;
-        let pool =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.pragma("cache_size", "-8192")).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.pragma("cache_size", READER_CACHE))
+            .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
         Ok(SqliteStore {
+            path,
             writer: Arc::new(Mutex::new(writer)),
             pool,
             insert_statements: Arc::new(insert_statements),
-            path,
         })
     }
 
@@ -103,9 +110,8 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// The database file this store opened.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 }
 
@@ -216,87 +222,33 @@ impl EventStore for SqliteStore {
         Ok(position.unwrap_or(0))
     }
 
-    async fn apply_projection(
+    async fn apply_projections(
         &self,
-        projection: &str,
+        projections: &[&str],
         from_position: i64,
-        operations: &[SqlOperation],
+        batches: &[RowBatch],
         position: i64,
     ) -> Result<bool, StoreError> {
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-            .bind(projection)
-            .fetch_optional(&mut *transaction)
-            .await?;
-        if current.unwrap_or(0) != from_position {
-            return Ok(false);
+        // A rebuild-sized page inserts at random places all over the read-model B-trees,
+        // which outgrow the readers' 8 MiB page cache; with it, pages were evicted and read
+        // again within one transaction. Such a page gets a large cache for its transaction.
+        let large = batches.iter().map(RowBatch::rows).sum::<usize>() > LARGE_PAGE_ROWS;
+        let mut connection = self.pool.acquire().await?;
+        if large {
+            sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {LARGE_PAGE_CACHE}")))
+                .execute(&mut *connection)
+                .await?;
         }
-        for operation in operations {
-            match operation {
-                SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
-                    sqlx::query(
-                        "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES (?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
-                         environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
-                    )
-                    .bind(org_id)
-                    .bind(display_name)
-                    .bind(plan)
-                    .bind(environment)
-                    .bind(format_recorded_at(*registered_at))
-                    .bind(position)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                SqlOperation::UpsertApiKey {
-                    key_id,
-                    org_id,
-                    name,
-                    display_prefix,
-                    scopes,
-                    created_at,
-                    expires_at,
-                    position,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, position) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
-                         display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
-                         expires_at = excluded.expires_at, position = excluded.position",
-                    )
-                    .bind(key_id)
-                    .bind(org_id)
-                    .bind(name)
-                    .bind(display_prefix)
-                    .bind(scopes)
-                    .bind(format_recorded_at(*created_at))
-                    .bind(optional_time(expires_at))
-                    .bind(position)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
-                    sqlx::query(
-                        "UPDATE read_api_keys SET revoked_at = coalesce(revoked_at, ?), position = ? WHERE key_id = ?",
-                    )
-                    .bind(format_recorded_at(*revoked_at))
-                    .bind(position)
-                    .bind(key_id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                audit => super::sqlite_read_models::apply(&mut transaction, audit).await?,
+        let applied = Self::apply_on(&mut connection, projections, from_position, batches, position).await;
+        if large {
+            let reset = sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {READER_CACHE}")));
+            if reset.execute(&mut *connection).await.is_err() {
+                // The rows are committed (or not) already; a connection that kept the large
+                // cache must not serve readers, so it leaves the pool.
+                let _ = connection.close().await;
             }
         }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(projection)
-        .bind(position)
-        .execute(&mut *transaction)
-        .await?;
-        transaction.commit().await?;
-        Ok(true)
+        applied
     }
 
     async fn reset_projections(&self) -> Result<(), StoreError> {
@@ -320,5 +272,40 @@ impl EventStore for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
+    }
+}
+
+impl SqliteStore {
+    async fn apply_on(
+        connection: &mut SqliteConnection,
+        projections: &[&str],
+        from_position: i64,
+        batches: &[RowBatch],
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
+        for projection in projections {
+            let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
+                .bind(*projection)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            if current.unwrap_or(0) != from_position {
+                return Ok(false);
+            }
+        }
+        for batch in batches {
+            super::sqlite_batch::write(&mut transaction, batch).await?;
+        }
+        for projection in projections {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .bind(*projection)
+            .bind(position)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(true)
     }
 }

@@ -1,0 +1,423 @@
+//! Turns a page of row operations into batches of rows per table, so that an engine can
+//! apply a page with a few multi-row statements instead of one statement per row.
+//!
+//! The result must be exactly what applying the operations one by one, in order, gives.
+//! Within one `RowBatch` no table row is touched by two different buffers, so the buffers
+//! commute and an engine may write them in any order. Operations on the same row that
+//! follow each other are merged where the merge is provably the same as applying both
+//! (see each case below); where it is not, the planner closes the batch and starts the next
+//! one, which the engine applies after it. In a log the domain produced, that never happens
+//! (a key is revoked after it was created, a call settled after it was authorized), so a
+//! page is normally one batch.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::{AuthorizedCallRow, LedgerEntryRow, SettledCallRow, SqlOperation};
+
+/// A row of `read_orgs`, written as a full upsert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRow {
+    pub org_id: String,
+    pub display_name: String,
+    pub plan: String,
+    pub environment: String,
+    pub registered_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+/// A row of `read_api_keys`: an upsert of every column but `revoked_at`, which is merged as
+/// `coalesce(existing revoked_at, this revoked_at)` (a revocation that followed the upsert
+/// in the same page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub org_id: String,
+    pub name: Option<String>,
+    pub display_prefix: String,
+    pub scopes: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub position: i64,
+}
+
+/// A revocation of a key whose row is not in the same batch: an UPDATE of an existing row
+/// (`revoked_at = coalesce(revoked_at, this)`, `position = this`), nothing when it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRevocation {
+    pub key_id: String,
+    pub revoked_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+/// A row of `read_calls` inserted when missing; with a settlement (usage recorded in the
+/// same page), an existing row also gets the settlement's columns and position, exactly as
+/// the UPDATE that would have followed the insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    pub authorized: AuthorizedCallRow,
+    pub settlement: Option<SettledCallRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEventRow {
+    pub call_id: String,
+    pub position: i64,
+    pub event_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgEventRow {
+    pub org_id: String,
+    pub position: i64,
+}
+
+/// Rows to write, per table. Ledger entries, calls, call events and org events are
+/// inserted only when missing (the first operation on a key wins, as with one-by-one
+/// `ON CONFLICT DO NOTHING`); orgs and keys are upserted (the last one wins).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowBatch {
+    pub orgs: Vec<OrgRow>,
+    pub api_keys: Vec<ApiKeyRow>,
+    pub key_revocations: Vec<KeyRevocation>,
+    /// `balance_after_micros` is filled from an earlier entry of the same org in the page
+    /// where the event carried none; still `None` means "the org's previous entry in the
+    /// table", which is then already committed (the engine looks it up, else 0).
+    pub ledger_entries: Vec<LedgerEntryRow>,
+    pub calls: Vec<CallRow>,
+    pub settlements: Vec<SettledCallRow>,
+    pub call_events: Vec<CallEventRow>,
+    pub org_events: Vec<OrgEventRow>,
+}
+
+impl RowBatch {
+    pub fn is_empty(&self) -> bool {
+        self.orgs.is_empty()
+            && self.api_keys.is_empty()
+            && self.key_revocations.is_empty()
+            && self.ledger_entries.is_empty()
+            && self.calls.is_empty()
+            && self.settlements.is_empty()
+            && self.call_events.is_empty()
+            && self.org_events.is_empty()
+    }
+
+    /// Rows this batch writes (for figures and tests).
+    pub fn rows(&self) -> usize {
+        self.orgs.len()
+            + self.api_keys.len()
+            + self.key_revocations.len()
+            + self.ledger_entries.len()
+            + self.calls.len()
+            + self.settlements.len()
+            + self.call_events.len()
+            + self.org_events.len()
+    }
+}
+
+/// Where each keyed row of the open batch sits, to merge later operations into it.
+#[derive(Default)]
+struct OpenBatch {
+    rows: RowBatch,
+    orgs: HashMap<String, usize>,
+    api_keys: HashMap<String, usize>,
+    key_revocations: HashMap<String, usize>,
+    /// Orgs with an entry in this batch whose balance only the database can supply.
+    unresolved_balances: HashSet<String>,
+    calls: HashMap<String, usize>,
+    settlements: HashMap<String, usize>,
+    call_events: HashSet<(String, i64)>,
+    org_events: HashSet<(String, i64)>,
+}
+
+/// Plans a page. `operations` are in log order (the order one-by-one application would use).
+pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch> {
+    let mut batches = Vec::new();
+    let mut open = OpenBatch::default();
+    // The balance each org's latest entry of the page stores, across batches.
+    let mut balances: HashMap<String, i64> = HashMap::new();
+    // Ledger entries of the whole page: a repeated one is not inserted, so it must not feed
+    // `balances` either, whichever batch the first one went to.
+    let mut ledger_entries: HashSet<(String, i64)> = HashSet::new();
+    for operation in operations {
+        match operation {
+            SqlOperation::UpsertOrg { org_id, display_name, plan, environment, registered_at, position } => {
+                let row = OrgRow { org_id, display_name, plan, environment, registered_at, position };
+                // A full upsert: the later one overwrites every column, as it would have.
+                match open.orgs.get(&row.org_id) {
+                    Some(&index) => open.rows.orgs[index] = row,
+                    None => {
+                        open.orgs.insert(row.org_id.clone(), open.rows.orgs.len());
+                        open.rows.orgs.push(row);
+                    }
+                }
+            }
+            SqlOperation::UpsertApiKey {
+                key_id,
+                org_id,
+                name,
+                display_prefix,
+                scopes,
+                created_at,
+                expires_at,
+                position,
+            } => {
+                if open.key_revocations.contains_key(&key_id) {
+                    // A revocation of an existing row came first; keep the order.
+                    close(&mut batches, &mut open);
+                }
+                let mut row = ApiKeyRow {
+                    key_id,
+                    org_id,
+                    name,
+                    display_prefix,
+                    scopes,
+                    created_at,
+                    expires_at,
+                    revoked_at: None,
+                    position,
+                };
+                match open.api_keys.get(&row.key_id) {
+                    Some(&index) => {
+                        // The upsert leaves revoked_at alone, so an earlier merged revocation stays.
+                        row.revoked_at = open.rows.api_keys[index].revoked_at;
+                        open.rows.api_keys[index] = row;
+                    }
+                    None => {
+                        open.api_keys.insert(row.key_id.clone(), open.rows.api_keys.len());
+                        open.rows.api_keys.push(row);
+                    }
+                }
+            }
+            SqlOperation::RevokeApiKey { key_id, revoked_at, position } => {
+                if let Some(&index) = open.api_keys.get(&key_id) {
+                    // The row exists after the upsert: the first revocation time stays, the
+                    // position moves, as `coalesce(revoked_at, ?)` and `position = ?` would.
+                    let row = &mut open.rows.api_keys[index];
+                    row.revoked_at.get_or_insert(revoked_at);
+                    row.position = position;
+                } else if let Some(&index) = open.key_revocations.get(&key_id) {
+                    let revocation = &mut open.rows.key_revocations[index];
+                    revocation.position = position;
+                } else {
+                    open.key_revocations.insert(key_id.clone(), open.rows.key_revocations.len());
+                    open.rows.key_revocations.push(KeyRevocation { key_id, revoked_at, position });
+                }
+            }
+            SqlOperation::InsertLedgerEntry(mut row) => {
+                if !ledger_entries.insert((row.org_id.clone(), row.position)) {
+                    continue;
+                }
+                if row.balance_after_micros.is_none() {
+                    if open.unresolved_balances.contains(&row.org_id) {
+                        // Its previous entry's balance comes from the database once written.
+                        close(&mut batches, &mut open);
+                    }
+                    row.balance_after_micros = balances.get(&row.org_id).copied();
+                }
+                match row.balance_after_micros {
+                    Some(balance) => {
+                        balances.insert(row.org_id.clone(), balance);
+                    }
+                    None => {
+                        balances.remove(&row.org_id);
+                        open.unresolved_balances.insert(row.org_id.clone());
+                    }
+                }
+                open.rows.ledger_entries.push(row);
+            }
+            SqlOperation::UpsertAuthorizedCall(authorized) => {
+                if open.settlements.contains_key(&authorized.call_id) {
+                    close(&mut batches, &mut open);
+                }
+                // Insert-if-missing: a second authorization of the same call changes nothing.
+                if !open.calls.contains_key(&authorized.call_id) {
+                    open.calls.insert(authorized.call_id.clone(), open.rows.calls.len());
+                    open.rows.calls.push(CallRow { authorized, settlement: None });
+                }
+            }
+            SqlOperation::SettleCall(settled) => {
+                if let Some(&index) = open.calls.get(&settled.call_id) {
+                    // The UPDATE after the insert: every settlement column and the position.
+                    open.rows.calls[index].settlement = Some(settled);
+                } else if let Some(&index) = open.settlements.get(&settled.call_id) {
+                    open.rows.settlements[index] = settled;
+                } else {
+                    open.settlements.insert(settled.call_id.clone(), open.rows.settlements.len());
+                    open.rows.settlements.push(settled);
+                }
+            }
+            SqlOperation::InsertCallEvent { call_id, position, event_type } => {
+                if open.call_events.insert((call_id.clone(), position)) {
+                    open.rows.call_events.push(CallEventRow { call_id, position, event_type });
+                }
+            }
+            SqlOperation::InsertOrgEvent { org_id, position } => {
+                if open.org_events.insert((org_id.clone(), position)) {
+                    open.rows.org_events.push(OrgEventRow { org_id, position });
+                }
+            }
+        }
+    }
+    close(&mut batches, &mut open);
+    batches
+}
+
+fn close(batches: &mut Vec<RowBatch>, open: &mut OpenBatch) {
+    let finished = std::mem::take(open);
+    if !finished.rows.is_empty() {
+        batches.push(finished.rows);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn time(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn key(key_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::UpsertApiKey {
+            key_id: key_id.into(),
+            org_id: "org_1".into(),
+            name: None,
+            display_prefix: "bahi_live_abc".into(),
+            scopes: "inference".into(),
+            created_at: time(position),
+            expires_at: None,
+            position,
+        }
+    }
+
+    fn revoke(key_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::RevokeApiKey { key_id: key_id.into(), revoked_at: time(position), position }
+    }
+
+    fn entry(org_id: &str, position: i64, balance: Option<i64>) -> SqlOperation {
+        SqlOperation::InsertLedgerEntry(LedgerEntryRow {
+            org_id: org_id.into(),
+            position,
+            entry_type: crate::entry_type::USAGE,
+            occurred_at: time(position),
+            occurred_day: "2023-11-14".into(),
+            reference: "r".into(),
+            description: None,
+            call_id: None,
+            credential_kind: None,
+            credential_id: None,
+            agent_id: None,
+            agent_name: None,
+            act_for: None,
+            model: None,
+            input_tokens: None,
+            output_tokens: None,
+            debit_micros: 0,
+            credit_micros: 0,
+            released_micros: 0,
+            balance_after_micros: balance,
+        })
+    }
+
+    fn authorized(call_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
+            call_id: call_id.into(),
+            org_id: "org_1".into(),
+            credential_kind: "api_key".into(),
+            credential_id: "key_1".into(),
+            agent_id: None,
+            agent_name: None,
+            act_for: "org_1".into(),
+            model: "m".into(),
+            hold_micros: 1,
+            authorized_at: time(position),
+            position,
+        })
+    }
+
+    fn settled(call_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::SettleCall(SettledCallRow {
+            call_id: call_id.into(),
+            input_tokens: position,
+            output_tokens: 1,
+            cost_micros: 1,
+            status: "succeeded".into(),
+            settled_at: time(position),
+            position,
+        })
+    }
+
+    #[test]
+    fn a_revocation_after_its_key_merges_into_the_upsert() {
+        let batches = plan([key("key_1", 1), revoke("key_1", 2), revoke("key_1", 3)]);
+        assert_eq!(batches.len(), 1);
+        let row = &batches[0].api_keys[0];
+        assert_eq!((row.revoked_at, row.position), (Some(time(2)), 3));
+        assert!(batches[0].key_revocations.is_empty());
+    }
+
+    #[test]
+    fn an_upsert_after_a_revocation_of_an_existing_key_starts_a_new_batch() {
+        let batches = plan([revoke("key_1", 1), key("key_1", 2)]);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].key_revocations.len(), 1);
+        assert_eq!(batches[1].api_keys[0].revoked_at, None);
+    }
+
+    #[test]
+    fn a_settlement_after_its_authorization_merges_and_the_reverse_does_not() {
+        let batches =
+            plan([authorized("call_1", 1), settled("call_1", 2), settled("call_2", 3), authorized("call_2", 4)]);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].calls.len(), 1);
+        assert_eq!(batches[0].calls[0].settlement.as_ref().map(|settled| settled.position), Some(2));
+        assert_eq!(batches[0].settlements.len(), 1);
+        assert_eq!(batches[1].calls.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_balance_repeats_the_orgs_previous_entry_in_the_page() {
+        let batches = plan([
+            entry("org_1", 1, Some(5)),
+            entry("org_2", 2, None),
+            entry("org_1", 3, None),
+            entry("org_2", 4, None),
+        ]);
+        assert_eq!(batches.len(), 2, "org_2's second entry needs its first one written");
+        let balances: Vec<_> = batches
+            .iter()
+            .flat_map(|batch| batch.ledger_entries.iter().map(|row| (row.position, row.balance_after_micros)))
+            .collect();
+        assert_eq!(balances, [(1, Some(5)), (2, None), (3, Some(5)), (4, None)]);
+    }
+
+    #[test]
+    fn first_insert_wins_and_last_upsert_wins() {
+        let org = |name: &str, position| SqlOperation::UpsertOrg {
+            org_id: "org_1".into(),
+            display_name: name.into(),
+            plan: "free".into(),
+            environment: "live".into(),
+            registered_at: time(0),
+            position,
+        };
+        let batches = plan([
+            org("first", 1),
+            org("second", 2),
+            SqlOperation::InsertOrgEvent { org_id: "org_1".into(), position: 1 },
+            SqlOperation::InsertOrgEvent { org_id: "org_1".into(), position: 1 },
+            entry("org_1", 1, Some(1)),
+            entry("org_1", 1, Some(2)),
+        ]);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].orgs.len(), 1);
+        assert_eq!(batches[0].orgs[0].display_name, "second");
+        assert_eq!(batches[0].org_events.len(), 1);
+        assert_eq!(batches[0].ledger_entries.len(), 1);
+        assert_eq!(batches[0].ledger_entries[0].balance_after_micros, Some(1));
+    }
+}

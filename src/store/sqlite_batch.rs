@@ -1,0 +1,235 @@
+//! SQLite: writes a planned `RowBatch` with multi-row statements, a few hundred rows each,
+//! instead of one statement per row (sqlx hands every statement to its worker thread and
+//! back, which cost more than the insert itself).
+
+use bahi_domain::chain::format_recorded_at;
+use bahi_projections::batch::RowBatch;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
+
+use super::StoreError;
+
+type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
+
+/// Rows per statement. A chunk always takes the largest size that fits, so only these few
+/// distinct statements exist per table and each is prepared once and cached. 512 rows of the
+/// widest table (20 values) stay far below SQLite's limit of 32,766 bound values.
+const CHUNK_ROWS: [usize; 5] = [512, 128, 32, 8, 1];
+
+fn tuples(rows: usize, values: usize) -> String {
+    let tuple = format!("({})", vec!["?"; values].join(", "));
+    vec![tuple; rows].join(", ")
+}
+
+/// Runs `statement(rows)` over `rows` in chunks, binding each row with `bind`.
+async fn write_chunked<T>(
+    connection: &mut SqliteConnection,
+    rows: &[T],
+    statement: impl Fn(usize) -> String,
+    bind: impl Fn(SqliteQuery, &T) -> SqliteQuery,
+) -> Result<(), StoreError> {
+    let mut remaining = rows;
+    while !remaining.is_empty() {
+        let size = CHUNK_ROWS.iter().copied().find(|&size| size <= remaining.len()).unwrap_or(1);
+        let (chunk, rest) = remaining.split_at(size);
+        let mut query = sqlx::query(AssertSqlSafe(statement(size)));
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *connection).await?;
+        remaining = rest;
+    }
+    Ok(())
+}
+
+/// Writes every row of `batch` inside the caller's transaction.
+pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Result<(), StoreError> {
+    write_chunked(
+        connection,
+        &batch.orgs,
+        |rows| {
+            format!(
+                "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) VALUES {} \
+                 ON CONFLICT (org_id) DO UPDATE SET display_name = excluded.display_name, plan = excluded.plan, \
+                 environment = excluded.environment, registered_at = excluded.registered_at, position = excluded.position",
+                tuples(rows, 6)
+            )
+        },
+        |query, row| {
+            query
+                .bind(row.org_id.clone())
+                .bind(row.display_name.clone())
+                .bind(row.plan.clone())
+                .bind(row.environment.clone())
+                .bind(format_recorded_at(row.registered_at))
+                .bind(row.position)
+        },
+    )
+    .await?;
+    write_chunked(
+        connection,
+        &batch.api_keys,
+        |rows| {
+            format!(
+                "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, revoked_at, position) \
+                 VALUES {} ON CONFLICT (key_id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, \
+                 display_prefix = excluded.display_prefix, scopes = excluded.scopes, created_at = excluded.created_at, \
+                 expires_at = excluded.expires_at, revoked_at = coalesce(read_api_keys.revoked_at, excluded.revoked_at), \
+                 position = excluded.position",
+                tuples(rows, 9)
+            )
+        },
+        |query, row| {
+            query
+                .bind(row.key_id.clone())
+                .bind(row.org_id.clone())
+                .bind(row.name.clone())
+                .bind(row.display_prefix.clone())
+                .bind(row.scopes.clone())
+                .bind(format_recorded_at(row.created_at))
+                .bind(row.expires_at.map(format_recorded_at))
+                .bind(row.revoked_at.map(format_recorded_at))
+                .bind(row.position)
+        },
+    )
+    .await?;
+    write_chunked(
+        connection,
+        &batch.key_revocations,
+        |rows| {
+            format!(
+                "UPDATE read_api_keys SET revoked_at = coalesce(read_api_keys.revoked_at, v.column2), position = v.column3 \
+                 FROM (VALUES {}) AS v WHERE read_api_keys.key_id = v.column1",
+                tuples(rows, 3)
+            )
+        },
+        |query, row| query.bind(row.key_id.clone()).bind(format_recorded_at(row.revoked_at)).bind(row.position),
+    )
+    .await?;
+    // A row without its own balance repeats the org's previous entry: the planner filled
+    // it from the page where it could, so what is left is already in the table.
+    write_chunked(
+        connection,
+        &batch.ledger_entries,
+        |rows| {
+            format!(
+                "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
+                 call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+                 debit_micros, credit_micros, released_micros, balance_after_micros) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
+                 v.column10, v.column11, v.column12, v.column13, v.column14, v.column15, v.column16, v.column17, v.column18, \
+                 v.column19, coalesce(v.column20, (SELECT e.balance_after_micros FROM read_ledger_entries e \
+                 WHERE e.org_id = v.column1 AND e.position < v.column2 ORDER BY e.position DESC LIMIT 1), 0) \
+                 FROM (VALUES {}) AS v WHERE true ON CONFLICT (org_id, position) DO NOTHING",
+                tuples(rows, 20)
+            )
+        },
+        |query, row| {
+            query
+                .bind(row.org_id.clone())
+                .bind(row.position)
+                .bind(row.entry_type)
+                .bind(format_recorded_at(row.occurred_at))
+                .bind(row.occurred_day.clone())
+                .bind(row.reference.clone())
+                .bind(row.description.clone())
+                .bind(row.call_id.clone())
+                .bind(row.credential_kind.clone())
+                .bind(row.credential_id.clone())
+                .bind(row.agent_id.clone())
+                .bind(row.agent_name.clone())
+                .bind(row.act_for.clone())
+                .bind(row.model.clone())
+                .bind(row.input_tokens)
+                .bind(row.output_tokens)
+                .bind(row.debit_micros)
+                .bind(row.credit_micros)
+                .bind(row.released_micros)
+                .bind(row.balance_after_micros)
+        },
+    )
+    .await?;
+    // Insert-if-missing; a call settled in the same page also sets its settlement on a row
+    // that already existed, as the UPDATE after the insert would have.
+    write_chunked(
+        connection,
+        &batch.calls,
+        |rows| {
+            format!(
+                "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
+                 hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, position) VALUES {} \
+                 ON CONFLICT (call_id) DO UPDATE SET input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
+                 cost_micros = excluded.cost_micros, status = excluded.status, settled_at = excluded.settled_at, \
+                 position = excluded.position WHERE excluded.settled_at IS NOT NULL",
+                tuples(rows, 16)
+            )
+        },
+        |query, row| {
+            let authorized = &row.authorized;
+            let settlement = row.settlement.as_ref();
+            query
+                .bind(authorized.call_id.clone())
+                .bind(authorized.org_id.clone())
+                .bind(authorized.credential_kind.clone())
+                .bind(authorized.credential_id.clone())
+                .bind(authorized.agent_id.clone())
+                .bind(authorized.agent_name.clone())
+                .bind(authorized.act_for.clone())
+                .bind(authorized.model.clone())
+                .bind(authorized.hold_micros)
+                .bind(format_recorded_at(authorized.authorized_at))
+                .bind(settlement.map(|settled| settled.input_tokens))
+                .bind(settlement.map(|settled| settled.output_tokens))
+                .bind(settlement.map(|settled| settled.cost_micros))
+                .bind(settlement.map(|settled| settled.status.clone()))
+                .bind(settlement.map(|settled| format_recorded_at(settled.settled_at)))
+                .bind(settlement.map_or(authorized.position, |settled| settled.position))
+        },
+    )
+    .await?;
+    write_chunked(
+        connection,
+        &batch.settlements,
+        |rows| {
+            format!(
+                "UPDATE read_calls SET input_tokens = v.column2, output_tokens = v.column3, cost_micros = v.column4, \
+                 status = v.column5, settled_at = v.column6, position = v.column7 \
+                 FROM (VALUES {}) AS v WHERE read_calls.call_id = v.column1",
+                tuples(rows, 7)
+            )
+        },
+        |query, row| {
+            query
+                .bind(row.call_id.clone())
+                .bind(row.input_tokens)
+                .bind(row.output_tokens)
+                .bind(row.cost_micros)
+                .bind(row.status.clone())
+                .bind(format_recorded_at(row.settled_at))
+                .bind(row.position)
+        },
+    )
+    .await?;
+    write_chunked(
+        connection,
+        &batch.call_events,
+        |rows| {
+            format!(
+                "INSERT INTO read_call_events (call_id, position, event_type) VALUES {} ON CONFLICT DO NOTHING",
+                tuples(rows, 3)
+            )
+        },
+        |query, row| query.bind(row.call_id.clone()).bind(row.position).bind(row.event_type.clone()),
+    )
+    .await?;
+    write_chunked(
+        connection,
+        &batch.org_events,
+        |rows| {
+            format!("INSERT INTO read_org_events (org_id, position) VALUES {} ON CONFLICT DO NOTHING", tuples(rows, 2))
+        },
+        |query, row| query.bind(row.org_id.clone()).bind(row.position),
+    )
+    .await
+}
