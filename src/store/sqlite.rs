@@ -30,7 +30,9 @@ const INSERT_CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 const READER_CACHE: &str = "-8192";
 /// Page cache for a projection transaction of more than LARGE_PAGE_ROWS rows, 256 MiB.
 const LARGE_PAGE_CACHE: &str = "-262144";
-const LARGE_PAGE_ROWS: usize = 5_000;
+/// Above any live page (PROJECTION_PAGE events at up to ~6 rows each), so that only rebuild
+/// pages leave the writer's connection.
+const LARGE_PAGE_ROWS: usize = 8_000;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -233,6 +235,15 @@ impl EventStore for SqliteStore {
         // which outgrow the readers' 8 MiB page cache; with it, pages were evicted and read
         // again within one transaction. Such a page gets a large cache for its transaction.
         let large = batches.iter().map(RowBatch::rows).sum::<usize>() > LARGE_PAGE_ROWS;
+        if !large {
+            // Live pages take turns with the writer's commits on the writer's own connection
+            // (a fair, first-come lock) instead of meeting it at SQLite's write lock, where the
+            // loser sleeps in SQLite's busy handler (1, 2, 5 … 100 ms steps) and a projector
+            // with pages queued can take the lock again and again: authorize+usage p99 was
+            // 110-140 ms that way, 15 ms before projection pages were pipelined.
+            let mut writer = self.writer.lock().await;
+            return Self::apply_on(&mut writer, projections, from_position, batches, position).await;
+        }
         let mut connection = self.pool.acquire().await?;
         if large {
             sqlx::query(AssertSqlSafe(format!("PRAGMA cache_size = {LARGE_PAGE_CACHE}")))
