@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.reset_projections().await?;
             let position =
                 bahi::projector::catch_up_projections_in_pages(&store, None, bahi::projector::REBUILD_PAGE).await?;
+            store.analyze_read_models().await?;
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }
         Command::Statement(args) => return bahi::finance::statement_command(&args).await,

@@ -153,6 +153,27 @@ impl Store {
             Store::Sqlite(_) => None,
         }
     }
+
+    /// Refreshes the planner's statistics of every read-model table. After a bulk load
+    /// (`bahi rebuild`) PostgreSQL otherwise plans attribution for a table it believes is
+    /// nearly empty until autovacuum gets to it (measured: 2.36 s instead of 0.24 s grouped
+    /// by agent over a million calls); SQLite's planner uses the same statistics.
+    pub async fn analyze_read_models(&self) -> Result<(), StoreError> {
+        for projection in bahi_projections::PROJECTIONS {
+            for table in projection.tables {
+                let statement = format!("ANALYZE {table}");
+                match self {
+                    Store::Sqlite(store) => {
+                        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(store.pool()).await?;
+                    }
+                    Store::Postgres(store) => {
+                        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(store.pool()).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 macro_rules! delegate {
