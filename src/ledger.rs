@@ -5,10 +5,10 @@
 //! node's shared read model (`SharedLedger`), which holds committed events only and serves
 //! the hot path. Both are folded by the same `Ledger::fold`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bahi_domain::chain::GENESIS_HASH;
+use bahi_domain::state::FastMap;
 use bahi_domain::{Event, State, evolve};
 use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
@@ -82,8 +82,8 @@ pub struct Ledger {
     pub state: State,
     pub position: i64,
     pub head_hash: [u8; 32],
-    pub stream_versions: HashMap<String, i64>,
-    pub idempotency: HashMap<String, IdempotencyRecord>,
+    pub stream_versions: FastMap<String, i64>,
+    pub idempotency: FastMap<String, IdempotencyRecord>,
 }
 
 pub type SharedLedger = Arc<RwLock<Ledger>>;
