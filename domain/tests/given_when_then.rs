@@ -133,33 +133,41 @@ fn events_round_trip_through_their_stored_bytes() {
     assert!(Event::decode("OrgRegistered", 1, b"{not json").is_err());
 }
 
+/// Decides `command` at `at` and folds its events into `state`.
+fn run(state: &mut State, command: &Command, at: DateTime<Utc>) -> Vec<Event> {
+    let events = decide(state, command, at).unwrap();
+    for event in &events {
+        evolve(state, event);
+    }
+    events
+}
+
+/// Registers org 1 ("Acme"), prices model "m" at `price` and grants it ₹10.
+fn funded_org(state: &mut State, price: bahi_domain::billing::Price, at: DateTime<Utc>) -> (OrgId, NewKeyRecord) {
+    let register_command = register(1, "Acme");
+    run(state, &register_command, at);
+    let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
+    run(state, &Command::SetPrice { model: "m".into(), price }, at);
+    let grant = Command::Grant {
+        org_id: org_id.clone(),
+        grant_id: bahi_domain::ids::TopupId::from_random([1; 16]),
+        amount: Money::parse("10").unwrap(),
+        reason: "r".into(),
+    };
+    run(state, &grant, at);
+    (org_id, first_key)
+}
+
 #[test]
 fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     use bahi_domain::billing::Price;
     use bahi_domain::event::CallAttribution;
-    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::ids::CallId;
 
     let mut state = State::default();
     let mut at = now();
-    let run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
-        let events = decide(state, command, at).unwrap();
-        for event in &events {
-            evolve(state, event);
-        }
-        events
-    };
-    let register_command = register(1, "Acme");
-    run(&mut state, &register_command, at);
-    let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
     let price = Price { input_per_million: Money::parse("1").unwrap(), output_per_million: Money::parse("1").unwrap() };
-    run(&mut state, &Command::SetPrice { model: "m".into(), price }, at);
-    let grant = Command::Grant {
-        org_id: org_id.clone(),
-        grant_id: TopupId::from_random([1; 16]),
-        amount: Money::parse("10").unwrap(),
-        reason: "r".into(),
-    };
-    run(&mut state, &grant, at);
+    let (org_id, first_key) = funded_org(&mut state, price, at);
     let authorize = |seed: u8| Command::Authorize {
         call_id: CallId::from_random([seed; 16]),
         org_id: org_id.clone(),
@@ -206,29 +214,12 @@ fn a_ticketed_call_enters_the_log_with_its_usage_once_and_only_while_the_ticket_
     use bahi_domain::billing::Price;
     use bahi_domain::command::{CALL_TICKET_VALIDITY_SECONDS, CallTicket};
     use bahi_domain::event::CallAttribution;
-    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::ids::CallId;
 
     let mut state = State::default();
     let at = now();
-    let run = |state: &mut State, command: &Command, at: DateTime<Utc>| {
-        let events = decide(state, command, at).unwrap();
-        for event in &events {
-            evolve(state, event);
-        }
-        events
-    };
-    let register_command = register(1, "Acme");
-    run(&mut state, &register_command, at);
-    let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
     let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("4").unwrap() };
-    run(&mut state, &Command::SetPrice { model: "m".into(), price }, at);
-    let grant = Command::Grant {
-        org_id: org_id.clone(),
-        grant_id: TopupId::from_random([1; 16]),
-        amount: Money::parse("10").unwrap(),
-        reason: "r".into(),
-    };
-    run(&mut state, &grant, at);
+    let (org_id, first_key) = funded_org(&mut state, price, at);
     let ticket = CallTicket {
         org_id: org_id.clone(),
         attribution: CallAttribution {
