@@ -3,7 +3,7 @@
 
 use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
-use bahi_domain::event::{Budget, BudgetPeriod, RateLimit};
+use bahi_domain::event::{Budget, BudgetPeriod, CallAttribution, RateLimit};
 use bahi_domain::ids::{ApiKeyId, OrgId};
 use bahi_domain::{Command, DomainError, Event, Money, State, decide, evolve};
 use chrono::{DateTime, Duration, Utc};
@@ -142,8 +142,9 @@ fn run(state: &mut State, command: &Command, at: DateTime<Utc>) -> Vec<Event> {
     events
 }
 
-/// Registers org 1 ("Acme"), prices model "m" at `price` and grants it ₹10.
-fn funded_org(state: &mut State, price: bahi_domain::billing::Price, at: DateTime<Utc>) -> (OrgId, NewKeyRecord) {
+/// Registers org 1 ("Acme"), prices model "m" at `price` and grants it ₹10. Returns the org
+/// and the attribution of a call made with its first key.
+fn funded_org(state: &mut State, price: bahi_domain::billing::Price, at: DateTime<Utc>) -> (OrgId, CallAttribution) {
     let register_command = register(1, "Acme");
     run(state, &register_command, at);
     let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
@@ -155,29 +156,29 @@ fn funded_org(state: &mut State, price: bahi_domain::billing::Price, at: DateTim
         reason: "r".into(),
     };
     run(state, &grant, at);
-    (org_id, first_key)
+    let attribution = CallAttribution {
+        credential_kind: "api_key".into(),
+        credential_id: first_key.key_id.to_string(),
+        agent_id: None,
+        agent_name: None,
+        act_for: org_id.to_string(),
+    };
+    (org_id, attribution)
 }
 
 #[test]
 fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     use bahi_domain::billing::Price;
-    use bahi_domain::event::CallAttribution;
     use bahi_domain::ids::CallId;
 
     let mut state = State::default();
     let mut at = now();
     let price = Price { input_per_million: Money::parse("1").unwrap(), output_per_million: Money::parse("1").unwrap() };
-    let (org_id, first_key) = funded_org(&mut state, price, at);
+    let (org_id, attribution) = funded_org(&mut state, price, at);
     let authorize = |seed: u8| Command::Authorize {
         call_id: CallId::from_random([seed; 16]),
         org_id: org_id.clone(),
-        attribution: CallAttribution {
-            credential_kind: "api_key".into(),
-            credential_id: first_key.key_id.to_string(),
-            agent_id: None,
-            agent_name: None,
-            act_for: org_id.to_string(),
-        },
+        attribution: attribution.clone(),
         model: "m".into(),
         max_cost: None,
         hold_ttl_seconds: 600,
@@ -213,22 +214,15 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
 fn a_ticketed_call_enters_the_log_with_its_usage_once_and_only_while_the_ticket_is_valid() {
     use bahi_domain::billing::Price;
     use bahi_domain::command::{CALL_TICKET_VALIDITY_SECONDS, CallTicket};
-    use bahi_domain::event::CallAttribution;
     use bahi_domain::ids::CallId;
 
     let mut state = State::default();
     let at = now();
     let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("4").unwrap() };
-    let (org_id, first_key) = funded_org(&mut state, price, at);
+    let (org_id, attribution) = funded_org(&mut state, price, at);
     let ticket = CallTicket {
         org_id: org_id.clone(),
-        attribution: CallAttribution {
-            credential_kind: "api_key".into(),
-            credential_id: first_key.key_id.to_string(),
-            agent_id: None,
-            agent_name: None,
-            act_for: org_id.to_string(),
-        },
+        attribution: attribution.clone(),
         model: "m".into(),
         // The price sealed at authorization, not today's: a price change in between must not
         // change the bill.
