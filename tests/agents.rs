@@ -12,18 +12,12 @@ use bahi::agent_token::{JwkSet, SigningKey};
 use bahi::store::{EventStore, Store};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{TestDatabase, TestServer, client, register};
+use common::{TestDatabase, TestServer, client, error_type, register};
 use p256::ecdsa::signature::Verifier as _;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
 const OPERATOR_KEY: &str = "operator-secret-for-tests-0123456789abcdef";
-
-async fn error_type(response: Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
-}
 
 async fn post(client: &Client, server: &TestServer, credential: &str, path: &str, body: Value) -> Response {
     client.post(server.url(path)).bearer_auth(credential).json(&body).send().await.unwrap()

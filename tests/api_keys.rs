@@ -6,15 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDatabase, TestServer, client, register};
+use common::{TestDatabase, TestServer, client, error_type, register};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
-
-async fn error_type(response: Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
-}
 
 async fn create_key(client: &Client, server: &TestServer, key: &str, body: Value) -> Value {
     let response =

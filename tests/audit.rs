@@ -25,7 +25,7 @@ use bahi_domain::event::CallAttribution;
 use bahi_domain::ids::{AgentId, ApiKeyId, CallId, OrgId, TokenId, TopupId, UserId};
 use bahi_domain::money::Money;
 use chrono::Utc;
-use common::{TestDatabase, TestServer, client, run_cli};
+use common::{TestDatabase, TestServer, client, random16, run_cli};
 use rand::RngCore;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
@@ -34,12 +34,6 @@ use tokio::sync::watch;
 const OPERATOR_KEY: &str = "operator-secret-for-audit-tests-0123456789";
 const GPT: &str = "gpt-4o";
 const CLAUDE: &str = "claude-sonnet";
-
-fn random16() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
-}
 
 fn money(text: &str) -> Money {
     Money::parse(text).unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDatabase, TestServer, client, register};
+use common::{TestDatabase, TestServer, client, error_type, register};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
@@ -17,12 +17,6 @@ fn start(database: &TestDatabase, extra: &[(&str, &str)]) -> TestServer {
     let mut environment = vec![("BAHI_OPERATOR_KEY", OPERATOR_KEY)];
     environment.extend_from_slice(extra);
     TestServer::start_with(&database.url(), &environment)
-}
-
-async fn error_type(response: Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
 }
 
 async fn send(

@@ -16,16 +16,10 @@ use bahi_domain::Command;
 use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
 use bahi_domain::ids::{ApiKeyId, OrgId};
-use common::{TestDatabase, run_cli};
+use common::{TestDatabase, random16, run_cli};
 use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::sync::watch;
-
-fn random16() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
-}
 
 fn register_command(name: &str) -> Command {
     let mut secret = [0u8; 32];

@@ -11,6 +11,20 @@ use rand::RngCore;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_bahi");
 
+/// 16 random bytes, for ids the tests make themselves.
+pub fn random16() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// The status and the `error.type` of an error answer; its body must be JSON.
+pub async fn error_type(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
+}
+
 /// The PostgreSQL server tests may use, from `BAHI_TEST_POSTGRES_URL`. In CI it must be set
 /// (the test script sets it); a newcomer's run without PostgreSQL is told so by the script.
 pub fn postgres_admin_url() -> Option<String> {
