@@ -716,6 +716,11 @@ async fn a_call_without_a_hold_writes_nothing_and_is_billed_after_a_restart() {
         let forged = String::from_utf8(forged).unwrap();
         let refused = usage(&client, &server, &forged, "m", 1, 1).await;
         assert_eq!(error_type(refused).await, (404, "not_found".to_owned()), "{engine}");
+        // Too long, or outside the base64url alphabet: a malformed id, not an unknown call.
+        for malformed in [format!("call_{}", "A".repeat(1_025)), format!("{}!", &call_id[..call_id.len() - 1])] {
+            let refused = usage(&client, &server, &malformed, "m", 1, 1).await;
+            assert_eq!(error_type(refused).await, (400, "invalid_id".to_owned()), "{engine}: {malformed}");
+        }
         assert_eq!(amount(&account(&client, &server, &key).await["credit_balance"]), "4.97");
     }
 }
