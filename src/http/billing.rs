@@ -20,8 +20,7 @@ use super::AppState;
 use super::auth::{Operator, Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, OptionalJson};
-use crate::identity::new_id_bytes;
-use crate::identity::random_bytes;
+use crate::identity::{new_id_bytes, random_bytes};
 use crate::ledger::{Actor, Idempotency};
 use crate::writer::CommandContext;
 

@@ -25,8 +25,7 @@ use super::AppState;
 use super::auth::{Principal, SESSION_COOKIE, authenticate, check_client_rate, session_cookie};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use crate::identity::new_id_bytes;
-use crate::identity::random_bytes;
+use crate::identity::{new_id_bytes, random_bytes};
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
 

@@ -22,8 +22,7 @@ use super::auth::{Operator, Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::agent_token::JwkSet;
-use crate::identity::new_id_bytes;
-use crate::identity::new_signing_key;
+use crate::identity::{new_id_bytes, new_signing_key};
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
 

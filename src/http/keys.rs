@@ -18,8 +18,7 @@ use super::AppState;
 use super::auth::{Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use crate::identity::new_id_bytes;
-use crate::identity::random_bytes;
+use crate::identity::{new_id_bytes, random_bytes};
 
 /// Default and largest page of the key list.
 pub const DEFAULT_PAGE: usize = 100;
