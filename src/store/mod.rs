@@ -10,6 +10,7 @@ mod postgres_batch;
 mod postgres_read_models;
 mod read_models;
 mod sqlite;
+mod sqlite_append;
 mod sqlite_batch;
 mod sqlite_bulk;
 mod sqlite_read_models;
@@ -78,9 +79,10 @@ impl StoredEvent {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// From the rusqlite connections that read large ranges off the async runtime.
+    /// From the rusqlite connections that work off the async runtime: bulk reads,
+    /// statements and SQLite appends.
     #[error("database error: {0}")]
-    SqliteRead(#[from] rusqlite::Error),
+    Rusqlite(#[from] rusqlite::Error),
     #[error("the log head moved: expected position {expected}, found {actual}")]
     HeadMoved { expected: i64, actual: i64 },
     #[error("stored data is corrupt: {0}")]

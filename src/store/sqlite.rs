@@ -40,6 +40,10 @@ pub struct SqliteStore {
     /// statements); `None` in memory.
     path: Option<PathBuf>,
     writer: Arc<Mutex<SqliteConnection>>,
+    /// The connection appends go through (see `sqlite_append`), for a database file; in
+    /// memory, appends use `writer`. Only the holder of `writer`'s lock uses it, so the two
+    /// never meet at SQLite's write lock.
+    appender: Option<Arc<std::sync::Mutex<rusqlite::Connection>>>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
 }
@@ -100,9 +104,14 @@ impl SqliteStore {
             .connect_with(options.pragma("cache_size", READER_CACHE))
             .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
+        let appender = match &path {
+            Some(path) => Some(Arc::new(std::sync::Mutex::new(super::sqlite_append::open_appender(path)?))),
+            None => None,
+        };
         Ok(SqliteStore {
             path,
             writer: Arc::new(Mutex::new(writer)),
+            appender,
             pool,
             insert_statements: Arc::new(insert_statements),
         })
@@ -181,6 +190,22 @@ impl EventStore for SqliteStore {
 
     async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await;
+        if let Some(appender) = &self.appender {
+            // The rows are copied so that the blocking thread owns them; that is tens of
+            // microseconds against a commit of a millisecond or more.
+            let appender = appender.clone();
+            let statements = self.insert_statements.clone();
+            let events = events.to_vec();
+            let appended = tokio::task::spawn_blocking(move || {
+                let mut connection = appender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                super::sqlite_append::append(&mut connection, &statements, expected_head, &events)
+            })
+            .await;
+            drop(writer);
+            // A panic on the blocking thread is reported as an error; the transaction it
+            // held was rolled back when its connection guard unwound.
+            return appended.map_err(|error| StoreError::Corrupt(format!("the append thread failed: {error}")))?;
+        }
         let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await?;
         let actual: i64 =
             sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events").fetch_one(&mut *transaction).await?;

@@ -129,7 +129,7 @@ mod tests {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
         let (from, until) = ("2026-01-01T00:00:00Z".parse().unwrap(), "2026-02-01T00:00:00Z".parse().unwrap());
         tokio::task::spawn_blocking(move || stream_ledger_entries(&path, "org_A", from, until, &sender));
-        assert!(matches!(receiver.recv().await, Some(Err(StoreError::SqliteRead(_)))));
+        assert!(matches!(receiver.recv().await, Some(Err(StoreError::Rusqlite(_)))));
         assert!(receiver.recv().await.is_none());
     }
 }
