@@ -83,6 +83,21 @@ impl Writer {
     }
 }
 
+/// Batches waiting to be published and answered; past this the writer waits.
+const PUBLISH_QUEUE: usize = 4;
+
+/// What the writer hands to the publisher, in log order.
+// A batch lives here only until the publisher takes it; boxing it would allocate per batch.
+#[allow(clippy::large_enum_variant)]
+enum Publication {
+    /// A committed batch: fold it into the shared read model, then answer its callers.
+    Committed(Batch),
+    /// A batch that appended nothing (every command refused or replayed): answer it.
+    Answer(Batch),
+    /// Answered once everything sent before it is published and answered.
+    Barrier(oneshot::Sender<()>),
+}
+
 /// Everything the writer task owns.
 pub struct WriterTask {
     store: Store,
@@ -91,6 +106,11 @@ pub struct WriterTask {
     receiver: mpsc::Receiver<Submission>,
     metrics: Arc<Metrics>,
     committed: watch::Sender<i64>,
+    /// The publisher task's queue: folding committed batches into the shared read model and
+    /// answering their callers runs there, on the other core, while the writer decides the
+    /// next batch.
+    publisher: mpsc::Sender<Publication>,
+    publisher_receiver: Option<mpsc::Receiver<Publication>>,
     random: StdRng,
     /// The last clock reading and its `format_recorded_at` text, so that the text is built
     /// once per reading rather than once per event.
@@ -106,6 +126,7 @@ pub fn writer(
     committed: watch::Sender<i64>,
 ) -> (Writer, WriterTask) {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    let (publisher, publisher_receiver) = mpsc::channel(PUBLISH_QUEUE);
     let ledger = shared.read().clone();
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     let task = WriterTask {
@@ -115,6 +136,8 @@ pub fn writer(
         receiver,
         metrics,
         committed,
+        publisher,
+        publisher_receiver: Some(publisher_receiver),
         random: StdRng::from_os_rng(),
         clock: (epoch, format_recorded_at(epoch)),
     };
@@ -192,6 +215,9 @@ impl WriterTask {
     /// as soon as N has committed. If N fails, N's callers fail, the ledger is reset to the
     /// committed read model and N+1's commands are decided again; none of them was answered.
     pub async fn run(mut self) {
+        let publisher = self.publisher_receiver.take().map(|receiver| {
+            tokio::spawn(publish_in_order(self.shared.clone(), self.metrics.clone(), self.committed.clone(), receiver))
+        });
         let mut open = Batch::new(self.ledger.position, 0);
         let mut in_flight: Option<InFlight> = None;
         let mut closed = false;
@@ -210,7 +236,7 @@ impl WriterTask {
                 let batch = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
                 match self.launch(batch) {
                     Launched::Appending(flight) => in_flight = Some(flight),
-                    Launched::NothingToAppend(batch) => self.answer(batch),
+                    Launched::NothingToAppend(batch) => self.hand_over(Publication::Answer(batch)).await,
                 }
                 continue;
             };
@@ -248,10 +274,9 @@ impl WriterTask {
                                 Launched::NothingToAppend(next) => Some(next),
                             };
                             self.record_commit(&batch);
-                            self.publish(&batch);
-                            self.answer(batch);
+                            self.hand_over(Publication::Committed(batch)).await;
                             if let Some(next) = unappended {
-                                self.answer(next);
+                                self.hand_over(Publication::Answer(next)).await;
                             }
                         }
                         Err(StoreError::HeadMoved { expected, actual }) if batch.attempts + 1 < MAX_APPEND_ATTEMPTS => {
@@ -269,14 +294,14 @@ impl WriterTask {
                                     self.decide_again(&mut open, waiting);
                                 }
                                 Err(error) => {
-                                    self.fail(batch, error);
+                                    self.fail(batch, error).await;
                                     open = Batch::new(self.ledger.position, 0);
                                     self.decide_again(&mut open, waiting);
                                 }
                             }
                         }
                         Err(error) => {
-                            self.fail(batch, error);
+                            self.fail(batch, error).await;
                             let waiting = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
                             self.decide_again(&mut open, waiting);
                         }
@@ -284,7 +309,38 @@ impl WriterTask {
                 }
             }
         }
-        tracing::info!(position = self.ledger.position, "writer drained and stopped");
+        // Every caller is answered before the writer reports that it has stopped.
+        let position = self.ledger.position;
+        drop(self);
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
+        tracing::info!(position, "writer drained and stopped");
+    }
+
+    /// Queues a batch for the publisher, waiting while its queue is full.
+    async fn hand_over(&self, publication: Publication) {
+        if let Err(mpsc::error::SendError(publication)) = self.publisher.send(publication).await {
+            // The publisher only ends when the writer drops its sender; answer here so that
+            // no caller waits forever if it ever did.
+            match publication {
+                Publication::Committed(batch) => {
+                    publish(&self.shared, &self.metrics, &self.committed, &batch);
+                    answer(batch);
+                }
+                Publication::Answer(batch) => answer(batch),
+                Publication::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Waits until every batch handed over so far is in the shared read model and answered.
+    async fn barrier(&self) {
+        let (done, finished) = oneshot::channel();
+        self.hand_over(Publication::Barrier(done)).await;
+        let _ = finished.await;
     }
 
     /// Decides whatever is already queued, up to the batch limit, without waiting.
@@ -402,39 +458,11 @@ impl WriterTask {
         self.metrics.batches_committed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Makes a committed batch visible: the node's read model first, then the position
-    /// watchers (projection runner, waiters).
-    fn publish(&mut self, batch: &Batch) {
-        let mut shared = self.shared.write();
-        for ((row, event), idempotency) in batch.rows.iter().zip(&batch.committed).zip(&batch.idempotency) {
-            // The rows were folded into the writer's ledger in the same order, so they
-            // follow the shared ledger's position exactly.
-            let _ = shared.fold(row, event, idempotency.as_ref());
-        }
-        let position = shared.position;
-        drop(shared);
-        self.metrics.log_head_position.store(position, Ordering::Relaxed);
-        self.committed.send_replace(position);
-    }
-
-    /// Answers every caller of a batch that committed (or appended nothing). The events move
-    /// into the answers: the ledgers keep their own copies.
-    fn answer(&mut self, batch: Batch) {
-        let mut events = batch.committed.into_iter();
-        for (submission, pending) in batch.submissions.into_iter().zip(batch.pending) {
-            let result = match pending {
-                Pending::Answered(result) => result,
-                Pending::Appended(range) => {
-                    Ok(Outcome { events: events.by_ref().take(range.len()).collect(), replayed: false })
-                }
-            };
-            let _ = submission.reply.send(result);
-        }
-    }
-
-    fn fail(&mut self, batch: Batch, error: StoreError) {
+    async fn fail(&mut self, batch: Batch, error: StoreError) {
         tracing::warn!(%error, commands = batch.submissions.len(), "batch failed to commit; every command in it fails");
         self.metrics.batches_failed.fetch_add(1, Ordering::Relaxed);
+        // The shared read model must hold every batch committed before this one.
+        self.barrier().await;
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
         for submission in batch.submissions {
@@ -445,12 +473,66 @@ impl WriterTask {
     /// Folds events other nodes appended into the shared read model, then restarts the
     /// writer's ledger from it (dropping the batches that lost the race).
     async fn catch_up(&mut self) -> Result<(), StoreError> {
+        self.barrier().await;
         catch_up_shared(&self.store, &self.shared).await?;
         self.ledger = self.shared.read().clone();
         let position = self.ledger.position;
         self.metrics.log_head_position.store(position, Ordering::Relaxed);
         self.committed.send_replace(position);
         Ok(())
+    }
+}
+
+/// The publisher: folds each committed batch into the shared read model, tells the position
+/// watchers (projection runner, waiters), then answers the batch's callers, strictly in the
+/// order the writer handed the batches over. Ends when the writer drops its sender.
+async fn publish_in_order(
+    shared: SharedLedger,
+    metrics: Arc<Metrics>,
+    committed: watch::Sender<i64>,
+    mut receiver: mpsc::Receiver<Publication>,
+) {
+    while let Some(publication) = receiver.recv().await {
+        match publication {
+            Publication::Committed(batch) => {
+                publish(&shared, &metrics, &committed, &batch);
+                answer(batch);
+            }
+            Publication::Answer(batch) => answer(batch),
+            Publication::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Makes a committed batch visible: the node's read model first, then the position
+/// watchers (projection runner, waiters).
+fn publish(shared: &SharedLedger, metrics: &Metrics, committed: &watch::Sender<i64>, batch: &Batch) {
+    let mut ledger = shared.write();
+    for ((row, event), idempotency) in batch.rows.iter().zip(&batch.committed).zip(&batch.idempotency) {
+        // The rows were folded into the writer's ledger in the same order, so they follow
+        // the shared ledger's position exactly.
+        let _ = ledger.fold(row, event, idempotency.as_ref());
+    }
+    let position = ledger.position;
+    drop(ledger);
+    metrics.log_head_position.store(position, Ordering::Relaxed);
+    committed.send_replace(position);
+}
+
+/// Answers every caller of a batch that committed (or appended nothing). The events move
+/// into the answers: the ledgers keep their own copies.
+fn answer(batch: Batch) {
+    let mut events = batch.committed.into_iter();
+    for (submission, pending) in batch.submissions.into_iter().zip(batch.pending) {
+        let result = match pending {
+            Pending::Answered(result) => result,
+            Pending::Appended(range) => {
+                Ok(Outcome { events: events.by_ref().take(range.len()).collect(), replayed: false })
+            }
+        };
+        let _ = submission.reply.send(result);
     }
 }
 
