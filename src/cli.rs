@@ -15,7 +15,8 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct DatabaseArgs {
-    /// Where the ledger lives: sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    /// Where the ledger lives: sqlite://PATH (created if missing; read models beside it in
+    /// PATH.read) or postgres://USER@HOST/DB.
     #[arg(long = "database", env = "BAHI_DATABASE_URL", default_value = "sqlite://bahi.db")]
     pub database_url: String,
 }

@@ -368,3 +368,63 @@ fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
         request_hash: hex::encode(random16()),
     }
 }
+
+/// On SQLite the read models live in a file of their own, so a transaction holding that
+/// file's write lock (as a projection page does) does not stop appends to the log.
+#[tokio::test]
+async fn sqlite_appends_commit_while_the_read_model_file_is_locked() {
+    let database = TestDatabase::sqlite();
+    let running = start(&database).await;
+    running.writer.submit(register_command("before"), CommandContext::default()).await.unwrap();
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    let read_models = format!("sqlite://{}.read", path.display());
+    let mut blocker = <sqlx::SqliteConnection as sqlx::Connection>::connect(&read_models).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE; DELETE FROM read_orgs;").execute(&mut blocker).await.unwrap();
+
+    let appended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        running.writer.submit(register_command("while locked"), CommandContext::default()),
+    )
+    .await
+    .expect("an append must not wait for the read-model file's lock")
+    .unwrap();
+    assert_eq!(appended.events[0].position, 3);
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let store = running.stop().await;
+    assert_eq!(verify_log(&store).await.unwrap(), Ok(4));
+}
+
+/// The read-model file holds nothing the log cannot rebuild: deleted while bahi is stopped,
+/// it is created again at the next start and projected again from the whole log.
+#[tokio::test]
+async fn a_deleted_sqlite_read_model_file_is_projected_again() {
+    let database = TestDatabase::sqlite();
+    let running = start(&database).await;
+    for index in 0..5 {
+        running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
+    }
+    let store = running.stop().await;
+    catch_up_projections(&store, None).await.unwrap();
+    let before = store.dump_table("read_orgs").await.unwrap();
+    assert_eq!(before.len(), 5);
+    drop(store);
+
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    for suffix in [".read", ".read-wal", ".read-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let (store, _) = open_and_load(&database.url()).await.unwrap();
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 0, "a new read-model file starts from the beginning");
+    catch_up_projections(&store, None).await.unwrap();
+    assert_eq!(store.dump_table("read_orgs").await.unwrap(), before);
+}
+
+/// An in-memory SQLite URL is refused with a message that says why, not half-opened.
+#[tokio::test]
+async fn an_in_memory_sqlite_url_is_refused() {
+    for url in ["sqlite::memory:", "sqlite://bahi.db?mode=memory"] {
+        let error = Store::open(url).await.unwrap_err().to_string();
+        assert!(error.contains("in-memory"), "{url}: {error}");
+    }
+}

@@ -17,6 +17,11 @@ pub const SQLITE: &[Migration] = &[
         name: "audit_read_models",
         sql: include_str!("../../migrations/sqlite/0003_audit_read_models.sql"),
     },
+    Migration {
+        version: 4,
+        name: "read_models_in_their_own_file",
+        sql: include_str!("../../migrations/sqlite/0004_read_models_in_their_own_file.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[

@@ -240,9 +240,9 @@ impl Store {
         sender: PageSender,
     ) -> tokio::task::JoinHandle<()> {
         if let Store::Sqlite(sqlite) = self
-            && let Some(path) = sqlite.path()
             && page_events >= BULK_PAGE_EVENTS
         {
+            let path = sqlite.path();
             let path = path.to_path_buf();
             let page_events = usize::try_from(page_events).unwrap_or(1);
             return tokio::task::spawn_blocking(move || {

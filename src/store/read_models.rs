@@ -156,12 +156,7 @@ impl Store {
     ) {
         match self {
             Store::Sqlite(store) => {
-                let Some(path) = store.path().map(std::path::Path::to_path_buf) else {
-                    let error =
-                        StoreError::Corrupt("statements are read from a database file, not an in-memory one".into());
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                };
+                let path = store.read_models_path().to_path_buf();
                 let org_id = org_id.to_owned();
                 // Kept here so that a reader that panics ends the stream with an error, not
                 // with a closing balance as if every row had been read.
