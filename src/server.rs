@@ -63,7 +63,8 @@ pub async fn serve_on(
     let projector_join =
         tokio::spawn(projector::run(store.clone(), committed_receiver, metrics.clone(), shutdown.clone()));
     let tailer_join = store.postgres().cloned().map(|postgres| {
-        tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, shutdown.clone()))
+        let appended = writer_handle.appended_head();
+        tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, appended, shutdown.clone()))
     });
 
     let identity = Arc::new(Identity::new(config.key_encryption_key, config.issuer.clone()));

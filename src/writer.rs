@@ -5,7 +5,7 @@
 //! the committed read model, so nothing is half-applied.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bahi_domain::chain::{format_recorded_at, truncate_to_micros};
@@ -68,9 +68,17 @@ struct Submission {
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Submission>,
+    appended: Arc<AtomicI64>,
 }
 
 impl Writer {
+    /// The position up to which this node's writer has committed the log, folded or not.
+    /// The log tailer skips notifications at or below it: they are this node's own commits,
+    /// or another node's that this writer caught up on before committing past them.
+    pub fn appended_head(&self) -> Arc<AtomicI64> {
+        self.appended.clone()
+    }
+
     pub async fn submit(&self, command: Command, context: CommandContext) -> Result<Outcome, WriteError> {
         let (reply, answer) = oneshot::channel();
         let submission = Submission { command, context, reply };
@@ -106,6 +114,7 @@ pub struct WriterTask {
     receiver: mpsc::Receiver<Submission>,
     metrics: Arc<Metrics>,
     committed: watch::Sender<i64>,
+    appended: Arc<AtomicI64>,
     /// The publisher task's queue: folding committed batches into the shared read model and
     /// answering their callers runs there, on the other core, while the writer decides the
     /// next batch.
@@ -128,6 +137,7 @@ pub fn writer(
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let (publisher, publisher_receiver) = mpsc::channel(PUBLISH_QUEUE);
     let ledger = shared.read().clone();
+    let appended = Arc::new(AtomicI64::new(ledger.position));
     let epoch = DateTime::<Utc>::UNIX_EPOCH;
     let task = WriterTask {
         store,
@@ -136,12 +146,13 @@ pub fn writer(
         receiver,
         metrics,
         committed,
+        appended: appended.clone(),
         publisher,
         publisher_receiver: Some(publisher_receiver),
         random: StdRng::from_os_rng(),
         clock: (epoch, format_recorded_at(epoch)),
     };
-    (Writer { sender }, task)
+    (Writer { sender, appended }, task)
 }
 
 enum Pending {
@@ -262,6 +273,9 @@ impl WriterTask {
                     };
                     match result {
                         Ok(()) => {
+                            if let Some(last) = batch.rows.last() {
+                                self.appended.store(last.position, Ordering::Release);
+                            }
                             // Start the next append first, so the database works while this
                             // batch is published and answered.
                             self.decide_queued(&mut open, &mut closed);
