@@ -1,5 +1,6 @@
--- The read models moved to a file of their own (see read_models.sql); their old tables in
--- the main file are dropped. The projections are rebuilt from the log into the new file.
+-- The read models moved to a file of their own, `<database>.read`, where migrations 2 and 3
+-- are applied again (src/store/sqlite.rs); their old tables in the main file are dropped.
+-- The projections are rebuilt from the log into the new file.
 DROP TABLE IF EXISTS main.projection_checkpoints;
 DROP TABLE IF EXISTS main.read_orgs;
 DROP TABLE IF EXISTS main.read_api_keys;

@@ -24,6 +24,11 @@ pub const SQLITE: &[Migration] = &[
     },
 ];
 
+/// The SQLite migrations that create read-model tables. Since migration 4 the read models
+/// live in a file of their own: these are applied there, in this order, and the file's
+/// `user_version` counts how many it has. A new or deleted file gets them all again.
+pub const SQLITE_READ_MODELS: &[i64] = &[2, 3];
+
 pub const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/postgres/0001_event_log.sql") },
     Migration { version: 2, name: "read_models", sql: include_str!("../../migrations/postgres/0002_read_models.sql") },

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 use tokio::sync::Mutex;
 
-use super::migrate::{SQLITE, checksum};
+use super::migrate::{SQLITE, SQLITE_READ_MODELS, checksum};
 use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes, is_dumpable_table};
 
 const EVENT_COLUMNS: &str =
@@ -92,8 +92,24 @@ pub fn read_models_path(path: &Path) -> PathBuf {
 
 /// The schema the read-model file is attached as, on every connection that reads it.
 const READ_MODELS_SCHEMA: &str = "read_models";
-/// The read-model tables, created at every start when missing.
-const READ_MODELS_SQL: &str = include_str!("../../migrations/sqlite/read_models.sql");
+/// Applies the read-model migrations the read-model file does not have yet (see
+/// `SQLITE_READ_MODELS`), in one transaction, on a connection of its own: unqualified
+/// `CREATE TABLE` creates in a connection's main file, and here that is the read file.
+fn migrate_read_models(path: &Path) -> Result<(), StoreError> {
+    let mut connection = rusqlite::Connection::open(path)?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let migrations = SQLITE_READ_MODELS.iter().filter_map(|version| SQLITE.iter().find(|m| m.version == *version));
+    for (count, migration) in (1..).zip(migrations) {
+        if count > applied {
+            transaction.execute_batch(migration.sql)?;
+            transaction.pragma_update(None, "user_version", count)?;
+        }
+    }
+    transaction.commit()?;
+    Ok(())
+}
 
 /// Attaches the read-model file to a sqlx connection: WAL like the log, but
 /// `synchronous=NORMAL`, since a projection transaction lost to a power cut is projected
@@ -212,12 +228,13 @@ impl EventStore for SqliteStore {
             }
             transaction.commit().await?;
         }
-        // The read-model file is created whole when it is new or was deleted; its
-        // projections then start again from the beginning of the log.
-        let mut transaction = writer.begin().await?;
-        sqlx::raw_sql(READ_MODELS_SQL).execute(&mut *transaction).await?;
-        transaction.commit().await?;
-        Ok(())
+        // A new or deleted read-model file gets its tables here (the projector's lock still
+        // held, so no projection page meets the DDL); its projections then start again from
+        // the beginning of the log.
+        let path = self.read_models_path.clone();
+        let migrated = tokio::task::spawn_blocking(move || migrate_read_models(&path)).await;
+        drop(writer);
+        migrated.map_err(|error| StoreError::Migration(format!("the read-model migration failed: {error}")))?
     }
 
     async fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
