@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::{EventStore, Store, StoreError};
 
-/// Events folded per transaction by the live runner. On SQLite every page takes its turn
-/// on the writer's connection, so a page's transaction delays the writer's next commit and
-/// each transaction costs a fixed amount besides its rows. Measured under authorize+usage
-/// load (bench http, SQLite, quiet machine): pages of 200 gave 6.4-6.8k pairs/s (p99 30 ms),
-/// 1000 gave 7.9-8.1k (p99 45 ms), 2000 no more throughput and p99 65 ms.
+/// Events folded per transaction by the live runner; each transaction costs a fixed amount
+/// besides its rows. Measured under authorize+usage load (bench http, SQLite, quiet machine)
+/// when SQLite pages still took turns with the writer's commits: pages of 200 gave
+/// 6.4-6.8k pairs/s (p99 30 ms), 1000 gave 7.9-8.1k (p99 45 ms), 2000 no more throughput and
+/// p99 65 ms. Since then SQLite pages are written to a file of their own.
 pub const PROJECTION_PAGE: i64 = 1000;
 /// Events folded per transaction by `bahi rebuild`, which runs without a writer waiting on
 /// the lock: fewer, larger transactions and multi-row statements of hundreds of rows.
@@ -116,7 +116,7 @@ async fn advance(
             Ok(page) => page,
             Err(error) => break Err(error),
         };
-        match store.apply_projections(&names, position, &page.batches, page.last_position).await {
+        match store.apply_projections(&names, position, page.batches, page.last_position).await {
             Ok(true) => position = page.last_position,
             Ok(false) => break Ok(Progress::Lost),
             Err(error) => break Err(error),

@@ -114,7 +114,7 @@ pub trait EventStore: Send + Sync {
         &self,
         projections: &[&str],
         from_position: i64,
-        batches: &[RowBatch],
+        batches: Vec<RowBatch>,
         position: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Empties every projection table and checkpoint (for `bahi rebuild`).
@@ -207,7 +207,7 @@ impl EventStore for Store {
         &self,
         projections: &[&str],
         from_position: i64,
-        batches: &[RowBatch],
+        batches: Vec<RowBatch>,
         position: i64,
     ) -> Result<bool, StoreError> {
         delegate!(self, store => store.apply_projections(projections, from_position, batches, position))

@@ -181,7 +181,7 @@ impl EventStore for PostgresStore {
         &self,
         projections: &[&str],
         from_position: i64,
-        batches: &[RowBatch],
+        batches: Vec<RowBatch>,
         position: i64,
     ) -> Result<bool, StoreError> {
         let mut transaction = self.pool.begin().await?;
@@ -203,7 +203,7 @@ impl EventStore for PostgresStore {
                 return Ok(false);
             }
         }
-        for batch in batches {
+        for batch in &batches {
             super::postgres_batch::write(&mut transaction, batch).await?;
         }
         sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = ANY($1)")

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bahi_domain::chain::format_recorded_at;
 use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -28,11 +29,16 @@ const INSERT_CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// Page cache of the pool's connections (negative: KiB), 8 MiB.
 const READER_CACHE: &str = "-8192";
+/// Page cache of the projection writer (negative: KiB), 64 MiB: live pages insert at random
+/// places in the read-model B-trees.
+const PROJECTION_CACHE: i64 = -65536;
 /// Page cache for a projection transaction of more than LARGE_PAGE_ROWS rows, 256 MiB.
-const LARGE_PAGE_CACHE: &str = "-262144";
+const LARGE_PAGE_CACHE: i64 = -262144;
 /// Above any live page (PROJECTION_PAGE events at up to ~6 rows each), so that only rebuild
-/// pages leave the writer's connection.
+/// pages get the large cache.
 const LARGE_PAGE_ROWS: usize = 8_000;
+/// Distinct statements the projection writer keeps prepared: a few chunk sizes per table.
+const PROJECTION_STATEMENTS: usize = 64;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -41,9 +47,11 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The read models' database file (see `read_models_path`).
     read_models_path: PathBuf,
-    /// The connection that applies migrations and live projection pages. Projection
-    /// transactions write only the read-model file, so they never wait for an append.
+    /// The connection that applies migrations.
     projector: Arc<Mutex<SqliteConnection>>,
+    /// The one connection that writes projection pages: rusqlite on the read-model file
+    /// alone, used from a blocking thread. Its transactions never wait for an append.
+    projection_writer: Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// The one connection that appends to the log (see `sqlite_append`).
     appender: Arc<std::sync::Mutex<rusqlite::Connection>>,
     pool: SqlitePool,
@@ -132,6 +140,21 @@ async fn attach_read_models(
     Ok(())
 }
 
+/// Opens the projection writer on the read-model file (which the attaching connections
+/// have created): WAL, `synchronous=NORMAL` as in `attach_read_models`.
+fn open_projection_writer(read_models_path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let connection = rusqlite::Connection::open_with_flags(
+        read_models_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "cache_size", PROJECTION_CACHE)?;
+    connection.set_prepared_statement_cache_capacity(PROJECTION_STATEMENTS);
+    Ok(connection)
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -152,11 +175,11 @@ impl SqliteStore {
         }
         let path = filename.to_path_buf();
         let read_models_path = read_models_path(&path);
-        // 64 MiB of page cache for live projection pages (default 2 MiB): they insert at
-        // random places in the read-model B-trees. Readers stream ordered ranges and get
-        // 8 MiB each, so that a streamed statement stays small in memory.
+        // Readers stream ordered ranges and get 8 MiB of page cache each, so that a
+        // streamed statement stays small in memory.
         let mut projector = SqliteConnection::connect_with(&options).await?;
-        attach_read_models(&mut projector, &read_models_path, "-65536").await?;
+        attach_read_models(&mut projector, &read_models_path, READER_CACHE).await?;
+        let projection_writer = Arc::new(std::sync::Mutex::new(open_projection_writer(&read_models_path)?));
         let attached = read_models_path.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -172,6 +195,7 @@ impl SqliteStore {
             path,
             read_models_path,
             projector: Arc::new(Mutex::new(projector)),
+            projection_writer,
             appender,
             pool,
             insert_statements: Arc::new(insert_statements),
@@ -287,36 +311,29 @@ impl EventStore for SqliteStore {
         &self,
         projections: &[&str],
         from_position: i64,
-        batches: &[RowBatch],
+        batches: Vec<RowBatch>,
         position: i64,
     ) -> Result<bool, StoreError> {
         // A rebuild-sized page inserts at random places all over the read-model B-trees,
-        // which outgrow the readers' 8 MiB page cache; with it, pages were evicted and read
-        // again within one transaction. Such a page gets a large cache for its transaction.
+        // which outgrow the live pages' 64 MiB page cache; with a small cache, pages were
+        // evicted and read again within one transaction. Such a page gets 256 MiB for its
+        // transaction.
         let large = batches.iter().map(RowBatch::rows).sum::<usize>() > LARGE_PAGE_ROWS;
-        if !large {
-            // Live pages go through the projector's connection and its 64 MiB cache. They
-            // write only the read-model file, so they run beside the appends: when they took
-            // turns with them on one file's lock, authorize+usage pairs/s fell by 15-25%.
-            let mut projector = self.projector.lock().await;
-            return Self::apply_on(&mut projector, projections, from_position, batches, position).await;
-        }
-        let mut connection = self.pool.acquire().await?;
-        if large {
-            sqlx::query(AssertSqlSafe(format!("PRAGMA {READ_MODELS_SCHEMA}.cache_size = {LARGE_PAGE_CACHE}")))
-                .execute(&mut *connection)
-                .await?;
-        }
-        let applied = Self::apply_on(&mut connection, projections, from_position, batches, position).await;
-        if large {
-            let reset = sqlx::query(AssertSqlSafe(format!("PRAGMA {READ_MODELS_SCHEMA}.cache_size = {READER_CACHE}")));
-            if reset.execute(&mut *connection).await.is_err() {
-                // The rows are committed (or not) already; a connection that kept the large
-                // cache must not serve readers, so it leaves the pool.
-                let _ = connection.close().await;
+        let writer = self.projection_writer.clone();
+        let projections: Vec<String> = projections.iter().map(|name| (*name).to_owned()).collect();
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut connection = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if large {
+                connection.pragma_update(None, "cache_size", LARGE_PAGE_CACHE)?;
             }
-        }
-        applied
+            let applied = apply_on(&mut connection, &projections, from_position, &batches, position);
+            if large {
+                connection.pragma_update(None, "cache_size", PROJECTION_CACHE)?;
+            }
+            applied
+        })
+        .await;
+        applied.map_err(|error| StoreError::Corrupt(format!("the projection thread failed: {error}")))?
     }
 
     async fn reset_projections(&self) -> Result<(), StoreError> {
@@ -345,41 +362,34 @@ impl EventStore for SqliteStore {
     }
 }
 
-impl SqliteStore {
-    async fn apply_on(
-        connection: &mut SqliteConnection,
-        projections: &[&str],
-        from_position: i64,
-        batches: &[RowBatch],
-        position: i64,
-    ) -> Result<bool, StoreError> {
-        // Deferred, not IMMEDIATE: IMMEDIATE takes the write lock of every attached file,
-        // the log's included, and would wait for appends again. Only projection pages write
-        // the read-model file; a page that loses a race to another runner fails and is
-        // retried, and the checkpoint check below keeps it from being applied twice.
-        let mut transaction = connection.begin().await?;
-        for projection in projections {
-            let current: Option<i64> = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = ?")
-                .bind(*projection)
-                .fetch_optional(&mut *transaction)
-                .await?;
-            if current.unwrap_or(0) != from_position {
-                return Ok(false);
-            }
+/// Applies a page of projection rows and moves the checkpoints, in one transaction on the
+/// read-model file (the only file this connection has, so `BEGIN IMMEDIATE` locks nothing
+/// of the log's).
+fn apply_on(
+    connection: &mut rusqlite::Connection,
+    projections: &[String],
+    from_position: i64,
+    batches: &[RowBatch],
+    position: i64,
+) -> Result<bool, StoreError> {
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for projection in projections {
+        let current: Option<i64> = transaction
+            .query_row("SELECT position FROM projection_checkpoints WHERE name = ?1", [projection], |row| row.get(0))
+            .optional()?;
+        if current.unwrap_or(0) != from_position {
+            return Ok(false);
         }
-        for batch in batches {
-            super::sqlite_batch::write(&mut transaction, batch).await?;
-        }
-        for projection in projections {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            )
-            .bind(*projection)
-            .bind(position)
-            .execute(&mut *transaction)
-            .await?;
-        }
-        transaction.commit().await?;
-        Ok(true)
     }
+    for batch in batches {
+        super::sqlite_batch::write(&transaction, batch)?;
+    }
+    for projection in projections {
+        transaction.execute(
+            "INSERT INTO projection_checkpoints (name, position) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            rusqlite::params![projection, position],
+        )?;
+    }
+    transaction.commit()?;
+    Ok(true)
 }

@@ -1,16 +1,13 @@
 //! SQLite: writes a planned `RowBatch` with multi-row statements, a few hundred rows each,
-//! instead of one statement per row (sqlx hands every statement to its worker thread and
-//! back, which cost more than the insert itself).
+//! instead of one statement per row, through rusqlite on a blocking thread: sqlx copied
+//! every bound value and handed every statement to its worker thread and back.
 
 use bahi_domain::chain::format_recorded_at;
 use bahi_projections::batch::RowBatch;
-use sqlx::query::Query;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
+use rusqlite::Transaction;
+use rusqlite::types::Value;
 
 use super::StoreError;
-
-type SqliteQuery = Query<'static, Sqlite, SqliteArguments>;
 
 /// Rows per statement. A chunk always takes the largest size that fits, so only these few
 /// distinct statements exist per table and each is prepared once and cached. 512 rows of the
@@ -22,31 +19,35 @@ fn tuples(rows: usize, values: usize) -> String {
     vec![tuple; rows].join(", ")
 }
 
-/// Runs `statement(rows)` over `rows` in chunks, binding each row with `bind`.
-async fn write_chunked<T>(
-    connection: &mut SqliteConnection,
+/// Runs `statement(rows)` over `rows` in chunks, binding the values `bind` gives each row.
+fn write_chunked<T>(
+    transaction: &Transaction<'_>,
     rows: &[T],
     statement: impl Fn(usize) -> String,
-    bind: impl Fn(SqliteQuery, &T) -> SqliteQuery,
+    bind: impl Fn(&T) -> Vec<Value>,
 ) -> Result<(), StoreError> {
     let mut remaining = rows;
     while !remaining.is_empty() {
         let size = CHUNK_ROWS.iter().copied().find(|&size| size <= remaining.len()).unwrap_or(1);
         let (chunk, rest) = remaining.split_at(size);
-        let mut query = sqlx::query(AssertSqlSafe(statement(size)));
+        let mut prepared = transaction.prepare_cached(&statement(size))?;
+        let mut index = 1;
         for row in chunk {
-            query = bind(query, row);
+            for value in bind(row) {
+                prepared.raw_bind_parameter(index, value)?;
+                index += 1;
+            }
         }
-        query.execute(&mut *connection).await?;
+        prepared.raw_execute()?;
         remaining = rest;
     }
     Ok(())
 }
 
 /// Writes every row of `batch` inside the caller's transaction.
-pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Result<(), StoreError> {
+pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), StoreError> {
     write_chunked(
-        connection,
+        transaction,
         &batch.orgs,
         |rows| {
             format!(
@@ -56,19 +57,19 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 6)
             )
         },
-        |query, row| {
-            query
-                .bind(row.org_id.clone())
-                .bind(row.display_name.clone())
-                .bind(row.plan.clone())
-                .bind(row.environment.clone())
-                .bind(format_recorded_at(row.registered_at))
-                .bind(row.position)
+        |row| {
+            vec![
+                Value::from(row.org_id.clone()),
+                Value::from(row.display_name.clone()),
+                Value::from(row.plan.clone()),
+                Value::from(row.environment.clone()),
+                Value::from(format_recorded_at(row.registered_at)),
+                Value::from(row.position),
+            ]
         },
-    )
-    .await?;
+    )?;
     write_chunked(
-        connection,
+        transaction,
         &batch.api_keys,
         |rows| {
             format!(
@@ -80,22 +81,22 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 9)
             )
         },
-        |query, row| {
-            query
-                .bind(row.key_id.clone())
-                .bind(row.org_id.clone())
-                .bind(row.name.clone())
-                .bind(row.display_prefix.clone())
-                .bind(row.scopes.clone())
-                .bind(format_recorded_at(row.created_at))
-                .bind(row.expires_at.map(format_recorded_at))
-                .bind(row.revoked_at.map(format_recorded_at))
-                .bind(row.position)
+        |row| {
+            vec![
+                Value::from(row.key_id.clone()),
+                Value::from(row.org_id.clone()),
+                Value::from(row.name.clone()),
+                Value::from(row.display_prefix.clone()),
+                Value::from(row.scopes.clone()),
+                Value::from(format_recorded_at(row.created_at)),
+                Value::from(row.expires_at.map(format_recorded_at)),
+                Value::from(row.revoked_at.map(format_recorded_at)),
+                Value::from(row.position),
+            ]
         },
-    )
-    .await?;
+    )?;
     write_chunked(
-        connection,
+        transaction,
         &batch.key_revocations,
         |rows| {
             format!(
@@ -104,13 +105,18 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 3)
             )
         },
-        |query, row| query.bind(row.key_id.clone()).bind(format_recorded_at(row.revoked_at)).bind(row.position),
-    )
-    .await?;
+        |row| {
+            vec![
+                Value::from(row.key_id.clone()),
+                Value::from(format_recorded_at(row.revoked_at)),
+                Value::from(row.position),
+            ]
+        },
+    )?;
     // A row without its own balance repeats the org's previous entry: the planner filled
     // it from the page where it could, so what is left is already in the table.
     write_chunked(
-        connection,
+        transaction,
         &batch.ledger_entries,
         |rows| {
             format!(
@@ -125,35 +131,35 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 20)
             )
         },
-        |query, row| {
-            query
-                .bind(row.org_id.clone())
-                .bind(row.position)
-                .bind(row.entry_type)
-                .bind(format_recorded_at(row.occurred_at))
-                .bind(row.occurred_day.clone())
-                .bind(row.reference.clone())
-                .bind(row.description.clone())
-                .bind(row.call_id.clone())
-                .bind(row.credential_kind.clone())
-                .bind(row.credential_id.clone())
-                .bind(row.agent_id.clone())
-                .bind(row.agent_name.clone())
-                .bind(row.act_for.clone())
-                .bind(row.model.clone())
-                .bind(row.input_tokens)
-                .bind(row.output_tokens)
-                .bind(row.debit_micros)
-                .bind(row.credit_micros)
-                .bind(row.released_micros)
-                .bind(row.balance_after_micros)
+        |row| {
+            vec![
+                Value::from(row.org_id.clone()),
+                Value::from(row.position),
+                Value::from(row.entry_type.to_owned()),
+                Value::from(format_recorded_at(row.occurred_at)),
+                Value::from(row.occurred_day.clone()),
+                Value::from(row.reference.clone()),
+                Value::from(row.description.clone()),
+                Value::from(row.call_id.clone()),
+                Value::from(row.credential_kind.clone()),
+                Value::from(row.credential_id.clone()),
+                Value::from(row.agent_id.clone()),
+                Value::from(row.agent_name.clone()),
+                Value::from(row.act_for.clone()),
+                Value::from(row.model.clone()),
+                Value::from(row.input_tokens),
+                Value::from(row.output_tokens),
+                Value::from(row.debit_micros),
+                Value::from(row.credit_micros),
+                Value::from(row.released_micros),
+                Value::from(row.balance_after_micros),
+            ]
         },
-    )
-    .await?;
+    )?;
     // Insert-if-missing; a call settled in the same page also sets its settlement on a row
     // that already existed, as the UPDATE after the insert would have.
     write_chunked(
-        connection,
+        transaction,
         &batch.calls,
         |rows| {
             format!(
@@ -165,31 +171,31 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 16)
             )
         },
-        |query, row| {
+        |row| {
             let authorized = &row.authorized;
             let settlement = row.settlement.as_ref();
-            query
-                .bind(authorized.call_id.clone())
-                .bind(authorized.org_id.clone())
-                .bind(authorized.credential_kind.clone())
-                .bind(authorized.credential_id.clone())
-                .bind(authorized.agent_id.clone())
-                .bind(authorized.agent_name.clone())
-                .bind(authorized.act_for.clone())
-                .bind(authorized.model.clone())
-                .bind(authorized.hold_micros)
-                .bind(format_recorded_at(authorized.authorized_at))
-                .bind(settlement.map(|settled| settled.input_tokens))
-                .bind(settlement.map(|settled| settled.output_tokens))
-                .bind(settlement.map(|settled| settled.cost_micros))
-                .bind(settlement.map(|settled| settled.status.clone()))
-                .bind(settlement.map(|settled| format_recorded_at(settled.settled_at)))
-                .bind(settlement.map_or(authorized.position, |settled| settled.position))
+            vec![
+                Value::from(authorized.call_id.clone()),
+                Value::from(authorized.org_id.clone()),
+                Value::from(authorized.credential_kind.clone()),
+                Value::from(authorized.credential_id.clone()),
+                Value::from(authorized.agent_id.clone()),
+                Value::from(authorized.agent_name.clone()),
+                Value::from(authorized.act_for.clone()),
+                Value::from(authorized.model.clone()),
+                Value::from(authorized.hold_micros),
+                Value::from(format_recorded_at(authorized.authorized_at)),
+                Value::from(settlement.map(|settled| settled.input_tokens)),
+                Value::from(settlement.map(|settled| settled.output_tokens)),
+                Value::from(settlement.map(|settled| settled.cost_micros)),
+                Value::from(settlement.map(|settled| settled.status.clone())),
+                Value::from(settlement.map(|settled| format_recorded_at(settled.settled_at))),
+                Value::from(settlement.map_or(authorized.position, |settled| settled.position)),
+            ]
         },
-    )
-    .await?;
+    )?;
     write_chunked(
-        connection,
+        transaction,
         &batch.settlements,
         |rows| {
             format!(
@@ -199,20 +205,20 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 7)
             )
         },
-        |query, row| {
-            query
-                .bind(row.call_id.clone())
-                .bind(row.input_tokens)
-                .bind(row.output_tokens)
-                .bind(row.cost_micros)
-                .bind(row.status.clone())
-                .bind(format_recorded_at(row.settled_at))
-                .bind(row.position)
+        |row| {
+            vec![
+                Value::from(row.call_id.clone()),
+                Value::from(row.input_tokens),
+                Value::from(row.output_tokens),
+                Value::from(row.cost_micros),
+                Value::from(row.status.clone()),
+                Value::from(format_recorded_at(row.settled_at)),
+                Value::from(row.position),
+            ]
         },
-    )
-    .await?;
+    )?;
     write_chunked(
-        connection,
+        transaction,
         &batch.call_events,
         |rows| {
             format!(
@@ -220,16 +226,14 @@ pub async fn write(connection: &mut SqliteConnection, batch: &RowBatch) -> Resul
                 tuples(rows, 3)
             )
         },
-        |query, row| query.bind(row.call_id.clone()).bind(row.position).bind(row.event_type.clone()),
-    )
-    .await?;
+        |row| vec![Value::from(row.call_id.clone()), Value::from(row.position), Value::from(row.event_type.clone())],
+    )?;
     write_chunked(
-        connection,
+        transaction,
         &batch.org_events,
         |rows| {
             format!("INSERT INTO read_org_events (org_id, position) VALUES {} ON CONFLICT DO NOTHING", tuples(rows, 2))
         },
-        |query, row| query.bind(row.org_id.clone()).bind(row.position),
+        |row| vec![Value::from(row.org_id.clone()), Value::from(row.position)],
     )
-    .await
 }
