@@ -47,8 +47,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The read models' database file (see `read_models_path`).
     read_models_path: PathBuf,
-    /// The connection that applies migrations.
-    projector: Arc<Mutex<SqliteConnection>>,
+    /// The connection that applies migrations (one at a time, behind its lock).
+    migrator: Arc<Mutex<SqliteConnection>>,
     /// The one connection that writes projection pages: rusqlite on the read-model file
     /// alone, used from a blocking thread. Its transactions never wait for an append.
     projection_writer: Arc<std::sync::Mutex<rusqlite::Connection>>,
@@ -140,12 +140,14 @@ async fn attach_read_models(
     Ok(())
 }
 
-/// Opens the projection writer on the read-model file (which the attaching connections
-/// have created): WAL, `synchronous=NORMAL` as in `attach_read_models`.
+/// Opens the projection writer on the read-model file: WAL, `synchronous=NORMAL` as in
+/// `attach_read_models`.
 fn open_projection_writer(read_models_path: &Path) -> Result<rusqlite::Connection, StoreError> {
     let connection = rusqlite::Connection::open_with_flags(
         read_models_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(Duration::from_secs(10))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -177,8 +179,8 @@ impl SqliteStore {
         let read_models_path = read_models_path(&path);
         // Readers stream ordered ranges and get 8 MiB of page cache each, so that a
         // streamed statement stays small in memory.
-        let mut projector = SqliteConnection::connect_with(&options).await?;
-        attach_read_models(&mut projector, &read_models_path, READER_CACHE).await?;
+        let mut migrator = SqliteConnection::connect_with(&options).await?;
+        attach_read_models(&mut migrator, &read_models_path, READER_CACHE).await?;
         let projection_writer = Arc::new(std::sync::Mutex::new(open_projection_writer(&read_models_path)?));
         let attached = read_models_path.clone();
         let pool = SqlitePoolOptions::new()
@@ -194,7 +196,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             read_models_path,
-            projector: Arc::new(Mutex::new(projector)),
+            migrator: Arc::new(Mutex::new(migrator)),
             projection_writer,
             appender,
             pool,
@@ -217,7 +219,7 @@ impl SqliteStore {
 
 impl EventStore for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut writer = self.projector.lock().await;
+        let mut writer = self.migrator.lock().await;
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS bahi_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)",
         )
@@ -252,9 +254,9 @@ impl EventStore for SqliteStore {
             }
             transaction.commit().await?;
         }
-        // A new or deleted read-model file gets its tables here (the projector's lock still
-        // held, so no projection page meets the DDL); its projections then start again from
-        // the beginning of the log.
+        // A new or deleted read-model file gets its tables here; its projections then start
+        // again from the beginning of the log. (Its IMMEDIATE transaction waits for any
+        // projection page in progress at the read file's lock.)
         let path = self.read_models_path.clone();
         let migrated = tokio::task::spawn_blocking(move || migrate_read_models(&path)).await;
         drop(writer);
