@@ -299,28 +299,9 @@ mod tests {
     }
 
     fn entry(org_id: &str, position: i64, balance: Option<i64>) -> SqlOperation {
-        SqlOperation::InsertLedgerEntry(LedgerEntryRow {
-            org_id: org_id.into(),
-            position,
-            entry_type: crate::entry_type::USAGE,
-            occurred_at: time(position),
-            occurred_day: "2023-11-14".into(),
-            reference: "r".into(),
-            description: None,
-            call_id: None,
-            credential_kind: None,
-            credential_id: None,
-            agent_id: None,
-            agent_name: None,
-            act_for: None,
-            model: None,
-            input_tokens: None,
-            output_tokens: None,
-            debit_micros: 0,
-            credit_micros: 0,
-            released_micros: 0,
-            balance_after_micros: balance,
-        })
+        let row =
+            crate::money_entry(org_id.into(), position, crate::entry_type::USAGE, time(position), "r".into(), None);
+        SqlOperation::InsertLedgerEntry(LedgerEntryRow { balance_after_micros: balance, ..row })
     }
 
     fn authorized(call_id: &str, position: i64) -> SqlOperation {

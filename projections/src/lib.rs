@@ -203,7 +203,7 @@ fn tokens(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
-fn money_entry(
+pub(crate) fn money_entry(
     org_id: String,
     position: i64,
     entry_type: &'static str,
