@@ -44,11 +44,10 @@ fn read_pages_inner(
         )
         .map_err(error)?;
     let mut rows = statement.query((after, until.unwrap_or(i64::MAX))).map_err(error)?;
-    let mut page = Vec::with_capacity(page_events);
-    while let Some(row) = rows.next().map_err(error)? {
+    let decode = |row: &rusqlite::Row<'_>| {
         let recorded_at: String = row.get(6).map_err(error)?;
         let hash: Vec<u8> = row.get(9).map_err(error)?;
-        page.push(StoredEvent {
+        Ok(StoredEvent {
             position: row.get(0).map_err(error)?,
             stream_id: row.get(1).map_err(error)?,
             stream_version: row.get(2).map_err(error)?,
@@ -59,16 +58,7 @@ fn read_pages_inner(
             payload: row.get(7).map_err(error)?,
             metadata: row.get(8).map_err(error)?,
             hash: super::hash_from_bytes(&hash)?,
-        });
-        if page.len() == page_events {
-            let full = std::mem::replace(&mut page, Vec::with_capacity(page_events));
-            if sender.blocking_send(Ok(full)).is_err() {
-                return Ok(());
-            }
-        }
-    }
-    if !page.is_empty() {
-        let _ = sender.blocking_send(Ok(page));
-    }
-    Ok(())
+        })
+    };
+    super::sqlite_statement::send_in_batches(&mut rows, page_events, decode, error, sender)
 }

@@ -92,13 +92,25 @@ fn send_ledger_entries(
     let (Some(first), Some(last)) = (bound(FIRST_POSITION)?, bound(LAST_POSITION)?) else { return Ok(()) };
     let mut statement = transaction.prepare(LEDGER_ENTRIES_IN_RANGE)?;
     let mut rows = statement.query(params![org_id, first, last, from, until])?;
-    let mut batch = Vec::with_capacity(STATEMENT_BATCH);
-    while let Some(row) = rows.next()? {
-        batch.push(entry_from_row(row)?);
-        if batch.len() == STATEMENT_BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(STATEMENT_BATCH));
+    send_in_batches(&mut rows, STATEMENT_BATCH, entry_from_row, StoreError::from, sender)
+}
+
+/// Decodes `rows` and sends them in batches of `size`, in order; a failure to step is
+/// turned into an error by `step_error`. Stops reading, without an error, when the receiver
+/// has gone away (a client disconnected, a reader was aborted). Blocking.
+pub fn send_in_batches<T>(
+    rows: &mut rusqlite::Rows<'_>,
+    size: usize,
+    mut decode: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+    step_error: impl Fn(rusqlite::Error) -> StoreError,
+    sender: &tokio::sync::mpsc::Sender<Result<Vec<T>, StoreError>>,
+) -> Result<(), StoreError> {
+    let mut batch = Vec::with_capacity(size);
+    while let Some(row) = rows.next().map_err(&step_error)? {
+        batch.push(decode(row)?);
+        if batch.len() == size {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
             if sender.blocking_send(Ok(full)).is_err() {
-                // The consumer went away (a client disconnected): stop reading.
                 return Ok(());
             }
         }
