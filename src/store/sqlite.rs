@@ -177,11 +177,11 @@ impl SqliteStore {
         }
         let path = filename.to_path_buf();
         let read_models_path = read_models_path(&path);
+        // Migrations of the log's file need no read-model file: migration 4 names `main`.
+        let migrator = SqliteConnection::connect_with(&options).await?;
+        let projection_writer = Arc::new(std::sync::Mutex::new(open_projection_writer(&read_models_path)?));
         // Readers stream ordered ranges and get 8 MiB of page cache each, so that a
         // streamed statement stays small in memory.
-        let mut migrator = SqliteConnection::connect_with(&options).await?;
-        attach_read_models(&mut migrator, &read_models_path, READER_CACHE).await?;
-        let projection_writer = Arc::new(std::sync::Mutex::new(open_projection_writer(&read_models_path)?));
         let attached = read_models_path.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
