@@ -428,3 +428,35 @@ async fn an_in_memory_sqlite_url_is_refused() {
         assert!(error.contains("in-memory"), "{url}: {error}");
     }
 }
+
+/// On SQLite an append's commit does not copy the write-ahead log into the database file;
+/// a thread of the store's own does, soon after. Without it the log would grow without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_appends_reach_the_database_file_through_the_checkpointer() {
+    let database = TestDatabase::sqlite();
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    let running = start(&database).await;
+    let size = || std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
+    let before = size();
+    let mut producers = Vec::new();
+    for producer in 0..8 {
+        let writer = running.writer.clone();
+        producers.push(tokio::spawn(async move {
+            for index in 0..150 {
+                let name = format!("org {producer}-{index}");
+                writer.submit(register_command(&name), CommandContext::default()).await.unwrap();
+            }
+        }));
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    // 2,400 events of about 700 bytes: far more than the database file held before.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() < before + 512 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(size() >= before + 512 * 1024, "the database file stayed at {} bytes (was {before})", size());
+    let store = running.stop().await;
+    assert_eq!(verify_log(&store).await.unwrap(), Ok(2400));
+}

@@ -54,6 +54,8 @@ pub struct SqliteStore {
     projection_writer: Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// The one connection that appends to the log (see `sqlite_append`).
     appender: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Checkpoints the write-ahead log after appends, off the appending thread.
+    checkpointer: Arc<super::sqlite_append::Checkpointer>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
 }
@@ -193,12 +195,14 @@ impl SqliteStore {
             .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
         let appender = Arc::new(std::sync::Mutex::new(super::sqlite_append::open_appender(&path)?));
+        let checkpointer = Arc::new(super::sqlite_append::Checkpointer::spawn(&path)?);
         Ok(SqliteStore {
             path,
             read_models_path,
             migrator: Arc::new(Mutex::new(migrator)),
             projection_writer,
             appender,
+            checkpointer,
             pool,
             insert_statements: Arc::new(insert_statements),
         })
@@ -291,9 +295,12 @@ impl EventStore for SqliteStore {
         let appender = self.appender.clone();
         let statements = self.insert_statements.clone();
         let events = events.to_vec();
+        let checkpointer = self.checkpointer.clone();
         let appended = tokio::task::spawn_blocking(move || {
             let mut connection = appender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            super::sqlite_append::append(&mut connection, &statements, expected_head, &events)
+            let appended = super::sqlite_append::append(&mut connection, &statements, expected_head, &events);
+            checkpointer.committed();
+            appended
         })
         .await;
         // A panic on the blocking thread is reported as an error; the transaction it held
