@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, NodeState};
 use bahi_domain::Command;
 
 use crate::call_ticket::CallTickets;
@@ -76,7 +76,7 @@ pub async fn serve_on(
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let call_tickets = Arc::new(CallTickets::new(&config.key_encryption_key));
-    let state = AppState {
+    let state = AppState::new(NodeState {
         writer: writer_handle,
         ledger: shared,
         metrics,
@@ -86,7 +86,7 @@ pub async fn serve_on(
         key_uses,
         call_tickets,
         identity,
-    };
+    });
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("bahi listening on http://{address}");
     tracing::info!(%address, "listening");
