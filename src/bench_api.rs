@@ -109,30 +109,80 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `connections` tasks issuing `request` for `duration`; returns (requests/s, p50, p99 in µs).
-async fn load<F, Fut>(connections: usize, duration: Duration, request: F) -> (f64, u64, u64, u64)
+/// One connection of the load generator: HTTP/1.1 over its own TCP stream, one request at a
+/// time, as a gateway's upstream connection would be. The generator shares the machine with
+/// the server, so it is kept lean: reqwest's pool, URL parsing and `json!` bodies per request
+/// took a quarter of the CPU in the authorize+usage phase (perf), CPU the server then lacked.
+struct LoadConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+}
+
+impl LoadConnection {
+    async fn open(address: std::net::SocketAddr) -> anyhow::Result<LoadConnection> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(LoadConnection { sender })
+    }
+
+    /// Sends one request; the body when the status is 2xx, None on any failure.
+    async fn send(&mut self, request: LoadRequest<'_>) -> Option<hyper::body::Bytes> {
+        let mut builder = hyper::Request::builder().method(request.method).uri(request.path).header("host", "bench");
+        if let Some(bearer) = request.bearer {
+            builder = builder.header("authorization", bearer);
+        }
+        if !request.body.is_empty() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let built = builder.body(http_body_util::Full::new(request.body)).ok()?;
+        self.sender.ready().await.ok()?;
+        let response = self.sender.send_request(built).await.ok()?;
+        let success = response.status().is_success();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
+        success.then_some(body)
+    }
+}
+
+/// A request of the load generator, its header values prepared before timing.
+struct LoadRequest<'a> {
+    method: hyper::Method,
+    path: &'a str,
+    bearer: Option<&'a hyper::header::HeaderValue>,
+    body: hyper::body::Bytes,
+}
+
+/// Runs `connections` tasks, each on a connection of its own, issuing `request` for
+/// `duration`; returns (requests/s, p50 µs, p99 µs, failures).
+async fn load<F>(
+    address: std::net::SocketAddr,
+    connections: usize,
+    duration: Duration,
+    request: F,
+) -> anyhow::Result<(f64, u64, u64, u64)>
 where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    F: for<'c> Fn(&'c mut LoadConnection) -> futures::future::BoxFuture<'c, bool> + Send + Sync + 'static,
 {
     let request = Arc::new(request);
+    let mut opened = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        opened.push(LoadConnection::open(address).await?);
+    }
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
-    for connection in 0..connections {
+    for mut connection in opened {
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0u64;
-            let mut index = connection * 10_000_000;
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                if request(index).await {
+                if request(&mut connection).await {
                     latencies.push(sent.elapsed().as_micros() as u64);
                 } else {
                     failures += 1;
                 }
-                index += 1;
             }
             (latencies, failures)
         }));
@@ -149,7 +199,7 @@ where
     latencies.sort_unstable();
     let percentile =
         |fraction: f64| latencies.get(((latencies.len() as f64) * fraction) as usize).copied().unwrap_or(0);
-    (per_second(latencies.len() as u64, elapsed), percentile(0.50), percentile(0.99), failures)
+    Ok((per_second(latencies.len() as u64, elapsed), percentile(0.50), percentile(0.99), failures))
 }
 
 const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop";
@@ -230,62 +280,74 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         "{:<44} {:>12} {:>8} {:>10} {:>10} {:>9}",
         "endpoint", "requests/s", "ratio", "p50 µs", "p99 µs", "failures"
     );
-    let trivial_url = format!("http://{trivial_address}/trivial");
-    let (client_a, url_a) = (client.clone(), trivial_url.clone());
-    let (baseline, p50, p99, failures) = load(connections, duration, move |_| {
-        let (client, url) = (client_a.clone(), url_a.clone());
-        async move { client.get(url).send().await.is_ok_and(|response| response.status().is_success()) }
+    let (baseline, p50, p99, failures) = load(trivial_address, connections, duration, |connection| {
+        Box::pin(async move {
+            let request = LoadRequest {
+                method: hyper::Method::GET,
+                path: "/trivial",
+                bearer: None,
+                body: hyper::body::Bytes::new(),
+            };
+            connection.send(request).await.is_some()
+        })
     })
-    .await;
+    .await?;
     println!("{:<44} {baseline:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "trivial axum JSON (baseline)", 1.0);
 
-    let (client_b, url_b, key_b) = (client.clone(), format!("{base}/v1/auth/account"), key.clone());
-    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
-        let (client, url, key) = (client_b.clone(), url_b.clone(), key_b.clone());
-        async move { client.get(url).bearer_auth(key).send().await.is_ok_and(|response| response.status().is_success()) }
+    let bearer = hyper::header::HeaderValue::from_str(&format!("Bearer {key}"))?;
+    let operator = hyper::header::HeaderValue::from_str(&format!("Bearer {BENCH_OPERATOR_KEY}"))?;
+    let bearer_b = bearer.clone();
+    let (rate, p50, p99, failures) = load(address, connections, duration, move |connection| {
+        let bearer = bearer_b.clone();
+        Box::pin(async move {
+            let request = LoadRequest {
+                method: hyper::Method::GET,
+                path: "/v1/auth/account",
+                bearer: Some(&bearer),
+                body: hyper::body::Bytes::new(),
+            };
+            connection.send(request).await.is_some()
+        })
     })
-    .await;
+    .await?;
     println!("{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "GET /v1/auth/account", rate / baseline);
 
-    let (client_c, url_c, key_c) = (client.clone(), format!("{base}/v1/authorize"), key.clone());
-    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
-        let (client, url, key) = (client_c.clone(), url_c.clone(), key_c.clone());
-        async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": "bench-model"}))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success())
-        }
+    let bearer_c = bearer.clone();
+    let no_hold = hyper::body::Bytes::from(json!({"model": "bench-model"}).to_string());
+    let (rate, p50, p99, failures) = load(address, connections, duration, move |connection| {
+        let (bearer, body) = (bearer_c.clone(), no_hold.clone());
+        Box::pin(async move {
+            let request =
+                LoadRequest { method: hyper::Method::POST, path: "/v1/authorize", bearer: Some(&bearer), body };
+            connection.send(request).await.is_some()
+        })
     })
-    .await;
+    .await?;
     println!(
         "{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
         "POST /v1/authorize (no hold)",
         rate / baseline
     );
 
-    let (client_d, base_d, key_d) = (client.clone(), base.clone(), key.clone());
-    let (rate, p50, p99, failures) = load(connections, duration, move |_| {
-        let (client, base, key) = (client_d.clone(), base_d.clone(), key_d.clone());
-        async move {
-            let Ok(response) = client.post(format!("{base}/v1/authorize")).bearer_auth(&key).json(&json!({"model": "bench-model", "max_cost": "1"})).send().await else {
-                return false;
-            };
-            let Ok(authorized) = response.json::<Value>().await else { return false };
-            let Some(call_id) = authorized["call_id"].as_str() else { return false };
-            client
-                .post(format!("{base}/v1/usage"))
-                .bearer_auth(BENCH_OPERATOR_KEY)
-                .json(&json!({"call_id": call_id, "model": "bench-model", "input_tokens": 1000, "output_tokens": 500, "status": "succeeded"}))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success())
-        }
+    let with_hold = hyper::body::Bytes::from(json!({"model": "bench-model", "max_cost": "1"}).to_string());
+    let (rate, p50, p99, failures) = load(address, connections, duration, move |connection| {
+        let (bearer, operator, body) = (bearer.clone(), operator.clone(), with_hold.clone());
+        Box::pin(async move {
+            let request = LoadRequest { method: hyper::Method::POST, path: "/v1/authorize", bearer: Some(&bearer), body };
+            let Some(authorized) = connection.send(request).await else { return false };
+            #[derive(serde::Deserialize)]
+            struct Authorized<'a> {
+                #[serde(borrow)]
+                call_id: std::borrow::Cow<'a, str>,
+            }
+            let Ok(authorized) = serde_json::from_slice::<Authorized>(&authorized) else { return false };
+            let usage = json!({"call_id": authorized.call_id, "model": "bench-model", "input_tokens": 1000, "output_tokens": 500, "status": "succeeded"});
+            let request =
+                LoadRequest { method: hyper::Method::POST, path: "/v1/usage", bearer: Some(&operator), body: hyper::body::Bytes::from(usage.to_string()) };
+            connection.send(request).await.is_some()
+        })
     })
-    .await;
+    .await?;
     println!("{:<44} {rate:>12.0} {:>8} {p50:>10} {p99:>10} {failures:>9}", "authorize (hold) + usage, pairs/s", "-");
 
     let _ = stop_sender.send(());
