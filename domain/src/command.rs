@@ -873,7 +873,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         Command::RecordUsage { call_id, ticket, model, input_tokens, output_tokens, status, request_hash } => {
             let ticketed;
             let (call, authorized) = match (state.calls.get(call_id), ticket) {
-                (Some(call), _) => (call, None),
+                (Some(call), _) => (&**call, None),
                 (None, Some(ticket)) => {
                     ticketed = ticket.authorized_call(call_id, now)?;
                     let authorized = CallAuthorized {

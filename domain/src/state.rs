@@ -247,8 +247,10 @@ impl ApiKey {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
-    pub orgs: FastMap<OrgId, Org>,
-    pub api_keys: FastMap<ApiKeyId, ApiKey>,
+    /// Large values are boxed: a rehash then moves pointers, not 200-350 byte structs
+    /// (orgs, keys and calls grow with use; ARCHITECTURE.md, "In-memory state").
+    pub orgs: FastMap<OrgId, Box<Org>>,
+    pub api_keys: FastMap<ApiKeyId, Box<ApiKey>>,
     pub api_keys_by_hash: FastMap<SecretHash, ApiKeyId>,
     pub users: FastMap<UserId, User>,
     pub users_by_email: FastMap<String, UserId>,
@@ -261,7 +263,7 @@ pub struct State {
     pub signing_keys: Vec<SigningKeyRecord>,
     pub issuers: FastMap<IssuerId, IssuerRecord>,
     pub prices: FastMap<String, Price>,
-    pub calls: FastMap<CallId, Call>,
+    pub calls: FastMap<CallId, Box<Call>>,
     /// Open holds by expiry, so expired ones are found without a scan.
     pub hold_expiries: BTreeSet<(DateTime<Utc>, CallId)>,
     /// When each call leaves memory, so that memory does not grow with the number of calls.
@@ -277,11 +279,11 @@ pub struct State {
 
 impl State {
     pub fn org(&self, org_id: &OrgId) -> Option<&Org> {
-        self.orgs.get(org_id)
+        self.orgs.get(org_id).map(|org| &**org)
     }
 
     pub fn api_key_by_hash(&self, hash: &SecretHash) -> Option<&ApiKey> {
-        self.api_keys_by_hash.get(hash).and_then(|id| self.api_keys.get(id))
+        self.api_keys_by_hash.get(hash).and_then(|id| self.api_keys.get(id)).map(|key| &**key)
     }
 
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
@@ -371,7 +373,7 @@ pub fn evolve(state: &mut State, event: &Event) {
         Event::OrgRegistered(OrgRegistered { org_id, display_name, plan, environment, registered_at }) => {
             state.orgs.insert(
                 org_id.clone(),
-                Org {
+                Box::new(Org {
                     id: org_id.clone(),
                     display_name: display_name.clone(),
                     plan: plan.clone(),
@@ -385,7 +387,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     api_keys: Vec::new(),
                     members: Vec::new(),
                     agents: Vec::new(),
-                },
+                }),
             );
         }
         Event::ApiKeyCreated(created) => {
@@ -396,7 +398,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             state.api_keys_by_hash.insert(*key_hash, key_id.clone());
             state.api_keys.insert(
                 key_id.clone(),
-                ApiKey {
+                Box::new(ApiKey {
                     id: key_id.clone(),
                     org_id: org_id.clone(),
                     name: created.name.clone(),
@@ -414,7 +416,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     deleted: false,
                     usage_calls: 0,
                     usage_cost: Money::ZERO,
-                },
+                }),
             );
         }
         Event::UserSignedUp(signed_up) => state.add_user(User {
@@ -591,7 +593,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             ));
             state.calls.insert(
                 authorized.call_id.clone(),
-                Call {
+                Box::new(Call {
                     id: authorized.call_id.clone(),
                     org_id: authorized.org_id.clone(),
                     attribution: authorized.attribution.clone(),
@@ -602,7 +604,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     authorized_at: authorized.authorized_at,
                     hold_expires_at: authorized.hold_expires_at,
                     settlement: None,
-                },
+                }),
             );
         }
         Event::UsageRecorded(recorded) => {

@@ -195,8 +195,12 @@ async fn list(
     let ledger = state.ledger.read();
     let org = ledger.state.org(&principal.org_id).ok_or_else(|| ApiError::not_found("org"))?;
     // Newest first, as consoles list them; the order is stable by (created_at, id).
-    let mut keys: Vec<&ApiKey> =
-        org.api_keys.iter().filter_map(|id| ledger.state.api_keys.get(id)).filter(|key| !key.deleted).collect();
+    let mut keys: Vec<&ApiKey> = org
+        .api_keys
+        .iter()
+        .filter_map(|id| ledger.state.api_keys.get(id).map(|key| &**key))
+        .filter(|key| !key.deleted)
+        .collect();
     keys.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
     let start = match &starting_after {
         None => 0,
