@@ -91,6 +91,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("migration error: {0}")]
     Migration(String),
+    #[error("could not start the store's checkpoint thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What both engines provide. Implementations are cheap to clone handles over pools.

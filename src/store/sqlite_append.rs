@@ -59,7 +59,7 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("bahi-checkpoint".into())
             .spawn(move || checkpoint_when_woken(&connection, &woken))
-            .map_err(|error| StoreError::Corrupt(format!("could not start the checkpoint thread: {error}")))?;
+            .map_err(StoreError::Thread)?;
         Ok(Checkpointer { wake })
     }
 
