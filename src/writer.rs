@@ -335,18 +335,9 @@ impl WriterTask {
     /// Queues a batch for the publisher, waiting while its queue is full.
     async fn hand_over(&self, publication: Publication) {
         if let Err(mpsc::error::SendError(publication)) = self.publisher.send(publication).await {
-            // The publisher only ends when the writer drops its sender; answer here so that
+            // The publisher only ends when the writer drops its sender; deliver here so that
             // no caller waits forever if it ever did.
-            match publication {
-                Publication::Committed(batch) => {
-                    publish(&self.shared, &self.metrics, &self.committed, &batch);
-                    answer(batch);
-                }
-                Publication::Answer(batch) => answer(batch),
-                Publication::Barrier(done) => {
-                    let _ = done.send(());
-                }
-            }
+            deliver(&self.shared, &self.metrics, &self.committed, publication);
         }
     }
 
@@ -507,15 +498,21 @@ async fn publish_in_order(
     mut receiver: mpsc::Receiver<Publication>,
 ) {
     while let Some(publication) = receiver.recv().await {
-        match publication {
-            Publication::Committed(batch) => {
-                publish(&shared, &metrics, &committed, &batch);
-                answer(batch);
-            }
-            Publication::Answer(batch) => answer(batch),
-            Publication::Barrier(done) => {
-                let _ = done.send(());
-            }
+        deliver(&shared, &metrics, &committed, publication);
+    }
+}
+
+/// Does what one publication asks: publish and answer a committed batch, answer a batch
+/// that appended nothing, or release a barrier.
+fn deliver(shared: &SharedLedger, metrics: &Metrics, committed: &watch::Sender<i64>, publication: Publication) {
+    match publication {
+        Publication::Committed(batch) => {
+            publish(shared, metrics, committed, &batch);
+            answer(batch);
+        }
+        Publication::Answer(batch) => answer(batch),
+        Publication::Barrier(done) => {
+            let _ = done.send(());
         }
     }
 }
