@@ -244,8 +244,7 @@ impl Store {
         if let Store::Sqlite(sqlite) = self
             && page_events >= BULK_PAGE_EVENTS
         {
-            let path = sqlite.path();
-            let path = path.to_path_buf();
+            let path = sqlite.path().to_path_buf();
             let page_events = usize::try_from(page_events).unwrap_or(1);
             return tokio::task::spawn_blocking(move || {
                 sqlite_bulk::read_pages(path, after, until, page_events, sender)

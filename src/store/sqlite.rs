@@ -296,16 +296,12 @@ impl EventStore for SqliteStore {
         let statements = self.insert_statements.clone();
         let events = events.to_vec();
         let checkpointer = self.checkpointer.clone();
-        let appended = tokio::task::spawn_blocking(move || {
-            let mut connection = appender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let appended = super::sqlite_append::append(&mut connection, &statements, expected_head, &events);
+        on_blocking_thread(appender, "append", move |connection| {
+            let appended = super::sqlite_append::append(connection, &statements, expected_head, &events);
             checkpointer.committed();
             appended
         })
-        .await;
-        // A panic on the blocking thread is reported as an error; the transaction it held
-        // was rolled back when its connection guard unwound.
-        appended.map_err(|error| StoreError::Corrupt(format!("the append thread failed: {error}")))?
+        .await
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
@@ -330,19 +326,17 @@ impl EventStore for SqliteStore {
         let large = batches.iter().map(RowBatch::rows).sum::<usize>() > LARGE_PAGE_ROWS;
         let writer = self.projection_writer.clone();
         let projections: Vec<String> = projections.iter().map(|name| (*name).to_owned()).collect();
-        let applied = tokio::task::spawn_blocking(move || {
-            let mut connection = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        on_blocking_thread(writer, "projection", move |connection| {
             if large {
                 connection.pragma_update(None, "cache_size", LARGE_PAGE_CACHE)?;
             }
-            let applied = apply_on(&mut connection, &projections, from_position, &batches, position);
+            let applied = apply_on(connection, &projections, from_position, &batches, position);
             if large {
                 connection.pragma_update(None, "cache_size", PROJECTION_CACHE)?;
             }
             applied
         })
-        .await;
-        applied.map_err(|error| StoreError::Corrupt(format!("the projection thread failed: {error}")))?
+        .await
     }
 
     async fn reset_projections(&self) -> Result<(), StoreError> {
@@ -369,6 +363,22 @@ impl EventStore for SqliteStore {
                 .await?;
         Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
     }
+}
+
+/// Runs `work` on a blocking thread with one of the store's rusqlite connections, held for
+/// the whole call. A panic there is reported as an error naming `thread`; the transaction it
+/// held was rolled back when its connection guard unwound.
+async fn on_blocking_thread<T: Send + 'static>(
+    connection: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    thread: &'static str,
+    work: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut connection = connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(&mut connection)
+    })
+    .await;
+    outcome.map_err(|error| StoreError::Corrupt(format!("the {thread} thread failed: {error}")))?
 }
 
 /// Applies a page of projection rows and moves the checkpoints, in one transaction on the
