@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bahi_domain::Command;
+use bahi_domain::billing::Price;
 use bahi_domain::chain::truncate_to_micros;
 use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
-use bahi_domain::ids::{ApiKeyId, EventId, OrgId};
+use bahi_domain::event::CallAttribution;
+use bahi_domain::ids::{ApiKeyId, CallId, EventId, OrgId, TopupId};
+use bahi_domain::money::Money;
 use clap::{Args, ValueEnum};
 use parking_lot::RwLock;
 use rand::RngCore;
@@ -63,6 +66,9 @@ pub struct BenchArgs {
     /// Concurrent connections (http).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// The log that `replay` folds.
+    #[arg(long, value_enum, default_value_t = ReplayLog::Gateway)]
+    pub log: ReplayLog,
     /// Producer counts measured by `append`.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256])]
     pub producers: Vec<usize>,
@@ -108,26 +114,154 @@ fn prebuilt_rows(ledger: &mut Ledger, count: usize) -> Vec<StoredEvent> {
     let mut rows = Vec::with_capacity(count * 2);
     for index in 0..count {
         let events = bahi_domain::decide(&ledger.state, &register_command(index), now).unwrap_or_default();
-        for event in events {
-            let mut row = StoredEvent {
-                position: ledger.position + 1,
-                stream_id: event.stream_id().to_owned(),
-                stream_version: ledger.next_stream_version(event.stream_id()),
-                event_id: EventId::from_random(random()).to_string(),
-                event_type: event.event_type().to_owned(),
-                schema_version: event.schema_version(),
-                recorded_at: now,
-                payload: event.payload_bytes(),
-                metadata: br#"{"actor":{"kind":"system","id":"bench"}}"#.to_vec(),
-                hash: [0; 32],
-            };
-            row.hash = row.expected_hash(&ledger.head_hash);
-            let committed = CommittedEvent { position: row.position, recorded_at: now, event };
-            let _ = ledger.fold(&row, &committed, None);
-            rows.push(row);
-        }
+        push_rows(ledger, events, now, &mut rows);
     }
     rows
+}
+
+/// Chains `events` after `ledger`'s head as the writer would store them, and folds them.
+fn push_rows(
+    ledger: &mut Ledger,
+    events: Vec<bahi_domain::Event>,
+    now: chrono::DateTime<chrono::Utc>,
+    rows: &mut Vec<StoredEvent>,
+) {
+    for event in events {
+        let mut row = StoredEvent {
+            position: ledger.position + 1,
+            stream_id: event.stream_id().to_owned(),
+            stream_version: ledger.next_stream_version(event.stream_id()),
+            event_id: EventId::from_random(random()).to_string(),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            recorded_at: now,
+            payload: event.payload_bytes(),
+            metadata: br#"{"actor":{"kind":"system","id":"bench"}}"#.to_vec(),
+            hash: [0; 32],
+        };
+        row.hash = row.expected_hash(&ledger.head_hash);
+        let committed = CommittedEvent { position: row.position, recorded_at: now, event };
+        let _ = ledger.fold(&row, &committed, None);
+        rows.push(row);
+    }
+}
+
+/// Orgs of the gateway-shaped log. Calls go to them in turn, so their rows interleave in
+/// every per-org index as they do on a gateway that serves many orgs at once.
+const GATEWAY_ORGS: usize = 1_000;
+/// Calls authorized and not yet settled at any moment of the gateway-shaped log: a call's
+/// usage arrives this many authorizations after it.
+const GATEWAY_CALLS_IN_FLIGHT: usize = 256;
+const GATEWAY_MODEL: &str = "bench-model";
+
+/// Which log `bench replay` folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayLog {
+    /// What a gateway's log mostly holds: calls authorized with a hold, then settled by their
+    /// usage, across 1,000 orgs with credit, a third of the calls made by agents. Every SQL
+    /// projection gets rows.
+    Gateway,
+    /// Org registrations only (an org and its first key per command): the directory
+    /// projection and the orgs' audit events, none of the money tables.
+    Registrations,
+}
+
+/// Generates the commands of the gateway-shaped log (see `ReplayLog::Gateway`).
+struct GatewayLog {
+    orgs: Vec<(OrgId, ApiKeyId)>,
+    in_flight: std::collections::VecDeque<CallId>,
+    calls: usize,
+}
+
+impl GatewayLog {
+    /// A price, then GATEWAY_ORGS orgs, each registered and granted credit.
+    fn setup() -> anyhow::Result<(GatewayLog, Vec<Command>)> {
+        let price = Price { input_per_million: Money::parse("2.50")?, output_per_million: Money::parse("10")? };
+        let mut commands = vec![Command::SetPrice { model: GATEWAY_MODEL.to_owned(), price }];
+        let mut orgs = Vec::with_capacity(GATEWAY_ORGS);
+        for index in 0..GATEWAY_ORGS {
+            let register = register_command(index);
+            let Command::RegisterOrg { org_id, first_key, .. } = &register else { unreachable!() };
+            orgs.push((org_id.clone(), first_key.key_id.clone()));
+            let grant = Command::Grant {
+                org_id: org_id.clone(),
+                grant_id: TopupId::from_random(random()),
+                amount: Money::parse("1000000")?,
+                reason: "bench credit".to_owned(),
+            };
+            commands.push(register);
+            commands.push(grant);
+        }
+        Ok((GatewayLog { orgs, in_flight: std::collections::VecDeque::new(), calls: 0 }, commands))
+    }
+
+    /// The next `count` commands: an authorization, and the usage of the call
+    /// GATEWAY_CALLS_IN_FLIGHT authorizations back once there is one.
+    fn next_commands(&mut self, count: usize) -> anyhow::Result<Vec<Command>> {
+        let mut commands = Vec::with_capacity(count);
+        while commands.len() < count {
+            if self.in_flight.len() >= GATEWAY_CALLS_IN_FLIGHT
+                && let Some(call_id) = self.in_flight.pop_front()
+            {
+                let index = self.calls;
+                commands.push(Command::RecordUsage {
+                    call_id,
+                    ticket: None,
+                    model: GATEWAY_MODEL.to_owned(),
+                    input_tokens: 200 + (index % 1800) as u64,
+                    output_tokens: 50 + (index % 700) as u64,
+                    status: "succeeded".to_owned(),
+                    request_hash: hex::encode(random::<16>()),
+                });
+                continue;
+            }
+            let index = self.calls;
+            self.calls += 1;
+            // A stride coprime to GATEWAY_ORGS visits every org before any org again.
+            let (org_id, key_id) = &self.orgs[(index * 7) % self.orgs.len()];
+            let attribution = if index.is_multiple_of(3) {
+                CallAttribution {
+                    credential_kind: "agent_token".to_owned(),
+                    credential_id: format!("tok_bench{index}"),
+                    agent_id: Some(format!("agt_bench{}", index % 50)),
+                    agent_name: Some(format!("bench agent {}", index % 50)),
+                    act_for: format!("user_bench{}", index % 20),
+                }
+            } else {
+                CallAttribution {
+                    credential_kind: "api_key".to_owned(),
+                    credential_id: key_id.to_string(),
+                    agent_id: None,
+                    agent_name: None,
+                    act_for: org_id.to_string(),
+                }
+            };
+            let call_id = CallId::from_random(random());
+            commands.push(Command::Authorize {
+                call_id: call_id.clone(),
+                org_id: org_id.clone(),
+                attribution,
+                model: GATEWAY_MODEL.to_owned(),
+                max_cost: Some(Money::parse("1")?),
+                hold_ttl_seconds: 3600,
+            });
+            self.in_flight.push_back(call_id);
+        }
+        Ok(commands)
+    }
+}
+
+/// Rows for `commands`, each decided against and folded into `ledger`. A command the domain
+/// refuses is an error: a log that silently lacks it would measure something else.
+fn rows_for_commands(ledger: &mut Ledger, commands: &[Command]) -> anyhow::Result<Vec<StoredEvent>> {
+    let now = truncate_to_micros(chrono::Utc::now());
+    let mut rows = Vec::with_capacity(commands.len() * 2);
+    for command in commands {
+        let events = bahi_domain::decide(&ledger.state, command, now)
+            .map_err(|error| anyhow::anyhow!("the bench log's command was refused: {error}"))?;
+        push_rows(ledger, events, now, &mut rows);
+    }
+    Ok(rows)
 }
 
 async fn fresh_store(database: &Option<String>, label: &str) -> anyhow::Result<(Store, Option<tempfile_dir::TempDir>)> {
@@ -421,9 +555,20 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
         let shared = Arc::new(RwLock::new(Ledger::new()));
         catch_up_shared(&store, &shared).await?;
         let mut ledger = shared.read().clone();
+        let mut gateway = None;
         while ledger.position < args.events {
             let before = ledger.position;
-            let rows = prebuilt_rows(&mut ledger, 2000);
+            let rows = match args.log {
+                ReplayLog::Registrations => prebuilt_rows(&mut ledger, 2000),
+                ReplayLog::Gateway => match gateway.as_mut() {
+                    None => {
+                        let (log, setup) = GatewayLog::setup()?;
+                        gateway = Some(log);
+                        rows_for_commands(&mut ledger, &setup)?
+                    }
+                    Some(log) => rows_for_commands(&mut ledger, &log.next_commands(2000)?)?,
+                },
+            };
             store.append(before, &rows).await?;
         }
         head = ledger.position;
@@ -464,7 +609,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     crate::projector::catch_up_projections_in_pages(&store, None, crate::projector::REBUILD_PAGE).await?;
     let sql_rate = head as f64 / started.elapsed().as_secs_f64();
 
-    println!("engine: {}; {head} events", store.engine());
+    println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);
     println!("{:<40} {:>14} {:>8}", "what", "events/s", "vs read");
     println!("{:<40} {read_rate:>14.0} {:>8.2}", "read rows only (baseline)", 1.0);
     println!("{:<40} {bulk_rate:>14.0} {:>8.2}", "read rows, page reader of load/rebuild", bulk_rate / read_rate);
