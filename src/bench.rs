@@ -604,9 +604,8 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     let memory_rate = head as f64 / started.elapsed().as_secs_f64();
     drop(shared);
 
-    store.reset_projections().await?;
     let started = Instant::now();
-    crate::projector::catch_up_projections_in_pages(&store, None, crate::projector::REBUILD_PAGE).await?;
+    crate::projector::rebuild_projections(&store).await?;
     let sql_rate = head as f64 / started.elapsed().as_secs_f64();
 
     println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);

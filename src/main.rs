@@ -113,9 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing("pretty");
             let store = bahi::store::Store::open(&args.database_url).await?;
             store.migrate().await?;
-            store.reset_projections().await?;
-            let position =
-                bahi::projector::catch_up_projections_in_pages(&store, None, bahi::projector::REBUILD_PAGE).await?;
+            let position = bahi::projector::rebuild_projections(&store).await?;
             store.analyze_read_models().await?;
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bahi_domain::Event;
-use bahi_projections::batch::{RowBatch, plan};
+use bahi_projections::batch::{PlannedPage, plan};
 use bahi_projections::{PROJECTIONS, Projection};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -37,12 +37,6 @@ const PAGES_AHEAD: usize = 2;
 /// events. Returns the lowest checkpoint.
 pub async fn catch_up_projections(store: &Store, metrics: Option<&Metrics>) -> Result<i64, StoreError> {
     catch_up_projections_in_pages(store, metrics, PROJECTION_PAGE).await
-}
-
-/// A page of events turned into the row batches of a group of projections.
-struct PlannedPage {
-    last_position: i64,
-    batches: Vec<RowBatch>,
 }
 
 /// How far one run over a group of projections got.
@@ -87,6 +81,32 @@ pub async fn catch_up_projections_in_pages(
                 return Ok(position);
             }
             Progress::Joined | Progress::Lost => {}
+        }
+    }
+}
+
+/// `bahi rebuild`: empties every SQL projection and replays the whole log into it. Returns
+/// the position the projections reached.
+///
+/// On SQLite the emptying and every page are one transaction on the read-model file. Its
+/// dirty pages stay in a large page cache until the commit, so each is written to the WAL
+/// once; in pages of REBUILD_PAGE events each transaction wrote again every page it touched,
+/// and on a gateway-shaped log (random call ids) that was most of the tree every time
+/// (BENCHMARKS.md). Readers see the old read models until the commit, never a half-built
+/// one. On PostgreSQL the projections are emptied, then caught up in pages of REBUILD_PAGE.
+pub async fn rebuild_projections(store: &Store) -> Result<i64, StoreError> {
+    match store {
+        Store::Sqlite(sqlite) => {
+            let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
+            let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();
+            let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, sender));
+            let rebuilt = sqlite.rebuild_projections(receiver).await;
+            reader.abort();
+            rebuilt
+        }
+        Store::Postgres(_) => {
+            store.reset_projections().await?;
+            catch_up_projections_in_pages(store, None, REBUILD_PAGE).await
         }
     }
 }

@@ -354,7 +354,51 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
             bahi::projector::catch_up_projections_in_pages(&store, None, page_events).await.unwrap();
             assert_eq!(dump_projections(&store).await, live, "{}: pages of {page_events}", database.engine());
         }
+        // `bahi rebuild`'s path: on SQLite the whole log in one transaction.
+        store.reset_projections().await.unwrap();
+        let head = bahi::projector::rebuild_projections(&store).await.unwrap();
+        assert_eq!(dump_projections(&store).await, live, "{}: rebuilt", database.engine());
+        for projection in bahi_projections::PROJECTIONS {
+            assert_eq!(store.checkpoint(projection.name).await.unwrap(), head, "{}", database.engine());
+        }
     }
+}
+
+/// On SQLite a rebuild is one transaction: when a page fails half-way, the read models and
+/// their checkpoints are exactly what they were before it started, never half rebuilt.
+#[tokio::test]
+async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
+    use bahi_projections::batch::{OrgRow, PlannedPage, RowBatch};
+
+    let database = TestDatabase::sqlite();
+    let running = start(&database).await;
+    for index in 0..5 {
+        running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
+    }
+    let store = running.stop().await;
+    catch_up_projections(&store, None).await.unwrap();
+    let before = dump_projections(&store).await;
+    assert_eq!(before[0].len(), 5);
+
+    let Store::Sqlite(sqlite) = &store else { unreachable!() };
+    let (pages, receiver) = tokio::sync::mpsc::channel(4);
+    let org = OrgRow {
+        org_id: "org_rebuilt".into(),
+        display_name: "written, then rolled back".into(),
+        plan: "free".into(),
+        environment: "live".into(),
+        registered_at: chrono::Utc::now(),
+        position: 1,
+    };
+    let batch = RowBatch { orgs: vec![org], ..RowBatch::default() };
+    pages.send(Ok(PlannedPage { last_position: 1, batches: vec![batch] })).await.unwrap();
+    pages.send(Err(bahi::store::StoreError::Corrupt("injected".into()))).await.unwrap();
+    drop(pages);
+    let error = sqlite.rebuild_projections(receiver).await.unwrap_err();
+    assert!(error.to_string().contains("injected"), "{error}");
+
+    assert_eq!(dump_projections(&store).await, before);
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 10);
 }
 
 fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {

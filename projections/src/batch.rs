@@ -74,6 +74,14 @@ pub struct OrgEventRow {
     pub position: i64,
 }
 
+/// A page of the log planned for a group of projections: its row batches, in the order an
+/// engine must apply them, and the position of its last event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlannedPage {
+    pub last_position: i64,
+    pub batches: Vec<RowBatch>,
+}
+
 /// Rows to write, per table. Ledger entries, calls, call events and org events are
 /// inserted only when missing (the first operation on a key wins, as with one-by-one
 /// `ON CONFLICT DO NOTHING`); orgs and keys are upserted (the last one wins).
