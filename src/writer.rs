@@ -565,6 +565,12 @@ pub async fn catch_up_shared(store: &Store, shared: &SharedLedger) -> Result<i64
 /// Pages decoded ahead of the one being folded while loading.
 const LOAD_PAGES_AHEAD: usize = 2;
 
+/// Events decoded into one buffer while loading. A decoded event takes several hundred
+/// bytes; a whole page of 10,000 in one `Vec` was a fresh allocation of megabytes each time,
+/// grown by doubling, whose pages the kernel zeroed again (43% of the decoding task in a
+/// profile). Buffers of this size are reused by the allocator instead.
+const DECODED_CHUNK: usize = 1_000;
+
 /// A page of the log, decoded.
 type DecodedPage = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
 
@@ -578,18 +584,28 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<DecodedPage, StoreError>>(LOAD_PAGES_AHEAD);
     let decoder = tokio::spawn(async move {
         while let Some(page) = pages.recv().await {
-            let decoded: Result<DecodedPage, StoreError> = page.and_then(|page| {
-                page.into_iter()
-                    .map(|stored| {
-                        let (committed, idempotency) =
-                            decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                        Ok((stored, committed, idempotency))
-                    })
-                    .collect()
-            });
-            let failed = decoded.is_err();
-            if sender.send(decoded).await.is_err() || failed {
-                return;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            let mut rows = page.into_iter().peekable();
+            while rows.peek().is_some() {
+                let mut decoded = Vec::with_capacity(DECODED_CHUNK);
+                for stored in rows.by_ref().take(DECODED_CHUNK) {
+                    match decode_stored(&stored) {
+                        Ok((committed, idempotency)) => decoded.push((stored, committed, idempotency)),
+                        Err(error) => {
+                            let _ = sender.send(Err(StoreError::Corrupt(error.to_string()))).await;
+                            return;
+                        }
+                    }
+                }
+                if sender.send(Ok(decoded)).await.is_err() {
+                    return;
+                }
             }
         }
     });
