@@ -126,9 +126,11 @@ pub struct TopupRecord {
 /// Spend and holds of one budget subject (an API key or an agent), per period.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BudgetUsage {
-    pub day_key: String,
+    /// `period_key` of the day `day_spent` belongs to (0 before the first spend).
+    pub day_key: i64,
     pub day_spent: Money,
-    pub month_key: String,
+    /// `period_key` of the month `month_spent` belongs to (0 before the first spend).
+    pub month_key: i64,
     pub month_spent: Money,
     pub total_spent: Money,
     pub held: Money,
