@@ -460,6 +460,9 @@ async fn a_deleted_sqlite_read_model_file_is_projected_again() {
     }
     let (store, _) = open_and_load(&database.url()).await.unwrap();
     assert_eq!(store.checkpoint("directory").await.unwrap(), 0, "a new read-model file starts from the beginning");
+    let read_file = rusqlite::Connection::open(format!("{}.read", path.display())).unwrap();
+    let page_size: i64 = read_file.query_row("PRAGMA page_size", [], |row| row.get(0)).unwrap();
+    assert_eq!(page_size, bahi::store::READ_MODELS_PAGE_SIZE, "a new read-model file gets the larger pages");
     catch_up_projections(&store, None).await.unwrap();
     assert_eq!(store.dump_table("read_orgs").await.unwrap(), before);
 }

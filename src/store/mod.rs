@@ -28,7 +28,7 @@ pub use read_models::{AuditEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUP
 pub fn postgres_notify_channel() -> &'static str {
     postgres::NOTIFY_CHANNEL
 }
-pub use sqlite::SqliteStore;
+pub use sqlite::{READ_MODELS_PAGE_SIZE, SqliteStore};
 
 /// The largest page `read_after` returns, whatever the caller asks.
 pub const MAX_READ_PAGE: i64 = 10_000;

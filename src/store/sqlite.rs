@@ -41,6 +41,8 @@ const LARGE_PAGE_ROWS: usize = 8_000;
 /// dirties stay in memory until the commit (a million gateway events dirty about 400 MB).
 /// Beyond that SQLite spills pages to the WAL and rewrites those touched again.
 const REBUILD_CACHE: i64 = -1_048_576;
+/// Page size of a new read-model file, in bytes.
+pub const READ_MODELS_PAGE_SIZE: i64 = 16_384;
 /// Distinct statements the projection writer keeps prepared: a few chunk sizes per table.
 const PROJECTION_STATEMENTS: usize = 64;
 
@@ -156,6 +158,11 @@ fn open_projection_writer(read_models_path: &Path) -> Result<rusqlite::Connectio
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(Duration::from_secs(10))?;
+    // Only a new, empty file takes this; an existing file keeps its page size. Against
+    // 4 KiB pages, a million gateway events rebuilt 10% faster (83-91k -> 96-97k ev/s) and a
+    // million-row statement streamed in 0.70 s instead of 0.76-0.80 s (BENCHMARKS.md). The
+    // log's own file keeps 4 KiB: larger pages made its appends slower.
+    connection.pragma_update(None, "page_size", READ_MODELS_PAGE_SIZE)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     // A multi-row INSERT with ON CONFLICT keeps a statement journal of every page it
