@@ -364,12 +364,8 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
     }
 }
 
-/// On SQLite a rebuild is one transaction: when a page fails half-way, the read models and
-/// their checkpoints are exactly what they were before it started, never half rebuilt.
-#[tokio::test]
-async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
-    use bahi_projections::batch::{OrgRow, PlannedPage, RowBatch};
-
+/// A fresh SQLite database with five registered orgs (ten events), projected to its head.
+async fn five_orgs_projected_on_sqlite() -> (TestDatabase, Store) {
     let database = TestDatabase::sqlite();
     let running = start(&database).await;
     for index in 0..5 {
@@ -377,6 +373,16 @@ async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
     }
     let store = running.stop().await;
     catch_up_projections(&store, None).await.unwrap();
+    (database, store)
+}
+
+/// On SQLite a rebuild is one transaction: when a page fails half-way, the read models and
+/// their checkpoints are exactly what they were before it started, never half rebuilt.
+#[tokio::test]
+async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
+    use bahi_projections::batch::{OrgRow, PlannedPage, RowBatch};
+
+    let (_database, store) = five_orgs_projected_on_sqlite().await;
     let before = dump_projections(&store).await;
     assert_eq!(before[0].len(), 5);
 
@@ -443,13 +449,7 @@ async fn sqlite_appends_commit_while_the_read_model_file_is_locked() {
 /// it is created again at the next start and projected again from the whole log.
 #[tokio::test]
 async fn a_deleted_sqlite_read_model_file_is_projected_again() {
-    let database = TestDatabase::sqlite();
-    let running = start(&database).await;
-    for index in 0..5 {
-        running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
-    }
-    let store = running.stop().await;
-    catch_up_projections(&store, None).await.unwrap();
+    let (database, store) = five_orgs_projected_on_sqlite().await;
     let before = store.dump_table("read_orgs").await.unwrap();
     assert_eq!(before.len(), 5);
     drop(store);

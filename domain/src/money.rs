@@ -315,7 +315,8 @@ mod tests {
         proptest::proptest!(|(text in "-?[0-9]{1,13}(\\.[0-9]{1,6})?")| {
             proptest::prop_assert_eq!(Money::parse(&text), through_decimal(&text), "{}", text);
         });
-        for text in ["0", "-0", "-0.000000", "007.50", "1000000000000", "1000000000000.000001", "9999999999999.999999"] {
+        for text in ["0", "-0", "-0.000000", "007.50", "1000000000000", "1000000000000.000001", "9999999999999.999999"]
+        {
             assert_eq!(Money::parse(text), through_decimal(text), "{text}");
         }
     }
