@@ -30,6 +30,15 @@ pub fn postgres_notify_channel() -> &'static str {
 }
 pub use sqlite::{READ_MODELS_PAGE_SIZE, SqliteStore};
 
+/// The statements that empty every projection table and then the checkpoints, in one
+/// transaction on either engine (`reset_projections`, and SQLite's one-transaction rebuild).
+fn projection_reset_statements() -> impl Iterator<Item = String> {
+    bahi_projections::PROJECTIONS
+        .iter()
+        .flat_map(|projection| projection.tables.iter().map(|table| format!("DELETE FROM {table}")))
+        .chain(std::iter::once("DELETE FROM projection_checkpoints".to_owned()))
+}
+
 /// The largest page `read_after` returns, whatever the caller asks.
 pub const MAX_READ_PAGE: i64 = 10_000;
 

@@ -217,12 +217,9 @@ impl EventStore for PostgresStore {
 
     async fn reset_projections(&self) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
-        for projection in bahi_projections::PROJECTIONS {
-            for table in projection.tables {
-                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *transaction).await?;
-            }
+        for statement in super::projection_reset_statements() {
+            sqlx::query(AssertSqlSafe(statement)).execute(&mut *transaction).await?;
         }
-        sqlx::query("DELETE FROM projection_checkpoints").execute(&mut *transaction).await?;
         transaction.commit().await?;
         Ok(())
     }

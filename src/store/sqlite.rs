@@ -234,9 +234,7 @@ impl SqliteStore {
     pub fn read_models_path(&self) -> &Path {
         &self.read_models_path
     }
-}
 
-impl SqliteStore {
     /// Empties every projection and applies every page `pages` brings, then moves every
     /// checkpoint to the last page's position, all in one transaction on the read-model file
     /// (see `projector::rebuild_projections`). An error or a page that fails rolls it all
@@ -263,12 +261,9 @@ fn rebuild_on(
     pages: &mut tokio::sync::mpsc::Receiver<Result<PlannedPage, StoreError>>,
 ) -> Result<i64, StoreError> {
     let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for projection in bahi_projections::PROJECTIONS {
-        for table in projection.tables {
-            transaction.execute(&format!("DELETE FROM {table}"), [])?;
-        }
+    for statement in super::projection_reset_statements() {
+        transaction.execute(&statement, [])?;
     }
-    transaction.execute("DELETE FROM projection_checkpoints", [])?;
     let mut position = 0;
     while let Some(page) = pages.blocking_recv() {
         let page = page?;
@@ -409,12 +404,9 @@ impl EventStore for SqliteStore {
         // Deferred, not IMMEDIATE: IMMEDIATE would also lock the log's file, which this
         // transaction does not write.
         let mut transaction = self.pool.begin().await?;
-        for projection in bahi_projections::PROJECTIONS {
-            for table in projection.tables {
-                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *transaction).await?;
-            }
+        for statement in super::projection_reset_statements() {
+            sqlx::query(AssertSqlSafe(statement)).execute(&mut *transaction).await?;
         }
-        sqlx::query("DELETE FROM projection_checkpoints").execute(&mut *transaction).await?;
         transaction.commit().await?;
         Ok(())
     }
