@@ -109,14 +109,9 @@ fn register_command(index: usize) -> Command {
 
 /// Rows exactly as the writer would store them for `count` register commands, chained after
 /// `ledger`'s head. Used by the raw baseline and to fill a log quickly.
-fn prebuilt_rows(ledger: &mut Ledger, count: usize) -> Vec<StoredEvent> {
-    let now = truncate_to_micros(chrono::Utc::now());
-    let mut rows = Vec::with_capacity(count * 2);
-    for index in 0..count {
-        let events = bahi_domain::decide(&ledger.state, &register_command(index), now).unwrap_or_default();
-        push_rows(ledger, events, now, &mut rows);
-    }
-    rows
+fn prebuilt_rows(ledger: &mut Ledger, count: usize) -> anyhow::Result<Vec<StoredEvent>> {
+    let commands: Vec<Command> = (0..count).map(register_command).collect();
+    rows_for_commands(ledger, &commands)
 }
 
 /// Chains `events` after `ledger`'s head as the writer would store them, and folds them.
@@ -418,7 +413,7 @@ async fn raw_rate(store: &Store, batch_commands: usize, events: i64, duration: D
     while built < commands {
         let count = batch_commands.min(commands - built);
         let before = ledger.position;
-        batches.push((before, prebuilt_rows(&mut ledger, count)));
+        batches.push((before, prebuilt_rows(&mut ledger, count)?));
         built += count;
     }
     let cpu_before = process_cpu_seconds();
@@ -559,7 +554,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
         while ledger.position < args.events {
             let before = ledger.position;
             let rows = match args.log {
-                ReplayLog::Registrations => prebuilt_rows(&mut ledger, 2000),
+                ReplayLog::Registrations => prebuilt_rows(&mut ledger, 2000)?,
                 ReplayLog::Gateway => match gateway.as_mut() {
                     None => {
                         let (log, setup) = GatewayLog::setup()?;
