@@ -303,14 +303,20 @@ mod tempfile_dir {
 
 /// Commands for `producers` producers, generated before timing so that the measured CPU is
 /// the writer's (and the database's), not the generator's random bytes, SHA-256 and base62.
+///
+/// They are generated in one sequence and dealt out in turn (producer p gets commands p,
+/// p + producers, …), so that the commands in flight together were minted together, as a
+/// gateway mints ids when each request arrives. Ids are time-ordered, and the `streams`
+/// table is keyed by them: dealt out in blocks instead, one pool per producer, the 64
+/// commands of a batch came from 64 moments of the generation phase and inserted at 64
+/// places in that B-tree, while the raw baseline's rows inserted at its end.
 fn command_pools(producers: usize, seconds: u64, first_index: usize) -> Vec<Vec<Command>> {
     let per_producer = (COMMANDS_PER_SECOND * seconds as usize).div_ceil(producers);
-    (0..producers)
-        .map(|producer| {
-            let base = first_index + producer * per_producer;
-            (base..base + per_producer).map(register_command).collect()
-        })
-        .collect()
+    let mut pools: Vec<Vec<Command>> = (0..producers).map(|_| Vec::with_capacity(per_producer)).collect();
+    for offset in 0..per_producer * producers {
+        pools[offset % producers].push(register_command(first_index + offset));
+    }
+    pools
 }
 
 /// CPU seconds (user + system, every thread) this process has used so far, from
