@@ -129,7 +129,14 @@ impl Ledger {
         evolve(&mut self.state, &committed.event);
         self.position = stored.position;
         self.head_hash = stored.hash;
-        self.stream_versions.insert(stored.stream_id.clone(), stored.stream_version);
+        // Most events continue a stream already known (a call's usage follows its
+        // authorization); only a new stream's id is copied into the map.
+        match self.stream_versions.get_mut(stored.stream_id.as_str()) {
+            Some(version) => *version = stored.stream_version,
+            None => {
+                self.stream_versions.insert(stored.stream_id.clone(), stored.stream_version);
+            }
+        }
         if let Some(idempotency) = idempotency {
             self.idempotency
                 .entry(idempotency.key.clone())
