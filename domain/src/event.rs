@@ -350,8 +350,15 @@ macro_rules! events {
             }
 
             pub fn decode(event_type: &str, schema_version: i32, payload: &[u8]) -> Result<Event, DecodeError> {
+                // One UTF-8 check of the whole payload, then a parser that trusts it: from
+                // bytes, serde_json checks every string it meets on its own, and those
+                // checks were 10% of the instructions of loading a gateway's log.
+                let payload = std::str::from_utf8(payload).map_err(|error| DecodeError::BadPayload {
+                    event_type: event_type.to_owned(),
+                    message: error.to_string(),
+                })?;
                 match (event_type, schema_version) {
-                    $((stringify!($name), 1) => serde_json::from_slice(payload)
+                    $((stringify!($name), 1) => serde_json::from_str(payload)
                         .map(Event::$name)
                         .map_err(|error| DecodeError::BadPayload {
                             event_type: event_type.to_owned(),

@@ -131,6 +131,12 @@ fn events_round_trip_through_their_stored_bytes() {
     assert!(Event::decode("NoSuchEvent", 1, b"{}").is_err());
     assert!(Event::decode("OrgRegistered", 99, b"{}").is_err());
     assert!(Event::decode("OrgRegistered", 1, b"{not json").is_err());
+    // Bytes that are not UTF-8 are refused as a bad payload, inside a string or not.
+    let mut not_utf8 = given(&[]).when(&register(4, "Bad \u{e9}")).unwrap()[0].payload_bytes();
+    let accented = not_utf8.windows(2).position(|pair| pair == "\u{e9}".as_bytes()).unwrap();
+    not_utf8[accented + 1] = 0xff;
+    let refused = Event::decode("OrgRegistered", 1, &not_utf8).unwrap_err();
+    assert!(matches!(refused, bahi_domain::event::DecodeError::BadPayload { .. }), "{refused:?}");
 }
 
 /// Decides `command` at `at` and folds its events into `state`.
