@@ -40,6 +40,7 @@ pub struct OrgRegistered {
     pub display_name: String,
     pub plan: String,
     pub environment: Environment,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub registered_at: DateTime<Utc>,
 }
 
@@ -52,6 +53,7 @@ pub struct ApiKeyCreated {
     pub display_prefix: String,
     pub environment: Environment,
     pub scopes: Vec<Scope>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub rate_limit: Option<RateLimit>,
@@ -68,6 +70,7 @@ pub struct UserSignedUp {
     /// An argon2id PHC string; the password itself is never recorded.
     pub password_hash: String,
     pub role: Role,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub signed_up_at: DateTime<Utc>,
 }
 
@@ -80,6 +83,7 @@ pub struct MemberAdded {
     pub password_hash: String,
     pub role: Role,
     pub added_by: UserId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub added_at: DateTime<Utc>,
 }
 
@@ -89,7 +93,9 @@ pub struct SessionStarted {
     pub user_id: UserId,
     pub org_id: OrgId,
     pub session_hash: SecretHash,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub started_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -98,6 +104,7 @@ pub struct SessionEnded {
     pub user_id: UserId,
     pub org_id: OrgId,
     pub session_hash: SecretHash,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub ended_at: DateTime<Utc>,
 }
 
@@ -106,6 +113,7 @@ pub struct SessionEnded {
 pub struct UserSessionsEnded {
     pub user_id: UserId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub ended_at: DateTime<Utc>,
 }
 
@@ -113,6 +121,7 @@ pub struct UserSessionsEnded {
 pub struct ApiKeyRevoked {
     pub key_id: ApiKeyId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
     /// True when revoked through DELETE; the key is then hidden from listings.
     pub deleted: bool,
@@ -124,6 +133,7 @@ pub struct ApiKeyRevoked {
 pub struct ApiKeyUsed {
     pub key_id: ApiKeyId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub last_used_at: DateTime<Utc>,
 }
 
@@ -138,6 +148,7 @@ pub struct AgentCreated {
     pub scopes: Vec<Scope>,
     pub budget: Option<Budget>,
     pub rate_limit: Option<RateLimit>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -146,6 +157,7 @@ pub struct AgentCreated {
 pub struct AgentRevoked {
     pub agent_id: AgentId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -157,7 +169,9 @@ pub struct AgentTokenMinted {
     pub org_id: OrgId,
     pub key_id: String,
     pub scopes: Vec<Scope>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub issued_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -166,6 +180,7 @@ pub struct AgentTokenRevoked {
     pub token_id: TokenId,
     pub agent_id: AgentId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -177,6 +192,7 @@ pub struct SigningKeyAdded {
     pub public_jwk: serde_json::Value,
     /// base64url of the sealed PKCS#8 private key.
     pub sealed_private_key: String,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub added_at: DateTime<Utc>,
 }
 
@@ -185,7 +201,9 @@ pub struct SigningKeyAdded {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SigningKeyRetired {
     pub key_id: String,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub retired_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub verify_until: DateTime<Utc>,
 }
 
@@ -202,6 +220,7 @@ pub struct IssuerRegistered {
     pub audience: Option<String>,
     pub owner_claim: String,
     pub owners: BTreeMap<String, OrgId>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub registered_at: DateTime<Utc>,
 }
 
@@ -209,6 +228,7 @@ pub struct IssuerRegistered {
 pub struct IssuerRevoked {
     pub issuer_id: IssuerId,
     pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -217,6 +237,7 @@ pub struct IssuerRevoked {
 pub struct PriceSet {
     pub model: String,
     pub price: Price,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub set_at: DateTime<Utc>,
 }
 
@@ -229,6 +250,7 @@ pub struct CreditsToppedUp {
     pub payment_reference: String,
     pub user_id: UserId,
     pub balance_after: Money,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub topped_up_at: DateTime<Utc>,
 }
 
@@ -240,6 +262,7 @@ pub struct CreditsGranted {
     pub amount: Money,
     pub reason: String,
     pub balance_after: Money,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub granted_at: DateTime<Utc>,
 }
 
@@ -265,7 +288,9 @@ pub struct CallAuthorized {
     pub price: Price,
     /// Credit held until the usage settles or the hold expires (zero without max_cost).
     pub hold: Money,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub authorized_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub hold_expires_at: DateTime<Utc>,
 }
 
@@ -286,6 +311,7 @@ pub struct UsageRecorded {
     pub balance_after: Money,
     /// Hex SHA-256 of the usage request, so that a replay can be told from a conflict.
     pub request_hash: String,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub settled_at: DateTime<Utc>,
 }
 
@@ -295,6 +321,7 @@ pub struct HoldExpired {
     pub call_id: CallId,
     pub org_id: OrgId,
     pub released: Money,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub expired_at: DateTime<Utc>,
 }
 
@@ -305,12 +332,14 @@ pub struct GatewayKeyCreated {
     pub name: Option<String>,
     pub key_hash: SecretHash,
     pub display_prefix: String,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayKeyRevoked {
     pub key_id: ApiKeyId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
 }
 

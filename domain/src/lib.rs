@@ -13,6 +13,7 @@ pub mod ids;
 pub mod money;
 pub mod rate_limit;
 pub mod state;
+pub mod timestamp;
 
 pub use command::{Command, decide};
 pub use error::DomainError;

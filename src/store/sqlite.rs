@@ -77,7 +77,11 @@ fn insert_statement(rows: usize) -> String {
     format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {placeholders}")
 }
 
+/// Reads a stored time: the form bahi writes directly, any other RFC 3339 through chrono.
 pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    if let Some(time) = bahi_domain::timestamp::parse_utc(text) {
+        return Ok(time);
+    }
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))

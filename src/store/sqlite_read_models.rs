@@ -12,11 +12,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use super::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money};
 use super::{StoreError, hash_from_bytes};
 
-pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| StoreError::Corrupt(format!("bad time {text:?}")))
-}
+pub(super) use super::sqlite::parse_time;
 
 fn optional_time(text: Option<&str>) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.map(parse_time).transpose()
