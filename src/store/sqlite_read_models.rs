@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use super::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money};
 use super::{StoreError, hash_from_bytes};
 
-pub(super) use super::sqlite::parse_time;
+use super::sqlite::parse_time;
 
 fn optional_time(text: Option<&str>) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.map(parse_time).transpose()

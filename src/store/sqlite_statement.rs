@@ -20,7 +20,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::StoreError;
 use super::read_models::{EntrySender, STATEMENT_BATCH, money};
-use super::sqlite_read_models::{FIRST_POSITION, LAST_POSITION, LEDGER_ENTRIES_IN_RANGE, parse_time};
+use super::sqlite::parse_time;
+use super::sqlite_read_models::{FIRST_POSITION, LAST_POSITION, LEDGER_ENTRIES_IN_RANGE};
 
 /// Opens a read-only connection to the SQLite database at `path`, for reads too large for
 /// sqlx's row-by-row hand-over. It never creates the file: a missing database is an error.
