@@ -299,6 +299,24 @@ async fn holds_expire_and_release_credit_and_late_usage_is_still_billed() {
         usage(&client, &server, held["call_id"].as_str().unwrap(), "m", 10_000, 0).await.json().await.unwrap();
     assert_eq!(amount(&late["cost"]), "1.00");
     assert_eq!(amount(&late["balance"]), "4.00");
+    // The call's audit answer lists all three of its events, in log order.
+    let call_id = held["call_id"].as_str().unwrap();
+    let audit: Value = client
+        .get(server.url(&format!("/v1/audit/calls/{call_id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let types: Vec<&str> =
+        audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["CallAuthorized", "HoldExpired", "UsageRecorded"], "{audit}");
+    let positions: Vec<i64> =
+        audit["events"].as_array().unwrap().iter().map(|event| event["position"].as_i64().unwrap()).collect();
+    assert!(positions.is_sorted(), "{audit}");
+    assert_eq!(amount(&audit["cost"]), "1.00");
 }
 
 #[tokio::test]

@@ -507,3 +507,84 @@ async fn sqlite_appends_reach_the_database_file_through_the_checkpointer() {
     let store = running.stop().await;
     assert_eq!(verify_log(&store).await.unwrap(), Ok(2400));
 }
+
+/// Migration 5 rebuilt the audit read models of an existing read-model file in the new shape
+/// (a call's events found from the positions on its row): the audit projection starts again
+/// from the beginning of the log, the directory keeps its checkpoint, and catching up gives
+/// the rows a new file gets.
+#[tokio::test]
+async fn a_read_model_file_from_before_call_positions_is_projected_again() {
+    use bahi_domain::billing::Price;
+    use bahi_domain::event::CallAttribution;
+    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::money::Money;
+
+    let database = TestDatabase::sqlite();
+    let running = start(&database).await;
+    let submit = |command: Command| running.writer.submit(command, CommandContext::default());
+    let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
+    submit(Command::SetPrice { model: "m".into(), price }).await.unwrap();
+    let command = register_command("org");
+    let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
+    let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
+    submit(command).await.unwrap();
+    let amount = Money::parse("10").unwrap();
+    let grant_id = TopupId::from_random(random16());
+    submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
+    let call_id = CallId::from_random(random16());
+    let attribution = CallAttribution {
+        credential_kind: "api_key".into(),
+        credential_id: key_id.to_string(),
+        agent_id: None,
+        agent_name: None,
+        act_for: org_id.to_string(),
+    };
+    submit(Command::Authorize {
+        call_id: call_id.clone(),
+        org_id,
+        attribution,
+        model: "m".into(),
+        max_cost: Some(Money::parse("0.5").unwrap()),
+        hold_ttl_seconds: 600,
+    })
+    .await
+    .unwrap();
+    submit(usage(&call_id, 1)).await.unwrap();
+    let store = running.stop().await;
+    let head = catch_up_projections(&store, None).await.unwrap();
+    let new_file = dump_projections(&store).await;
+    drop(store);
+
+    // Put the file back in the shape migrations 2 and 3 left it in, rows and checkpoints kept.
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    let read_file = rusqlite::Connection::open(format!("{}.read", path.display())).unwrap();
+    read_file
+        .execute_batch(
+            "DROP TABLE read_calls;
+             CREATE TABLE read_calls (call_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, credential_kind TEXT NOT NULL,
+                 credential_id TEXT NOT NULL, agent_id TEXT, agent_name TEXT, act_for TEXT NOT NULL, model TEXT NOT NULL,
+                 hold_micros INTEGER NOT NULL, authorized_at TEXT NOT NULL, input_tokens INTEGER, output_tokens INTEGER,
+                 cost_micros INTEGER, status TEXT, settled_at TEXT, position INTEGER NOT NULL);
+             INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, act_for, model, hold_micros,
+                 authorized_at, position) VALUES ('call_old', 'org_old', 'api_key', 'key_old', 'org_old', 'm', 0, 'then', 1);
+             CREATE TABLE read_call_events (call_id TEXT NOT NULL, position INTEGER NOT NULL, event_type TEXT NOT NULL,
+                 PRIMARY KEY (call_id, position)) WITHOUT ROWID;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    drop(read_file);
+
+    let (store, _) = open_and_load(&database.url()).await.unwrap();
+    assert_eq!(store.checkpoint("audit").await.unwrap(), 0, "the audit projection starts again");
+    assert_eq!(store.checkpoint("directory").await.unwrap(), head, "the directory is untouched");
+    assert!(store.dump_table("read_ledger_entries").await.unwrap().is_empty());
+    let read_file = rusqlite::Connection::open(format!("{}.read", path.display())).unwrap();
+    let old_tables: i64 = read_file
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'read_call_events'", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(old_tables, 0);
+    let version: i64 = read_file.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert_eq!(version, 3);
+    catch_up_projections(&store, None).await.unwrap();
+    assert_eq!(dump_projections(&store).await, new_file);
+}

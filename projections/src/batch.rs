@@ -52,20 +52,22 @@ pub struct KeyRevocation {
     pub position: i64,
 }
 
-/// A row of `read_calls` inserted when missing; with a settlement (usage recorded in the
-/// same page), an existing row also gets the settlement's columns and position, exactly as
-/// the UPDATE that would have followed the insert.
+/// A row of `read_calls` inserted when missing; with a settlement or an expiry later in the
+/// same page, an existing row also gets the settlement's columns and position, or the
+/// expiry's position, exactly as the UPDATEs that would have followed the insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRow {
     pub authorized: AuthorizedCallRow,
     pub settlement: Option<SettledCallRow>,
+    pub expired_position: Option<i64>,
 }
 
+/// A hold expiry of a call whose row is not in the same batch: an UPDATE of the row's
+/// `expired_position`, nothing when the row is missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallEventRow {
+pub struct CallExpiry {
     pub call_id: String,
     pub position: i64,
-    pub event_type: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +84,8 @@ pub struct PlannedPage {
     pub batches: Vec<RowBatch>,
 }
 
-/// Rows to write, per table. Ledger entries, calls, call events and org events are
-/// inserted only when missing (the first operation on a key wins, as with one-by-one
+/// Rows to write, per table. Ledger entries, calls and org events are inserted only when
+/// missing (the first operation on a key wins, as with one-by-one
 /// `ON CONFLICT DO NOTHING`); orgs and keys are upserted (the last one wins).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowBatch {
@@ -95,8 +97,9 @@ pub struct RowBatch {
     /// table", which is then already committed (the engine looks it up, else 0).
     pub ledger_entries: Vec<LedgerEntryRow>,
     pub calls: Vec<CallRow>,
+    /// Settlements and expiries update disjoint columns, so they commute with each other.
     pub settlements: Vec<SettledCallRow>,
-    pub call_events: Vec<CallEventRow>,
+    pub expiries: Vec<CallExpiry>,
     pub org_events: Vec<OrgEventRow>,
 }
 
@@ -108,7 +111,7 @@ impl RowBatch {
             && self.ledger_entries.is_empty()
             && self.calls.is_empty()
             && self.settlements.is_empty()
-            && self.call_events.is_empty()
+            && self.expiries.is_empty()
             && self.org_events.is_empty()
     }
 
@@ -120,7 +123,7 @@ impl RowBatch {
             + self.ledger_entries.len()
             + self.calls.len()
             + self.settlements.len()
-            + self.call_events.len()
+            + self.expiries.len()
             + self.org_events.len()
     }
 }
@@ -136,7 +139,7 @@ struct OpenBatch {
     unresolved_balances: HashSet<String>,
     calls: HashMap<String, usize>,
     settlements: HashMap<String, usize>,
-    call_events: HashSet<(String, i64)>,
+    expiries: HashMap<String, usize>,
     org_events: HashSet<(String, i64)>,
 }
 
@@ -237,13 +240,15 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
                 open.rows.ledger_entries.push(row);
             }
             SqlOperation::UpsertAuthorizedCall(authorized) => {
-                if open.settlements.contains_key(&authorized.call_id) {
+                if open.settlements.contains_key(&authorized.call_id) || open.expiries.contains_key(&authorized.call_id)
+                {
+                    // An UPDATE of a row that did not exist yet came first; keep the order.
                     close(&mut batches, &mut open);
                 }
                 // Insert-if-missing: a second authorization of the same call changes nothing.
                 if !open.calls.contains_key(&authorized.call_id) {
                     open.calls.insert(authorized.call_id.clone(), open.rows.calls.len());
-                    open.rows.calls.push(CallRow { authorized, settlement: None });
+                    open.rows.calls.push(CallRow { authorized, settlement: None, expired_position: None });
                 }
             }
             SqlOperation::SettleCall(settled) => {
@@ -257,9 +262,15 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
                     open.rows.settlements.push(settled);
                 }
             }
-            SqlOperation::InsertCallEvent { call_id, position, event_type } => {
-                if open.call_events.insert((call_id.clone(), position)) {
-                    open.rows.call_events.push(CallEventRow { call_id, position, event_type });
+            SqlOperation::ExpireCall { call_id, position } => {
+                if let Some(&index) = open.calls.get(&call_id) {
+                    // The UPDATE after the insert.
+                    open.rows.calls[index].expired_position = Some(position);
+                } else if let Some(&index) = open.expiries.get(&call_id) {
+                    open.rows.expiries[index].position = position;
+                } else {
+                    open.expiries.insert(call_id.clone(), open.rows.expiries.len());
+                    open.rows.expiries.push(CallExpiry { call_id, position });
                 }
             }
             SqlOperation::InsertOrgEvent { org_id, position } => {
@@ -366,6 +377,33 @@ mod tests {
         assert_eq!(batches[0].calls[0].settlement.as_ref().map(|settled| settled.position), Some(2));
         assert_eq!(batches[0].settlements.len(), 1);
         assert_eq!(batches[1].calls.len(), 1);
+    }
+
+    #[test]
+    fn an_expiry_merges_into_its_calls_row_and_commutes_with_a_settlement() {
+        let expire = |call_id: &str, position| SqlOperation::ExpireCall { call_id: call_id.into(), position };
+        let batches = plan([
+            authorized("call_1", 1),
+            expire("call_1", 2),
+            settled("call_1", 3),
+            expire("call_2", 4),
+            settled("call_2", 5),
+            expire("call_3", 6),
+            authorized("call_3", 7),
+        ]);
+        assert_eq!(batches.len(), 2, "call_3's expiry updates a row that must exist before its insert");
+        let call = &batches[0].calls[0];
+        assert_eq!(call.expired_position, Some(2));
+        assert_eq!(call.settlement.as_ref().map(|settled| settled.position), Some(3));
+        assert_eq!(
+            batches[0].expiries,
+            [
+                CallExpiry { call_id: "call_2".into(), position: 4 },
+                CallExpiry { call_id: "call_3".into(), position: 6 }
+            ]
+        );
+        assert_eq!(batches[0].settlements.len(), 1);
+        assert_eq!(batches[1].calls[0].expired_position, None);
     }
 
     #[test]

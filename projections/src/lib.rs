@@ -44,13 +44,12 @@ pub enum SqlOperation {
     InsertLedgerEntry(LedgerEntryRow),
     /// A call as authorized: who made it, for whom, who pays.
     UpsertAuthorizedCall(AuthorizedCallRow),
-    /// A call's settlement: tokens, cost and when.
+    /// A call's settlement: tokens, cost, when, and the settling event's position.
     SettleCall(SettledCallRow),
-    /// An event that concerns a call, listed by the call's audit answer.
-    InsertCallEvent {
+    /// A call's hold expired unsettled: the position of that event.
+    ExpireCall {
         call_id: String,
         position: i64,
-        event_type: String,
     },
     /// An event that belongs to an org, so the org (and only it) can read it in the audit log.
     InsertOrgEvent {
@@ -100,6 +99,7 @@ pub struct LedgerEntryRow {
     pub balance_after_micros: Option<i64>,
 }
 
+/// A call as authorized; `position` is the authorization's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedCallRow {
     pub call_id: String,
@@ -115,6 +115,7 @@ pub struct AuthorizedCallRow {
     pub position: i64,
 }
 
+/// A call's settlement; `position` is the usage event's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettledCallRow {
     pub call_id: String,
@@ -136,12 +137,8 @@ pub struct Projection {
 
 pub const PROJECTIONS: &[Projection] = &[
     Projection { name: "directory", tables: &["read_orgs", "read_api_keys"], apply: directory },
-    // One projection for the four audit tables: the events are decoded once for all of them.
-    Projection {
-        name: "audit",
-        tables: &["read_ledger_entries", "read_calls", "read_call_events", "read_org_events"],
-        apply: audit,
-    },
+    // One projection for the three audit tables: the events are decoded once for all of them.
+    Projection { name: "audit", tables: &["read_ledger_entries", "read_calls", "read_org_events"], apply: audit },
 ];
 
 pub fn scopes_text(scopes: &[Scope]) -> String {
@@ -308,47 +305,39 @@ pub fn ledger_entries(event: &Event, position: i64) -> Vec<SqlOperation> {
     vec![SqlOperation::InsertLedgerEntry(row)]
 }
 
-/// One row per call (attribution at authorization, tokens and cost at settlement), and the
-/// call's events.
+/// One row per call: attribution at authorization, tokens and cost at settlement, and the
+/// position of each of the call's events (authorization, settlement, hold expiry), which is
+/// how the call's audit answer lists them.
 pub fn calls(event: &Event, position: i64) -> Vec<SqlOperation> {
-    let call_event = |call_id: &bahi_domain::ids::CallId| SqlOperation::InsertCallEvent {
-        call_id: call_id.to_string(),
-        position,
-        event_type: event.event_type().to_owned(),
-    };
     match event {
         Event::CallAuthorized(authorized) => {
             let attribution = &authorized.attribution;
-            vec![
-                SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
-                    call_id: authorized.call_id.to_string(),
-                    org_id: authorized.org_id.to_string(),
-                    credential_kind: attribution.credential_kind.clone(),
-                    credential_id: attribution.credential_id.clone(),
-                    agent_id: attribution.agent_id.clone(),
-                    agent_name: attribution.agent_name.clone(),
-                    act_for: attribution.act_for.clone(),
-                    model: authorized.model.clone(),
-                    hold_micros: authorized.hold.micros(),
-                    authorized_at: authorized.authorized_at,
-                    position,
-                }),
-                call_event(&authorized.call_id),
-            ]
-        }
-        Event::UsageRecorded(recorded) => vec![
-            SqlOperation::SettleCall(SettledCallRow {
-                call_id: recorded.call_id.to_string(),
-                input_tokens: tokens(recorded.input_tokens),
-                output_tokens: tokens(recorded.output_tokens),
-                cost_micros: recorded.cost.micros(),
-                status: recorded.status.clone(),
-                settled_at: recorded.settled_at,
+            vec![SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
+                call_id: authorized.call_id.to_string(),
+                org_id: authorized.org_id.to_string(),
+                credential_kind: attribution.credential_kind.clone(),
+                credential_id: attribution.credential_id.clone(),
+                agent_id: attribution.agent_id.clone(),
+                agent_name: attribution.agent_name.clone(),
+                act_for: attribution.act_for.clone(),
+                model: authorized.model.clone(),
+                hold_micros: authorized.hold.micros(),
+                authorized_at: authorized.authorized_at,
                 position,
-            }),
-            call_event(&recorded.call_id),
-        ],
-        Event::HoldExpired(expired) => vec![call_event(&expired.call_id)],
+            })]
+        }
+        Event::UsageRecorded(recorded) => vec![SqlOperation::SettleCall(SettledCallRow {
+            call_id: recorded.call_id.to_string(),
+            input_tokens: tokens(recorded.input_tokens),
+            output_tokens: tokens(recorded.output_tokens),
+            cost_micros: recorded.cost.micros(),
+            status: recorded.status.clone(),
+            settled_at: recorded.settled_at,
+            position,
+        })],
+        Event::HoldExpired(expired) => {
+            vec![SqlOperation::ExpireCall { call_id: expired.call_id.to_string(), position }]
+        }
         _ => Vec::new(),
     }
 }
@@ -401,11 +390,11 @@ mod tests {
         assert_eq!(row.agent_id.as_deref(), Some("agt_1"));
         assert_eq!(row.act_for.as_deref(), Some("usr_1"));
         assert_eq!((row.input_tokens, row.output_tokens), (Some(10), Some(20)));
-        assert!(matches!(&operations[2], SqlOperation::SettleCall(settled) if settled.cost_micros == 500_000));
-        assert_eq!(
-            operations[3],
-            SqlOperation::InsertCallEvent { call_id: "call_1".into(), position: 7, event_type: "UsageRecorded".into() }
-        );
+        assert!(matches!(
+            &operations[2],
+            SqlOperation::SettleCall(settled) if settled.cost_micros == 500_000 && settled.position == 7
+        ));
+        assert_eq!(operations.len(), 3);
     }
 
     #[test]
@@ -423,6 +412,8 @@ mod tests {
         // The engine repeats the previous balance: the event carries none.
         assert_eq!(row.balance_after_micros, None);
         assert_eq!(row.entry_type, entry_type::HOLD_RELEASE);
+        // The call keeps the expiry's position, so its audit answer lists the event.
+        assert_eq!(calls(&expired, 8), [SqlOperation::ExpireCall { call_id: "call_1".into(), position: 8 }]);
     }
 
     #[test]

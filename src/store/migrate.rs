@@ -25,9 +25,18 @@ pub const SQLITE: &[Migration] = &[
 ];
 
 /// The SQLite migrations that create read-model tables. Since migration 4 the read models
-/// live in a file of their own: these are applied there, in this order, and the file's
-/// `user_version` counts how many it has. A new or deleted file gets them all again.
+/// live in a file of their own: these are applied there, in this order, followed by
+/// `SQLITE_READ_FILE`, and the file's `user_version` counts how many it has. A new or
+/// deleted file gets them all again.
 pub const SQLITE_READ_MODELS: &[i64] = &[2, 3];
+
+/// Read-model migrations written after the read models moved to their own file: applied
+/// to that file only (after `SQLITE_READ_MODELS`), never to the log's file.
+pub const SQLITE_READ_FILE: &[Migration] = &[Migration {
+    version: 5,
+    name: "call_positions",
+    sql: include_str!("../../migrations/sqlite/0005_call_positions.sql"),
+}];
 
 pub const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/postgres/0001_event_log.sql") },
@@ -36,6 +45,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "audit_read_models",
         sql: include_str!("../../migrations/postgres/0003_audit_read_models.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "call_positions",
+        sql: include_str!("../../migrations/postgres/0004_call_positions.sql"),
     },
 ];
 

@@ -117,17 +117,25 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         let settled = |get: fn(&bahi_projections::SettledCallRow) -> Option<i64>| {
             column(rows, move |row| row.settlement.as_ref().and_then(get))
         };
-        // Insert-if-missing; a call settled in the same page also sets its settlement on a
-        // row that already existed, as the UPDATE after the insert would have.
+        // Insert-if-missing; a call settled or expired in the same page also sets that on a
+        // row that already existed, as the UPDATEs after the insert would have. Every
+        // settlement column is non-null when there is a settlement, so `coalesce` keeps the
+        // row's own values exactly when there is none.
         sqlx::query(
             "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
-             hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, position) \
+             hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
+             authorized_position, settled_position, expired_position) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
              $8::text[], $9::bigint[], $10::timestamptz[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
-             $15::timestamptz[], $16::bigint[]) \
-             ON CONFLICT (call_id) DO UPDATE SET input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
-             cost_micros = excluded.cost_micros, status = excluded.status, settled_at = excluded.settled_at, \
-             position = excluded.position WHERE excluded.settled_at IS NOT NULL",
+             $15::timestamptz[], $16::bigint[], $17::bigint[], $18::bigint[]) \
+             ON CONFLICT (call_id) DO UPDATE SET input_tokens = coalesce(excluded.input_tokens, read_calls.input_tokens), \
+             output_tokens = coalesce(excluded.output_tokens, read_calls.output_tokens), \
+             cost_micros = coalesce(excluded.cost_micros, read_calls.cost_micros), \
+             status = coalesce(excluded.status, read_calls.status), \
+             settled_at = coalesce(excluded.settled_at, read_calls.settled_at), \
+             settled_position = coalesce(excluded.settled_position, read_calls.settled_position), \
+             expired_position = coalesce(excluded.expired_position, read_calls.expired_position) \
+             WHERE excluded.settled_position IS NOT NULL OR excluded.expired_position IS NOT NULL",
         )
         .bind(column(rows, |row| row.authorized.call_id.as_str()))
         .bind(column(rows, |row| row.authorized.org_id.as_str()))
@@ -144,7 +152,9 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .bind(settled(|settled| Some(settled.cost_micros)))
         .bind(column(rows, |row| row.settlement.as_ref().map(|settled| settled.status.as_str())))
         .bind(column(rows, |row| row.settlement.as_ref().map(|settled| settled.settled_at)))
-        .bind(column(rows, |row| row.settlement.as_ref().map_or(row.authorized.position, |settled| settled.position)))
+        .bind(column(rows, |row| row.authorized.position))
+        .bind(settled(|settled| Some(settled.position)))
+        .bind(column(rows, |row| row.expired_position))
         .execute(&mut *connection)
         .await?;
     }
@@ -152,7 +162,7 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         let rows = &batch.settlements;
         sqlx::query(
             "UPDATE read_calls AS c SET input_tokens = u.input_tokens, output_tokens = u.output_tokens, \
-             cost_micros = u.cost_micros, status = u.status, settled_at = u.settled_at, position = u.position \
+             cost_micros = u.cost_micros, status = u.status, settled_at = u.settled_at, settled_position = u.position \
              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[], $7::bigint[]) \
              AS u(call_id, input_tokens, output_tokens, cost_micros, status, settled_at, position) \
              WHERE c.call_id = u.call_id",
@@ -167,15 +177,14 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .execute(&mut *connection)
         .await?;
     }
-    if !batch.call_events.is_empty() {
-        let rows = &batch.call_events;
+    if !batch.expiries.is_empty() {
+        let rows = &batch.expiries;
         sqlx::query(
-            "INSERT INTO read_call_events (call_id, position, event_type) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
+            "UPDATE read_calls AS c SET expired_position = u.position \
+             FROM UNNEST($1::text[], $2::bigint[]) AS u(call_id, position) WHERE c.call_id = u.call_id",
         )
         .bind(column(rows, |row| row.call_id.as_str()))
         .bind(column(rows, |row| row.position))
-        .bind(column(rows, |row| row.event_type.as_str()))
         .execute(&mut *connection)
         .await?;
     }

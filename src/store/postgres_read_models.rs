@@ -42,8 +42,9 @@ pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecor
 
 pub async fn call_events(pool: &PgPool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
     let rows = sqlx::query(
-        "SELECT c.position, c.event_type, e.hash FROM read_call_events c JOIN events e ON e.position = c.position \
-         WHERE c.call_id = $1 ORDER BY c.position",
+        "SELECT e.position, e.event_type, e.hash FROM read_calls c \
+         JOIN events e ON e.position IN (c.authorized_position, c.settled_position, c.expired_position) \
+         WHERE c.call_id = $1 ORDER BY e.position",
     )
     .bind(call_id)
     .fetch_all(pool)

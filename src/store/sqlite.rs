@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 use tokio::sync::Mutex;
 
-use super::migrate::{SQLITE, SQLITE_READ_MODELS, checksum};
+use super::migrate::{SQLITE, SQLITE_READ_FILE, SQLITE_READ_MODELS, checksum};
 use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes, is_dumpable_table};
 
 const EVENT_COLUMNS: &str =
@@ -120,7 +120,10 @@ fn migrate_read_models(path: &Path) -> Result<(), StoreError> {
     connection.busy_timeout(Duration::from_secs(10))?;
     let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let applied: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let migrations = SQLITE_READ_MODELS.iter().filter_map(|version| SQLITE.iter().find(|m| m.version == *version));
+    let migrations = SQLITE_READ_MODELS
+        .iter()
+        .filter_map(|version| SQLITE.iter().find(|m| m.version == *version))
+        .chain(SQLITE_READ_FILE);
     for (count, migration) in (1..).zip(migrations) {
         if count > applied {
             transaction.execute_batch(migration.sql)?;

@@ -164,19 +164,27 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
             ]
         },
     )?;
-    // Insert-if-missing; a call settled in the same page also sets its settlement on a row
-    // that already existed, as the UPDATE after the insert would have.
+    // Insert-if-missing; a call settled or expired in the same page also sets that on a row
+    // that already existed, as the UPDATEs after the insert would have. Every settlement
+    // column is non-null when there is a settlement, so `coalesce` keeps the row's own
+    // values exactly when there is none.
     write_chunked(
         transaction,
         &batch.calls,
         |rows| {
             format!(
                 "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
-                 hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, position) VALUES {} \
-                 ON CONFLICT (call_id) DO UPDATE SET input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
-                 cost_micros = excluded.cost_micros, status = excluded.status, settled_at = excluded.settled_at, \
-                 position = excluded.position WHERE excluded.settled_at IS NOT NULL",
-                tuples(rows, 16)
+                 hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
+                 authorized_position, settled_position, expired_position) VALUES {} \
+                 ON CONFLICT (call_id) DO UPDATE SET input_tokens = coalesce(excluded.input_tokens, read_calls.input_tokens), \
+                 output_tokens = coalesce(excluded.output_tokens, read_calls.output_tokens), \
+                 cost_micros = coalesce(excluded.cost_micros, read_calls.cost_micros), \
+                 status = coalesce(excluded.status, read_calls.status), \
+                 settled_at = coalesce(excluded.settled_at, read_calls.settled_at), \
+                 settled_position = coalesce(excluded.settled_position, read_calls.settled_position), \
+                 expired_position = coalesce(excluded.expired_position, read_calls.expired_position) \
+                 WHERE excluded.settled_position IS NOT NULL OR excluded.expired_position IS NOT NULL",
+                tuples(rows, 18)
             )
         },
         |row| {
@@ -198,7 +206,9 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
                 Value::from(settlement.map(|settled| settled.cost_micros)),
                 Value::from(settlement.map(|settled| settled.status.clone())),
                 Value::from(settlement.map(|settled| format_recorded_at(settled.settled_at))),
-                Value::from(settlement.map_or(authorized.position, |settled| settled.position)),
+                Value::from(authorized.position),
+                Value::from(settlement.map(|settled| settled.position)),
+                Value::from(row.expired_position),
             ]
         },
     )?;
@@ -208,7 +218,7 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         |rows| {
             format!(
                 "UPDATE read_calls SET input_tokens = v.column2, output_tokens = v.column3, cost_micros = v.column4, \
-                 status = v.column5, settled_at = v.column6, position = v.column7 \
+                 status = v.column5, settled_at = v.column6, settled_position = v.column7 \
                  FROM (VALUES {}) AS v WHERE read_calls.call_id = v.column1",
                 tuples(rows, 7)
             )
@@ -227,11 +237,14 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
     )?;
     write_chunked(
         transaction,
-        &batch.call_events,
+        &batch.expiries,
         |rows| {
-            format!("INSERT OR IGNORE INTO read_call_events (call_id, position, event_type) VALUES {}", tuples(rows, 3))
+            format!(
+                "UPDATE read_calls SET expired_position = v.column2 FROM (VALUES {}) AS v WHERE read_calls.call_id = v.column1",
+                tuples(rows, 2)
+            )
         },
-        |row| vec![Value::from(row.call_id.clone()), Value::from(row.position), Value::from(row.event_type.clone())],
+        |row| vec![Value::from(row.call_id.clone()), Value::from(row.position)],
     )?;
     write_chunked(
         transaction,
