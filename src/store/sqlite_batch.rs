@@ -2,10 +2,14 @@
 //! instead of one statement per row, through rusqlite on a blocking thread: sqlx copied
 //! every bound value and handed every statement to its worker thread and back.
 
+use std::ops::Range;
+
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::batch::RowBatch;
+use bahi_projections::SettledCallRow;
+use bahi_projections::batch::{CallExpiry, RowBatch};
+use chrono::{DateTime, Utc};
 use rusqlite::Transaction;
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
 use super::StoreError;
 
@@ -19,29 +23,63 @@ fn tuples(rows: usize, values: usize) -> String {
     vec![tuple; rows].join(", ")
 }
 
+/// A bound value. Text is bound from the row where it lives rather than from a copy: SQLite
+/// copies bound text itself, and the copies made first were a tenth of a rebuild's
+/// instructions.
+type Bound<'r> = ToSqlOutput<'r>;
+
+fn text(value: &str) -> Bound<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(value.as_bytes()))
+}
+
+fn optional_text(value: Option<&str>) -> Bound<'_> {
+    value.map_or(ToSqlOutput::Borrowed(ValueRef::Null), text)
+}
+
+fn integer<'r>(value: i64) -> Bound<'r> {
+    ToSqlOutput::Owned(Value::Integer(value))
+}
+
+fn optional_integer<'r>(value: Option<i64>) -> Bound<'r> {
+    ToSqlOutput::Owned(value.map_or(Value::Null, Value::Integer))
+}
+
+fn time<'r>(value: DateTime<Utc>) -> Bound<'r> {
+    ToSqlOutput::Owned(Value::Text(format_recorded_at(value)))
+}
+
+fn optional_time<'r>(value: Option<DateTime<Utc>>) -> Bound<'r> {
+    ToSqlOutput::Owned(value.map_or(Value::Null, |value| Value::Text(format_recorded_at(value))))
+}
+
 /// Runs `statement(rows)` over `rows` in chunks, binding the values `bind` gives each row.
+/// Returns the chunks whose statement changed fewer rows than it had (an insert-if-missing
+/// that met rows already there; an UPDATE of rows that are missing).
 fn write_chunked<T>(
     transaction: &Transaction<'_>,
     rows: &[T],
     statement: impl Fn(usize) -> String,
-    bind: impl Fn(&T) -> Vec<Value>,
-) -> Result<(), StoreError> {
-    let mut remaining = rows;
-    while !remaining.is_empty() {
-        let size = CHUNK_ROWS.iter().copied().find(|&size| size <= remaining.len()).unwrap_or(1);
-        let (chunk, rest) = remaining.split_at(size);
+    bind: impl for<'r> Fn(&'r T) -> Vec<Bound<'r>>,
+) -> Result<Vec<Range<usize>>, StoreError> {
+    let mut short = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let size = CHUNK_ROWS.iter().copied().find(|&size| size <= rows.len() - start).unwrap_or(1);
+        let chunk = start..start + size;
         let mut prepared = transaction.prepare_cached(&statement(size))?;
         let mut index = 1;
-        for row in chunk {
+        for row in &rows[chunk.clone()] {
             for value in bind(row) {
                 prepared.raw_bind_parameter(index, value)?;
                 index += 1;
             }
         }
-        prepared.raw_execute()?;
-        remaining = rest;
+        if prepared.raw_execute()? < size {
+            short.push(chunk.clone());
+        }
+        start = chunk.end;
     }
-    Ok(())
+    Ok(short)
 }
 
 /// Writes every row of `batch` inside the caller's transaction.
@@ -51,8 +89,10 @@ fn write_chunked<T>(
 /// left at ABORT, such as NOT NULL) makes SQLite copy every page it changes into a
 /// statement journal first. `OR IGNORE` leaves nothing to abort. That journal was a quarter
 /// of a rebuild's writing thread; `OR IGNORE` took the three tables' share from 14.6 s to
-/// 9.2 s on a million gateway events (BENCHMARKS.md). The only other constraints are NOT
-/// NULL, on columns that the row types fill with values that are never null.
+/// 9.2 s on a million gateway events (BENCHMARKS.md); `read_calls` followed later (its
+/// upsert had kept the journal). The only other constraints are NOT NULL, on columns that
+/// the row types fill with values that are never null. The orgs and keys upserts keep
+/// theirs: they are a few rows per registration.
 pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), StoreError> {
     write_chunked(
         transaction,
@@ -67,12 +107,12 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         },
         |row| {
             vec![
-                Value::from(row.org_id.clone()),
-                Value::from(row.display_name.clone()),
-                Value::from(row.plan.clone()),
-                Value::from(row.environment.clone()),
-                Value::from(format_recorded_at(row.registered_at)),
-                Value::from(row.position),
+                text(&row.org_id),
+                text(&row.display_name),
+                text(&row.plan),
+                text(&row.environment),
+                time(row.registered_at),
+                integer(row.position),
             ]
         },
     )?;
@@ -91,15 +131,15 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         },
         |row| {
             vec![
-                Value::from(row.key_id.clone()),
-                Value::from(row.org_id.clone()),
-                Value::from(row.name.clone()),
-                Value::from(row.display_prefix.clone()),
-                Value::from(row.scopes.clone()),
-                Value::from(format_recorded_at(row.created_at)),
-                Value::from(row.expires_at.map(format_recorded_at)),
-                Value::from(row.revoked_at.map(format_recorded_at)),
-                Value::from(row.position),
+                text(&row.key_id),
+                text(&row.org_id),
+                optional_text(row.name.as_deref()),
+                text(&row.display_prefix),
+                text(&row.scopes),
+                time(row.created_at),
+                optional_time(row.expires_at),
+                optional_time(row.revoked_at),
+                integer(row.position),
             ]
         },
     )?;
@@ -113,13 +153,7 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
                 tuples(rows, 3)
             )
         },
-        |row| {
-            vec![
-                Value::from(row.key_id.clone()),
-                Value::from(format_recorded_at(row.revoked_at)),
-                Value::from(row.position),
-            ]
-        },
+        |row| vec![text(&row.key_id), time(row.revoked_at), integer(row.position)],
     )?;
     // A row without its own balance repeats the org's previous entry: the planner filled
     // it from the page where it could, so what is left is already in the table.
@@ -141,49 +175,44 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         },
         |row| {
             vec![
-                Value::from(row.org_id.clone()),
-                Value::from(row.position),
-                Value::from(row.entry_type.to_owned()),
-                Value::from(format_recorded_at(row.occurred_at)),
-                Value::from(row.occurred_day.clone()),
-                Value::from(row.reference.clone()),
-                Value::from(row.description.clone()),
-                Value::from(row.call_id.clone()),
-                Value::from(row.credential_kind.clone()),
-                Value::from(row.credential_id.clone()),
-                Value::from(row.agent_id.clone()),
-                Value::from(row.agent_name.clone()),
-                Value::from(row.act_for.clone()),
-                Value::from(row.model.clone()),
-                Value::from(row.input_tokens),
-                Value::from(row.output_tokens),
-                Value::from(row.debit_micros),
-                Value::from(row.credit_micros),
-                Value::from(row.released_micros),
-                Value::from(row.balance_after_micros),
+                text(&row.org_id),
+                integer(row.position),
+                text(row.entry_type),
+                time(row.occurred_at),
+                text(&row.occurred_day),
+                text(&row.reference),
+                optional_text(row.description.as_deref()),
+                optional_text(row.call_id.as_deref()),
+                optional_text(row.credential_kind.as_deref()),
+                optional_text(row.credential_id.as_deref()),
+                optional_text(row.agent_id.as_deref()),
+                optional_text(row.agent_name.as_deref()),
+                optional_text(row.act_for.as_deref()),
+                optional_text(row.model.as_deref()),
+                optional_integer(row.input_tokens),
+                optional_integer(row.output_tokens),
+                integer(row.debit_micros),
+                integer(row.credit_micros),
+                integer(row.released_micros),
+                optional_integer(row.balance_after_micros),
             ]
         },
     )?;
-    // Insert-if-missing; a call settled or expired in the same page also sets that on a row
-    // that already existed, as the UPDATEs after the insert would have. Every settlement
-    // column is non-null when there is a settlement, so `coalesce` keeps the row's own
-    // values exactly when there is none.
-    write_chunked(
+    // Insert-if-missing, with a settlement or expiry later in the same page already in the
+    // row. `OR IGNORE`, like the tables above, so that SQLite keeps no statement journal.
+    // A row skipped because the call was there already (authorized twice: never in a log
+    // the domain wrote, but a page must give what one event at a time gives) still gets its
+    // settlement and expiry from the UPDATEs that would have followed its insert. Those run
+    // only for a chunk that inserted fewer rows than it had, and on the rows it did insert
+    // they write the values already there.
+    let short = write_chunked(
         transaction,
         &batch.calls,
         |rows| {
             format!(
-                "INSERT INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
-                 hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
-                 authorized_position, settled_position, expired_position) VALUES {} \
-                 ON CONFLICT (call_id) DO UPDATE SET input_tokens = coalesce(excluded.input_tokens, read_calls.input_tokens), \
-                 output_tokens = coalesce(excluded.output_tokens, read_calls.output_tokens), \
-                 cost_micros = coalesce(excluded.cost_micros, read_calls.cost_micros), \
-                 status = coalesce(excluded.status, read_calls.status), \
-                 settled_at = coalesce(excluded.settled_at, read_calls.settled_at), \
-                 settled_position = coalesce(excluded.settled_position, read_calls.settled_position), \
-                 expired_position = coalesce(excluded.expired_position, read_calls.expired_position) \
-                 WHERE excluded.settled_position IS NOT NULL OR excluded.expired_position IS NOT NULL",
+                "INSERT OR IGNORE INTO read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, \
+                 act_for, model, hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
+                 authorized_position, settled_position, expired_position) VALUES {}",
                 tuples(rows, 18)
             )
         },
@@ -191,30 +220,57 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
             let authorized = &row.authorized;
             let settlement = row.settlement.as_ref();
             vec![
-                Value::from(authorized.call_id.clone()),
-                Value::from(authorized.org_id.clone()),
-                Value::from(authorized.credential_kind.clone()),
-                Value::from(authorized.credential_id.clone()),
-                Value::from(authorized.agent_id.clone()),
-                Value::from(authorized.agent_name.clone()),
-                Value::from(authorized.act_for.clone()),
-                Value::from(authorized.model.clone()),
-                Value::from(authorized.hold_micros),
-                Value::from(format_recorded_at(authorized.authorized_at)),
-                Value::from(settlement.map(|settled| settled.input_tokens)),
-                Value::from(settlement.map(|settled| settled.output_tokens)),
-                Value::from(settlement.map(|settled| settled.cost_micros)),
-                Value::from(settlement.map(|settled| settled.status.clone())),
-                Value::from(settlement.map(|settled| format_recorded_at(settled.settled_at))),
-                Value::from(authorized.position),
-                Value::from(settlement.map(|settled| settled.position)),
-                Value::from(row.expired_position),
+                text(&authorized.call_id),
+                text(&authorized.org_id),
+                text(&authorized.credential_kind),
+                text(&authorized.credential_id),
+                optional_text(authorized.agent_id.as_deref()),
+                optional_text(authorized.agent_name.as_deref()),
+                text(&authorized.act_for),
+                text(&authorized.model),
+                integer(authorized.hold_micros),
+                time(authorized.authorized_at),
+                optional_integer(settlement.map(|settled| settled.input_tokens)),
+                optional_integer(settlement.map(|settled| settled.output_tokens)),
+                optional_integer(settlement.map(|settled| settled.cost_micros)),
+                optional_text(settlement.map(|settled| settled.status.as_str())),
+                optional_time(settlement.map(|settled| settled.settled_at)),
+                integer(authorized.position),
+                optional_integer(settlement.map(|settled| settled.position)),
+                optional_integer(row.expired_position),
             ]
         },
     )?;
+    for chunk in short {
+        let calls = &batch.calls[chunk];
+        let settlements: Vec<SettledCallRow> = calls.iter().filter_map(|call| call.settlement.clone()).collect();
+        let expiries: Vec<CallExpiry> = calls
+            .iter()
+            .filter_map(|call| {
+                let position = call.expired_position?;
+                Some(CallExpiry { call_id: call.authorized.call_id.clone(), position })
+            })
+            .collect();
+        write_settlements(transaction, &settlements)?;
+        write_expiries(transaction, &expiries)?;
+    }
+    // Calls whose rows were written by an earlier page: the planner never puts a call both
+    // here and among the rows above, and settlements and expiries touch different columns.
+    write_settlements(transaction, &batch.settlements)?;
+    write_expiries(transaction, &batch.expiries)?;
     write_chunked(
         transaction,
-        &batch.settlements,
+        &batch.org_events,
+        |rows| format!("INSERT OR IGNORE INTO read_org_events (org_id, position) VALUES {}", tuples(rows, 2)),
+        |row| vec![text(&row.org_id), integer(row.position)],
+    )?;
+    Ok(())
+}
+
+fn write_settlements(transaction: &Transaction<'_>, settlements: &[SettledCallRow]) -> Result<(), StoreError> {
+    write_chunked(
+        transaction,
+        settlements,
         |rows| {
             format!(
                 "UPDATE read_calls SET input_tokens = v.column2, output_tokens = v.column3, cost_micros = v.column4, \
@@ -225,31 +281,134 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         },
         |row| {
             vec![
-                Value::from(row.call_id.clone()),
-                Value::from(row.input_tokens),
-                Value::from(row.output_tokens),
-                Value::from(row.cost_micros),
-                Value::from(row.status.clone()),
-                Value::from(format_recorded_at(row.settled_at)),
-                Value::from(row.position),
+                text(&row.call_id),
+                integer(row.input_tokens),
+                integer(row.output_tokens),
+                integer(row.cost_micros),
+                text(&row.status),
+                time(row.settled_at),
+                integer(row.position),
             ]
         },
     )?;
+    Ok(())
+}
+
+fn write_expiries(transaction: &Transaction<'_>, expiries: &[CallExpiry]) -> Result<(), StoreError> {
     write_chunked(
         transaction,
-        &batch.expiries,
+        expiries,
         |rows| {
             format!(
                 "UPDATE read_calls SET expired_position = v.column2 FROM (VALUES {}) AS v WHERE read_calls.call_id = v.column1",
                 tuples(rows, 2)
             )
         },
-        |row| vec![Value::from(row.call_id.clone()), Value::from(row.position)],
+        |row| vec![text(&row.call_id), integer(row.position)],
     )?;
-    write_chunked(
-        transaction,
-        &batch.org_events,
-        |rows| format!("INSERT OR IGNORE INTO read_org_events (org_id, position) VALUES {}", tuples(rows, 2)),
-        |row| vec![Value::from(row.org_id.clone()), Value::from(row.position)],
-    )
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bahi_projections::batch::plan;
+    use bahi_projections::{AuthorizedCallRow, SqlOperation};
+
+    use super::*;
+
+    fn read_models() -> rusqlite::Connection {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = super::super::migrate::SQLITE_READ_MODELS
+            .iter()
+            .filter_map(|version| super::super::migrate::SQLITE.iter().find(|m| m.version == *version))
+            .chain(super::super::migrate::SQLITE_READ_FILE);
+        for migration in migrations {
+            connection.execute_batch(migration.sql).unwrap();
+        }
+        connection
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn authorized(call_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
+            call_id: call_id.into(),
+            org_id: "org_1".into(),
+            credential_kind: "api_key".into(),
+            credential_id: "key_1".into(),
+            agent_id: None,
+            agent_name: None,
+            act_for: "org_1".into(),
+            model: format!("model at {position}"),
+            hold_micros: position,
+            authorized_at: at(position),
+            position,
+        })
+    }
+
+    fn settled(call_id: &str, position: i64) -> SqlOperation {
+        SqlOperation::SettleCall(SettledCallRow {
+            call_id: call_id.into(),
+            input_tokens: position,
+            output_tokens: 2 * position,
+            cost_micros: 3 * position,
+            status: "succeeded".into(),
+            settled_at: at(position),
+            position,
+        })
+    }
+
+    fn apply(connection: &mut rusqlite::Connection, operations: Vec<SqlOperation>) {
+        let transaction = connection.transaction().unwrap();
+        for batch in plan(operations) {
+            write(&transaction, &batch).unwrap();
+        }
+        transaction.commit().unwrap();
+    }
+
+    fn calls(connection: &rusqlite::Connection) -> Vec<Vec<Value>> {
+        let mut statement = connection.prepare("SELECT * FROM read_calls ORDER BY call_id").unwrap();
+        let columns = statement.column_count();
+        statement
+            .query_map([], |row| (0..columns).map(|index| row.get::<_, Value>(index)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Pages applied as planned batches against the same operations applied one at a time,
+    /// where a call authorized in an earlier page is authorized again, settled and expired
+    /// in a later one (a second authorization is not something the domain writes, but the
+    /// insert-if-missing must then leave the row and still take the settlement and expiry).
+    #[test]
+    fn calls_already_written_take_their_settlement_and_expiry_as_one_at_a_time_would() {
+        let earlier = vec![authorized("call_1", 1), authorized("call_2", 2), settled("call_2", 3)];
+        let later = vec![
+            authorized("call_1", 4),
+            settled("call_1", 5),
+            SqlOperation::ExpireCall { call_id: "call_1".into(), position: 6 },
+            authorized("call_3", 7),
+            settled("call_3", 8),
+            authorized("call_2", 9),
+        ];
+        let mut paged = read_models();
+        apply(&mut paged, earlier.clone());
+        apply(&mut paged, later.clone());
+        let mut one_at_a_time = read_models();
+        for operation in earlier.into_iter().chain(later) {
+            apply(&mut one_at_a_time, vec![operation]);
+        }
+        let rows = calls(&paged);
+        assert_eq!(rows, calls(&one_at_a_time));
+        assert_eq!(rows.len(), 3);
+        // call_1 kept its first authorization and took the later settlement and expiry.
+        let call_1 = &rows[0];
+        assert_eq!(call_1[7], Value::Text("model at 1".into()));
+        assert_eq!(call_1[15..], [Value::Integer(1), Value::Integer(5), Value::Integer(6)]);
+        // call_2's settlement from the earlier page survives its second authorization.
+        assert_eq!(rows[1][15..], [Value::Integer(2), Value::Integer(3), Value::Null]);
+    }
 }
