@@ -4,6 +4,7 @@
 //! internally an amount is a count of micro-rupees in an `i64`, which makes every sum exact,
 //! every comparison cheap, and matches the integer column SQL stores.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::Decimal;
@@ -166,10 +167,12 @@ struct MoneyObject<'a> {
     amount: String,
 }
 
-/// The two shapes money may take: a bare decimal string, or the money object.
-enum Input {
-    Text(String),
-    Object { currency: String, amount: String },
+/// The two shapes money may take: a bare decimal string, or the money object. The text is
+/// borrowed from the input where the input allows it (a JSON string without escapes), so
+/// decoding an amount allocates nothing: every event of a gateway's log carries several.
+enum Input<'de> {
+    Text(Cow<'de, str>),
+    Object { currency: Cow<'de, str>, amount: Cow<'de, str> },
 }
 
 #[derive(Deserialize)]
@@ -181,31 +184,66 @@ enum MoneyField {
     Other,
 }
 
+/// A string, borrowed from the input when it can be.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Text<'de>, D::Error> {
+        deserializer.deserialize_str(TextVisitor).map(Text)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> de::Visitor<'de> for TextVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(text))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(text.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(text))
+    }
+}
+
 struct InputVisitor;
 
 impl<'de> de::Visitor<'de> for InputVisitor {
-    type Value = Input;
+    type Value = Input<'de>;
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("a money object or a decimal string")
     }
 
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Input, E> {
-        Ok(Input::Text(text.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Input<'de>, E> {
+        Ok(Input::Text(Cow::Borrowed(text)))
     }
 
-    fn visit_string<E: de::Error>(self, text: String) -> Result<Input, E> {
-        Ok(Input::Text(text))
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Input<'de>, E> {
+        Ok(Input::Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Input<'de>, E> {
+        Ok(Input::Text(Cow::Owned(text)))
     }
 
     /// Fields other than `currency` and `amount` are ignored, as they were when this was a
     /// derived struct; a repeated field is refused.
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Input<'de>, A::Error> {
         let (mut currency, mut amount) = (None, None);
         while let Some(field) = map.next_key::<MoneyField>()? {
             match field {
-                MoneyField::Currency if currency.is_none() => currency = Some(map.next_value::<String>()?),
-                MoneyField::Amount if amount.is_none() => amount = Some(map.next_value::<String>()?),
+                MoneyField::Currency if currency.is_none() => currency = Some(map.next_value::<Text<'de>>()?.0),
+                MoneyField::Amount if amount.is_none() => amount = Some(map.next_value::<Text<'de>>()?.0),
                 MoneyField::Currency | MoneyField::Amount => return Err(de::Error::custom("duplicate money field")),
                 MoneyField::Other => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -290,6 +328,19 @@ mod tests {
         // Other fields are ignored, in either order.
         let object = r#"{"amount":"10.25","note":{"a":[1]},"currency":"inr"}"#;
         assert_eq!(serde_json::from_str::<Money>(object).unwrap(), money);
+        // Text that cannot be borrowed from the input: escaped, read from bytes or a reader,
+        // or handed over from a `Value`.
+        let escaped = r#"{"currency":"\u0069nr","amount":"1\u0030.25"}"#;
+        assert_eq!(serde_json::from_str::<Money>(escaped).unwrap(), money);
+        assert_eq!(serde_json::from_str::<Money>(r#""\u0031\u0030.25""#).unwrap(), money);
+        assert_eq!(serde_json::from_slice::<Money>(json.as_bytes()).unwrap(), money);
+        assert_eq!(serde_json::from_reader::<_, Money>(json.as_bytes()).unwrap(), money);
+        assert_eq!(serde_json::from_reader::<_, Money>(&b"\"10.25\""[..]).unwrap(), money);
+        assert_eq!(
+            serde_json::from_value::<Money>(serde_json::json!({"currency": "inr", "amount": "10.25"})).unwrap(),
+            money
+        );
+        assert_eq!(serde_json::from_value::<Money>(serde_json::json!("10.25")).unwrap(), money);
         // Every other shape gets the one message that names both shapes.
         for refused in [
             "10",
