@@ -1,8 +1,11 @@
 //! Prefixed identifiers (`org_…`, `key_…`). Parse, don't validate: an id value is proof that
 //! its text has the right prefix and alphabet.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest accepted id body; generated ids use 22 characters (128 random bits).
@@ -98,14 +101,46 @@ fn is_id_body(body: &str) -> bool {
     body.len() <= MAX_ID_BODY_LENGTH && is_base62(body)
 }
 
+/// A string from a deserializer, borrowed from the input where the input allows it (a JSON
+/// string without escapes), so that reading text that is parsed and copied anyway does not
+/// allocate a `String` first.
+pub(crate) fn borrowed_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+    deserializer.deserialize_str(TextVisitor)
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(text))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(text.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(text))
+    }
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
         define_id!($(#[$doc])* $name, $prefix, $kind, is_id_body);
     };
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $valid_body:path) => {
         $(#[$doc])*
+        // Shared text: an id is copied into many places of the in-memory state (a call's id
+        // keys its map entry, its hold expiry and its retention), and a clone is a reference
+        // count, not an allocation.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
@@ -116,12 +151,12 @@ macro_rules! define_id {
                 if body.is_empty() || !$valid_body(body) {
                     return Err(error);
                 }
-                Ok($name(text.to_owned()))
+                Ok($name(Arc::from(text)))
             }
 
             /// A new id from 16 caller-supplied random bytes (the domain draws no randomness).
             pub fn from_random(random: [u8; 16]) -> $name {
-                $name(format!("{}{}", $prefix, base62(&random)))
+                $name(Arc::from(format!("{}{}", $prefix, base62(&random))))
             }
 
             /// An id from text the caller built itself in this id's alphabet (e.g. a sealed
@@ -149,8 +184,8 @@ macro_rules! define_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                $name::parse(&text).map_err(serde::de::Error::custom)
+                let text = borrowed_text(deserializer)?;
+                $name::parse(&text).map_err(de::Error::custom)
             }
         }
 
