@@ -77,6 +77,17 @@ async fn account(client: &Client, server: &TestServer, key: &str) -> Value {
     client.get(server.url("/v1/auth/account")).bearer_auth(key).send().await.unwrap().json().await.unwrap()
 }
 
+/// The audit answer for a call (`GET /v1/audit/calls/{id}`).
+async fn audit_call(client: &Client, server: &TestServer, key: &str, call_id: &str) -> Value {
+    let response = client.get(server.url(&format!("/v1/audit/calls/{call_id}"))).bearer_auth(key).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
+/// The types of a call's events, in the order its audit answer lists them.
+fn event_types(audit: &Value) -> Vec<&str> {
+    audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect()
+}
+
 fn amount(money: &Value) -> String {
     assert_eq!(money["currency"], "inr");
     money["amount"].as_str().unwrap().to_owned()
@@ -300,19 +311,8 @@ async fn holds_expire_and_release_credit_and_late_usage_is_still_billed() {
     assert_eq!(amount(&late["cost"]), "1.00");
     assert_eq!(amount(&late["balance"]), "4.00");
     // The call's audit answer lists all three of its events, in log order.
-    let call_id = held["call_id"].as_str().unwrap();
-    let audit: Value = client
-        .get(server.url(&format!("/v1/audit/calls/{call_id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let types: Vec<&str> =
-        audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["CallAuthorized", "HoldExpired", "UsageRecorded"], "{audit}");
+    let audit = audit_call(&client, &server, &key, held["call_id"].as_str().unwrap()).await;
+    assert_eq!(event_types(&audit), ["CallAuthorized", "HoldExpired", "UsageRecorded"], "{audit}");
     let positions: Vec<i64> =
         audit["events"].as_array().unwrap().iter().map(|event| event["position"].as_i64().unwrap()).collect();
     assert!(positions.is_sorted(), "{audit}");
@@ -638,24 +638,14 @@ async fn a_metered_agent_call_is_answered_by_audit_and_statements() {
         assert_eq!(authorized["agent_id"], agent_id);
         usage(&client, &server, call_id, "krutrim-2", 1234, 567).await;
 
-        let audit: Value = client
-            .get(server.url(&format!("/v1/audit/calls/{call_id}")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let audit = audit_call(&client, &server, &key, call_id).await;
         assert_eq!(audit["agent"]["id"], agent_id, "{}: {audit}", database.engine());
         assert_eq!(audit["agent"]["name"], "nightly-reconciler");
         assert_eq!(audit["act_for"], org_id.as_str());
         assert_eq!(audit["payer_org_id"], org_id.as_str());
         assert_eq!(audit["credential"]["kind"], "agent_token");
         assert_eq!(amount(&audit["cost"]), "0.14675");
-        let types: Vec<&str> =
-            audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["CallAuthorized", "UsageRecorded"]);
+        assert_eq!(event_types(&audit), ["CallAuthorized", "UsageRecorded"]);
 
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let statement: Value = client
@@ -720,9 +710,7 @@ async fn a_call_without_a_hold_writes_nothing_and_is_billed_after_a_restart() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let types: Vec<&str> =
-            audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["CallAuthorized", "UsageRecorded"], "{engine}: {audit}");
+        assert_eq!(event_types(&audit), ["CallAuthorized", "UsageRecorded"], "{engine}: {audit}");
         assert_eq!(audit["credential"]["kind"], "api_key");
         assert_eq!(audit["payer_org_id"], org_id.as_str());
         assert!(audit["authorized_at"].as_str().unwrap() <= audit["settled_at"].as_str().unwrap());

@@ -287,7 +287,6 @@ async fn dump_projections(store: &Store) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time() {
     use bahi_domain::billing::Price;
-    use bahi_domain::event::CallAttribution;
     use bahi_domain::ids::{CallId, TopupId};
     use bahi_domain::money::Money;
 
@@ -309,13 +308,7 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
             submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
             for call in 0..(2 + random.next_u32() % 4) {
                 let call_id = CallId::from_random(random16());
-                let attribution = CallAttribution {
-                    credential_kind: "api_key".into(),
-                    credential_id: key_id.to_string(),
-                    agent_id: None,
-                    agent_name: None,
-                    act_for: org_id.to_string(),
-                };
+                let attribution = by_api_key(&org_id, &key_id);
                 let settle = random.next_u32().is_multiple_of(3) || call == 0;
                 submit(Command::Authorize {
                     call_id: call_id.clone(),
@@ -405,6 +398,17 @@ async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
 
     assert_eq!(dump_projections(&store).await, before);
     assert_eq!(store.checkpoint("directory").await.unwrap(), 10);
+}
+
+/// A call made with an org's own API key, for the org.
+fn by_api_key(org_id: &OrgId, key_id: &ApiKeyId) -> bahi_domain::event::CallAttribution {
+    bahi_domain::event::CallAttribution {
+        credential_kind: "api_key".into(),
+        credential_id: key_id.to_string(),
+        agent_id: None,
+        agent_name: None,
+        act_for: org_id.to_string(),
+    }
 }
 
 fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
@@ -515,7 +519,6 @@ async fn sqlite_appends_reach_the_database_file_through_the_checkpointer() {
 #[tokio::test]
 async fn a_read_model_file_from_before_call_positions_is_projected_again() {
     use bahi_domain::billing::Price;
-    use bahi_domain::event::CallAttribution;
     use bahi_domain::ids::{CallId, TopupId};
     use bahi_domain::money::Money;
 
@@ -532,13 +535,7 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
     let grant_id = TopupId::from_random(random16());
     submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
     let call_id = CallId::from_random(random16());
-    let attribution = CallAttribution {
-        credential_kind: "api_key".into(),
-        credential_id: key_id.to_string(),
-        agent_id: None,
-        agent_name: None,
-        act_for: org_id.to_string(),
-    };
+    let attribution = by_api_key(&org_id, &key_id);
     submit(Command::Authorize {
         call_id: call_id.clone(),
         org_id,
