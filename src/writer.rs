@@ -562,6 +562,9 @@ pub async fn catch_up_shared(store: &Store, shared: &SharedLedger) -> Result<i64
     }
 }
 
+/// Pages read ahead of the dealer while loading.
+const LOAD_PAGES_AHEAD: usize = 2;
+
 /// Chunks queued for each decoder, and decoded chunks waiting to be folded, while loading.
 const LOAD_CHUNKS_AHEAD: usize = 4;
 
@@ -581,7 +584,7 @@ type DecodedChunk = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
 /// of the two cores busy. Returns the head.
 pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, StoreError> {
     let after = shared.read().position;
-    let (page_sender, mut pages) = tokio::sync::mpsc::channel(LOAD_CHUNKS_AHEAD);
+    let (page_sender, mut pages) = tokio::sync::mpsc::channel(LOAD_PAGES_AHEAD);
     let reader = store.spawn_page_reader(after, None, crate::store::MAX_READ_PAGE, page_sender);
     let mut to_decoders = Vec::new();
     let mut decoded = Vec::new();

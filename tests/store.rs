@@ -585,3 +585,37 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
     catch_up_projections(&store, None).await.unwrap();
     assert_eq!(dump_projections(&store).await, new_file);
 }
+
+/// Loading decodes the log in chunks of 1,000 on two decoders: a row that does not decode,
+/// in the second decoder's first chunk, stops the start with its position, and the rows
+/// before it are not taken for the whole log.
+#[tokio::test]
+async fn a_row_that_does_not_decode_stops_loading_with_its_position() {
+    let database = TestDatabase::sqlite();
+    let running = start(&database).await;
+    let mut handles = Vec::new();
+    for producer in 0..16 {
+        let writer = running.writer.clone();
+        handles.push(tokio::spawn(async move {
+            for index in 0..50 {
+                let command = register_command(&format!("p{producer}-{index}"));
+                writer.submit(command, CommandContext::default()).await.unwrap();
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let store = running.stop().await;
+    drop(store);
+
+    // Behind the store's back: the log's own triggers refuse the change.
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    let log = rusqlite::Connection::open(path).unwrap();
+    log.execute_batch("DROP TRIGGER events_no_update; UPDATE events SET payload = X'7B7D' WHERE position = 1500;")
+        .unwrap();
+    drop(log);
+    let Err(error) = open_and_load(&database.url()).await else { panic!("a log with an undecodable row loaded") };
+    let message = format!("{error:#}");
+    assert!(message.contains("1500"), "{message}");
+}
