@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod projection_feed;
 pub mod projector;
 pub mod server;
 pub mod store;

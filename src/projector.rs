@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::projection_feed::ProjectionFeed;
 use crate::store::{EventStore, Store, StoreError};
 
 /// Events folded per transaction by the live runner; each transaction costs a fixed amount
@@ -36,7 +37,19 @@ const PAGES_AHEAD: usize = 2;
 /// Brings every SQL projection up to the head of the log in pages of `PROJECTION_PAGE`
 /// events. Returns the lowest checkpoint.
 pub async fn catch_up_projections(store: &Store, metrics: Option<&Metrics>) -> Result<i64, StoreError> {
-    catch_up_projections_in_pages(store, metrics, PROJECTION_PAGE).await
+    catch_up(store, metrics, PROJECTION_PAGE, None).await
+}
+
+/// As `catch_up_projections`, but the events that `feed` holds right after the projections'
+/// checkpoint are taken from it instead of being read back from the log and decoded; the
+/// rest (events the feed dropped for room, or that another node appended) are read as
+/// usual. The live runner of a node whose writer fills `feed` uses this.
+pub async fn catch_up_projections_from_feed(
+    store: &Store,
+    metrics: Option<&Metrics>,
+    feed: &ProjectionFeed,
+) -> Result<i64, StoreError> {
+    catch_up(store, metrics, PROJECTION_PAGE, Some(feed)).await
 }
 
 /// How far one run over a group of projections got.
@@ -58,6 +71,15 @@ pub async fn catch_up_projections_in_pages(
     metrics: Option<&Metrics>,
     page_events: i64,
 ) -> Result<i64, StoreError> {
+    catch_up(store, metrics, page_events, None).await
+}
+
+async fn catch_up(
+    store: &Store,
+    metrics: Option<&Metrics>,
+    page_events: i64,
+    feed: Option<&ProjectionFeed>,
+) -> Result<i64, StoreError> {
     loop {
         let mut checkpoints = Vec::with_capacity(PROJECTIONS.len());
         for projection in PROJECTIONS {
@@ -71,6 +93,17 @@ pub async fn catch_up_projections_in_pages(
             .map(|(projection, _)| projection)
             .collect();
         let until = checkpoints.iter().copied().filter(|checkpoint| *checkpoint > from).min();
+        // The feed serves only projections that are all at one checkpoint; one behind the
+        // others is brought up to them from the log first.
+        let from = match feed {
+            Some(feed) if until.is_none() => {
+                match advance_from_feed(store, metrics, &group, from, page_events, feed).await? {
+                    Some(position) => position,
+                    None => continue,
+                }
+            }
+            _ => from,
+        };
         match advance(store, metrics, group, from, until, page_events).await? {
             Progress::Head(position) => {
                 if let Some(metrics) = metrics {
@@ -152,6 +185,41 @@ async fn advance(
     outcome
 }
 
+/// Advances `group` (all at `from`, none ahead of them) with the events `feed` holds right
+/// after `from`, a page of at most `page_events` at a time, until the feed has no next event.
+/// Returns the position reached, or None when another runner moved a checkpoint first.
+async fn advance_from_feed(
+    store: &Store,
+    metrics: Option<&Metrics>,
+    group: &[&'static Projection],
+    from: i64,
+    page_events: i64,
+    feed: &ProjectionFeed,
+) -> Result<Option<i64>, StoreError> {
+    let names: Vec<&str> = group.iter().map(|projection| projection.name).collect();
+    let limit = usize::try_from(page_events).unwrap_or(1).max(1);
+    let mut position = from;
+    loop {
+        let events = feed.take_after(position, limit);
+        let Some(&(last_position, _)) = events.last() else { return Ok(Some(position)) };
+        let mut operations = Vec::with_capacity(events.len() * 2);
+        for (at, event) in &events {
+            for projection in group {
+                operations.extend((projection.apply)(event, *at));
+            }
+        }
+        if !store.apply_projections(&names, position, plan(operations), last_position).await? {
+            return Ok(None);
+        }
+        position = last_position;
+        if let Some(metrics) = metrics {
+            for name in &names {
+                metrics.record_projection(name, position);
+            }
+        }
+    }
+}
+
 /// Reads pages after `from` (up to `until`), decodes each event once, and plans the rows
 /// of every projection of the group; sends the pages in order until the head of the log.
 async fn read_and_plan(
@@ -202,10 +270,11 @@ pub async fn run(
     store: Store,
     mut committed: watch::Receiver<i64>,
     metrics: Arc<Metrics>,
+    feed: Arc<ProjectionFeed>,
     shutdown: CancellationToken,
 ) {
     loop {
-        if let Err(error) = catch_up_projections(&store, Some(&metrics)).await {
+        if let Err(error) = catch_up_projections_from_feed(&store, Some(&metrics), &feed).await {
             tracing::warn!(%error, "projection runner failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -223,7 +292,7 @@ pub async fn run(
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
-    if let Err(error) = catch_up_projections(&store, Some(&metrics)).await {
+    if let Err(error) = catch_up_projections_from_feed(&store, Some(&metrics), &feed).await {
         tracing::warn!(%error, "final projection catch-up failed; the next start resumes from the checkpoint");
     }
 }

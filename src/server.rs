@@ -20,6 +20,7 @@ use crate::identity::{Identity, new_signing_key};
 use crate::ledger::{Ledger, SharedLedger};
 use crate::limits::{KeyUses, RateLimiter, flush_key_uses};
 use crate::metrics::Metrics;
+use crate::projection_feed::ProjectionFeed;
 use crate::store::{EventStore, Store};
 use crate::writer::{CommandContext, Writer};
 use crate::writer::{load_shared, writer};
@@ -58,10 +59,11 @@ pub async fn serve_on(
     metrics.log_head_position.store(position, std::sync::atomic::Ordering::Relaxed);
     let (committed_sender, committed_receiver) = watch::channel(position);
     let (writer_handle, writer_task) = writer(store.clone(), shared.clone(), metrics.clone(), committed_sender.clone());
-    let writer_join = tokio::spawn(writer_task.run());
+    let feed = Arc::new(ProjectionFeed::default());
+    let writer_join = tokio::spawn(writer_task.feed_projections(feed.clone()).run());
     let shutdown = CancellationToken::new();
     let projector_join =
-        tokio::spawn(projector::run(store.clone(), committed_receiver, metrics.clone(), shutdown.clone()));
+        tokio::spawn(projector::run(store.clone(), committed_receiver, metrics.clone(), feed, shutdown.clone()));
     let tailer_join = store.postgres().cloned().map(|postgres| {
         let appended = writer_handle.appended_head();
         tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, appended, shutdown.clone()))

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger, decode_stored};
 use crate::metrics::Metrics;
+use crate::projection_feed::ProjectionFeed;
 use crate::store::{EventStore, Store, StoreError, StoredEvent};
 
 /// Commands waiting for the writer; past this, submitters wait (back-pressure).
@@ -121,6 +122,8 @@ pub struct WriterTask {
     publisher: mpsc::Sender<Publication>,
     publisher_receiver: Option<mpsc::Receiver<Publication>>,
     random: StdRng,
+    /// Where the publisher hands committed events to the live projection runner, if one runs.
+    feed: Option<Arc<ProjectionFeed>>,
     /// The last clock reading and its `format_recorded_at` text, so that the text is built
     /// once per reading rather than once per event.
     clock: (DateTime<Utc>, String),
@@ -150,6 +153,7 @@ pub fn writer(
         publisher,
         publisher_receiver: Some(publisher_receiver),
         random: StdRng::from_os_rng(),
+        feed: None,
         clock: (epoch, format_recorded_at(epoch)),
     };
     (Writer { sender, appended }, task)
@@ -221,13 +225,26 @@ enum Wake {
 }
 
 impl WriterTask {
+    /// Hands every committed event to `feed` as it is published, for the live projection
+    /// runner (`projector::run`), which then need not read it back from the log.
+    pub fn feed_projections(mut self, feed: Arc<ProjectionFeed>) -> WriterTask {
+        self.feed = Some(feed);
+        self
+    }
+
     /// Group commit, pipelined one batch deep: while batch N commits, arriving commands are
     /// decided (against a ledger that already includes N) into batch N+1, which is appended
     /// as soon as N has committed. If N fails, N's callers fail, the ledger is reset to the
     /// committed read model and N+1's commands are decided again; none of them was answered.
     pub async fn run(mut self) {
         let publisher = self.publisher_receiver.take().map(|receiver| {
-            tokio::spawn(publish_in_order(self.shared.clone(), self.metrics.clone(), self.committed.clone(), receiver))
+            let publisher = Publisher {
+                shared: self.shared.clone(),
+                metrics: self.metrics.clone(),
+                committed: self.committed.clone(),
+                feed: self.feed.clone(),
+            };
+            tokio::spawn(publish_in_order(publisher, receiver))
         });
         let mut open = Batch::new(self.ledger.position, 0);
         let mut in_flight: Option<InFlight> = None;
@@ -337,7 +354,13 @@ impl WriterTask {
         if let Err(mpsc::error::SendError(publication)) = self.publisher.send(publication).await {
             // The publisher only ends when the writer drops its sender; deliver here so that
             // no caller waits forever if it ever did.
-            deliver(&self.shared, &self.metrics, &self.committed, publication);
+            let publisher = Publisher {
+                shared: self.shared.clone(),
+                metrics: self.metrics.clone(),
+                committed: self.committed.clone(),
+                feed: self.feed.clone(),
+            };
+            publisher.deliver(publication);
         }
     }
 
@@ -491,45 +514,54 @@ impl WriterTask {
 /// The publisher: folds each committed batch into the shared read model, tells the position
 /// watchers (projection runner, waiters), then answers the batch's callers, strictly in the
 /// order the writer handed the batches over. Ends when the writer drops its sender.
-async fn publish_in_order(
+async fn publish_in_order(publisher: Publisher, mut receiver: mpsc::Receiver<Publication>) {
+    while let Some(publication) = receiver.recv().await {
+        publisher.deliver(publication);
+    }
+}
+
+/// What the publisher makes committed batches visible to.
+struct Publisher {
     shared: SharedLedger,
     metrics: Arc<Metrics>,
     committed: watch::Sender<i64>,
-    mut receiver: mpsc::Receiver<Publication>,
-) {
-    while let Some(publication) = receiver.recv().await {
-        deliver(&shared, &metrics, &committed, publication);
-    }
+    feed: Option<Arc<ProjectionFeed>>,
 }
 
-/// Does what one publication asks: publish and answer a committed batch, answer a batch
-/// that appended nothing, or release a barrier.
-fn deliver(shared: &SharedLedger, metrics: &Metrics, committed: &watch::Sender<i64>, publication: Publication) {
-    match publication {
-        Publication::Committed(batch) => {
-            publish(shared, metrics, committed, &batch);
-            answer(batch);
-        }
-        Publication::Answer(batch) => answer(batch),
-        Publication::Barrier(done) => {
-            let _ = done.send(());
+impl Publisher {
+    /// Does what one publication asks: publish and answer a committed batch, answer a batch
+    /// that appended nothing, or release a barrier.
+    fn deliver(&self, publication: Publication) {
+        match publication {
+            Publication::Committed(batch) => {
+                self.publish(&batch);
+                answer(batch);
+            }
+            Publication::Answer(batch) => answer(batch),
+            Publication::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
     }
-}
 
-/// Makes a committed batch visible: the node's read model first, then the position
-/// watchers (projection runner, waiters).
-fn publish(shared: &SharedLedger, metrics: &Metrics, committed: &watch::Sender<i64>, batch: &Batch) {
-    let mut ledger = shared.write();
-    for ((row, event), idempotency) in batch.rows.iter().zip(&batch.committed).zip(&batch.idempotency) {
-        // The rows were folded into the writer's ledger in the same order, so they follow
-        // the shared ledger's position exactly.
-        let _ = ledger.fold(row, event, idempotency.as_ref());
+    /// Makes a committed batch visible: the node's read model first, then the projection
+    /// feed, then the position watchers (projection runner, waiters).
+    fn publish(&self, batch: &Batch) {
+        let mut ledger = self.shared.write();
+        for ((row, event), idempotency) in batch.rows.iter().zip(&batch.committed).zip(&batch.idempotency) {
+            // The rows were folded into the writer's ledger in the same order, so they follow
+            // the shared ledger's position exactly.
+            let _ = ledger.fold(row, event, idempotency.as_ref());
+        }
+        let position = ledger.position;
+        drop(ledger);
+        if let Some(feed) = &self.feed {
+            // A copy: the events themselves move into the callers' answers.
+            feed.push(batch.committed.iter().map(|committed| (committed.position, committed.event.clone())));
+        }
+        self.metrics.log_head_position.store(position, Ordering::Relaxed);
+        self.committed.send_replace(position);
     }
-    let position = ledger.position;
-    drop(ledger);
-    metrics.log_head_position.store(position, Ordering::Relaxed);
-    committed.send_replace(position);
 }
 
 /// Answers every caller of a batch that committed (or appended nothing). The events move

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bahi::ledger::{Idempotency, Ledger};
 use bahi::metrics::Metrics;
-use bahi::projector::catch_up_projections;
+use bahi::projection_feed::ProjectionFeed;
+use bahi::projector::{catch_up_projections, catch_up_projections_from_feed};
 use bahi::server::open_and_load;
 use bahi::store::{EventStore, Store, verify_log};
 use bahi::writer::{CommandContext, WriteError, Writer, writer};
@@ -52,10 +53,19 @@ struct Running {
 }
 
 async fn start(database: &TestDatabase) -> Running {
+    start_feeding(database, None).await
+}
+
+/// A writer whose publisher hands committed events to `feed`, as `bahi serve`'s does.
+async fn start_feeding(database: &TestDatabase, feed: Option<Arc<ProjectionFeed>>) -> Running {
     let (store, shared) = open_and_load(&database.url()).await.unwrap();
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
     let (writer, task) = writer(store.clone(), shared.clone(), Arc::new(Metrics::default()), committed);
+    let task = match feed {
+        Some(feed) => task.feed_projections(feed),
+        None => task,
+    };
     let task = tokio::spawn(task.run());
     Running { store, writer, shared, task }
 }
@@ -283,7 +293,9 @@ async fn dump_projections(store: &Store) -> Vec<Vec<String>> {
 /// Pages are written as multi-row statements per table; the rows must be exactly what one
 /// event at a time gives, also where events of one page touch the same row (a key created
 /// then revoked twice, a call authorized then settled, a hold expiry that repeats the
-/// balance of the org's previous entry, usage after the hold expired).
+/// balance of the org's previous entry, usage after the hold expired). The live runner's
+/// path, with the events the writer handed to its feed and the log for whatever the feed
+/// does not hold, must write them too.
 #[tokio::test]
 async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time() {
     use bahi_domain::billing::Price;
@@ -291,7 +303,8 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
     use bahi_domain::money::Money;
 
     for database in TestDatabase::all().await {
-        let running = start(&database).await;
+        let feed = Arc::new(ProjectionFeed::default());
+        let running = start_feeding(&database, Some(feed.clone())).await;
         let submit = |command: Command| running.writer.submit(command, CommandContext::default());
         let price =
             Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
@@ -339,9 +352,39 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
         submit(usage(&expiring[0], 7)).await.unwrap();
         let store = running.stop().await;
 
+        let (head, _) = store.head().await.unwrap();
+        assert_eq!(feed.len() as i64, head, "{}: the writer fed every event it committed", database.engine());
+        assert_eq!(catch_up_projections_from_feed(&store, None, &feed).await.unwrap(), head);
+        assert!(feed.is_empty(), "{}: the runner took every event from the feed", database.engine());
+        let from_feed = dump_projections(&store).await;
+
+        store.reset_projections().await.unwrap();
         catch_up_projections(&store, None).await.unwrap();
         let live = dump_projections(&store).await;
         assert!(live.iter().all(|rows| !rows.is_empty()), "{}: every table has rows", database.engine());
+        assert_eq!(from_feed, live, "{}: the writer's events, fed", database.engine());
+
+        // A feed that holds only part of the log: its first half (the runner reads the rest
+        // from the log), or its second half (the feed lacks the next event, so the runner
+        // reads the log to its head and the feed's events are dropped as projected).
+        let logged: Vec<(i64, bahi_domain::Event)> = store
+            .read_after(0, head)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let (committed, _) = bahi::ledger::decode_stored(row).unwrap();
+                (committed.position, committed.event)
+            })
+            .collect();
+        let middle = logged.len() / 2;
+        for part in [&logged[..middle], &logged[middle..]] {
+            let feed = ProjectionFeed::default();
+            feed.push(part.iter().cloned());
+            store.reset_projections().await.unwrap();
+            assert_eq!(catch_up_projections_from_feed(&store, None, &feed).await.unwrap(), head);
+            assert_eq!(dump_projections(&store).await, live, "{}: part of the log fed", database.engine());
+        }
         for page_events in [1, 7, bahi::projector::REBUILD_PAGE] {
             store.reset_projections().await.unwrap();
             bahi::projector::catch_up_projections_in_pages(&store, None, page_events).await.unwrap();
