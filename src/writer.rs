@@ -238,13 +238,7 @@ impl WriterTask {
     /// committed read model and N+1's commands are decided again; none of them was answered.
     pub async fn run(mut self) {
         let publisher = self.publisher_receiver.take().map(|receiver| {
-            let publisher = Publisher {
-                shared: self.shared.clone(),
-                metrics: self.metrics.clone(),
-                committed: self.committed.clone(),
-                feed: self.feed.clone(),
-            };
-            tokio::spawn(publish_in_order(publisher, receiver))
+            tokio::spawn(publish_in_order(self.publisher(), receiver))
         });
         let mut open = Batch::new(self.ledger.position, 0);
         let mut in_flight: Option<InFlight> = None;
@@ -349,18 +343,22 @@ impl WriterTask {
         tracing::info!(position, "writer drained and stopped");
     }
 
+    /// What the publisher task publishes to (also used here if that task is gone).
+    fn publisher(&self) -> Publisher {
+        Publisher {
+            shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
+            committed: self.committed.clone(),
+            feed: self.feed.clone(),
+        }
+    }
+
     /// Queues a batch for the publisher, waiting while its queue is full.
     async fn hand_over(&self, publication: Publication) {
         if let Err(mpsc::error::SendError(publication)) = self.publisher.send(publication).await {
             // The publisher only ends when the writer drops its sender; deliver here so that
             // no caller waits forever if it ever did.
-            let publisher = Publisher {
-                shared: self.shared.clone(),
-                metrics: self.metrics.clone(),
-                committed: self.committed.clone(),
-                feed: self.feed.clone(),
-            };
-            publisher.deliver(publication);
+            self.publisher().deliver(publication);
         }
     }
 
