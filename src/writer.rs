@@ -237,9 +237,8 @@ impl WriterTask {
     /// as soon as N has committed. If N fails, N's callers fail, the ledger is reset to the
     /// committed read model and N+1's commands are decided again; none of them was answered.
     pub async fn run(mut self) {
-        let publisher = self.publisher_receiver.take().map(|receiver| {
-            tokio::spawn(publish_in_order(self.publisher(), receiver))
-        });
+        let publisher =
+            self.publisher_receiver.take().map(|receiver| tokio::spawn(publish_in_order(self.publisher(), receiver)));
         let mut open = Batch::new(self.ledger.position, 0);
         let mut in_flight: Option<InFlight> = None;
         let mut closed = false;
