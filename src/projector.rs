@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bahi_domain::Event;
 use bahi_projections::batch::{PlannedPage, plan};
-use bahi_projections::{PROJECTIONS, Projection};
+use bahi_projections::{PROJECTIONS, Projection, SqlOperation};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -153,7 +153,7 @@ async fn advance(
     until: Option<i64>,
     page_events: i64,
 ) -> Result<Progress, StoreError> {
-    let names: Vec<&str> = group.iter().map(|projection| projection.name).collect();
+    let names: Vec<&'static str> = group.iter().map(|projection| projection.name).collect();
     let (sender, mut receiver) = mpsc::channel(PAGES_AHEAD);
     let reader = tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, sender));
     let mut position = from;
@@ -174,11 +174,7 @@ async fn advance(
             Ok(false) => break Ok(Progress::Lost),
             Err(error) => break Err(error),
         }
-        if let Some(metrics) = metrics {
-            for name in &names {
-                metrics.record_projection(name, position);
-            }
-        }
+        record_positions(metrics, &names, position);
     };
     // Whatever the reader still holds is stale once we stop.
     reader.abort();
@@ -196,7 +192,7 @@ async fn advance_from_feed(
     page_events: i64,
     feed: &ProjectionFeed,
 ) -> Result<Option<i64>, StoreError> {
-    let names: Vec<&str> = group.iter().map(|projection| projection.name).collect();
+    let names: Vec<&'static str> = group.iter().map(|projection| projection.name).collect();
     let limit = usize::try_from(page_events).unwrap_or(1).max(1);
     let mut position = from;
     loop {
@@ -204,18 +200,29 @@ async fn advance_from_feed(
         let Some(&(last_position, _)) = events.last() else { return Ok(Some(position)) };
         let mut operations = Vec::with_capacity(events.len() * 2);
         for (at, event) in &events {
-            for projection in group {
-                operations.extend((projection.apply)(event, *at));
-            }
+            project(group, event, *at, &mut operations);
         }
         if !store.apply_projections(&names, position, plan(operations), last_position).await? {
             return Ok(None);
         }
         position = last_position;
-        if let Some(metrics) = metrics {
-            for name in &names {
-                metrics.record_projection(name, position);
-            }
+        record_positions(metrics, &names, position);
+    }
+}
+
+/// The SQL operations of every projection of `group` for one event: the log's pages and the
+/// feed's are planned alike.
+fn project(group: &[&'static Projection], event: &Event, position: i64, operations: &mut Vec<SqlOperation>) {
+    for projection in group {
+        operations.extend((projection.apply)(event, position));
+    }
+}
+
+/// Reports the projections named as at `position`.
+fn record_positions(metrics: Option<&Metrics>, names: &[&'static str], position: i64) {
+    if let Some(metrics) = metrics {
+        for name in names {
+            metrics.record_projection(name, position);
         }
     }
 }
@@ -252,9 +259,7 @@ async fn read_and_plan(
                     return;
                 }
             };
-            for projection in &group {
-                operations.extend((projection.apply)(&event, row.position));
-            }
+            project(&group, &event, row.position, &mut operations);
         }
         let planned = PlannedPage { last_position, batches: plan(operations) };
         if sender.send(Ok(planned)).await.is_err() {
