@@ -412,15 +412,39 @@ async fn five_orgs_projected_on_sqlite() -> (TestDatabase, Store) {
     (database, store)
 }
 
+/// The indexes of the SQLite read-model file, by name, with their definitions.
+async fn read_model_indexes(database: &TestDatabase) -> Vec<(String, Option<String>)> {
+    let TestDatabase::Sqlite { path, .. } = database else { unreachable!() };
+    let url = format!("sqlite://{}.read", path.display());
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// A SQLite rebuild drops the read models' secondary indexes while it writes their rows and
+/// builds them again before it commits: afterwards every index is there, as declared.
+#[tokio::test]
+async fn a_sqlite_rebuild_leaves_every_index_in_place() {
+    let (database, store) = five_orgs_projected_on_sqlite().await;
+    let before = read_model_indexes(&database).await;
+    assert!(before.iter().any(|(name, _)| name == "read_ledger_entries_by_time"), "{before:?}");
+    assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 10);
+    assert_eq!(read_model_indexes(&database).await, before);
+    assert_eq!(dump_projections(&store).await[0].len(), 5);
+}
+
 /// On SQLite a rebuild is one transaction: when a page fails half-way, the read models and
 /// their checkpoints are exactly what they were before it started, never half rebuilt.
 #[tokio::test]
 async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
     use bahi_projections::batch::{OrgRow, PlannedPage, RowBatch};
 
-    let (_database, store) = five_orgs_projected_on_sqlite().await;
+    let (database, store) = five_orgs_projected_on_sqlite().await;
     let before = dump_projections(&store).await;
     assert_eq!(before[0].len(), 5);
+    let indexes = read_model_indexes(&database).await;
 
     let Store::Sqlite(sqlite) = &store else { unreachable!() };
     let (pages, receiver) = tokio::sync::mpsc::channel(4);
@@ -441,6 +465,7 @@ async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
 
     assert_eq!(dump_projections(&store).await, before);
     assert_eq!(store.checkpoint("directory").await.unwrap(), 10);
+    assert_eq!(read_model_indexes(&database).await, indexes);
 }
 
 /// A call made with an org's own API key, for the org.

@@ -271,6 +271,14 @@ fn rebuild_on(
     for statement in super::projection_reset_statements() {
         transaction.execute(&statement, [])?;
     }
+    // The tables are empty now: their secondary indexes are dropped and built again after
+    // the last page, from sorted keys, instead of being kept up to date row by row (the
+    // ledger's time index is one B-tree insert per entry otherwise). DDL is transactional in
+    // SQLite: a failed rebuild rolls back to the indexes as they were.
+    let indexes = secondary_indexes(&transaction)?;
+    for (name, _) in &indexes {
+        transaction.execute(&format!("DROP INDEX \"{name}\""), [])?;
+    }
     let mut position = 0;
     while let Some(page) = pages.blocking_recv() {
         let page = page?;
@@ -278,6 +286,9 @@ fn rebuild_on(
             super::sqlite_batch::write(&transaction, batch)?;
         }
         position = page.last_position;
+    }
+    for (_, definition) in &indexes {
+        transaction.execute(definition, [])?;
     }
     for projection in bahi_projections::PROJECTIONS {
         transaction.execute(
@@ -287,6 +298,26 @@ fn rebuild_on(
     }
     transaction.commit()?;
     Ok(position)
+}
+
+/// The name and `CREATE INDEX` statement of every index the migrations declared on a
+/// projection's table (not the primary keys, which SQLite makes itself and lists without SQL).
+fn secondary_indexes(transaction: &rusqlite::Transaction<'_>) -> Result<Vec<(String, String)>, StoreError> {
+    let tables: Vec<&str> =
+        bahi_projections::PROJECTIONS.iter().flat_map(|projection| projection.tables.iter().copied()).collect();
+    let mut statement = transaction.prepare(
+        "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+    )?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))?;
+    let mut indexes = Vec::new();
+    for row in rows {
+        let (name, table, definition) = row?;
+        if tables.contains(&table.as_str()) {
+            indexes.push((name, definition));
+        }
+    }
+    Ok(indexes)
 }
 
 impl EventStore for SqliteStore {
