@@ -5,8 +5,8 @@
 use std::ops::Range;
 
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::SettledCallRow;
 use bahi_projections::batch::{CallExpiry, RowBatch};
+use bahi_projections::{LedgerEntryRow, SettledCallRow};
 use chrono::{DateTime, Utc};
 use rusqlite::Transaction;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -156,15 +156,25 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         |row| vec![text(&row.key_id), time(row.revoked_at), integer(row.position)],
     )?;
     // A row without its own balance repeats the org's previous entry: the planner filled
-    // it from the page where it could, so what is left is already in the table.
+    // it from the page where it could, so what is left is already in the table. Only those
+    // rows take the statement that looks it up; a plain multi-row VALUES is cheaper (a tenth
+    // of a rebuild, BENCHMARKS.md). The planner leaves a row without a balance only when no
+    // earlier entry of its org is in the page, so writing the others first changes nothing
+    // it could find: it looks at earlier positions only.
+    let (balanced, unbalanced): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =
+        batch.ledger_entries.iter().partition(|row| row.balance_after_micros.is_some());
     write_chunked(
         transaction,
-        &batch.ledger_entries,
+        &balanced,
+        |rows| format!("INSERT OR IGNORE INTO read_ledger_entries ({LEDGER_COLUMNS}) VALUES {}", tuples(rows, 20)),
+        ledger_values,
+    )?;
+    write_chunked(
+        transaction,
+        &unbalanced,
         |rows| {
             format!(
-                "INSERT OR IGNORE INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
-                 call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
-                 debit_micros, credit_micros, released_micros, balance_after_micros) \
+                "INSERT OR IGNORE INTO read_ledger_entries ({LEDGER_COLUMNS}) \
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
                  v.column10, v.column11, v.column12, v.column13, v.column14, v.column15, v.column16, v.column17, v.column18, \
                  v.column19, coalesce(v.column20, (SELECT e.balance_after_micros FROM read_ledger_entries e \
@@ -173,30 +183,7 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
                 tuples(rows, 20)
             )
         },
-        |row| {
-            vec![
-                text(&row.org_id),
-                integer(row.position),
-                text(row.entry_type),
-                time(row.occurred_at),
-                text(&row.occurred_day),
-                text(&row.reference),
-                optional_text(row.description.as_deref()),
-                optional_text(row.call_id.as_deref()),
-                optional_text(row.credential_kind.as_deref()),
-                optional_text(row.credential_id.as_deref()),
-                optional_text(row.agent_id.as_deref()),
-                optional_text(row.agent_name.as_deref()),
-                optional_text(row.act_for.as_deref()),
-                optional_text(row.model.as_deref()),
-                optional_integer(row.input_tokens),
-                optional_integer(row.output_tokens),
-                integer(row.debit_micros),
-                integer(row.credit_micros),
-                integer(row.released_micros),
-                optional_integer(row.balance_after_micros),
-            ]
-        },
+        ledger_values,
     )?;
     // Insert-if-missing, with a settlement or expiry later in the same page already in the
     // row. `OR IGNORE`, like the tables above, so that SQLite keeps no statement journal.
@@ -265,6 +252,36 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         |row| vec![text(&row.org_id), integer(row.position)],
     )?;
     Ok(())
+}
+
+const LEDGER_COLUMNS: &str = "org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
+     call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+     debit_micros, credit_micros, released_micros, balance_after_micros";
+
+/// The values of a ledger entry, in `LEDGER_COLUMNS` order.
+fn ledger_values<'r>(row: &'r &LedgerEntryRow) -> Vec<Bound<'r>> {
+    vec![
+        text(&row.org_id),
+        integer(row.position),
+        text(row.entry_type),
+        time(row.occurred_at),
+        text(&row.occurred_day),
+        text(&row.reference),
+        optional_text(row.description.as_deref()),
+        optional_text(row.call_id.as_deref()),
+        optional_text(row.credential_kind.as_deref()),
+        optional_text(row.credential_id.as_deref()),
+        optional_text(row.agent_id.as_deref()),
+        optional_text(row.agent_name.as_deref()),
+        optional_text(row.act_for.as_deref()),
+        optional_text(row.model.as_deref()),
+        optional_integer(row.input_tokens),
+        optional_integer(row.output_tokens),
+        integer(row.debit_micros),
+        integer(row.credit_micros),
+        integer(row.released_micros),
+        optional_integer(row.balance_after_micros),
+    ]
 }
 
 fn write_settlements(transaction: &Transaction<'_>, settlements: &[SettledCallRow]) -> Result<(), StoreError> {
