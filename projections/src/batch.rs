@@ -285,10 +285,19 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
 }
 
 fn close(batches: &mut Vec<RowBatch>, open: &mut OpenBatch) {
-    let finished = std::mem::take(open);
-    if !finished.rows.is_empty() {
-        batches.push(finished.rows);
+    let mut finished = std::mem::take(open).rows;
+    if finished.is_empty() {
+        return;
     }
+    // Inserted in key order, consecutive rows land on the same or the next B-tree leaf
+    // instead of anywhere in the tree: ledger entries and org events cluster by org, calls
+    // by their random ids. Within a batch no two rows of these tables share a key and none
+    // reads another (a ledger entry that looks up its org's previous balance has no earlier
+    // entry of that org in the page), so their order is free.
+    finished.ledger_entries.sort_unstable_by(|a, b| (&a.org_id, a.position).cmp(&(&b.org_id, b.position)));
+    finished.calls.sort_unstable_by(|a, b| a.authorized.call_id.cmp(&b.authorized.call_id));
+    finished.org_events.sort_unstable_by(|a, b| (&a.org_id, a.position).cmp(&(&b.org_id, b.position)));
+    batches.push(finished);
 }
 
 #[cfg(test)]
@@ -415,11 +424,37 @@ mod tests {
             entry("org_2", 4, None),
         ]);
         assert_eq!(batches.len(), 2, "org_2's second entry needs its first one written");
-        let balances: Vec<_> = batches
+        let mut balances: Vec<_> = batches
             .iter()
             .flat_map(|batch| batch.ledger_entries.iter().map(|row| (row.position, row.balance_after_micros)))
             .collect();
+        balances.sort_unstable();
         assert_eq!(balances, [(1, Some(5)), (2, None), (3, Some(5)), (4, None)]);
+        assert_eq!(batches[1].ledger_entries[0].position, 4);
+    }
+
+    #[test]
+    fn rows_are_planned_in_key_order() {
+        let event = |org_id: &str, position| SqlOperation::InsertOrgEvent { org_id: org_id.into(), position };
+        let batches = plan([
+            event("org_b", 1),
+            entry("org_b", 1, Some(1)),
+            authorized("call_z", 2),
+            event("org_a", 2),
+            entry("org_a", 3, Some(2)),
+            event("org_b", 3),
+            authorized("call_a", 4),
+            event("org_a", 4),
+            entry("org_b", 5, Some(3)),
+        ]);
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        let org_events: Vec<_> = batch.org_events.iter().map(|row| (row.org_id.as_str(), row.position)).collect();
+        assert_eq!(org_events, [("org_a", 2), ("org_a", 4), ("org_b", 1), ("org_b", 3)]);
+        let entries: Vec<_> = batch.ledger_entries.iter().map(|row| (row.org_id.as_str(), row.position)).collect();
+        assert_eq!(entries, [("org_a", 3), ("org_b", 1), ("org_b", 5)]);
+        let calls: Vec<_> = batch.calls.iter().map(|row| row.authorized.call_id.as_str()).collect();
+        assert_eq!(calls, ["call_a", "call_z"]);
     }
 
     #[test]
