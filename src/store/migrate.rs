@@ -51,6 +51,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "call_positions",
         sql: include_str!("../../migrations/postgres/0004_call_positions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "read_model_ids_collate_c",
+        sql: include_str!("../../migrations/postgres/0005_read_model_ids_collate_c.sql"),
+    },
 ];
 
 pub fn checksum(migration: &Migration) -> String {
