@@ -157,7 +157,7 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
     )?;
     // A row without its own balance repeats the org's previous entry: the planner filled
     // it from the page where it could, so what is left is already in the table. Only those
-    // rows take the statement that looks it up; a plain multi-row VALUES is cheaper (a tenth
+    // rows take the statement that looks it up; a plain multi-row VALUES is cheaper (about 5%
     // of a rebuild, BENCHMARKS.md). The planner leaves a row without a balance only when no
     // earlier entry of its org is in the page, so writing the others first changes nothing
     // it could find: it looks at earlier positions only.
