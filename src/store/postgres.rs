@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -24,18 +25,20 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+/// The columns' types are fixed by the migrations, so the values are decoded without sqlx's
+/// per-value type check; a NULL or a malformed value is still an error.
 fn event_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
-        position: row.try_get(0)?,
-        stream_id: row.try_get(1)?,
-        stream_version: row.try_get(2)?,
-        event_id: row.try_get(3)?,
-        event_type: row.try_get(4)?,
-        schema_version: row.try_get(5)?,
-        recorded_at: row.try_get::<DateTime<Utc>, _>(6)?,
-        payload: row.try_get(7)?,
-        metadata: row.try_get(8)?,
-        hash: hash_from_bytes(row.try_get::<&[u8], _>(9)?)?,
+        position: row.try_get_unchecked(0)?,
+        stream_id: row.try_get_unchecked(1)?,
+        stream_version: row.try_get_unchecked(2)?,
+        event_id: row.try_get_unchecked(3)?,
+        event_type: row.try_get_unchecked(4)?,
+        schema_version: row.try_get_unchecked(5)?,
+        recorded_at: row.try_get_unchecked::<DateTime<Utc>, _>(6)?,
+        payload: row.try_get_unchecked(7)?,
+        metadata: row.try_get_unchecked(8)?,
+        hash: hash_from_bytes(row.try_get_unchecked::<&[u8], _>(9)?)?,
     })
 }
 
@@ -94,15 +97,28 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
+        let limit = limit.clamp(1, MAX_READ_PAGE);
+        // Each row is converted as it arrives instead of after `fetch_all` has gathered the
+        // page: a page of rows held at once kept sqlx's receive buffer from being reused and
+        // grew two vectors by doubling, and the kernel zeroed fresh pages for all three (a
+        // fifth of the reader's CPU in a profile of loading).
+        let mut rows = sqlx::query(
             "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash \
              FROM events WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .bind(after)
-        .bind(limit.clamp(1, MAX_READ_PAGE))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        .bind(limit)
+        .fetch(&self.pool);
+        let mut events = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            if events.is_empty() {
+                // Reserved at the first row, so that the runner's frequent empty reads
+                // allocate nothing.
+                events.reserve_exact(usize::try_from(limit).unwrap_or(1));
+            }
+            events.push(event_from_row(&row)?);
+        }
+        Ok(events)
     }
 
     async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
