@@ -7,6 +7,7 @@
 mod migrate;
 mod postgres;
 mod postgres_batch;
+mod postgres_bulk;
 mod postgres_read_models;
 mod read_models;
 mod sqlite;
@@ -234,15 +235,22 @@ impl EventStore for Store {
 /// A page of the log, or the error that ended the reading.
 pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
 
-/// Pages at least this large are read in bulk on SQLite (see `sqlite_bulk`); the live
-/// projection runner's small pages keep using the pool.
+/// On SQLite, pages at least this large are read in bulk (see `sqlite_bulk`): loading,
+/// rebuilding and the live projection runner's pages of 1,000.
 const BULK_PAGE_EVENTS: i64 = 1_000;
+
+/// On PostgreSQL, only pages this large are read in bulk (see `postgres_bulk`): loading and
+/// rebuilding. A bulk reading closes its connection when it ends (a COPY cannot be abandoned
+/// on a pooled connection), which is nothing once per load but would be a new backend for
+/// each of the live runner's frequent reads; those keep `read_after`.
+const POSTGRES_BULK_PAGE_EVENTS: i64 = MAX_READ_PAGE;
 
 impl Store {
     /// Sends the events after `after` (up to and including `until`) in pages of
     /// `page_events`, in order, until the head of the log, or until the receiver goes away.
-    /// On an SQLite file and large pages the reading runs on a blocking thread through
-    /// rusqlite; otherwise through `read_after`.
+    /// Large pages are read in bulk: on SQLite on a blocking thread through rusqlite, on
+    /// PostgreSQL with one binary COPY (pages of `MAX_READ_PAGE` only); smaller pages
+    /// through `read_after`.
     pub fn spawn_page_reader(
         &self,
         after: i64,
@@ -258,6 +266,13 @@ impl Store {
             return tokio::task::spawn_blocking(move || {
                 sqlite_bulk::read_pages(path, after, until, page_events, sender)
             });
+        }
+        if let Store::Postgres(postgres) = self
+            && page_events >= POSTGRES_BULK_PAGE_EVENTS
+        {
+            let pool = postgres.pool().clone();
+            let page_events = usize::try_from(page_events).unwrap_or(1);
+            return tokio::spawn(postgres_bulk::read_pages(pool, after, until, page_events, sender));
         }
         let store = self.clone();
         tokio::spawn(async move {
