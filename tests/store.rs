@@ -661,19 +661,7 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
 async fn a_row_that_does_not_decode_stops_loading_with_its_position() {
     let database = TestDatabase::sqlite();
     let running = start(&database).await;
-    let mut handles = Vec::new();
-    for producer in 0..16 {
-        let writer = running.writer.clone();
-        handles.push(tokio::spawn(async move {
-            for index in 0..50 {
-                let command = register_command(&format!("p{producer}-{index}"));
-                writer.submit(command, CommandContext::default()).await.unwrap();
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await.unwrap();
-    }
+    register_from_producers(&running.writer, 16, 50).await;
     let store = running.stop().await;
     drop(store);
 
@@ -686,6 +674,23 @@ async fn a_row_that_does_not_decode_stops_loading_with_its_position() {
     let Err(error) = open_and_load(&database.url()).await else { panic!("a log with an undecodable row loaded") };
     let message = format!("{error:#}");
     assert!(message.contains("1500"), "{message}");
+}
+
+/// Registers `per_producer` orgs from each of `producers` concurrent tasks (two events each).
+async fn register_from_producers(writer: &Writer, producers: usize, per_producer: usize) {
+    let mut handles = Vec::new();
+    for producer in 0..producers {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            for index in 0..per_producer {
+                let command = register_command(&format!("p{producer}-{index}"));
+                writer.submit(command, CommandContext::default()).await.unwrap();
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
 }
 
 /// Everything in `pages`, in order, and the size of each page.
@@ -710,21 +715,7 @@ async fn the_bulk_page_reader_reads_what_read_after_reads() {
     for database in TestDatabase::all().await {
         let engine = database.engine();
         let running = start(&database).await;
-        let mut handles = Vec::new();
-        for producer in 0..16 {
-            let writer = running.writer.clone();
-            handles.push(tokio::spawn(async move {
-                for index in 0..350 {
-                    writer
-                        .submit(register_command(&format!("p{producer}-{index}")), CommandContext::default())
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for handle in handles {
-            handle.await.unwrap();
-        }
+        register_from_producers(&running.writer, 16, 350).await;
         let store = running.stop().await;
         let mut expected = Vec::new();
         loop {
