@@ -41,16 +41,18 @@ async fn read_pages_inner(
     sender: &PageSender,
 ) -> Result<(), StoreError> {
     let mut connection = pool.acquire().await?;
-    // A COPY left unread cannot be abandoned on a connection that goes back to the pool,
-    // and the planner settings below are for this statement only: this connection is
-    // closed when the reading ends, however it ends.
+    // A COPY left unread cannot be abandoned on a connection that goes back to the pool:
+    // this connection is closed when the reading ends, however it ends.
     connection.close_on_drop();
     // Without statistics (a log loaded in bulk and not yet analyzed) the planner picks a
     // bitmap scan and a sort of the whole range, which spills to disk. The primary key
-    // already gives position order.
-    sqlx::raw_sql("SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off")
-        .execute(&mut *connection)
-        .await?;
+    // already gives position order. `SET LOCAL` keeps the settings to this transaction,
+    // also behind a pooler that hands the server connection on.
+    sqlx::raw_sql(
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off",
+    )
+    .execute(&mut *connection)
+    .await?;
     // Both bounds are integers formatted here; COPY takes no bind parameters.
     let statement = format!(
         "COPY (SELECT position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash \
@@ -77,6 +79,8 @@ async fn read_pages_inner(
             }
         }
     }
+    drop(chunks);
+    sqlx::raw_sql("COMMIT").execute(&mut *connection).await?;
     let last = parser.finish(buffer.len())?;
     if !last.is_empty() {
         let _ = sender.send(Ok(last)).await;
