@@ -61,18 +61,8 @@ async fn read_pages_inner(
     );
     let mut chunks = connection.copy_out_raw(&statement).await?;
     let mut parser = CopyParser::new(page_events);
-    // PostgreSQL sends a row per message, so a row is usually parsed straight from its
-    // message; only a row split across messages is gathered in `buffer`.
-    let mut buffer = BytesMut::new();
     while let Some(chunk) = chunks.try_next().await? {
-        if buffer.is_empty() {
-            let consumed = parser.feed(&chunk)?;
-            buffer.extend_from_slice(&chunk[consumed..]);
-        } else {
-            buffer.extend_from_slice(&chunk);
-            let consumed = parser.feed(&buffer)?;
-            buffer.advance(consumed);
-        }
+        parser.push(&chunk)?;
         for page in parser.ready.drain(..) {
             if sender.send(Ok(page)).await.is_err() {
                 return Ok(());
@@ -81,7 +71,7 @@ async fn read_pages_inner(
     }
     drop(chunks);
     sqlx::raw_sql("COMMIT").execute(&mut *connection).await?;
-    let last = parser.finish(buffer.len())?;
+    let last = parser.finish()?;
     if !last.is_empty() {
         let _ = sender.send(Ok(last)).await;
     }
@@ -96,15 +86,39 @@ struct CopyParser {
     page: Vec<StoredEvent>,
     /// Full pages, in order, for the caller to take.
     ready: Vec<Vec<StoredEvent>>,
+    /// The start of a row split across pieces, until the rest arrives.
+    unparsed: BytesMut,
 }
 
 impl CopyParser {
     fn new(page_events: usize) -> CopyParser {
-        CopyParser { page_events, header_read: false, finished: false, page: Vec::new(), ready: Vec::new() }
+        CopyParser {
+            page_events,
+            header_read: false,
+            finished: false,
+            page: Vec::new(),
+            ready: Vec::new(),
+            unparsed: BytesMut::new(),
+        }
     }
 
-    /// Parses what it can from the start of `bytes`; returns how many bytes it used. The
-    /// rest must be fed again with what follows it.
+    /// Parses the next piece of the stream. PostgreSQL sends a row per message, so a row is
+    /// usually parsed straight from its piece; only a row split across pieces is gathered.
+    fn push(&mut self, piece: &[u8]) -> Result<(), StoreError> {
+        if self.unparsed.is_empty() {
+            let consumed = self.feed(piece)?;
+            self.unparsed.extend_from_slice(&piece[consumed..]);
+        } else {
+            self.unparsed.extend_from_slice(piece);
+            let gathered = std::mem::take(&mut self.unparsed);
+            let consumed = self.feed(&gathered)?;
+            self.unparsed = gathered;
+            self.unparsed.advance(consumed);
+        }
+        Ok(())
+    }
+
+    /// Parses what it can from the start of `bytes`; returns how many bytes it used.
     fn feed(&mut self, bytes: &[u8]) -> Result<usize, StoreError> {
         let mut offset = 0;
         if !self.header_read {
@@ -141,9 +155,9 @@ impl CopyParser {
         Ok(offset)
     }
 
-    /// The last, partial page, once the stream has ended with `unparsed` bytes left over.
-    fn finish(self, unparsed: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        if !self.finished || unparsed > 0 {
+    /// The last, partial page, once the stream has ended.
+    fn finish(self) -> Result<Vec<StoredEvent>, StoreError> {
+        if !self.finished || !self.unparsed.is_empty() {
             return Err(corrupt("the COPY stream ended without its trailer"));
         }
         Ok(self.page)
@@ -309,23 +323,15 @@ mod tests {
         out
     }
 
-    /// Feeds `bytes` in pieces of `piece` bytes the way the reader does; returns the pages.
+    /// Pushes `bytes` in pieces of `piece` bytes, as the reader does; returns the pages.
     fn parse_in_pieces(bytes: &[u8], piece: usize, page_events: usize) -> Result<Vec<Vec<StoredEvent>>, StoreError> {
         let mut parser = CopyParser::new(page_events);
-        let mut buffer = BytesMut::new();
         let mut pages = Vec::new();
         for chunk in bytes.chunks(piece) {
-            if buffer.is_empty() {
-                let consumed = parser.feed(chunk)?;
-                buffer.extend_from_slice(&chunk[consumed..]);
-            } else {
-                buffer.extend_from_slice(chunk);
-                let consumed = parser.feed(&buffer)?;
-                buffer.advance(consumed);
-            }
+            parser.push(chunk)?;
             pages.append(&mut parser.ready);
         }
-        let last = parser.finish(buffer.len())?;
+        let last = parser.finish()?;
         if !last.is_empty() {
             pages.push(last);
         }
