@@ -9,12 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::sync::mpsc;
-
-use super::{StoreError, StoredEvent};
-
-/// A page of the log, or the error that ended the reading.
-pub type PageSender = mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
+use super::{PageSender, StoreError, StoredEvent};
 
 fn error(message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("reading the SQLite log: {message}"))
