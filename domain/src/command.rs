@@ -273,6 +273,8 @@ impl CallTicket {
             hold_open: false,
             authorized_at: self.authorized_at,
             hold_expires_at: self.authorized_at,
+            // Not in the expiry or retention indexes: the call exists only for this usage.
+            serial: 0,
             settlement: None,
         })
     }
@@ -299,22 +301,16 @@ pub fn check_authorization(
     }
     let hold = max_cost.unwrap_or(Money::ZERO);
     let budget = match budget_subject(attribution) {
-        Some(subject) if subject.starts_with(AgentId::PREFIX) => AgentId::parse(&subject)
-            .ok()
-            .and_then(|id| state.agents.get(&id))
-            .and_then(|agent| agent.budget)
-            .map(|b| (subject, b)),
-        Some(subject) => ApiKeyId::parse(&subject)
-            .ok()
-            .and_then(|id| state.api_keys.get(&id))
-            .and_then(|key| key.budget)
-            .map(|b| (subject, b)),
+        Some(subject) if subject.starts_with(AgentId::PREFIX) => {
+            state.agents.get(subject).and_then(|agent| agent.budget).map(|b| (subject, b))
+        }
+        Some(subject) => state.api_keys.get(subject).and_then(|key| key.budget).map(|b| (subject, b)),
         None => None,
     };
     if let Some((subject, budget)) = budget {
         let committed = state
             .budget_usage
-            .get(&subject)
+            .get(subject)
             .map_or(Money::ZERO, |usage| usage.spent_in(budget.period, now).saturating_add(usage.held));
         let exceeded = if hold.is_positive() {
             committed.saturating_add(hold) > budget.amount
@@ -935,7 +931,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         Command::ExpireHolds => Ok(state
             .hold_expiries
             .iter()
-            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take_while(|((expires_at, _), _)| *expires_at <= now)
             .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
             .filter_map(|(_, call_id)| state.calls.get(call_id))
             .map(|call| {

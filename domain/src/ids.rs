@@ -170,6 +170,15 @@ macro_rules! define_id {
             }
         }
 
+        // Sound because the derived `Hash`, `Eq` and `Ord` are those of the text: the fold
+        // looks an id up by the text an event carries (an attribution's `agent_id`) without
+        // parsing it into an id of its own first, which allocated on every usage event.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
                 formatter.write_str(&self.0)
@@ -248,6 +257,18 @@ mod tests {
             }
         }
         assert_eq!(base62(&[255; 16]), long_base62(&[255; 16], 22));
+    }
+
+    #[test]
+    fn a_map_keyed_by_ids_finds_them_by_their_text() {
+        let mut map = std::collections::HashMap::new();
+        let id = AgentId::from_random([7; 16]);
+        map.insert(id.clone(), 1);
+        assert_eq!(map.get(id.as_str()), Some(&1));
+        assert_eq!(map.get("agt_0000000000000000000000"), None);
+        let mut ordered = std::collections::BTreeMap::new();
+        ordered.insert(id.clone(), 2);
+        assert_eq!(ordered.get(id.as_str()), Some(&2));
     }
 
     #[test]
