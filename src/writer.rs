@@ -646,24 +646,34 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
             }
         }
     });
+    // Folded chunks are freed by a task of their own. The fold is the one stage that cannot
+    // be split, and freeing a chunk's events (allocated by the reader and the decoders) was
+    // a sixth of its thread in a profile of loading.
+    let (spent_sender, mut spent) = tokio::sync::mpsc::channel::<DecodedChunk>(LOAD_CHUNKS_AHEAD);
+    let freer = tokio::spawn(async move { while spent.recv().await.is_some() {} });
     let outcome = async {
         // Chunks were dealt in turn, so the next one in log order is always at `turn`; when
         // that decoder has nothing more, the dealer has finished.
         let mut turn = 0;
         while let Some(chunk) = decoded[turn].recv().await {
             let chunk: DecodedChunk = chunk?;
-            let mut ledger = shared.write();
-            for (stored, committed, idempotency) in &chunk {
-                ledger
-                    .fold(stored, committed, idempotency.as_ref())
-                    .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            {
+                let mut ledger = shared.write();
+                for (stored, committed, idempotency) in &chunk {
+                    ledger
+                        .fold(stored, committed, idempotency.as_ref())
+                        .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                }
             }
-            drop(ledger);
+            // Should the freer be gone, the chunk is freed here instead.
+            let _ = spent_sender.send(chunk).await;
             turn = 1 - turn;
         }
         Ok::<(), StoreError>(())
     }
     .await;
+    drop(spent_sender);
+    let _ = freer.await;
     dealer.abort();
     for decoder in decoders {
         decoder.abort();
