@@ -214,6 +214,9 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     run(&mut state, &authorize(4), at);
     assert!(!state.calls.contains_key(&CallId::from_random([2; 16])));
     assert!(state.calls.contains_key(&CallId::from_random([4; 16])));
+    // Forgotten calls leave the retention index with them; no hold was ever open.
+    assert_eq!(state.call_retention.values().collect::<Vec<_>>(), [&CallId::from_random([4; 16])]);
+    assert!(state.hold_expiries.is_empty());
 }
 
 #[test]

@@ -6,10 +6,13 @@
 //!   overshoot is what settled calls cost beyond their still-open holds (a served call is
 //!   never free, so this is the only excess; see ARCHITECTURE.md for its bound);
 //! - the balance equals credits − debits folded independently from the events;
-//! - every hold resolves exactly once (settled or expired), and held equals open holds.
+//! - every hold resolves exactly once (settled or expired), and held equals open holds;
+//! - the state's expiry index holds exactly the open holds, and its retention index every
+//!   call in memory, each once (calls of one command share a timestamp, so this also
+//!   checks that ties are kept apart).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bahi_domain::billing::Price;
 use bahi_domain::command::{CallTicket, NewKeyRecord, check_authorization};
@@ -272,6 +275,12 @@ impl World {
             }
         }
         assert!(resolutions.values().all(|&count| count == 1), "a hold resolves exactly once");
+        let indexed_holds: HashSet<&CallId> = self.state.hold_expiries.values().collect();
+        assert_eq!(indexed_holds.len(), self.state.hold_expiries.len(), "a hold is indexed once");
+        assert_eq!(indexed_holds, holds.keys().copied().collect::<HashSet<_>>(), "the expiry index = open holds");
+        let retained: HashSet<&CallId> = self.state.call_retention.values().collect();
+        assert_eq!(retained.len(), self.state.call_retention.len(), "a call is retained once");
+        assert_eq!(retained, self.state.calls.keys().collect::<HashSet<_>>(), "the retention index = calls in memory");
         assert!(authorizations.values().all(|&count| count == 1), "a call is authorized once in the log");
         assert!(settlements.values().all(|&count| count == 1), "a call is billed at most once");
         assert!(settlements.keys().all(|call_id| authorizations.contains_key(call_id)), "no usage without its call");
