@@ -37,6 +37,10 @@ pub enum Benchmark {
     /// Folding --events events into every projection (memory and SQL), beside reading the
     /// same rows without folding.
     Replay,
+    /// Loading the log into memory first thing in this process, as `bahi serve` starts,
+    /// beside the page reader alone. Give --database a log made by `replay` (or this) to
+    /// measure a cold start; a log filled by this run is not one, and the output says so.
+    Load,
     /// A statement of --events ledger rows streamed as CSV, beside a bare CSV write of the
     /// same rows (time and peak memory).
     Statement,
@@ -453,6 +457,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Append => append(&args).await,
         Benchmark::Sustained => sustained(&args).await,
         Benchmark::Replay => replay(&args).await,
+        Benchmark::Load => load(&args).await,
         Benchmark::Statement => crate::bench_reports::statement(&args).await,
         Benchmark::Attribution => crate::bench_reports::attribution(&args).await,
         Benchmark::Credentials => crate::bench_api::credentials(args.seconds),
@@ -548,9 +553,15 @@ async fn sustained(args: &BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
-    let (store, directory) = fresh_store(&args.database, "replay").await?;
+/// A log of at least `args.events` events (`--log` shaped): the store, its temporary
+/// directory when no database was given, the head, the URL, and whether this run filled it.
+async fn filled_log(
+    args: &BenchArgs,
+    label: &str,
+) -> anyhow::Result<(Store, Option<tempfile_dir::TempDir>, i64, String, bool)> {
+    let (store, directory) = fresh_store(&args.database, label).await?;
     let (mut head, _) = store.head().await?;
+    let filled = head < args.events;
     if head < args.events {
         println!("filling the log to {} events …", args.events);
         let shared = Arc::new(RwLock::new(Ledger::new()));
@@ -579,6 +590,47 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
         (None, Some(directory)) => format!("sqlite://{}", directory.path.join("bench.db").display()),
         (None, None) => unreachable!(),
     };
+    Ok((store, directory, head, url, filled))
+}
+
+async fn load(args: &BenchArgs) -> anyhow::Result<()> {
+    // The load is measured first: anything before it in this process (a fill, another
+    // read) leaves the allocator and the caches unlike a server's start.
+    let (store, _directory, head, url, filled) = filled_log(args, "load").await?;
+    let cpu_before = process_cpu_seconds();
+    let started = Instant::now();
+    let (_, shared) = open_and_load(&url).await.context("loading")?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let load_cpu_micros_per_event = (process_cpu_seconds() - cpu_before) * 1e6 / head as f64;
+    drop(shared);
+
+    let started = Instant::now();
+    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
+    let reader = store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender);
+    let mut rows = 0;
+    while let Some(page) = pages.recv().await {
+        rows += page?.len();
+    }
+    reader.await?;
+    let reader_rate = rows as f64 / started.elapsed().as_secs_f64();
+    let load_rate = head as f64 / load_seconds;
+
+    println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);
+    if filled {
+        println!("this run filled the log, so the load below is not a cold start: run again for one");
+    }
+    println!("{:<40} {:>14} {:>8} {:>10}", "what", "events/s", "vs read", "CPU µs/ev");
+    println!("{:<40} {reader_rate:>14.0} {:>8.2} {:>10}", "read rows, page reader (baseline)", 1.0, "-");
+    println!(
+        "{:<40} {load_rate:>14.0} {:>8.2} {load_cpu_micros_per_event:>10.2}",
+        "load: read + decode + fold in memory",
+        load_rate / reader_rate
+    );
+    Ok(())
+}
+
+async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
+    let (store, _directory, head, url, _) = filled_log(args, "replay").await?;
 
     let started = Instant::now();
     let mut position = 0;
