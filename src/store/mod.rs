@@ -31,13 +31,18 @@ pub fn postgres_notify_channel() -> &'static str {
 }
 pub use sqlite::{READ_MODELS_PAGE_SIZE, SqliteStore};
 
-/// The statements that empty every projection table and then the checkpoints, in one
-/// transaction on either engine (`reset_projections`, and SQLite's one-transaction rebuild).
-fn projection_reset_statements() -> impl Iterator<Item = String> {
+/// Every projection table, then the checkpoints: what a rebuild empties.
+fn projection_reset_tables() -> impl Iterator<Item = &'static str> {
     bahi_projections::PROJECTIONS
         .iter()
-        .flat_map(|projection| projection.tables.iter().map(|table| format!("DELETE FROM {table}")))
-        .chain(std::iter::once("DELETE FROM projection_checkpoints".to_owned()))
+        .flat_map(|projection| projection.tables.iter().copied())
+        .chain(std::iter::once("projection_checkpoints"))
+}
+
+/// The statements that empty every projection table and then the checkpoints, in one
+/// transaction (SQLite's `reset_projections` and its one-transaction rebuild).
+fn projection_reset_statements() -> impl Iterator<Item = String> {
+    projection_reset_tables().map(|table| format!("DELETE FROM {table}"))
 }
 
 /// The largest page `read_after` returns, whatever the caller asks.

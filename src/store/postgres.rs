@@ -236,12 +236,16 @@ impl EventStore for PostgresStore {
         Ok(true)
     }
 
+    /// One `TRUNCATE` of every read-model table and the checkpoints. A `DELETE` left every
+    /// previous row behind as a dead tuple until a vacuum: each rebuild of the 1M-event log
+    /// added a read model's worth of them, and after ten, `read_org_events` held 10M dead
+    /// rows in 682 MB for 1M live ones (on this machine's server, whose autovacuum is off).
+    /// `TRUNCATE` gives each table a fresh file at commit. It takes an exclusive lock for
+    /// its short transaction, so readers wait that long instead of seeing the tables empty
+    /// a moment earlier; a rebuild empties them either way.
     async fn reset_projections(&self) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await?;
-        for statement in super::projection_reset_statements() {
-            sqlx::query(AssertSqlSafe(statement)).execute(&mut *transaction).await?;
-        }
-        transaction.commit().await?;
+        let tables: Vec<&str> = super::projection_reset_tables().collect();
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&self.pool).await?;
         Ok(())
     }
 
