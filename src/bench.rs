@@ -593,6 +593,20 @@ async fn filled_log(
     Ok((store, directory, head, url, filled))
 }
 
+/// Rows per second through the reader that loading and rebuilding use (on SQLite rusqlite on
+/// a blocking thread, on PostgreSQL one binary COPY), reading the whole log.
+async fn page_reader_rate(store: &Store) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
+    let reader = store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender);
+    let mut rows = 0;
+    while let Some(page) = pages.recv().await {
+        rows += page?.len();
+    }
+    reader.await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn load(args: &BenchArgs) -> anyhow::Result<()> {
     // The load is measured first: anything before it in this process (a fill, another
     // read) leaves the allocator and the caches unlike a server's start.
@@ -604,15 +618,7 @@ async fn load(args: &BenchArgs) -> anyhow::Result<()> {
     let load_cpu_micros_per_event = (process_cpu_seconds() - cpu_before) * 1e6 / head as f64;
     drop(shared);
 
-    let started = Instant::now();
-    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
-    let reader = store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender);
-    let mut rows = 0;
-    while let Some(page) = pages.recv().await {
-        rows += page?.len();
-    }
-    reader.await?;
-    let reader_rate = rows as f64 / started.elapsed().as_secs_f64();
+    let reader_rate = page_reader_rate(&store).await?;
     let load_rate = head as f64 / load_seconds;
 
     println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);
@@ -641,16 +647,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let read_rate = head as f64 / started.elapsed().as_secs_f64();
 
-    // The reader that loading and rebuilding use: on SQLite rusqlite on a blocking thread.
-    let started = Instant::now();
-    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
-    let reader = store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender);
-    let mut bulk_rows = 0;
-    while let Some(page) = pages.recv().await {
-        bulk_rows += page?.len();
-    }
-    reader.await?;
-    let bulk_rate = bulk_rows as f64 / started.elapsed().as_secs_f64();
+    let bulk_rate = page_reader_rate(&store).await?;
 
     let started = Instant::now();
     let (_, shared) = open_and_load(&url).await.context("loading")?;
