@@ -17,6 +17,9 @@ use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes,
 /// The channel other nodes LISTEN on; the payload is the new head position.
 pub const NOTIFY_CHANNEL: &str = "bahi_events";
 
+/// How long a rebuild waits to empty the read models while readers hold them.
+pub const RESET_LOCK_TIMEOUT_MILLISECONDS: u64 = 3_000;
+
 /// Arbitrary constant for the advisory lock that serializes migrations across nodes.
 const MIGRATION_LOCK_KEY: i64 = 0x6261_6869_6d69_6772;
 
@@ -242,10 +245,18 @@ impl EventStore for PostgresStore {
     /// rows in 682 MB for 1M live ones (on this machine's server, whose autovacuum is off).
     /// `TRUNCATE` gives each table a fresh file at commit. It takes an exclusive lock for
     /// its short transaction, so readers wait that long instead of seeing the tables empty
-    /// a moment earlier; a rebuild empties them either way.
+    /// a moment earlier; a rebuild empties them either way. While it waits for the lock,
+    /// every new reader of those tables queues behind it, so it waits at most
+    /// `RESET_LOCK_TIMEOUT_MILLISECONDS` (a long statement export, say) and then fails the
+    /// rebuild, which can be run again, rather than stall the API's reads.
     async fn reset_projections(&self) -> Result<(), StoreError> {
         let tables: Vec<&str> = super::projection_reset_tables().collect();
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&self.pool).await?;
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
+        transaction.commit().await?;
         Ok(())
     }
 
