@@ -401,14 +401,20 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
 }
 
 /// A fresh SQLite database with five registered orgs (ten events), projected to its head.
-async fn five_orgs_projected_on_sqlite() -> (TestDatabase, Store) {
-    let database = TestDatabase::sqlite();
-    let running = start(&database).await;
-    for index in 0..5 {
+/// Registers `orgs` orgs (two events each) and projects them: the store, writer stopped.
+async fn orgs_projected(database: &TestDatabase, orgs: usize) -> Store {
+    let running = start(database).await;
+    for index in 0..orgs {
         running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
     }
     let store = running.stop().await;
     catch_up_projections(&store, None).await.unwrap();
+    store
+}
+
+async fn five_orgs_projected_on_sqlite() -> (TestDatabase, Store) {
+    let database = TestDatabase::sqlite();
+    let store = orgs_projected(&database, 5).await;
     (database, store)
 }
 
@@ -456,13 +462,8 @@ async fn heap_bytes(url: &str) -> Vec<(&'static str, i64)> {
 #[tokio::test]
 async fn a_postgres_rebuild_leaves_the_read_models_no_larger() {
     let Some(database) = TestDatabase::postgres().await else { return };
-    let running = start(&database).await;
     // 300 events: several pages of `read_org_events`, so that dead rows would show.
-    for index in 0..150 {
-        running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
-    }
-    let store = running.stop().await;
-    catch_up_projections(&store, None).await.unwrap();
+    let store = orgs_projected(&database, 150).await;
     let live = heap_bytes(&database.url()).await;
     let live_rows = dump_projections(&store).await;
     assert!(live.iter().any(|(table, size)| *table == "read_org_events" && *size >= 2 * 8192), "{live:?}");
@@ -479,12 +480,7 @@ async fn a_postgres_rebuild_leaves_the_read_models_no_larger() {
 #[tokio::test]
 async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
     let Some(database) = TestDatabase::postgres().await else { return };
-    let running = start(&database).await;
-    for index in 0..3 {
-        running.writer.submit(register_command(&format!("org {index}")), CommandContext::default()).await.unwrap();
-    }
-    let store = running.stop().await;
-    catch_up_projections(&store, None).await.unwrap();
+    let store = orgs_projected(&database, 3).await;
     let live_rows = dump_projections(&store).await;
 
     let mut reader = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url()).await.unwrap();
