@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bahi_domain::chain::GENESIS_HASH;
 use bahi_domain::state::FastMap;
+use bahi_domain::state::evolve_taking;
 use bahi_domain::{Event, State, evolve};
 use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
@@ -120,13 +121,49 @@ impl Ledger {
         committed: &CommittedEvent,
         idempotency: Option<&Idempotency>,
     ) -> Result<(), FoldError> {
-        if stored.position <= self.position {
+        if !self.is_next(stored)? {
             return Ok(());
+        }
+        evolve(&mut self.state, &committed.event);
+        self.advance(stored, committed, idempotency);
+        Ok(())
+    }
+
+    /// `fold` for an event the caller will only drop (loading): the text the state keeps is
+    /// taken out of the event instead of copied (`evolve_taking`). An event that carries an
+    /// idempotency key is kept whole, because its record holds a copy of it.
+    pub fn fold_taking(
+        &mut self,
+        stored: &StoredEvent,
+        committed: &mut CommittedEvent,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<(), FoldError> {
+        if idempotency.is_some() {
+            return self.fold(stored, committed, idempotency);
+        }
+        if !self.is_next(stored)? {
+            return Ok(());
+        }
+        evolve_taking(&mut self.state, &mut committed.event);
+        self.advance(stored, committed, None);
+        Ok(())
+    }
+
+    /// Whether `stored` is the next event to fold: false for one folded already, an error
+    /// for one past a gap.
+    fn is_next(&self, stored: &StoredEvent) -> Result<bool, FoldError> {
+        if stored.position <= self.position {
+            return Ok(false);
         }
         if stored.position != self.position + 1 {
             return Err(FoldError::OutOfOrder { expected_previous: self.position, found: stored.position });
         }
-        evolve(&mut self.state, &committed.event);
+        Ok(true)
+    }
+
+    /// Everything of folding an event but `evolve`: the head, the stream's version, and the
+    /// idempotency record.
+    fn advance(&mut self, stored: &StoredEvent, committed: &CommittedEvent, idempotency: Option<&Idempotency>) {
         self.position = stored.position;
         self.head_hash = stored.hash;
         // Most events continue a stream already known (a call's usage follows its
@@ -144,7 +181,6 @@ impl Ledger {
                 .events
                 .push(committed.clone());
         }
-        Ok(())
     }
 }
 

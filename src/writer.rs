@@ -656,12 +656,13 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
         // that decoder has nothing more, the dealer has finished.
         let mut turn = 0;
         while let Some(chunk) = decoded[turn].recv().await {
-            let chunk: DecodedChunk = chunk?;
+            let mut chunk: DecodedChunk = chunk?;
             {
                 let mut ledger = shared.write();
-                for (stored, committed, idempotency) in &chunk {
+                // The events are only freed after this, so the fold takes their text.
+                for (stored, committed, idempotency) in &mut chunk {
                     ledger
-                        .fold(stored, committed, idempotency.as_ref())
+                        .fold_taking(stored, committed, idempotency.as_ref())
                         .map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 }
             }

@@ -269,7 +269,7 @@ pub struct CreditsGranted {
 }
 
 /// Who made a call, for whom, and who pays: recorded when it is authorized.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallAttribution {
     /// `api_key`, `session` or `agent_token`.
     pub credential_kind: String,

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::billing::{Price, period_key};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash};
-use crate::event::{ApiKeyCreated, Budget, Event, OrgRegistered, RateLimit};
+use crate::event::{ApiKeyCreated, Budget, CallAuthorized, Event, OrgRegistered, RateLimit, UsageRecorded};
 use crate::event::{BudgetPeriod, CallAttribution};
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
@@ -613,95 +613,10 @@ pub fn evolve(state: &mut State, event: &Event) {
         }
         Event::CreditsGranted(granted) => state.credit(&granted.org_id, granted.amount),
         Event::CallAuthorized(authorized) => {
-            let serial = state.calls_folded;
-            state.calls_folded += 1;
-            let hold_open = authorized.hold.is_positive();
-            if hold_open {
-                state.hold_expiries.insert((authorized.hold_expires_at, serial), authorized.call_id.clone());
-                if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
-                    org.held = org.held.saturating_add(authorized.hold);
-                }
-                if let Some(subject) = budget_subject(&authorized.attribution) {
-                    change_budget_usage(&mut state.budget_usage, subject, |usage| {
-                        usage.held = usage.held.saturating_add(authorized.hold);
-                    });
-                }
-            }
-            state.forget_old_calls(authorized.authorized_at);
-            state.call_retention.insert(
-                (authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial),
-                authorized.call_id.clone(),
-            );
-            state.calls.insert(
-                authorized.call_id.clone(),
-                Box::new(Call {
-                    id: authorized.call_id.clone(),
-                    org_id: authorized.org_id.clone(),
-                    attribution: authorized.attribution.clone(),
-                    model: authorized.model.clone(),
-                    price: authorized.price,
-                    hold: authorized.hold,
-                    hold_open,
-                    authorized_at: authorized.authorized_at,
-                    hold_expires_at: authorized.hold_expires_at,
-                    settlement: None,
-                    serial,
-                }),
-            );
+            fold_call_authorized(state, authorized, authorized.attribution.clone(), authorized.model.clone());
         }
         Event::UsageRecorded(recorded) => {
-            // The call is looked up once, for its hold, its retention and its settlement.
-            if let Some(call) = state.calls.get_mut(&recorded.call_id) {
-                release_open_hold(
-                    call,
-                    recorded.hold_released,
-                    &mut state.hold_expiries,
-                    &mut state.orgs,
-                    &mut state.budget_usage,
-                );
-                let unsettled_until = call.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS);
-                state.call_retention.remove(&(unsettled_until, call.serial));
-                state.call_retention.insert(
-                    (recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
-                    recorded.call_id.clone(),
-                );
-                call.settlement = Some(Settlement {
-                    input_tokens: recorded.input_tokens,
-                    output_tokens: recorded.output_tokens,
-                    status: recorded.status.clone(),
-                    cost: recorded.cost,
-                    hold_released: recorded.hold_released,
-                    request_hash: recorded.request_hash.clone(),
-                    balance_after: recorded.balance_after,
-                    settled_at: recorded.settled_at,
-                });
-            }
-            if let Some(org) = state.orgs.get_mut(&recorded.org_id) {
-                org.debits = org.debits.saturating_add(recorded.cost);
-                org.balance = org.balance.saturating_sub(recorded.cost);
-                org.overshoot =
-                    org.overshoot.saturating_add(recorded.cost.saturating_sub(recorded.hold_released).max(Money::ZERO));
-            }
-            if let Some(subject) = budget_subject(&recorded.attribution) {
-                change_budget_usage(&mut state.budget_usage, subject, |usage| {
-                    usage.add_spend(recorded.cost, recorded.settled_at);
-                });
-            }
-            let attribution = &recorded.attribution;
-            // Looked up by text: an id that does not parse is in no map either.
-            if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| state.agents.get_mut(id)) {
-                agent.usage_calls += 1;
-                agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
-            }
-            if attribution.credential_kind == "api_key"
-                && let Some(key) = state.api_keys.get_mut(attribution.credential_id.as_str())
-            {
-                key.usage_calls += 1;
-                key.usage_cost = key.usage_cost.saturating_add(recorded.cost);
-            }
-            // After the settlement: the call's new retention lies ahead of `settled_at`, so
-            // this never forgets the call just settled.
-            state.forget_old_calls(recorded.settled_at);
+            fold_usage_recorded(state, recorded, recorded.status.clone(), recorded.request_hash.clone());
         }
         Event::HoldExpired(expired) => state.release_hold(&expired.call_id, expired.released),
         Event::GatewayKeyCreated(created) => {
@@ -723,4 +638,123 @@ pub fn evolve(state: &mut State, event: &Event) {
             }
         }
     }
+}
+
+/// `evolve` for an event the caller will only drop: the text a call's events leave in the
+/// state is taken out of the event (leaving it empty there) instead of copied. Loading folds
+/// a million such events; the copies, and freeing the originals, were a tenth of it.
+pub fn evolve_taking(state: &mut State, event: &mut Event) {
+    match event {
+        Event::CallAuthorized(authorized) => {
+            let attribution = std::mem::take(&mut authorized.attribution);
+            let model = std::mem::take(&mut authorized.model);
+            fold_call_authorized(state, authorized, attribution, model);
+        }
+        Event::UsageRecorded(recorded) => {
+            let status = std::mem::take(&mut recorded.status);
+            let request_hash = std::mem::take(&mut recorded.request_hash);
+            fold_usage_recorded(state, recorded, status, request_hash);
+        }
+        other => evolve(state, other),
+    }
+}
+
+/// Folds a call's authorization; `attribution` and `model` are the event's own, copied or
+/// taken by the caller, and are read here in place of the event's.
+fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribution: CallAttribution, model: String) {
+    let serial = state.calls_folded;
+    state.calls_folded += 1;
+    let hold_open = authorized.hold.is_positive();
+    if hold_open {
+        state.hold_expiries.insert((authorized.hold_expires_at, serial), authorized.call_id.clone());
+        if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
+            org.held = org.held.saturating_add(authorized.hold);
+        }
+        if let Some(subject) = budget_subject(&attribution) {
+            change_budget_usage(&mut state.budget_usage, subject, |usage| {
+                usage.held = usage.held.saturating_add(authorized.hold);
+            });
+        }
+    }
+    state.forget_old_calls(authorized.authorized_at);
+    state.call_retention.insert(
+        (authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial),
+        authorized.call_id.clone(),
+    );
+    state.calls.insert(
+        authorized.call_id.clone(),
+        Box::new(Call {
+            id: authorized.call_id.clone(),
+            org_id: authorized.org_id.clone(),
+            attribution,
+            model,
+            price: authorized.price,
+            hold: authorized.hold,
+            hold_open,
+            authorized_at: authorized.authorized_at,
+            hold_expires_at: authorized.hold_expires_at,
+            settlement: None,
+            serial,
+        }),
+    );
+}
+
+/// Folds a call's usage; `status` and `request_hash` are the event's own, copied or taken by
+/// the caller.
+fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: String, request_hash: String) {
+    // The call is looked up once, for its hold, its retention and its settlement.
+    let mut call = state.calls.get_mut(&recorded.call_id);
+    if let Some(call) = call.as_deref_mut() {
+        release_open_hold(
+            call,
+            recorded.hold_released,
+            &mut state.hold_expiries,
+            &mut state.orgs,
+            &mut state.budget_usage,
+        );
+        let unsettled_until = call.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS);
+        state.call_retention.remove(&(unsettled_until, call.serial));
+        state.call_retention.insert(
+            (recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
+            recorded.call_id.clone(),
+        );
+    }
+    if let Some(org) = state.orgs.get_mut(&recorded.org_id) {
+        org.debits = org.debits.saturating_add(recorded.cost);
+        org.balance = org.balance.saturating_sub(recorded.cost);
+        org.overshoot =
+            org.overshoot.saturating_add(recorded.cost.saturating_sub(recorded.hold_released).max(Money::ZERO));
+    }
+    if let Some(subject) = budget_subject(&recorded.attribution) {
+        change_budget_usage(&mut state.budget_usage, subject, |usage| {
+            usage.add_spend(recorded.cost, recorded.settled_at);
+        });
+    }
+    let attribution = &recorded.attribution;
+    // Looked up by text: an id that does not parse is in no map either.
+    if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| state.agents.get_mut(id)) {
+        agent.usage_calls += 1;
+        agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
+    }
+    if attribution.credential_kind == "api_key"
+        && let Some(key) = state.api_keys.get_mut(attribution.credential_id.as_str())
+    {
+        key.usage_calls += 1;
+        key.usage_cost = key.usage_cost.saturating_add(recorded.cost);
+    }
+    if let Some(call) = call {
+        call.settlement = Some(Settlement {
+            input_tokens: recorded.input_tokens,
+            output_tokens: recorded.output_tokens,
+            status,
+            cost: recorded.cost,
+            hold_released: recorded.hold_released,
+            request_hash,
+            balance_after: recorded.balance_after,
+            settled_at: recorded.settled_at,
+        });
+    }
+    // After the settlement: the call's new retention lies ahead of `settled_at`, so this
+    // never forgets the call just settled.
+    state.forget_old_calls(recorded.settled_at);
 }
