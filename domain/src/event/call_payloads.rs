@@ -97,6 +97,34 @@ pub(super) fn usage_recorded(payload: &str) -> Option<UsageRecorded> {
     })
 }
 
+/// The index of the first quote, backslash or control character in `bytes`: where a JSON
+/// string without escapes ends. Eight bytes at a time: the byte-wise loop was a fifth of
+/// decoding these payloads, most of whose bytes are inside strings.
+fn plain_length(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().ok()?);
+        let quotes = word ^ (ONES * u64::from(b'"'));
+        let backslashes = word ^ (ONES * u64::from(b'\\'));
+        // The classic tests for a zero byte (after the XORs: a quote or a backslash) and for a
+        // byte below 0x20. A borrow can mark a byte above a true match as well, never one
+        // below it, so the lowest marked byte is the first match.
+        let marked = ((quotes.wrapping_sub(ONES) & !quotes)
+            | (backslashes.wrapping_sub(ONES) & !backslashes)
+            | (word.wrapping_sub(ONES * 0x20) & !word))
+            & HIGH_BITS;
+        if marked != 0 {
+            return Some(offset + (marked.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    let tail = words.remainder().iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+    Some(offset + tail)
+}
+
 /// The unread rest of a payload. Every method consumes what it reads, or returns `None`.
 struct Cursor<'a> {
     rest: &'a str,
@@ -117,7 +145,7 @@ impl<'a> Cursor<'a> {
     /// control character gives up: serde decides what those mean, or refuses them.
     fn string(&mut self) -> Option<&'a str> {
         let body = self.rest.strip_prefix('"')?;
-        let length = body.bytes().position(|byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
+        let length = plain_length(body.as_bytes())?;
         if body.as_bytes()[length] != b'"' {
             return None;
         }
@@ -316,6 +344,15 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn finds_where_a_plain_string_ends(bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::collection::vec(prop::sample::select(b"a\"\\\x00\x1f\x20\x7f\x80\xffz".to_vec()), 0..40),
+        ]) {
+            let expected = bytes.iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20);
+            prop_assert_eq!(plain_length(&bytes), expected);
+        }
 
         /// Whatever bahi encodes, the direct reader reads back exactly, or (only for text
         /// that needs escapes) leaves to serde.
