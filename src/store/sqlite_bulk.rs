@@ -40,8 +40,10 @@ fn read_pages_inner(
         .map_err(error)?;
     let mut rows = statement.query((after, until.unwrap_or(i64::MAX))).map_err(error)?;
     let decode = |row: &rusqlite::Row<'_>| {
-        let recorded_at: String = row.get(6).map_err(error)?;
-        let hash: Vec<u8> = row.get(9).map_err(error)?;
+        // The time and the hash are read in place: copying each into an allocation of its
+        // own, only to parse it and free it, was two of the seven allocations per row.
+        let recorded_at = row.get_ref(6).map_err(error)?.as_str().map_err(error)?;
+        let hash = row.get_ref(9).map_err(error)?.as_blob().map_err(error)?;
         Ok(StoredEvent {
             position: row.get(0).map_err(error)?,
             stream_id: row.get(1).map_err(error)?,
@@ -49,10 +51,10 @@ fn read_pages_inner(
             event_id: row.get(3).map_err(error)?,
             event_type: row.get(4).map_err(error)?,
             schema_version: row.get(5).map_err(error)?,
-            recorded_at: super::sqlite::parse_time(&recorded_at)?,
+            recorded_at: super::sqlite::parse_time(recorded_at)?,
             payload: row.get(7).map_err(error)?,
             metadata: row.get(8).map_err(error)?,
-            hash: super::hash_from_bytes(&hash)?,
+            hash: super::hash_from_bytes(hash)?,
         })
     };
     super::sqlite_statement::send_in_batches(&mut rows, page_events, decode, error, sender)
