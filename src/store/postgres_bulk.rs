@@ -8,7 +8,7 @@
 //! bulk reader's one statement does.
 
 use bytes::{Buf, BytesMut};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::PgPool;
 
@@ -246,9 +246,12 @@ fn text(bytes: &[u8]) -> Result<String, StoreError> {
 
 /// A binary `timestamptz`: microseconds since 2000-01-01 00:00:00 UTC.
 fn timestamp(microseconds: i64) -> Result<DateTime<Utc>, StoreError> {
-    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-    DateTime::from_timestamp(POSTGRES_EPOCH_UNIX_SECONDS, 0)
-        .and_then(|epoch| epoch.checked_add_signed(TimeDelta::microseconds(microseconds)))
+    // One conversion from Unix microseconds: building the epoch and adding a duration to it
+    // took 265 instructions a row (callgrind).
+    const POSTGRES_EPOCH_UNIX_MICROSECONDS: i64 = 946_684_800 * 1_000_000;
+    microseconds
+        .checked_add(POSTGRES_EPOCH_UNIX_MICROSECONDS)
+        .and_then(DateTime::from_timestamp_micros)
         .ok_or_else(|| corrupt(format!("a timestamp of {microseconds} microseconds")))
 }
 
@@ -292,6 +295,14 @@ mod tests {
         assert_eq!(event.recorded_at.to_rfc3339(), "2026-12-02T00:00:00.000001+00:00");
         assert_eq!(event.payload, b"{\"a\":1}");
         assert_eq!(event.hash, [9; 32]);
+    }
+
+    #[test]
+    fn timestamps_before_and_after_the_postgres_epoch() {
+        assert_eq!(timestamp(0).unwrap().to_rfc3339(), "2000-01-01T00:00:00+00:00");
+        assert_eq!(timestamp(-1).unwrap().to_rfc3339(), "1999-12-31T23:59:59.999999+00:00");
+        assert_eq!(timestamp(849_484_800_000_000).unwrap().to_rfc3339(), "2026-12-02T00:00:00+00:00");
+        assert!(timestamp(i64::MAX).is_err());
     }
 
     #[test]
