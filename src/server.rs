@@ -140,8 +140,7 @@ async fn expire_holds(ledger: SharedLedger, writer: Writer, shutdown: Cancellati
             _ = tokio::time::sleep(HOLD_EXPIRY_INTERVAL) => {}
         }
         let now = chrono::Utc::now();
-        let due =
-            ledger.read().state.hold_expiries.first_key_value().is_some_and(|((expires_at, _), _)| *expires_at <= now);
+        let due = ledger.read().state.hold_expiries.first_key_value().is_some_and(|(key, _)| key.time() <= now);
         if due && let Err(error) = writer.submit(Command::ExpireHolds, CommandContext::default()).await {
             tracing::warn!(%error, "expiring holds failed; the next turn retries");
         }

@@ -17,8 +17,8 @@ use crate::event::{
 };
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
-use crate::state::State;
 use crate::state::budget_subject;
+use crate::state::{State, TimeKey};
 
 /// A key's last use is written to the log at most this often.
 pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
@@ -930,8 +930,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         }
         Command::ExpireHolds => Ok(state
             .hold_expiries
-            .iter()
-            .take_while(|((expires_at, _), _)| *expires_at <= now)
+            .range(..=TimeKey::last_at(now))
             .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
             .filter_map(|(_, call_id)| state.calls.get(call_id))
             .map(|call| {

@@ -193,13 +193,65 @@ fn change_budget_usage(
     budget_usage.insert(subject.to_owned(), usage);
 }
 
+/// The key of the two time-ordered indexes, hold expiries and call retention: a time and a
+/// call's serial packed into one integer whose order is theirs (time first, then serial).
+///
+/// Calls arrive in time order, so every insert lands at the right end of the tree and is
+/// compared with every key of each node on its way down; comparing a `(DateTime, u64)`
+/// field by field made those inserts most of the fold's time in a count of loading a
+/// gateway's log (callgrind: about 880 instructions an insert).
+///
+/// Layout, high bits first: seconds since the Unix epoch offset by 2^43 (44 bits: chrono's
+/// whole range of years), the nanoseconds of the second (31 bits: chrono gives a leap second
+/// up to 1,999,999,999), the serial (53 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeKey(u128);
+
+const TIME_KEY_SERIAL_BITS: u32 = 53;
+const TIME_KEY_NANOSECOND_BITS: u32 = 31;
+const TIME_KEY_SECONDS_OFFSET: i64 = 1 << 43;
+
+impl TimeKey {
+    /// The largest serial a key can carry: 2^53 - 1 calls, centuries at a million a second.
+    /// A larger one is kept at this (the order of such calls would then fall to the map).
+    pub const MAX_SERIAL: u64 = (1 << TIME_KEY_SERIAL_BITS) - 1;
+
+    pub fn new(time: DateTime<Utc>, serial: u64) -> TimeKey {
+        // chrono's times lie within +-2^43 seconds of the epoch, so the shifted seconds are
+        // positive and below 2^44; the clamp only keeps the arithmetic total.
+        let seconds = (time.timestamp() + TIME_KEY_SECONDS_OFFSET).clamp(0, (1 << 44) - 1) as u128;
+        let nanoseconds = u128::from(time.timestamp_subsec_nanos());
+        let serial = u128::from(serial.min(TimeKey::MAX_SERIAL));
+        TimeKey(
+            (seconds << (TIME_KEY_NANOSECOND_BITS + TIME_KEY_SERIAL_BITS))
+                | (nanoseconds << TIME_KEY_SERIAL_BITS)
+                | serial,
+        )
+    }
+
+    /// The largest key at `time`: every key at `time` or before it is at most this one.
+    pub fn last_at(time: DateTime<Utc>) -> TimeKey {
+        TimeKey::new(time, TimeKey::MAX_SERIAL)
+    }
+
+    pub fn time(self) -> DateTime<Utc> {
+        let seconds = (self.0 >> (TIME_KEY_NANOSECOND_BITS + TIME_KEY_SERIAL_BITS)) as i64 - TIME_KEY_SECONDS_OFFSET;
+        let nanoseconds = ((self.0 >> TIME_KEY_SERIAL_BITS) & ((1 << TIME_KEY_NANOSECOND_BITS) - 1)) as u32;
+        DateTime::from_timestamp(seconds, nanoseconds).unwrap_or_default()
+    }
+
+    pub fn serial(self) -> u64 {
+        (self.0 & u128::from(TimeKey::MAX_SERIAL)) as u64
+    }
+}
+
 /// Releases the hold of `call`, if still open, from the indexes and totals that count it.
 /// Takes the fields it changes rather than the state, so that a caller holding the call
 /// from `State::calls` need not look it up again.
 fn release_open_hold(
     call: &mut Call,
     amount: Money,
-    hold_expiries: &mut BTreeMap<(DateTime<Utc>, u64), CallId>,
+    hold_expiries: &mut BTreeMap<TimeKey, CallId>,
     orgs: &mut FastMap<OrgId, Box<Org>>,
     budget_usage: &mut FastMap<String, BudgetUsage>,
 ) {
@@ -207,7 +259,7 @@ fn release_open_hold(
         return;
     }
     call.hold_open = false;
-    hold_expiries.remove(&(call.hold_expires_at, call.serial));
+    hold_expiries.remove(&TimeKey::new(call.hold_expires_at, call.serial));
     if let Some(org) = orgs.get_mut(&call.org_id) {
         org.held = org.held.saturating_sub(amount);
     }
@@ -315,9 +367,9 @@ pub struct State {
     /// serial, not its id: the calls of one writer batch share a timestamp, and comparing
     /// ids there followed a pointer to each id's text (a fifth of the fold's time in a
     /// profile of loading a gateway's log, with `call_retention`).
-    pub hold_expiries: BTreeMap<(DateTime<Utc>, u64), CallId>,
+    pub hold_expiries: BTreeMap<TimeKey, CallId>,
     /// When each call leaves memory, so that memory does not grow with the number of calls.
-    pub call_retention: BTreeMap<(DateTime<Utc>, u64), CallId>,
+    pub call_retention: BTreeMap<TimeKey, CallId>,
     pub topups: FastMap<(OrgId, String), TopupRecord>,
     pub budget_usage: FastMap<String, BudgetUsage>,
     pub gateway_keys: FastMap<ApiKeyId, GatewayKey>,
@@ -372,14 +424,15 @@ impl State {
     }
 
     fn forget_old_calls(&mut self, now: DateTime<Utc>) {
+        let horizon = TimeKey::last_at(now);
         while let Some(entry) = self.call_retention.first_entry() {
-            if entry.key().0 > now {
+            if *entry.key() > horizon {
                 break;
             }
             let call_id = entry.remove();
             if let Some(call) = self.calls.remove(&call_id) {
                 // Holds expire long before a call is forgotten; this only guards the books.
-                self.hold_expiries.remove(&(call.hold_expires_at, call.serial));
+                self.hold_expiries.remove(&TimeKey::new(call.hold_expires_at, call.serial));
             }
         }
     }
@@ -666,7 +719,7 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
     state.calls_folded += 1;
     let hold_open = authorized.hold.is_positive();
     if hold_open {
-        state.hold_expiries.insert((authorized.hold_expires_at, serial), authorized.call_id.clone());
+        state.hold_expiries.insert(TimeKey::new(authorized.hold_expires_at, serial), authorized.call_id.clone());
         if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
             org.held = org.held.saturating_add(authorized.hold);
         }
@@ -678,7 +731,7 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
     }
     state.forget_old_calls(authorized.authorized_at);
     state.call_retention.insert(
-        (authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial),
+        TimeKey::new(authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial),
         authorized.call_id.clone(),
     );
     state.calls.insert(
@@ -713,9 +766,9 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
             &mut state.budget_usage,
         );
         let unsettled_until = call.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS);
-        state.call_retention.remove(&(unsettled_until, call.serial));
+        state.call_retention.remove(&TimeKey::new(unsettled_until, call.serial));
         state.call_retention.insert(
-            (recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
+            TimeKey::new(recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
             recorded.call_id.clone(),
         );
     }
@@ -757,4 +810,59 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
     // After the settlement: the call's new retention lies ahead of `settled_at`, so this
     // never forgets the call just settled.
     state.forget_old_calls(recorded.settled_at);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, NaiveDate, NaiveTime};
+    use proptest::prelude::*;
+
+    fn any_time() -> impl Strategy<Value = DateTime<Utc>> {
+        // chrono's whole range of days, any nanosecond, and leap seconds (a nanosecond
+        // count of a second or more, at 23:59:59).
+        let first = NaiveDate::MIN.num_days_from_ce();
+        let last = NaiveDate::MAX.num_days_from_ce();
+        (first..=last, 0..86_400u32, 0..1_000_000_000u32, any::<bool>()).prop_map(|(day, second, nanosecond, leap)| {
+            let date = NaiveDate::from_num_days_from_ce_opt(day).unwrap();
+            let time = if leap {
+                NaiveTime::from_hms_nano_opt(23, 59, 59, 1_000_000_000 + nanosecond).unwrap()
+            } else {
+                NaiveTime::from_num_seconds_from_midnight_opt(second, nanosecond).unwrap()
+            };
+            date.and_time(time).and_utc()
+        })
+    }
+
+    fn any_serial() -> impl Strategy<Value = u64> {
+        prop_oneof![0..4u64, 0..=TimeKey::MAX_SERIAL, Just(TimeKey::MAX_SERIAL)]
+    }
+
+    proptest! {
+        #[test]
+        fn a_time_key_orders_as_its_time_then_its_serial(
+            first in (any_time(), any_serial()),
+            second in (any_time(), any_serial()),
+        ) {
+            let (one, other) = (TimeKey::new(first.0, first.1), TimeKey::new(second.0, second.1));
+            prop_assert_eq!(one.cmp(&other), first.cmp(&second));
+            prop_assert_eq!((one.time(), one.serial()), first);
+            prop_assert_eq!(one <= TimeKey::last_at(second.0), first.0 <= second.0);
+        }
+
+        #[test]
+        fn keys_a_nanosecond_apart_keep_their_order(time in any_time(), serial in any_serial()) {
+            if let Some(later) = time.checked_add_signed(chrono::Duration::nanoseconds(1)) {
+                prop_assert!(TimeKey::new(time, serial) < TimeKey::new(later, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_serial_past_the_largest_is_kept_at_it() {
+        let time = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(TimeKey::new(time, u64::MAX), TimeKey::last_at(time));
+        assert_eq!(TimeKey::new(time, u64::MAX).serial(), TimeKey::MAX_SERIAL);
+    }
 }
