@@ -38,7 +38,7 @@ pub enum Benchmark {
     /// same rows without folding.
     Replay,
     /// Loading the log into memory first thing in this process, as `bahi serve` starts,
-    /// beside the page reader alone. Give --database a log made by `replay` (or this) to
+    /// beside loading's reader alone. Give --database a log made by `replay` (or this) to
     /// measure a cold start; a log filled by this run is not one, and the output says so.
     Load,
     /// A statement of --events ledger rows streamed as CSV, beside a bare CSV write of the
@@ -593,8 +593,9 @@ async fn filled_log(
     Ok((store, directory, head, url, filled))
 }
 
-/// Rows per second through the reader that loading and rebuilding use (on SQLite rusqlite on
-/// a blocking thread, on PostgreSQL one binary COPY), reading the whole log.
+/// Rows per second through the page reader that rebuilding uses (on SQLite rusqlite on a
+/// blocking thread, which loading uses too; on PostgreSQL one binary COPY parsed into
+/// `StoredEvent`s), reading the whole log.
 async fn page_reader_rate(store: &Store) -> anyhow::Result<f64> {
     let started = Instant::now();
     let (sender, mut pages) = tokio::sync::mpsc::channel(2);
@@ -602,6 +603,23 @@ async fn page_reader_rate(store: &Store) -> anyhow::Result<f64> {
     let mut rows = 0;
     while let Some(page) = pages.recv().await {
         rows += page?.len();
+    }
+    reader.await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Rows per second through the reader that loading uses (`Store::spawn_load_reader`: on
+/// PostgreSQL the COPY's bytes, cut into pages of rows), reading the whole log.
+async fn load_reader_rate(store: &Store) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
+    let reader = store.spawn_load_reader(0, crate::writer::DECODED_CHUNK, sender);
+    let mut rows = 0;
+    while let Some(page) = pages.recv().await {
+        rows += match page? {
+            crate::store::LoadPage::Stored(page) => page.len(),
+            crate::store::LoadPage::Copied(page) => page.len(),
+        };
     }
     reader.await?;
     Ok(rows as f64 / started.elapsed().as_secs_f64())
@@ -618,7 +636,7 @@ async fn load(args: &BenchArgs) -> anyhow::Result<()> {
     let load_cpu_micros_per_event = (process_cpu_seconds() - cpu_before) * 1e6 / head as f64;
     drop(shared);
 
-    let reader_rate = page_reader_rate(&store).await?;
+    let reader_rate = load_reader_rate(&store).await?;
     let load_rate = head as f64 / load_seconds;
 
     println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);
@@ -626,7 +644,7 @@ async fn load(args: &BenchArgs) -> anyhow::Result<()> {
         println!("this run filled the log, so the load below is not a cold start: run again for one");
     }
     println!("{:<40} {:>14} {:>8} {:>10}", "what", "events/s", "vs read", "CPU µs/ev");
-    println!("{:<40} {reader_rate:>14.0} {:>8.2} {:>10}", "read rows, page reader (baseline)", 1.0, "-");
+    println!("{:<40} {reader_rate:>14.0} {:>8.2} {:>10}", "read rows, load's reader (baseline)", 1.0, "-");
     println!(
         "{:<40} {load_rate:>14.0} {:>8.2} {load_cpu_micros_per_event:>10.2}",
         "load: read + decode + fold in memory",
@@ -661,7 +679,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     println!("engine: {}; {head} events; log: {:?}", store.engine(), args.log);
     println!("{:<40} {:>14} {:>8}", "what", "events/s", "vs read");
     println!("{:<40} {read_rate:>14.0} {:>8.2}", "read rows only (baseline)", 1.0);
-    println!("{:<40} {bulk_rate:>14.0} {:>8.2}", "read rows, page reader of load/rebuild", bulk_rate / read_rate);
+    println!("{:<40} {bulk_rate:>14.0} {:>8.2}", "read rows, rebuild's page reader", bulk_rate / read_rate);
     println!("{:<40} {memory_rate:>14.0} {:>8.2}", "read + decode + fold in memory", memory_rate / read_rate);
     println!("{:<40} {sql_rate:>14.0} {:>8.2}", "read + decode + SQL projections", sql_rate / read_rate);
     Ok(())

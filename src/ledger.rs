@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoredEvent;
+use crate::store::{RowRef, StoreError, StoredEvent};
 
 /// Who caused an event, kept in its metadata for audit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,81 +121,153 @@ impl Ledger {
         committed: &CommittedEvent,
         idempotency: Option<&Idempotency>,
     ) -> Result<(), FoldError> {
-        if !self.is_next(stored)? {
+        if !self.is_next(stored.position)? {
             return Ok(());
         }
         evolve(&mut self.state, &committed.event);
-        self.advance(stored, committed, idempotency);
+        self.advance(stored.position, stored.hash, &stored.stream_id, stored.stream_version);
+        if let Some(idempotency) = idempotency {
+            self.record_idempotency(idempotency, committed);
+        }
         Ok(())
     }
 
-    /// `fold` for an event the caller will only drop (loading): the text the state keeps is
-    /// taken out of the event instead of copied (`evolve_taking`). An event that carries an
-    /// idempotency key is kept whole, because its record holds a copy of it.
-    pub fn fold_taking(
-        &mut self,
-        stored: &StoredEvent,
-        committed: &mut CommittedEvent,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<(), FoldError> {
-        if idempotency.is_some() {
-            return self.fold(stored, committed, idempotency);
-        }
-        if !self.is_next(stored)? {
+    /// Folds an event read by loading, which has no further use for it: the text the state
+    /// keeps is taken out of the event instead of copied (`evolve_taking`), and a new
+    /// stream's id out of `loaded`. An event that carries an idempotency key is folded whole,
+    /// because its record keeps a copy of it.
+    pub fn fold_loaded(&mut self, loaded: &mut LoadedEvent) -> Result<(), FoldError> {
+        if !self.is_next(loaded.committed.position)? {
             return Ok(());
         }
-        evolve_taking(&mut self.state, &mut committed.event);
-        self.advance(stored, committed, None);
+        match &loaded.idempotency {
+            Some(idempotency) => {
+                evolve(&mut self.state, &loaded.committed.event);
+                self.record_idempotency(idempotency, &loaded.committed);
+            }
+            None => evolve_taking(&mut self.state, &mut loaded.committed.event),
+        }
+        self.position = loaded.committed.position;
+        self.head_hash = loaded.hash;
+        match self.stream_versions.get_mut(loaded.stream_id.as_str()) {
+            Some(version) => *version = loaded.stream_version,
+            None => {
+                self.stream_versions.insert(std::mem::take(&mut loaded.stream_id), loaded.stream_version);
+            }
+        }
         Ok(())
     }
 
-    /// Whether `stored` is the next event to fold: false for one folded already, an error
-    /// for one past a gap.
-    fn is_next(&self, stored: &StoredEvent) -> Result<bool, FoldError> {
-        if stored.position <= self.position {
+    /// Whether the event at `position` is the next to fold: false for one folded already, an
+    /// error for one past a gap.
+    fn is_next(&self, position: i64) -> Result<bool, FoldError> {
+        if position <= self.position {
             return Ok(false);
         }
-        if stored.position != self.position + 1 {
-            return Err(FoldError::OutOfOrder { expected_previous: self.position, found: stored.position });
+        if position != self.position + 1 {
+            return Err(FoldError::OutOfOrder { expected_previous: self.position, found: position });
         }
         Ok(true)
     }
 
-    /// Everything of folding an event but `evolve`: the head, the stream's version, and the
-    /// idempotency record.
-    fn advance(&mut self, stored: &StoredEvent, committed: &CommittedEvent, idempotency: Option<&Idempotency>) {
-        self.position = stored.position;
-        self.head_hash = stored.hash;
+    /// The head and the stream's version after folding an event.
+    fn advance(&mut self, position: i64, hash: [u8; 32], stream_id: &str, stream_version: i64) {
+        self.position = position;
+        self.head_hash = hash;
         // Most events continue a stream already known (a call's usage follows its
         // authorization); only a new stream's id is copied into the map.
-        match self.stream_versions.get_mut(stored.stream_id.as_str()) {
-            Some(version) => *version = stored.stream_version,
+        match self.stream_versions.get_mut(stream_id) {
+            Some(version) => *version = stream_version,
             None => {
-                self.stream_versions.insert(stored.stream_id.clone(), stored.stream_version);
+                self.stream_versions.insert(stream_id.to_owned(), stream_version);
             }
         }
-        if let Some(idempotency) = idempotency {
-            self.idempotency
-                .entry(idempotency.key.clone())
-                .or_insert_with(|| IdempotencyRecord { request_hash: idempotency.request_hash, events: Vec::new() })
-                .events
-                .push(committed.clone());
-        }
+    }
+
+    fn record_idempotency(&mut self, idempotency: &Idempotency, committed: &CommittedEvent) {
+        self.idempotency
+            .entry(idempotency.key.clone())
+            .or_insert_with(|| IdempotencyRecord { request_hash: idempotency.request_hash, events: Vec::new() })
+            .events
+            .push(committed.clone());
+    }
+}
+
+/// An event as loading decodes it, with what folding it needs of its row.
+#[derive(Debug)]
+pub struct LoadedEvent {
+    pub committed: CommittedEvent,
+    pub idempotency: Option<Idempotency>,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub hash: [u8; 32],
+}
+
+impl LoadedEvent {
+    /// Decodes a stored row, which it consumes (its stream id moves in, the rest is freed).
+    pub fn from_stored(stored: StoredEvent) -> Result<LoadedEvent, FoldError> {
+        let (committed, idempotency) = decode_stored(&stored)?;
+        Ok(LoadedEvent {
+            committed,
+            idempotency,
+            stream_id: stored.stream_id,
+            stream_version: stored.stream_version,
+            hash: stored.hash,
+        })
+    }
+
+    /// Decodes a row of PostgreSQL's binary COPY, reading the event from its bytes.
+    pub fn from_copied(row: &RowRef<'_>) -> Result<LoadedEvent, FoldError> {
+        let corrupt = |error: StoreError| FoldError::Undecodable { position: row.position, message: error.to_string() };
+        let (committed, idempotency) = decode_row(
+            row.position,
+            row.recorded_at().map_err(corrupt)?,
+            row.event_type().map_err(corrupt)?,
+            row.schema_version,
+            row.payload,
+            row.metadata,
+        )?;
+        Ok(LoadedEvent {
+            committed,
+            idempotency,
+            stream_id: row.stream_id().map_err(corrupt)?.to_owned(),
+            stream_version: row.stream_version,
+            hash: row.hash().map_err(corrupt)?,
+        })
     }
 }
 
 /// Decodes a stored row into its event and idempotency record, without folding it: pure, so
 /// that loading can decode one page while the previous one is folded.
 pub fn decode_stored(stored: &StoredEvent) -> Result<(CommittedEvent, Option<Idempotency>), FoldError> {
-    let event = Event::decode(&stored.event_type, stored.schema_version, &stored.payload)
-        .map_err(|error| FoldError::Undecodable { position: stored.position, message: error.to_string() })?;
+    decode_row(
+        stored.position,
+        stored.recorded_at,
+        &stored.event_type,
+        stored.schema_version,
+        &stored.payload,
+        &stored.metadata,
+    )
+}
+
+/// `decode_stored` from a row's parts.
+fn decode_row(
+    position: i64,
+    recorded_at: DateTime<Utc>,
+    event_type: &str,
+    schema_version: i32,
+    payload: &[u8],
+    metadata: &[u8],
+) -> Result<(CommittedEvent, Option<Idempotency>), FoldError> {
+    let event = Event::decode(event_type, schema_version, payload)
+        .map_err(|error| FoldError::Undecodable { position, message: error.to_string() })?;
     // Only rows that carry an idempotency key pay for parsing their metadata.
-    let idempotency = if stored.metadata.windows(16).any(|window| window == b"idempotency_key\"") {
-        serde_json::from_slice::<EventMetadata>(&stored.metadata).ok().and_then(|metadata| {
+    let idempotency = if metadata.windows(16).any(|window| window == b"idempotency_key\"") {
+        serde_json::from_slice::<EventMetadata>(metadata).ok().and_then(|metadata| {
             Some(Idempotency { key: metadata.idempotency_key?, request_hash: parse_hex_32(&metadata.request_hash?)? })
         })
     } else {
         None
     };
-    Ok((CommittedEvent { position: stored.position, recorded_at: stored.recorded_at, event }, idempotency))
+    Ok((CommittedEvent { position, recorded_at, event }, idempotency))
 }

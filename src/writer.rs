@@ -17,10 +17,10 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ledger::{Actor, CommittedEvent, EventMetadata, Idempotency, Ledger, SharedLedger, decode_stored};
+use crate::ledger::{Actor, CommittedEvent, EventMetadata, FoldError, Idempotency, Ledger, LoadedEvent, SharedLedger};
 use crate::metrics::Metrics;
 use crate::projection_feed::ProjectionFeed;
-use crate::store::{EventStore, Store, StoreError, StoredEvent};
+use crate::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
 
 /// Commands waiting for the writer; past this, submitters wait (back-pressure).
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -601,10 +601,10 @@ const LOAD_CHUNKS_AHEAD: usize = 4;
 /// whole page of 10,000 in one `Vec` was a fresh allocation of megabytes each time, grown by
 /// doubling, whose pages the kernel zeroed again (43% of the decoding task in a profile).
 /// Buffers of this size are reused by the allocator instead.
-const DECODED_CHUNK: usize = 1_000;
+pub const DECODED_CHUNK: usize = 1_000;
 
 /// A chunk of the log, decoded.
-type DecodedChunk = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
+type DecodedChunk = Vec<LoadedEvent>;
 
 /// Loads the whole log into `shared` at start-up in overlapping stages: a reader (on SQLite a
 /// blocking thread of its own), a task that deals its pages out in chunks, two decoders that
@@ -614,7 +614,8 @@ type DecodedChunk = Vec<(StoredEvent, CommittedEvent, Option<Idempotency>)>;
 pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, StoreError> {
     let after = shared.read().position;
     let (page_sender, mut pages) = tokio::sync::mpsc::channel(LOAD_PAGES_AHEAD);
-    let reader = store.spawn_page_reader(after, None, crate::store::MAX_READ_PAGE, page_sender);
+    // PostgreSQL's pages come as its COPY sent them, already a chunk each.
+    let reader = store.spawn_load_reader(after, DECODED_CHUNK, page_sender);
     let mut to_decoders = Vec::new();
     let mut decoded = Vec::new();
     let mut decoders = Vec::new();
@@ -628,17 +629,23 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
     let dealer = tokio::spawn(async move {
         let mut turn = 0;
         while let Some(page) = pages.recv().await {
-            let page = match page {
-                Ok(page) => page,
+            let chunks = match page {
+                Ok(LoadPage::Stored(rows)) => {
+                    let mut rows = rows.into_iter().peekable();
+                    let mut chunks = Vec::new();
+                    while rows.peek().is_some() {
+                        chunks.push(LoadPage::Stored(rows.by_ref().take(DECODED_CHUNK).collect()));
+                    }
+                    chunks
+                }
+                Ok(copied @ LoadPage::Copied(_)) => vec![copied],
                 Err(error) => {
                     // The folder meets the error at the decoder whose turn it is.
                     let _ = to_decoders[turn].send(Err(error)).await;
                     return;
                 }
             };
-            let mut rows = page.into_iter().peekable();
-            while rows.peek().is_some() {
-                let chunk: Vec<StoredEvent> = rows.by_ref().take(DECODED_CHUNK).collect();
+            for chunk in chunks {
                 if to_decoders[turn].send(Ok(chunk)).await.is_err() {
                     return;
                 }
@@ -660,10 +667,8 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
             {
                 let mut ledger = shared.write();
                 // The events are only freed after this, so the fold takes their text.
-                for (stored, committed, idempotency) in &mut chunk {
-                    ledger
-                        .fold_taking(stored, committed, idempotency.as_ref())
-                        .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                for loaded in &mut chunk {
+                    ledger.fold_loaded(loaded).map_err(|error| StoreError::Corrupt(error.to_string()))?;
                 }
             }
             // Should the freer be gone, the chunk is freed here instead.
@@ -688,18 +693,22 @@ pub async fn load_shared(store: &Store, shared: &SharedLedger) -> Result<i64, St
 /// One of the loading decoders: decodes each chunk it is given, in order; passes on an error
 /// (the reader's, or the first row that does not decode) and stops.
 async fn decode_chunks(
-    mut chunks: mpsc::Receiver<Result<Vec<StoredEvent>, StoreError>>,
+    mut chunks: mpsc::Receiver<Result<LoadPage, StoreError>>,
     decoded: mpsc::Sender<Result<DecodedChunk, StoreError>>,
 ) {
+    let corrupt = |error: FoldError| StoreError::Corrupt(error.to_string());
     while let Some(chunk) = chunks.recv().await {
-        let result = chunk.and_then(|chunk| {
-            let mut out = Vec::with_capacity(chunk.len());
-            for stored in chunk {
-                let (committed, idempotency) =
-                    decode_stored(&stored).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                out.push((stored, committed, idempotency));
+        let result = chunk.and_then(|chunk| match chunk {
+            LoadPage::Stored(rows) => {
+                rows.into_iter().map(|stored| LoadedEvent::from_stored(stored).map_err(corrupt)).collect()
             }
-            Ok(out)
+            LoadPage::Copied(rows) => {
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows.rows() {
+                    out.push(LoadedEvent::from_copied(&row?).map_err(corrupt)?);
+                }
+                Ok(out)
+            }
         });
         let failed = result.is_err();
         if decoded.send(result).await.is_err() || failed {

@@ -555,6 +555,77 @@ fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
     }
 }
 
+/// A log of inference calls (most of the events a gateway's log holds) loads into the state
+/// it was written with, on both engines: several chunks, dealt to both decoders in turn,
+/// read on PostgreSQL as the COPY's own bytes and decoded by the direct reader; calls with
+/// and without holds, settled and not, and usage recorded under idempotency keys.
+#[tokio::test]
+async fn a_log_of_calls_loads_into_the_state_it_was_written_with() {
+    use bahi_domain::billing::Price;
+    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::money::Money;
+
+    for database in TestDatabase::all().await {
+        let running = start(&database).await;
+        let submit = |command: Command| running.writer.submit(command, CommandContext::default());
+        let price =
+            Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
+        submit(Command::SetPrice { model: "m".into(), price }).await.unwrap();
+        let mut payers = Vec::new();
+        for index in 0..3 {
+            let command = register_command(&format!("org {index}"));
+            let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
+            let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
+            submit(command).await.unwrap();
+            payers.push((org_id.clone(), key_id));
+            let grant_id = TopupId::from_random(random16());
+            let amount = Money::parse("1000").unwrap();
+            submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
+        }
+        let mut handles = Vec::new();
+        for (producer, (org_id, key_id)) in payers.into_iter().enumerate() {
+            let writer = running.writer.clone();
+            handles.push(tokio::spawn(async move {
+                for index in 0..400u64 {
+                    let call_id = CallId::from_random(random16());
+                    let max_cost = (index % 3 != 0).then(|| Money::parse("0.5").unwrap());
+                    let authorize = Command::Authorize {
+                        call_id: call_id.clone(),
+                        org_id: org_id.clone(),
+                        attribution: by_api_key(&org_id, &key_id),
+                        model: "m".into(),
+                        max_cost,
+                        hold_ttl_seconds: 600,
+                    };
+                    writer.submit(authorize, CommandContext::default()).await.unwrap();
+                    if index % 7 == 6 {
+                        continue;
+                    }
+                    let context = if index % 5 == 0 {
+                        let idempotency =
+                            Idempotency { key: format!("usage-{producer}-{index}"), request_hash: [index as u8; 32] };
+                        CommandContext { idempotency: Some(idempotency), ..CommandContext::default() }
+                    } else {
+                        CommandContext::default()
+                    };
+                    writer.submit(usage(&call_id, index % 13), context).await.unwrap();
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        let live: Ledger = running.shared.read().clone();
+        assert!(live.position > 2_000, "{}: {} events", database.engine(), live.position);
+        assert!(!live.state.hold_expiries.is_empty(), "some holds are still open");
+        drop(running.stop().await);
+
+        let (_, reloaded) = open_and_load(&database.url()).await.unwrap();
+        let reloaded: Ledger = reloaded.read().clone();
+        assert_eq!(reloaded, live, "{}", database.engine());
+    }
+}
+
 /// On SQLite the read models live in a file of their own, so a transaction holding that
 /// file's write lock (as a projection page does) does not stop appends to the log.
 #[tokio::test]
@@ -720,24 +791,29 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
 
 /// Loading decodes the log in chunks of 1,000 on two decoders: a row that does not decode,
 /// in the second decoder's first chunk, stops the start with its position, and the rows
-/// before it are not taken for the whole log.
+/// before it are not taken for the whole log. On both engines: PostgreSQL's chunks are the
+/// COPY's own bytes, parsed by the decoders.
 #[tokio::test]
 async fn a_row_that_does_not_decode_stops_loading_with_its_position() {
-    let database = TestDatabase::sqlite();
-    let running = start(&database).await;
-    register_from_producers(&running.writer, 16, 50).await;
-    let store = running.stop().await;
-    drop(store);
+    for database in TestDatabase::all().await {
+        let running = start(&database).await;
+        register_from_producers(&running.writer, 16, 50).await;
+        let store = running.stop().await;
+        drop(store);
 
-    // Behind the store's back: the log's own triggers refuse the change.
-    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
-    let log = rusqlite::Connection::open(path).unwrap();
-    log.execute_batch("DROP TRIGGER events_no_update; UPDATE events SET payload = X'7B7D' WHERE position = 1500;")
-        .unwrap();
-    drop(log);
-    let Err(error) = open_and_load(&database.url()).await else { panic!("a log with an undecodable row loaded") };
-    let message = format!("{error:#}");
-    assert!(message.contains("1500"), "{message}");
+        // Behind the store's back: the log's own triggers refuse the change.
+        let tamper = match database.engine() {
+            "sqlite" => "DROP TRIGGER events_no_update; UPDATE events SET payload = X'7B7D' WHERE position = 1500",
+            _ => {
+                "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete; \
+                 UPDATE events SET payload = '\\x7b7d'::bytea WHERE position = 1500"
+            }
+        };
+        assert_eq!(database.execute_raw(tamper).await.unwrap(), 1);
+        let Err(error) = open_and_load(&database.url()).await else { panic!("a log with an undecodable row loaded") };
+        let message = format!("{error:#}");
+        assert!(message.contains("1500"), "{}: {message}", database.engine());
+    }
 }
 
 /// Registers `per_producer` orgs from each of `producers` concurrent tasks (two events each).

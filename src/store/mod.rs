@@ -240,6 +240,19 @@ impl EventStore for Store {
 /// A page of the log, or the error that ended the reading.
 pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
 
+pub use postgres_bulk::{CopiedRows, RowRef};
+
+/// A page of the log as loading reads it (`Store::spawn_load_reader`).
+#[derive(Debug)]
+pub enum LoadPage {
+    /// Rows read into `StoredEvent`s (SQLite).
+    Stored(Vec<StoredEvent>),
+    /// Rows as PostgreSQL's binary COPY sent them, parsed by the loading decoders.
+    Copied(CopiedRows),
+}
+
+pub type LoadPageSender = tokio::sync::mpsc::Sender<Result<LoadPage, StoreError>>;
+
 /// On SQLite, pages at least this large are read in bulk (see `sqlite_bulk`): loading,
 /// rebuilding and the live projection runner's pages of 1,000.
 const BULK_PAGE_EVENTS: i64 = 1_000;
@@ -256,6 +269,36 @@ impl Store {
     /// Large pages are read in bulk: on SQLite on a blocking thread through rusqlite, on
     /// PostgreSQL with one binary COPY (pages of `MAX_READ_PAGE` only); smaller pages
     /// through `read_after`.
+    /// Sends the whole log after `after` for loading it into memory, in order, until the
+    /// head of the log, or until the receiver goes away: on PostgreSQL pages of
+    /// `copied_page_events` rows as the COPY sent them, on SQLite the bulk reader's pages of
+    /// `MAX_READ_PAGE` events.
+    pub fn spawn_load_reader(
+        &self,
+        after: i64,
+        copied_page_events: usize,
+        sender: LoadPageSender,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Store::Postgres(postgres) = self {
+            return tokio::spawn(postgres_bulk::read_copied_pages(
+                postgres.pool().clone(),
+                after,
+                copied_page_events,
+                sender,
+            ));
+        }
+        let (page_sender, mut pages) = tokio::sync::mpsc::channel(1);
+        let reader = self.spawn_page_reader(after, None, MAX_READ_PAGE, page_sender);
+        tokio::spawn(async move {
+            while let Some(page) = pages.recv().await {
+                if sender.send(page.map(LoadPage::Stored)).await.is_err() {
+                    reader.abort();
+                    return;
+                }
+            }
+        })
+    }
+
     pub fn spawn_page_reader(
         &self,
         after: i64,

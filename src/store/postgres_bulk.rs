@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::PgPool;
 
-use super::{PageSender, StoreError, StoredEvent, hash_from_bytes};
+use super::{LoadPage, LoadPageSender, PageSender, StoreError, StoredEvent, hash_from_bytes};
 
 /// The signature that opens every binary COPY stream (PostgreSQL's "COPY" page).
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -28,17 +28,28 @@ fn corrupt(message: impl std::fmt::Display) -> StoreError {
 /// in order, until the head of the log as the COPY's snapshot saw it, or until the receiver
 /// goes away.
 pub async fn read_pages(pool: PgPool, after: i64, until: Option<i64>, page_events: usize, sender: PageSender) {
-    if let Err(failure) = read_pages_inner(&pool, after, until, page_events.max(1), &sender).await {
+    let parser = CopyParser::<StoredPages>::new(page_events);
+    if let Err(failure) = read_pages_inner(&pool, after, until, parser, &sender, |page| page).await {
         let _ = sender.send(Err(failure)).await;
     }
 }
 
-async fn read_pages_inner(
+/// `read_pages` for loading: each page is the COPY's own bytes of its rows (`CopiedRows`),
+/// parsed by the loading decoders, instead of rows allocated field by field here.
+pub async fn read_copied_pages(pool: PgPool, after: i64, page_events: usize, sender: LoadPageSender) {
+    let parser = CopyParser::<CopiedPages>::new(page_events);
+    if let Err(failure) = read_pages_inner(&pool, after, None, parser, &sender, LoadPage::Copied).await {
+        let _ = sender.send(Err(failure)).await;
+    }
+}
+
+async fn read_pages_inner<B: PageBuilder, T>(
     pool: &PgPool,
     after: i64,
     until: Option<i64>,
-    page_events: usize,
-    sender: &PageSender,
+    mut parser: CopyParser<B>,
+    sender: &tokio::sync::mpsc::Sender<Result<T, StoreError>>,
+    wrap: impl Fn(B::Page) -> T,
 ) -> Result<(), StoreError> {
     let mut connection = pool.acquire().await?;
     // A COPY left unread cannot be abandoned on a connection that goes back to the pool:
@@ -60,43 +71,149 @@ async fn read_pages_inner(
         until.unwrap_or(i64::MAX)
     );
     let mut chunks = connection.copy_out_raw(&statement).await?;
-    let mut parser = CopyParser::new(page_events);
     while let Some(chunk) = chunks.try_next().await? {
         parser.push(&chunk)?;
         for page in parser.ready.drain(..) {
-            if sender.send(Ok(page)).await.is_err() {
+            if sender.send(Ok(wrap(page))).await.is_err() {
                 return Ok(());
             }
         }
     }
     drop(chunks);
     sqlx::raw_sql("COMMIT").execute(&mut *connection).await?;
-    let last = parser.finish()?;
-    if !last.is_empty() {
-        let _ = sender.send(Ok(last)).await;
+    if let Some(last) = parser.finish()? {
+        let _ = sender.send(Ok(wrap(last))).await;
     }
     Ok(())
 }
 
+/// Gathers parsed rows into pages.
+trait PageBuilder: Default {
+    type Page;
+    /// Adds a row: `row` parsed from `bytes`, its whole encoding.
+    fn add(&mut self, row: &RowRef<'_>, bytes: &[u8], page_events: usize) -> Result<(), StoreError>;
+    fn rows(&self) -> usize;
+    fn take(&mut self) -> Self::Page;
+}
+
+/// Pages of `StoredEvent`s: every field converted and copied out of the stream.
+#[derive(Default)]
+struct StoredPages {
+    page: Vec<StoredEvent>,
+}
+
+impl PageBuilder for StoredPages {
+    type Page = Vec<StoredEvent>;
+
+    fn add(&mut self, row: &RowRef<'_>, _bytes: &[u8], page_events: usize) -> Result<(), StoreError> {
+        if self.page.is_empty() {
+            self.page.reserve_exact(page_events);
+        }
+        self.page.push(row.to_stored()?);
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.page.len()
+    }
+
+    fn take(&mut self) -> Vec<StoredEvent> {
+        std::mem::take(&mut self.page)
+    }
+}
+
+/// Pages of the stream's own bytes, a row after another.
+#[derive(Default)]
+struct CopiedPages {
+    page: CopiedRows,
+    /// The size of the last full page: the next is reserved a little larger at once, instead
+    /// of grown by doubling (copying it each time) from nothing.
+    last_page_bytes: usize,
+}
+
+impl PageBuilder for CopiedPages {
+    type Page = CopiedRows;
+
+    fn add(&mut self, _row: &RowRef<'_>, bytes: &[u8], page_events: usize) -> Result<(), StoreError> {
+        if self.page.bytes.capacity() == 0 {
+            let expected = self.last_page_bytes.max(bytes.len() * page_events);
+            self.page.bytes.reserve_exact(expected + expected / 8);
+        }
+        self.page.bytes.extend_from_slice(bytes);
+        self.page.rows += 1;
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.page.rows
+    }
+
+    fn take(&mut self) -> CopiedRows {
+        self.last_page_bytes = self.page.bytes.len();
+        std::mem::take(&mut self.page)
+    }
+}
+
+/// Rows of the log as a binary COPY encodes them, one after another, each checked once by
+/// the reader (complete, ten columns, none NULL). Loading sends these to its decoders, which
+/// read each event from its bytes here: parsing a row into a `StoredEvent` copied five of
+/// its fields into allocations of their own, and the decoders only read them.
+#[derive(Debug, Default)]
+pub struct CopiedRows {
+    bytes: Vec<u8>,
+    rows: usize,
+}
+
+impl CopiedRows {
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows, in order.
+    pub fn rows(&self) -> impl Iterator<Item = Result<RowRef<'_>, StoreError>> {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            Some(match parse_row(rest) {
+                Ok(Parsed::Row(row, length)) => {
+                    rest = &rest[length..];
+                    Ok(row)
+                }
+                // The reader put only whole rows here; anything else is a broken invariant.
+                Ok(Parsed::End | Parsed::Incomplete) | Err(_) => {
+                    rest = &[];
+                    Err(corrupt("a copied page that does not hold whole rows"))
+                }
+            })
+        })
+    }
+}
+
 /// Parses a binary COPY stream fed in pieces into pages of events.
-struct CopyParser {
+struct CopyParser<B: PageBuilder> {
     page_events: usize,
     header_read: bool,
     finished: bool,
-    page: Vec<StoredEvent>,
+    builder: B,
     /// Full pages, in order, for the caller to take.
-    ready: Vec<Vec<StoredEvent>>,
+    ready: Vec<B::Page>,
     /// The start of a row split across pieces, until the rest arrives.
     unparsed: BytesMut,
 }
 
-impl CopyParser {
-    fn new(page_events: usize) -> CopyParser {
+impl<B: PageBuilder> CopyParser<B> {
+    fn new(page_events: usize) -> CopyParser<B> {
         CopyParser {
-            page_events,
+            page_events: page_events.max(1),
             header_read: false,
             finished: false,
-            page: Vec::new(),
+            builder: B::default(),
             ready: Vec::new(),
             unparsed: BytesMut::new(),
         }
@@ -137,14 +254,11 @@ impl CopyParser {
                     self.finished = true;
                     offset += 2;
                 }
-                Parsed::Row(event, length) => {
+                Parsed::Row(row, length) => {
+                    self.builder.add(&row, &bytes[offset..offset + length], self.page_events)?;
                     offset += length;
-                    if self.page.is_empty() {
-                        self.page.reserve_exact(self.page_events);
-                    }
-                    self.page.push(event);
-                    if self.page.len() == self.page_events {
-                        self.ready.push(std::mem::take(&mut self.page));
+                    if self.builder.rows() == self.page_events {
+                        self.ready.push(self.builder.take());
                     }
                 }
             }
@@ -155,12 +269,12 @@ impl CopyParser {
         Ok(offset)
     }
 
-    /// The last, partial page, once the stream has ended.
-    fn finish(self) -> Result<Vec<StoredEvent>, StoreError> {
+    /// The last, partial page (none when empty), once the stream has ended.
+    fn finish(mut self) -> Result<Option<B::Page>, StoreError> {
         if !self.finished || !self.unparsed.is_empty() {
             return Err(corrupt("the COPY stream ended without its trailer"));
         }
-        Ok(self.page)
+        Ok((self.builder.rows() > 0).then(|| self.builder.take()))
     }
 }
 
@@ -177,16 +291,64 @@ fn header_length(bytes: &[u8]) -> Result<Option<usize>, StoreError> {
     Ok((bytes.len() >= length).then_some(length))
 }
 
-enum Parsed {
+enum Parsed<'a> {
     /// The row and how many bytes it took.
-    Row(StoredEvent, usize),
+    Row(RowRef<'a>, usize),
     /// The trailer: a field count of -1.
     End,
     Incomplete,
 }
 
+/// One row of a binary COPY of the log, its values still the stream's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub position: i64,
+    stream_id: &'a [u8],
+    pub stream_version: i64,
+    event_id: &'a [u8],
+    event_type: &'a [u8],
+    pub schema_version: i32,
+    recorded_at_microseconds: i64,
+    pub payload: &'a [u8],
+    pub metadata: &'a [u8],
+    hash: &'a [u8],
+}
+
+impl<'a> RowRef<'a> {
+    pub fn stream_id(&self) -> Result<&'a str, StoreError> {
+        std::str::from_utf8(self.stream_id).map_err(corrupt)
+    }
+
+    pub fn event_type(&self) -> Result<&'a str, StoreError> {
+        std::str::from_utf8(self.event_type).map_err(corrupt)
+    }
+
+    pub fn recorded_at(&self) -> Result<DateTime<Utc>, StoreError> {
+        timestamp(self.recorded_at_microseconds)
+    }
+
+    pub fn hash(&self) -> Result<[u8; 32], StoreError> {
+        hash_from_bytes(self.hash)
+    }
+
+    fn to_stored(self) -> Result<StoredEvent, StoreError> {
+        Ok(StoredEvent {
+            position: self.position,
+            stream_id: self.stream_id()?.to_owned(),
+            stream_version: self.stream_version,
+            event_id: text(self.event_id)?,
+            event_type: self.event_type()?.to_owned(),
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at()?,
+            payload: self.payload.to_vec(),
+            metadata: self.metadata.to_vec(),
+            hash: self.hash()?,
+        })
+    }
+}
+
 /// One row from the start of `bytes`, if all of it is there.
-fn parse_row(bytes: &[u8]) -> Result<Parsed, StoreError> {
+fn parse_row(bytes: &[u8]) -> Result<Parsed<'_>, StoreError> {
     let Some(count) = bytes.get(..2) else { return Ok(Parsed::Incomplete) };
     let count = i16::from_be_bytes(read_array(count)?);
     if count == -1 {
@@ -218,19 +380,19 @@ fn parse_row(bytes: &[u8]) -> Result<Parsed, StoreError> {
         metadata,
         hash,
     ] = fields;
-    let event = StoredEvent {
+    let row = RowRef {
         position: i64::from_be_bytes(read_array(position)?),
-        stream_id: text(stream_id)?,
+        stream_id,
         stream_version: i64::from_be_bytes(read_array(stream_version)?),
-        event_id: text(event_id)?,
-        event_type: text(event_type)?,
+        event_id,
+        event_type,
         schema_version: i32::from_be_bytes(read_array(schema_version)?),
-        recorded_at: timestamp(i64::from_be_bytes(read_array(recorded_at)?))?,
-        payload: payload.to_vec(),
-        metadata: metadata.to_vec(),
-        hash: hash_from_bytes(hash)?,
+        recorded_at_microseconds: i64::from_be_bytes(read_array(recorded_at)?),
+        payload,
+        metadata,
+        hash,
     };
-    Ok(Parsed::Row(event, offset))
+    Ok(Parsed::Row(row, offset))
 }
 
 fn read_array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
@@ -285,8 +447,9 @@ mod tests {
     #[test]
     fn a_row_parses_into_the_stored_event() {
         let bytes = row();
-        let Parsed::Row(event, length) = parse_row(&bytes).unwrap() else { panic!("not a row") };
+        let Parsed::Row(row, length) = parse_row(&bytes).unwrap() else { panic!("not a row") };
         assert_eq!(length, bytes.len());
+        let event = row.to_stored().unwrap();
         assert_eq!(event.position, 7);
         assert_eq!(event.stream_id, "org_1");
         assert_eq!(event.stream_version, 2);
@@ -335,25 +498,57 @@ mod tests {
     }
 
     /// Pushes `bytes` in pieces of `piece` bytes, as the reader does; returns the pages.
-    fn parse_in_pieces(bytes: &[u8], piece: usize, page_events: usize) -> Result<Vec<Vec<StoredEvent>>, StoreError> {
-        let mut parser = CopyParser::new(page_events);
+    fn parse_in_pieces<B: PageBuilder>(
+        bytes: &[u8],
+        piece: usize,
+        page_events: usize,
+    ) -> Result<Vec<B::Page>, StoreError> {
+        let mut parser = CopyParser::<B>::new(page_events);
         let mut pages = Vec::new();
         for chunk in bytes.chunks(piece) {
             parser.push(chunk)?;
             pages.append(&mut parser.ready);
         }
-        let last = parser.finish()?;
-        if !last.is_empty() {
-            pages.push(last);
-        }
+        pages.extend(parser.finish()?);
         Ok(pages)
+    }
+
+    /// A stream of `rows` rows whose positions count from 1.
+    fn numbered_stream(rows: usize) -> Vec<u8> {
+        let mut out = stream(0);
+        out.truncate(out.len() - 2);
+        for position in 1..=rows {
+            let mut row = row();
+            row[6..14].copy_from_slice(&i64::try_from(position).unwrap().to_be_bytes());
+            out.extend(row);
+        }
+        out.extend_from_slice(&(-1_i16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn copied_pages_hold_the_same_rows_as_parsed_pages() {
+        let bytes = numbered_stream(5);
+        for piece in [1, 3, 7, 64, bytes.len()] {
+            let parsed = parse_in_pieces::<StoredPages>(&bytes, piece, 2).unwrap();
+            let copied = parse_in_pieces::<CopiedPages>(&bytes, piece, 2).unwrap();
+            assert_eq!(copied.iter().map(CopiedRows::len).collect::<Vec<_>>(), [2, 2, 1]);
+            let from_copies: Vec<Vec<StoredEvent>> = copied
+                .iter()
+                .map(|page| page.rows().map(|row| row.and_then(RowRef::to_stored)).collect::<Result<_, _>>().unwrap())
+                .collect();
+            assert_eq!(from_copies, parsed, "pieces of {piece} bytes");
+            assert_eq!(from_copies.concat().iter().map(|event| event.position).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        }
+        let broken = CopiedRows { bytes: bytes[19..40].to_vec(), rows: 1 };
+        assert!(broken.rows().any(|row| row.is_err()));
     }
 
     #[test]
     fn a_stream_cut_anywhere_parses_into_the_same_pages() {
         let bytes = stream(5);
         for piece in 1..=bytes.len() {
-            let pages = parse_in_pieces(&bytes, piece, 2).unwrap();
+            let pages = parse_in_pieces::<StoredPages>(&bytes, piece, 2).unwrap();
             assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "pieces of {piece} bytes");
         }
     }
@@ -361,11 +556,11 @@ mod tests {
     #[test]
     fn a_stream_without_its_trailer_or_with_bytes_after_it_is_corruption() {
         let bytes = stream(3);
-        assert!(parse_in_pieces(&bytes[..bytes.len() - 2], 7, 2).is_err());
-        assert!(parse_in_pieces(&bytes[..bytes.len() - 9], 7, 2).is_err());
+        assert!(parse_in_pieces::<StoredPages>(&bytes[..bytes.len() - 2], 7, 2).is_err());
+        assert!(parse_in_pieces::<StoredPages>(&bytes[..bytes.len() - 9], 7, 2).is_err());
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(parse_in_pieces(&longer, 7, 2).is_err());
-        assert!(parse_in_pieces(b"PGCOPY\nXXXXXXXXXXXXXXXX", 7, 2).is_err());
+        assert!(parse_in_pieces::<StoredPages>(&longer, 7, 2).is_err());
+        assert!(parse_in_pieces::<StoredPages>(b"PGCOPY\nXXXXXXXXXXXXXXXX", 7, 2).is_err());
     }
 }
