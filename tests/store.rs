@@ -298,27 +298,18 @@ async fn dump_projections(store: &Store) -> Vec<Vec<String>> {
 /// does not hold, must write them too.
 #[tokio::test]
 async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time() {
-    use bahi_domain::billing::Price;
-    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::ids::CallId;
     use bahi_domain::money::Money;
 
     for database in TestDatabase::all().await {
         let feed = Arc::new(ProjectionFeed::default());
         let running = start_feeding(&database, Some(feed.clone())).await;
         let submit = |command: Command| running.writer.submit(command, CommandContext::default());
-        let price =
-            Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
-        submit(Command::SetPrice { model: "m".into(), price }).await.unwrap();
+        price_model_m(&running.writer).await;
         let mut random = rand::rng();
         let mut expiring = Vec::new();
         for index in 0..12 {
-            let command = register_command(&format!("org {index}"));
-            let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
-            let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
-            submit(command).await.unwrap();
-            let grant_id = TopupId::from_random(random16());
-            let amount = Money::parse("10").unwrap();
-            submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
+            let (org_id, key_id) = funded_org(&running.writer, &format!("org {index}"), "10").await;
             for call in 0..(2 + random.next_u32() % 4) {
                 let call_id = CallId::from_random(random16());
                 let attribution = by_api_key(&org_id, &key_id);
@@ -543,6 +534,32 @@ fn by_api_key(org_id: &OrgId, key_id: &ApiKeyId) -> bahi_domain::event::CallAttr
     }
 }
 
+/// Sets model "m"'s price (2 and 8 rupees per million tokens) for the call tests.
+async fn price_model_m(writer: &Writer) {
+    use bahi_domain::billing::Price;
+    use bahi_domain::money::Money;
+    let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
+    writer.submit(Command::SetPrice { model: "m".into(), price }, CommandContext::default()).await.unwrap();
+}
+
+/// Registers an org named `name` and grants it `rupees`; returns it and its first key.
+async fn funded_org(writer: &Writer, name: &str, rupees: &str) -> (OrgId, ApiKeyId) {
+    use bahi_domain::ids::TopupId;
+    use bahi_domain::money::Money;
+    let command = register_command(name);
+    let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
+    let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
+    writer.submit(command, CommandContext::default()).await.unwrap();
+    let grant = Command::Grant {
+        org_id: org_id.clone(),
+        grant_id: TopupId::from_random(random16()),
+        amount: Money::parse(rupees).unwrap(),
+        reason: "test".into(),
+    };
+    writer.submit(grant, CommandContext::default()).await.unwrap();
+    (org_id, key_id)
+}
+
 fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
     Command::RecordUsage {
         call_id: call_id.clone(),
@@ -561,26 +578,15 @@ fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
 /// and without holds, settled and not, and usage recorded under idempotency keys.
 #[tokio::test]
 async fn a_log_of_calls_loads_into_the_state_it_was_written_with() {
-    use bahi_domain::billing::Price;
-    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::ids::CallId;
     use bahi_domain::money::Money;
 
     for database in TestDatabase::all().await {
         let running = start(&database).await;
-        let submit = |command: Command| running.writer.submit(command, CommandContext::default());
-        let price =
-            Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
-        submit(Command::SetPrice { model: "m".into(), price }).await.unwrap();
+        price_model_m(&running.writer).await;
         let mut payers = Vec::new();
         for index in 0..3 {
-            let command = register_command(&format!("org {index}"));
-            let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
-            let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
-            submit(command).await.unwrap();
-            payers.push((org_id.clone(), key_id));
-            let grant_id = TopupId::from_random(random16());
-            let amount = Money::parse("1000").unwrap();
-            submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
+            payers.push(funded_org(&running.writer, &format!("org {index}"), "1000").await);
         }
         let mut handles = Vec::new();
         for (producer, (org_id, key_id)) in payers.into_iter().enumerate() {
@@ -721,22 +727,14 @@ async fn sqlite_appends_reach_the_database_file_through_the_checkpointer() {
 /// the rows a new file gets.
 #[tokio::test]
 async fn a_read_model_file_from_before_call_positions_is_projected_again() {
-    use bahi_domain::billing::Price;
-    use bahi_domain::ids::{CallId, TopupId};
+    use bahi_domain::ids::CallId;
     use bahi_domain::money::Money;
 
     let database = TestDatabase::sqlite();
     let running = start(&database).await;
     let submit = |command: Command| running.writer.submit(command, CommandContext::default());
-    let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
-    submit(Command::SetPrice { model: "m".into(), price }).await.unwrap();
-    let command = register_command("org");
-    let Command::RegisterOrg { org_id, first_key, .. } = &command else { unreachable!() };
-    let (org_id, key_id) = (org_id.clone(), first_key.key_id.clone());
-    submit(command).await.unwrap();
-    let amount = Money::parse("10").unwrap();
-    let grant_id = TopupId::from_random(random16());
-    submit(Command::Grant { org_id: org_id.clone(), grant_id, amount, reason: "test".into() }).await.unwrap();
+    price_model_m(&running.writer).await;
+    let (org_id, key_id) = funded_org(&running.writer, "org", "10").await;
     let call_id = CallId::from_random(random16());
     let attribution = by_api_key(&org_id, &key_id);
     submit(Command::Authorize {

@@ -22,14 +22,7 @@ use crate::timestamp::parse_utc;
 /// Reads a `CallAuthorized` payload written by bahi, or `None` (see the module's comment).
 pub(super) fn call_authorized(payload: &str) -> Option<CallAuthorized> {
     let mut cursor = Cursor { rest: payload };
-    cursor.literal("{\"call_id\":")?;
-    let call_id = CallId::parse(cursor.string()?).ok()?;
-    cursor.literal(",\"org_id\":")?;
-    let org_id = OrgId::parse(cursor.string()?).ok()?;
-    cursor.literal(",\"attribution\":")?;
-    let attribution = cursor.attribution()?;
-    cursor.literal(",\"model\":")?;
-    let model = cursor.string()?.to_owned();
+    let (call_id, org_id, attribution, model) = cursor.call_head()?;
     cursor.literal(",\"price\":{\"input_per_million\":")?;
     let input_per_million = cursor.money()?;
     cursor.literal(",\"output_per_million\":")?;
@@ -56,14 +49,7 @@ pub(super) fn call_authorized(payload: &str) -> Option<CallAuthorized> {
 /// Reads a `UsageRecorded` payload written by bahi, or `None` (see the module's comment).
 pub(super) fn usage_recorded(payload: &str) -> Option<UsageRecorded> {
     let mut cursor = Cursor { rest: payload };
-    cursor.literal("{\"call_id\":")?;
-    let call_id = CallId::parse(cursor.string()?).ok()?;
-    cursor.literal(",\"org_id\":")?;
-    let org_id = OrgId::parse(cursor.string()?).ok()?;
-    cursor.literal(",\"attribution\":")?;
-    let attribution = cursor.attribution()?;
-    cursor.literal(",\"model\":")?;
-    let model = cursor.string()?.to_owned();
+    let (call_id, org_id, attribution, model) = cursor.call_head()?;
     cursor.literal(",\"input_tokens\":")?;
     let input_tokens = cursor.unsigned()?;
     cursor.literal(",\"output_tokens\":")?;
@@ -189,6 +175,19 @@ impl<'a> Cursor<'a> {
     /// A time in the one form `parse_utc` reads; any other form is left to serde.
     fn time(&mut self) -> Option<DateTime<Utc>> {
         parse_utc(self.string()?)
+    }
+
+    /// The fields both call events open with: the call, its org, its attribution, its model.
+    fn call_head(&mut self) -> Option<(CallId, OrgId, CallAttribution, String)> {
+        self.literal("{\"call_id\":")?;
+        let call_id = CallId::parse(self.string()?).ok()?;
+        self.literal(",\"org_id\":")?;
+        let org_id = OrgId::parse(self.string()?).ok()?;
+        self.literal(",\"attribution\":")?;
+        let attribution = self.attribution()?;
+        self.literal(",\"model\":")?;
+        let model = self.string()?.to_owned();
+        Some((call_id, org_id, attribution, model))
     }
 
     fn attribution(&mut self) -> Option<CallAttribution> {
