@@ -93,6 +93,11 @@ trait PageBuilder: Default {
     /// Adds a row: `row` parsed from `bytes`, its whole encoding.
     fn add(&mut self, row: &RowRef<'_>, bytes: &[u8], page_events: usize) -> Result<(), StoreError>;
     fn rows(&self) -> usize;
+    /// Whether the page is full: `page_events` rows, or less when the builder bounds pages
+    /// otherwise.
+    fn full(&self, page_events: usize) -> bool {
+        self.rows() >= page_events
+    }
     fn take(&mut self) -> Self::Page;
 }
 
@@ -123,6 +128,14 @@ impl PageBuilder for StoredPages {
 }
 
 /// Pages of the stream's own bytes, a row after another.
+/// Bytes reserved for the first copied page: a thousand rows of a gateway's log take about
+/// 700 KB.
+const FIRST_COPIED_PAGE_BYTES: usize = 1 << 20;
+
+/// The most reserved for a copied page before its rows arrive, and the size at which a page
+/// ends before its thousand rows.
+const MAX_COPIED_PAGE_BYTES: usize = 16 << 20;
+
 #[derive(Default)]
 struct CopiedPages {
     page: CopiedRows,
@@ -134,10 +147,12 @@ struct CopiedPages {
 impl PageBuilder for CopiedPages {
     type Page = CopiedRows;
 
-    fn add(&mut self, _row: &RowRef<'_>, bytes: &[u8], page_events: usize) -> Result<(), StoreError> {
+    fn add(&mut self, _row: &RowRef<'_>, bytes: &[u8], _page_events: usize) -> Result<(), StoreError> {
         if self.page.bytes.capacity() == 0 {
-            let expected = self.last_page_bytes.max(bytes.len() * page_events);
-            self.page.bytes.reserve_exact(expected + expected / 8);
+            // Never more than a bound up front, whatever the page before held: a page of
+            // large events (a key set, say) grows as any vector does.
+            let expected = if self.last_page_bytes > 0 { self.last_page_bytes } else { FIRST_COPIED_PAGE_BYTES };
+            self.page.bytes.reserve_exact((expected + expected / 8).min(MAX_COPIED_PAGE_BYTES));
         }
         self.page.bytes.extend_from_slice(bytes);
         self.page.rows += 1;
@@ -146,6 +161,11 @@ impl PageBuilder for CopiedPages {
 
     fn rows(&self) -> usize {
         self.page.rows
+    }
+
+    /// A page of large events ends early: a page is held in memory whole, several at a time.
+    fn full(&self, page_events: usize) -> bool {
+        self.page.rows >= page_events || self.page.bytes.len() >= MAX_COPIED_PAGE_BYTES
     }
 
     fn take(&mut self) -> CopiedRows {
@@ -257,7 +277,7 @@ impl<B: PageBuilder> CopyParser<B> {
                 Parsed::Row(row, length) => {
                     self.builder.add(&row, &bytes[offset..offset + length], self.page_events)?;
                     offset += length;
-                    if self.builder.rows() == self.page_events {
+                    if self.builder.full(self.page_events) {
                         self.ready.push(self.builder.take());
                     }
                 }
@@ -524,6 +544,23 @@ mod tests {
         }
         out.extend_from_slice(&(-1_i16).to_be_bytes());
         out
+    }
+
+    #[test]
+    fn a_copied_page_reserves_from_the_last_one_within_a_bound() {
+        let bytes = row();
+        let Parsed::Row(parsed, _) = parse_row(&bytes).unwrap() else { panic!("not a row") };
+        let mut pages = CopiedPages::default();
+        pages.add(&parsed, &bytes, 1_000).unwrap();
+        assert!(pages.page.bytes.capacity() >= FIRST_COPIED_PAGE_BYTES);
+        pages.last_page_bytes = 1 << 30;
+        pages.take();
+        pages.last_page_bytes = 1 << 30;
+        pages.add(&parsed, &bytes, 1_000).unwrap();
+        assert!(pages.page.bytes.capacity() <= MAX_COPIED_PAGE_BYTES + bytes.len());
+        assert!(!pages.full(1_000));
+        pages.page.bytes.resize(MAX_COPIED_PAGE_BYTES, 0);
+        assert!(pages.full(1_000), "a page of large rows ends before its thousand rows");
     }
 
     #[test]
