@@ -264,11 +264,6 @@ const BULK_PAGE_EVENTS: i64 = 1_000;
 const POSTGRES_BULK_PAGE_EVENTS: i64 = MAX_READ_PAGE;
 
 impl Store {
-    /// Sends the events after `after` (up to and including `until`) in pages of
-    /// `page_events`, in order, until the head of the log, or until the receiver goes away.
-    /// Large pages are read in bulk: on SQLite on a blocking thread through rusqlite, on
-    /// PostgreSQL with one binary COPY (pages of `MAX_READ_PAGE` only); smaller pages
-    /// through `read_after`.
     /// Sends the whole log after `after` for loading it into memory, in order, until the
     /// head of the log, or until the receiver goes away: on PostgreSQL pages of
     /// `copied_page_events` rows as the COPY sent them, on SQLite the bulk reader's pages of
@@ -299,6 +294,11 @@ impl Store {
         })
     }
 
+    /// Sends the events after `after` (up to and including `until`) in pages of
+    /// `page_events`, in order, until the head of the log, or until the receiver goes away.
+    /// Large pages are read in bulk: on SQLite on a blocking thread through rusqlite, on
+    /// PostgreSQL with one binary COPY (pages of `MAX_READ_PAGE` only); smaller pages
+    /// through `read_after`.
     pub fn spawn_page_reader(
         &self,
         after: i64,
