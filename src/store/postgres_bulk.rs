@@ -4,8 +4,11 @@
 //! Through sqlx's query path every row became a `PgRow` and every value went through a
 //! checked `try_get`; in a profile of loading, that reader took more of bahi's CPU than the
 //! JSON decoding it feeds. COPY's binary rows are a count and length-prefixed values, which
-//! convert straight into `StoredEvent`s. The one statement reads one snapshot, as the SQLite
-//! bulk reader's one statement does.
+//! convert straight into `StoredEvent`s (rebuilding). Loading goes further: it is sent the
+//! rows' own bytes, a page of whole rows at a time (`CopiedRows`), and its decoders read each
+//! event from them (`RowRef`), so no field of a row is copied into an allocation of its own
+//! first. The one statement reads one snapshot, as the SQLite bulk reader's one statement
+//! does.
 
 use bytes::{Buf, BytesMut};
 use chrono::{DateTime, Utc};
@@ -127,7 +130,6 @@ impl PageBuilder for StoredPages {
     }
 }
 
-/// Pages of the stream's own bytes, a row after another.
 /// Bytes reserved for the first copied page: a thousand rows of a gateway's log take about
 /// 700 KB.
 const FIRST_COPIED_PAGE_BYTES: usize = 1 << 20;
@@ -136,6 +138,7 @@ const FIRST_COPIED_PAGE_BYTES: usize = 1 << 20;
 /// ends before its thousand rows.
 const MAX_COPIED_PAGE_BYTES: usize = 16 << 20;
 
+/// Pages of the stream's own bytes, a row after another.
 #[derive(Default)]
 struct CopiedPages {
     page: CopiedRows,
