@@ -72,29 +72,32 @@ impl Money {
     /// Parses the API's decimal string strictly: optional minus, digits, optional point and
     /// one to six digits. No exponent, no plus sign, no spaces, no thousands separators.
     pub fn parse(text: &str) -> Result<Money, MoneyError> {
-        let unsigned = text.strip_prefix('-').unwrap_or(text);
-        let (whole, fraction) = match unsigned.split_once('.') {
-            Some((whole, fraction)) => (whole, Some(fraction)),
+        let (negative, unsigned) = match text.as_bytes() {
+            [b'-', rest @ ..] => (true, rest),
+            bytes => (false, bytes),
+        };
+        let (whole, fraction) = match unsigned.iter().position(|&byte| byte == b'.') {
+            Some(point) => (&unsigned[..point], Some(&unsigned[point + 1..])),
             None => (unsigned, None),
         };
-        let digits_only = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        let digits_only = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
         if !digits_only(whole) || fraction.is_some_and(|f| !digits_only(f)) {
             return Err(MoneyError::NotADecimal);
         }
-        if fraction.is_some_and(|f| f.len() > 6) {
+        let fraction = fraction.unwrap_or_default();
+        if fraction.len() > 6 {
             return Err(MoneyError::TooManyPlaces);
         }
         if whole.len() > 13 {
             return Err(MoneyError::TooLarge);
         }
-        // What is left is at most 13 + 6 ASCII digits: exact in i128, without a Decimal
-        // (decoding the log parses every amount of every event this way).
-        let digits = |part: &str| part.bytes().fold(0i128, |value, digit| value * 10 + i128::from(digit - b'0'));
-        let fraction = fraction.unwrap_or("");
-        let scale = 10i128.pow(6 - u32::try_from(fraction.len()).unwrap_or(6));
-        let magnitude = digits(whole) * i128::from(MICROS_PER_RUPEE) + digits(fraction) * scale;
-        let micros = if text.starts_with('-') { -magnitude } else { magnitude };
-        Money::from_micros(i64::try_from(micros).map_err(|_| MoneyError::TooLarge)?)
+        // At most 13 + 6 digits: below 10^19, exact in a u64 (every event of a gateway's
+        // log carries several amounts, so this is plain integer arithmetic, no Decimal).
+        let digits = |part: &[u8]| part.iter().fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+        const SCALE: [u64; 7] = [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1];
+        let magnitude = digits(whole) * MICROS_PER_RUPEE as u64 + digits(fraction) * SCALE[fraction.len()];
+        let magnitude = i64::try_from(magnitude).map_err(|_| MoneyError::TooLarge)?;
+        Money::from_micros(if negative { -magnitude } else { magnitude })
     }
 
     /// Parses and requires a strictly positive amount (top-ups, grants, prices, holds).
@@ -331,6 +334,40 @@ mod tests {
         ] {
             let error = serde_json::from_str::<Money>(refused).unwrap_err().to_string();
             assert!(error.starts_with("money must be {\"currency\": \"inr\""), "{refused}: {error}");
+        }
+    }
+
+    /// The parser before its digits were read into a u64: i128 arithmetic over `str` splits.
+    fn parse_before(text: &str) -> Result<Money, MoneyError> {
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        let (whole, fraction) = match unsigned.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (unsigned, None),
+        };
+        let digits_only = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits_only(whole) || fraction.is_some_and(|f| !digits_only(f)) {
+            return Err(MoneyError::NotADecimal);
+        }
+        if fraction.is_some_and(|f| f.len() > 6) {
+            return Err(MoneyError::TooManyPlaces);
+        }
+        if whole.len() > 13 {
+            return Err(MoneyError::TooLarge);
+        }
+        let digits = |part: &str| part.bytes().fold(0i128, |value, digit| value * 10 + i128::from(digit - b'0'));
+        let fraction = fraction.unwrap_or("");
+        let scale = 10i128.pow(6 - u32::try_from(fraction.len()).unwrap_or(6));
+        let magnitude = digits(whole) * i128::from(MICROS_PER_RUPEE) + digits(fraction) * scale;
+        let micros = if text.starts_with('-') { -magnitude } else { magnitude };
+        Money::from_micros(i64::try_from(micros).map_err(|_| MoneyError::TooLarge)?)
+    }
+
+    proptest! {
+        /// Any text of digits, points, signs and a few other bytes: the parser accepts and
+        /// refuses as the one before it did, with the same value or error.
+        #[test]
+        fn parse_agrees_with_the_parser_before(text in "[-0-9.+e ]{0,24}|-?[0-9]{10,16}(\\.[0-9]{0,8})?") {
+            prop_assert_eq!(Money::parse(&text), parse_before(&text), "{}", text);
         }
     }
 
