@@ -259,12 +259,27 @@ fn release_open_hold(
         return;
     }
     call.hold_open = false;
-    hold_expiries.remove(&TimeKey::new(call.hold_expires_at, call.serial));
+    hold_expiries.remove(&Call::expiry_key(call.hold_expires_at, call.serial));
     if let Some(org) = orgs.get_mut(&call.org_id) {
         org.held = org.held.saturating_sub(amount);
     }
     if let Some(subject) = budget_subject(&call.attribution) {
         change_budget_usage(budget_usage, subject, |usage| usage.held = usage.held.saturating_sub(amount));
+    }
+}
+
+impl Call {
+    // The two keys a call is filed under from its authorization on, each computed in one
+    // place so that what releases or settles the call removes exactly what was inserted.
+
+    /// The call's key in `State::hold_expiries` while its hold is open.
+    fn expiry_key(hold_expires_at: DateTime<Utc>, serial: u64) -> TimeKey {
+        TimeKey::new(hold_expires_at, serial)
+    }
+
+    /// The call's key in `State::call_retention` until it is settled.
+    fn unsettled_retention_key(authorized_at: DateTime<Utc>, serial: u64) -> TimeKey {
+        TimeKey::new(authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial)
     }
 }
 
@@ -432,7 +447,7 @@ impl State {
             let call_id = entry.remove();
             if let Some(call) = self.calls.remove(&call_id) {
                 // Holds expire long before a call is forgotten; this only guards the books.
-                self.hold_expiries.remove(&TimeKey::new(call.hold_expires_at, call.serial));
+                self.hold_expiries.remove(&Call::expiry_key(call.hold_expires_at, call.serial));
             }
         }
     }
@@ -719,7 +734,7 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
     state.calls_folded += 1;
     let hold_open = authorized.hold.is_positive();
     if hold_open {
-        state.hold_expiries.insert(TimeKey::new(authorized.hold_expires_at, serial), authorized.call_id.clone());
+        state.hold_expiries.insert(Call::expiry_key(authorized.hold_expires_at, serial), authorized.call_id.clone());
         if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
             org.held = org.held.saturating_add(authorized.hold);
         }
@@ -730,10 +745,9 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
         }
     }
     state.forget_old_calls(authorized.authorized_at);
-    state.call_retention.insert(
-        TimeKey::new(authorized.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial),
-        authorized.call_id.clone(),
-    );
+    state
+        .call_retention
+        .insert(Call::unsettled_retention_key(authorized.authorized_at, serial), authorized.call_id.clone());
     state.calls.insert(
         authorized.call_id.clone(),
         Box::new(Call {
@@ -765,8 +779,7 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
             &mut state.orgs,
             &mut state.budget_usage,
         );
-        let unsettled_until = call.authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS);
-        state.call_retention.remove(&TimeKey::new(unsettled_until, call.serial));
+        state.call_retention.remove(&Call::unsettled_retention_key(call.authorized_at, call.serial));
         state.call_retention.insert(
             TimeKey::new(recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
             recorded.call_id.clone(),
