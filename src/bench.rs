@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::ledger::{CommittedEvent, Ledger};
 use crate::metrics::Metrics;
 use crate::server::open_and_load;
-use crate::store::{EventStore, Store, StoredEvent};
+use crate::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
 use crate::writer::{CommandContext, catch_up_shared, writer};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -597,32 +597,29 @@ async fn filled_log(
 /// blocking thread, which loading uses too; on PostgreSQL one binary COPY parsed into
 /// `StoredEvent`s), reading the whole log.
 async fn page_reader_rate(store: &Store) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let (sender, mut pages) = tokio::sync::mpsc::channel(2);
-    let reader = store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender);
-    let mut rows = 0;
-    while let Some(page) = pages.recv().await {
-        rows += page?.len();
-    }
-    reader.await?;
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    reader_rate(|sender| store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender), Vec::len).await
 }
 
 /// Rows per second through the reader that loading uses (`Store::spawn_load_reader`: on
 /// PostgreSQL the COPY's bytes, cut into pages of rows), reading the whole log.
 async fn load_reader_rate(store: &Store) -> anyhow::Result<f64> {
+    reader_rate(|sender| store.spawn_load_reader(0, crate::writer::DECODED_CHUNK, sender), LoadPage::len).await
+}
+
+/// Rows per second through the reader `spawn` starts, counting each page's rows by `rows`.
+async fn reader_rate<T>(
+    spawn: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, StoreError>>) -> tokio::task::JoinHandle<()>,
+    rows: impl Fn(&T) -> usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let (sender, mut pages) = tokio::sync::mpsc::channel(2);
-    let reader = store.spawn_load_reader(0, crate::writer::DECODED_CHUNK, sender);
-    let mut rows = 0;
+    let reader = spawn(sender);
+    let mut total = 0;
     while let Some(page) = pages.recv().await {
-        rows += match page? {
-            crate::store::LoadPage::Stored(page) => page.len(),
-            crate::store::LoadPage::Copied(page) => page.len(),
-        };
+        total += rows(&page?);
     }
     reader.await?;
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn load(args: &BenchArgs) -> anyhow::Result<()> {

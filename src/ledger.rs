@@ -5,6 +5,7 @@
 //! node's shared read model (`SharedLedger`), which holds committed events only and serves
 //! the hot path. Both are folded by the same `Ledger::fold`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bahi_domain::chain::GENESIS_HASH;
@@ -125,7 +126,7 @@ impl Ledger {
             return Ok(());
         }
         evolve(&mut self.state, &committed.event);
-        self.advance(stored.position, stored.hash, &stored.stream_id, stored.stream_version);
+        self.advance(stored.position, stored.hash, Cow::Borrowed(&stored.stream_id), stored.stream_version);
         if let Some(idempotency) = idempotency {
             self.record_idempotency(idempotency, committed);
         }
@@ -147,14 +148,8 @@ impl Ledger {
             }
             None => evolve_taking(&mut self.state, &mut loaded.committed.event),
         }
-        self.position = loaded.committed.position;
-        self.head_hash = loaded.hash;
-        match self.stream_versions.get_mut(loaded.stream_id.as_str()) {
-            Some(version) => *version = loaded.stream_version,
-            None => {
-                self.stream_versions.insert(std::mem::take(&mut loaded.stream_id), loaded.stream_version);
-            }
-        }
+        let stream_id = Cow::Owned(std::mem::take(&mut loaded.stream_id));
+        self.advance(loaded.committed.position, loaded.hash, stream_id, loaded.stream_version);
         Ok(())
     }
 
@@ -170,16 +165,18 @@ impl Ledger {
         Ok(true)
     }
 
-    /// The head and the stream's version after folding an event.
-    fn advance(&mut self, position: i64, hash: [u8; 32], stream_id: &str, stream_version: i64) {
+    /// The head and the stream's version after folding an event. The stream's id is owned
+    /// where the caller can give it up (loading), so that a new stream's id is moved into the
+    /// map rather than copied.
+    fn advance(&mut self, position: i64, hash: [u8; 32], stream_id: Cow<'_, str>, stream_version: i64) {
         self.position = position;
         self.head_hash = hash;
         // Most events continue a stream already known (a call's usage follows its
-        // authorization); only a new stream's id is copied into the map.
-        match self.stream_versions.get_mut(stream_id) {
+        // authorization); only a new stream's id goes into the map.
+        match self.stream_versions.get_mut(stream_id.as_ref()) {
             Some(version) => *version = stream_version,
             None => {
-                self.stream_versions.insert(stream_id.to_owned(), stream_version);
+                self.stream_versions.insert(stream_id.into_owned(), stream_version);
             }
         }
     }

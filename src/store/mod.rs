@@ -251,6 +251,20 @@ pub enum LoadPage {
     Copied(CopiedRows),
 }
 
+impl LoadPage {
+    /// The rows on the page.
+    pub fn len(&self) -> usize {
+        match self {
+            LoadPage::Stored(rows) => rows.len(),
+            LoadPage::Copied(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 pub type LoadPageSender = tokio::sync::mpsc::Sender<Result<LoadPage, StoreError>>;
 
 /// On SQLite, pages at least this large are read in bulk (see `sqlite_bulk`): loading,
