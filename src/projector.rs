@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bahi_domain::Event;
-use bahi_projections::batch::{PlannedPage, plan};
+use bahi_projections::batch::{PlannedPage, Planner, plan};
 use bahi_projections::{PROJECTIONS, Projection, SqlOperation};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,15 @@ pub const PROJECTION_PAGE: i64 = 1000;
 /// Events folded per transaction by `bahi rebuild`, which runs without a writer waiting on
 /// the lock: fewer, larger transactions and multi-row statements of hundreds of rows.
 pub const REBUILD_PAGE: i64 = crate::store::MAX_READ_PAGE;
+/// Events `bahi rebuild` plans as one run on PostgreSQL: each table's rows of a run are
+/// sorted by key and written in one transaction. Measured on a million gateway events
+/// (BENCHMARKS.md): runs of 10,000 took 11.0-11.7 s, of 100,000 8.9-9.9 s, of 250,000
+/// 8.9-10.1 s, and the whole log as one run 10.4 s: longer runs land more rows next to each
+/// other in the primary keys' B-trees, but the first write waits for the whole run to be
+/// planned, and a run's rows are held in memory (peak RSS about 450 MB at 100,000, 860 MB
+/// for the whole log). On SQLite runs of 100,000 were no faster than pages (7.8-8.0 s against
+/// 7.9-9.7 s, 250 MB more), so it plans page by page.
+pub const REBUILD_RUN: i64 = 100_000;
 /// How often the runner looks for events other nodes appended, without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// After a commit, the runner waits this long before folding, so that one projection
@@ -37,7 +46,7 @@ const PAGES_AHEAD: usize = 2;
 /// Brings every SQL projection up to the head of the log in pages of `PROJECTION_PAGE`
 /// events. Returns the lowest checkpoint.
 pub async fn catch_up_projections(store: &Store, metrics: Option<&Metrics>) -> Result<i64, StoreError> {
-    catch_up(store, metrics, PROJECTION_PAGE, None).await
+    catch_up(store, metrics, PROJECTION_PAGE, PROJECTION_PAGE, None).await
 }
 
 /// As `catch_up_projections`, but the events that `feed` holds right after the projections'
@@ -49,7 +58,18 @@ pub async fn catch_up_projections_from_feed(
     metrics: Option<&Metrics>,
     feed: &ProjectionFeed,
 ) -> Result<i64, StoreError> {
-    catch_up(store, metrics, PROJECTION_PAGE, Some(feed)).await
+    catch_up(store, metrics, PROJECTION_PAGE, PROJECTION_PAGE, Some(feed)).await
+}
+
+/// As `catch_up_projections_in_pages`, but `run_events` events (whole pages) are planned
+/// together and written in one transaction, each table's rows of the run in key order.
+pub async fn catch_up_projections_in_runs(
+    store: &Store,
+    metrics: Option<&Metrics>,
+    page_events: i64,
+    run_events: i64,
+) -> Result<i64, StoreError> {
+    catch_up(store, metrics, page_events, run_events, None).await
 }
 
 /// How far one run over a group of projections got.
@@ -71,13 +91,14 @@ pub async fn catch_up_projections_in_pages(
     metrics: Option<&Metrics>,
     page_events: i64,
 ) -> Result<i64, StoreError> {
-    catch_up(store, metrics, page_events, None).await
+    catch_up(store, metrics, page_events, page_events, None).await
 }
 
 async fn catch_up(
     store: &Store,
     metrics: Option<&Metrics>,
     page_events: i64,
+    run_events: i64,
     feed: Option<&ProjectionFeed>,
 ) -> Result<i64, StoreError> {
     loop {
@@ -104,7 +125,7 @@ async fn catch_up(
             }
             _ => from,
         };
-        match advance(store, metrics, group, from, until, page_events).await? {
+        match advance(store, metrics, group, from, until, page_events, run_events).await? {
             Progress::Head(position) => {
                 if let Some(metrics) = metrics {
                     for (projection, checkpoint) in PROJECTIONS.iter().zip(&checkpoints) {
@@ -126,20 +147,21 @@ async fn catch_up(
 /// once; in pages of REBUILD_PAGE events each transaction wrote again every page it touched,
 /// and on a gateway-shaped log (random call ids) that was most of the tree every time
 /// (BENCHMARKS.md). Readers see the old read models until the commit, never a half-built
-/// one. On PostgreSQL the projections are emptied, then caught up in pages of REBUILD_PAGE.
+/// one. On PostgreSQL the projections are emptied, then caught up in runs of REBUILD_RUN
+/// events, one transaction each.
 pub async fn rebuild_projections(store: &Store) -> Result<i64, StoreError> {
     match store {
         Store::Sqlite(sqlite) => {
             let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
             let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();
-            let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, sender));
+            let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, REBUILD_PAGE, sender));
             let rebuilt = sqlite.rebuild_projections(receiver).await;
             reader.abort();
             rebuilt
         }
         Store::Postgres(_) => {
             store.reset_projections().await?;
-            catch_up_projections_in_pages(store, None, REBUILD_PAGE).await
+            catch_up_projections_in_runs(store, None, REBUILD_PAGE, REBUILD_RUN).await
         }
     }
 }
@@ -152,10 +174,11 @@ async fn advance(
     from: i64,
     until: Option<i64>,
     page_events: i64,
+    run_events: i64,
 ) -> Result<Progress, StoreError> {
     let names: Vec<&'static str> = group.iter().map(|projection| projection.name).collect();
     let (sender, mut receiver) = mpsc::channel(PAGES_AHEAD);
-    let reader = tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, sender));
+    let reader = tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, run_events, sender));
     let mut position = from;
     let outcome = loop {
         let Some(page) = receiver.recv().await else {
@@ -228,29 +251,33 @@ fn record_positions(metrics: Option<&Metrics>, names: &[&'static str], position:
 }
 
 /// Reads pages after `from` (up to `until`), decodes each event once, and plans the rows
-/// of every projection of the group; sends the pages in order until the head of the log.
+/// of every projection of the group, `run_events` events (whole pages) to a planned page;
+/// sends the planned pages in order until the head of the log.
 async fn read_and_plan(
     store: Store,
     group: Vec<&'static Projection>,
     from: i64,
     until: Option<i64>,
     page_events: i64,
+    run_events: i64,
     sender: mpsc::Sender<Result<PlannedPage, StoreError>>,
 ) {
     let (page_sender, mut pages) = mpsc::channel(PAGES_AHEAD);
     let reader = store.spawn_page_reader(from, until, page_events, page_sender);
-    while let Some(page) = pages.recv().await {
-        let page = match page {
-            Ok(page) => page,
-            Err(error) => {
+    let mut planner = Planner::default();
+    // The first and last positions of the run being planned, once it has an event.
+    let mut run: Option<(i64, i64)> = None;
+    let mut operations = Vec::new();
+    loop {
+        let page = match pages.recv().await {
+            Some(Ok(page)) => Some(page),
+            Some(Err(error)) => {
                 let _ = sender.send(Err(error)).await;
                 break;
             }
+            None => None,
         };
-        let Some(last) = page.last() else { continue };
-        let last_position = last.position;
-        let mut operations = Vec::with_capacity(page.len() * 2);
-        for row in &page {
+        for row in page.iter().flatten() {
             let event = match Event::decode(&row.event_type, row.schema_version, &row.payload) {
                 Ok(event) => event,
                 Err(error) => {
@@ -260,9 +287,21 @@ async fn read_and_plan(
                 }
             };
             project(&group, &event, row.position, &mut operations);
+            for operation in operations.drain(..) {
+                planner.push(operation);
+            }
+            run = Some((run.map_or(row.position, |(first, _)| first), row.position));
         }
-        let planned = PlannedPage { last_position, batches: plan(operations) };
-        if sender.send(Ok(planned)).await.is_err() {
+        if let Some((first, last_position)) = run
+            && (page.is_none() || last_position - first + 1 >= run_events)
+        {
+            let planned = PlannedPage { last_position, batches: std::mem::take(&mut planner).finish() };
+            run = None;
+            if sender.send(Ok(planned)).await.is_err() {
+                break;
+            }
+        }
+        if page.is_none() {
             break;
         }
     }

@@ -381,6 +381,13 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
             bahi::projector::catch_up_projections_in_pages(&store, None, page_events).await.unwrap();
             assert_eq!(dump_projections(&store).await, live, "{}: pages of {page_events}", database.engine());
         }
+        // Runs of several pages planned together, each table's rows of a run in key order:
+        // a call authorized in one run is settled or expired in a later one.
+        for (page_events, run_events) in [(7, 20), (5, 64)] {
+            store.reset_projections().await.unwrap();
+            bahi::projector::catch_up_projections_in_runs(&store, None, page_events, run_events).await.unwrap();
+            assert_eq!(dump_projections(&store).await, live, "{}: runs of {run_events}", database.engine());
+        }
         // `bahi rebuild`'s path: on SQLite the whole log in one transaction.
         store.reset_projections().await.unwrap();
         let head = bahi::projector::rebuild_projections(&store).await.unwrap();
@@ -388,6 +395,77 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
         for projection in bahi_projections::PROJECTIONS {
             assert_eq!(store.checkpoint(projection.name).await.unwrap(), head, "{}", database.engine());
         }
+    }
+}
+
+/// Batches of calls applied through the store against the same operations applied one at
+/// a time, where a call already in the table is authorized again, settled and expired in a
+/// later batch. On PostgreSQL such a batch's COPY fails on the existing key and the upsert
+/// writes it instead; the rows must be what one operation at a time gives.
+#[tokio::test]
+async fn calls_already_written_take_their_settlement_and_expiry_as_one_at_a_time_would() {
+    use bahi_projections::batch::plan;
+    use bahi_projections::{AuthorizedCallRow, SettledCallRow, SqlOperation};
+
+    let at = |seconds: i64| chrono::DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap();
+    let authorized = |call_id: &str, position: i64| {
+        SqlOperation::UpsertAuthorizedCall(AuthorizedCallRow {
+            call_id: call_id.into(),
+            org_id: "org_1".into(),
+            credential_kind: "api_key".into(),
+            credential_id: "key_1".into(),
+            agent_id: None,
+            agent_name: None,
+            act_for: "org_1".into(),
+            model: format!("model at {position}"),
+            hold_micros: position,
+            authorized_at: at(position),
+            position,
+        })
+    };
+    let settled = |call_id: &str, position: i64| {
+        SqlOperation::SettleCall(SettledCallRow {
+            call_id: call_id.into(),
+            input_tokens: position,
+            output_tokens: 2 * position,
+            cost_micros: 3 * position,
+            status: "succeeded".into(),
+            settled_at: at(position),
+            position,
+        })
+    };
+    let earlier = vec![authorized("call_1", 1), authorized("call_2", 2), settled("call_2", 3)];
+    let later = vec![
+        authorized("call_1", 4),
+        settled("call_1", 5),
+        SqlOperation::ExpireCall { call_id: "call_1".into(), position: 6 },
+        authorized("call_3", 7),
+        settled("call_3", 8),
+        authorized("call_2", 9),
+    ];
+    let names = ["audit"];
+    for database in TestDatabase::all().await {
+        let store = orgs_projected(&database, 0).await;
+        let apply_in_order = |pages: Vec<Vec<SqlOperation>>| {
+            let store = store.clone();
+            async move {
+                store.reset_projections().await.unwrap();
+                let mut position = 0;
+                for operations in pages {
+                    let last = operations.len() as i64 + position;
+                    assert!(store.apply_projections(&names, position, plan(operations), last).await.unwrap());
+                    position = last;
+                }
+                store.dump_table("read_calls").await.unwrap()
+            }
+        };
+        let paged = apply_in_order(vec![earlier.clone(), later.clone()]).await;
+        let one_at_a_time =
+            apply_in_order(earlier.iter().chain(&later).map(|operation| vec![operation.clone()]).collect()).await;
+        assert_eq!(paged, one_at_a_time, "{}", database.engine());
+        assert_eq!(paged.len(), 3, "{}", database.engine());
+        // call_1 kept its first authorization and took the later settlement and expiry.
+        assert!(paged[0].contains("model at 1") && !paged[0].contains("model at 4"), "{}", paged[0]);
     }
 }
 

@@ -1,11 +1,18 @@
 //! PostgreSQL: writes a planned `RowBatch` with one UNNEST statement per table, so a page
 //! costs a handful of round trips instead of one per row.
 
-use bahi_projections::batch::RowBatch;
-use chrono::{DateTime, Utc};
+use bahi_projections::LedgerEntryRow;
+use bahi_projections::batch::{CallRow, OrgEventRow, RowBatch};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
+use sqlx::postgres::PgCopyIn;
 
 use super::StoreError;
+
+/// Rows per statement. A rebuild plans up to a million events as one batch; PostgreSQL
+/// materializes a multi-array UNNEST before inserting it, and past `work_mem` it spills to
+/// disk, so a batch goes in statements of this many rows each.
+const STATEMENT_ROWS: usize = 10_000;
 
 /// One column of a batch, gathered from its rows.
 fn column<'a, T, V>(rows: &'a [T], get: impl Fn(&'a T) -> V) -> Vec<V> {
@@ -14,8 +21,7 @@ fn column<'a, T, V>(rows: &'a [T], get: impl Fn(&'a T) -> V) -> Vec<V> {
 
 /// Writes every row of `batch` inside the caller's transaction.
 pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<(), StoreError> {
-    if !batch.orgs.is_empty() {
-        let rows = &batch.orgs;
+    for rows in batch.orgs.chunks(STATEMENT_ROWS) {
         sqlx::query(
             "INSERT INTO read_orgs (org_id, display_name, plan, environment, registered_at, position) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[]) \
@@ -31,8 +37,7 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .execute(&mut *connection)
         .await?;
     }
-    if !batch.api_keys.is_empty() {
-        let rows = &batch.api_keys;
+    for rows in batch.api_keys.chunks(STATEMENT_ROWS) {
         sqlx::query(
             "INSERT INTO read_api_keys (key_id, org_id, name, display_prefix, scopes, created_at, expires_at, revoked_at, position) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
@@ -54,8 +59,7 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .execute(&mut *connection)
         .await?;
     }
-    if !batch.key_revocations.is_empty() {
-        let rows = &batch.key_revocations;
+    for rows in batch.key_revocations.chunks(STATEMENT_ROWS) {
         sqlx::query(
             "UPDATE read_api_keys AS k SET revoked_at = coalesce(k.revoked_at, u.revoked_at), position = u.position \
              FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[]) AS u(key_id, revoked_at, position) \
@@ -73,11 +77,18 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
     // CONFLICT DO NOTHING` probes each index before inserting, which made 100,000 ledger
     // rows take 643-744 ms instead of 479-523 ms (psql, BENCHMARKS.md). A duplicate would be
     // a broken invariant, and now fails the page instead of passing unseen.
-    if !batch.ledger_entries.is_empty() {
-        let rows = &batch.ledger_entries;
-        // A row without its own balance repeats the org's previous entry: the planner filled
-        // it from the page where it could, so what is left is already in the table (a
-        // statement does not see its own rows, and it need not).
+    //
+    // Both go in with a binary COPY, which PostgreSQL takes faster than any INSERT, except
+    // ledger entries that carry no balance of their own (a hold expiry of an org without an
+    // earlier entry in the batch): their statement looks up the org's previous entry.
+    copy_ledger_entries(connection, &batch.ledger_entries).await?;
+    copy_org_events(connection, &batch.org_events).await?;
+    let without_balance: Vec<&LedgerEntryRow> =
+        batch.ledger_entries.iter().filter(|row| row.balance_after_micros.is_none()).collect();
+    for rows in without_balance.chunks(STATEMENT_ROWS) {
+        // Such a row repeats the org's previous entry: the planner filled every balance it
+        // could from the batch, so what is left is already in the table (a statement does
+        // not see its own rows, and it need not).
         sqlx::query(
             "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
              call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
@@ -118,7 +129,57 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .await?;
     }
     if !batch.calls.is_empty() {
-        let rows = &batch.calls;
+        // A batch's calls are nearly always new: they go in with a binary COPY, inside a
+        // savepoint. A call already in the table (authorized again after its retention
+        // ended, or written by an earlier page) makes the COPY fail as a whole, and then
+        // the upsert does the batch's work instead, with its insert-if-missing semantics.
+        sqlx::query("SAVEPOINT copy_calls").execute(&mut *connection).await?;
+        match copy_calls(connection, &batch.calls).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT copy_calls").execute(&mut *connection).await?;
+            }
+            Err(StoreError::Database(sqlx::Error::Database(error))) if error.is_unique_violation() => {
+                sqlx::query("ROLLBACK TO SAVEPOINT copy_calls").execute(&mut *connection).await?;
+                upsert_calls(connection, &batch.calls).await?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    for rows in batch.settlements.chunks(STATEMENT_ROWS) {
+        sqlx::query(
+            "UPDATE read_calls AS c SET input_tokens = u.input_tokens, output_tokens = u.output_tokens, \
+             cost_micros = u.cost_micros, status = u.status, settled_at = u.settled_at, settled_position = u.position \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[], $7::bigint[]) \
+             AS u(call_id, input_tokens, output_tokens, cost_micros, status, settled_at, position) \
+             WHERE c.call_id = u.call_id",
+        )
+        .bind(column(rows, |row| row.call_id.as_str()))
+        .bind(column(rows, |row| row.input_tokens))
+        .bind(column(rows, |row| row.output_tokens))
+        .bind(column(rows, |row| row.cost_micros))
+        .bind(column(rows, |row| row.status.as_str()))
+        .bind(column::<_, DateTime<Utc>>(rows, |row| row.settled_at))
+        .bind(column(rows, |row| row.position))
+        .execute(&mut *connection)
+        .await?;
+    }
+    for rows in batch.expiries.chunks(STATEMENT_ROWS) {
+        sqlx::query(
+            "UPDATE read_calls AS c SET expired_position = u.position \
+             FROM UNNEST($1::text[], $2::bigint[]) AS u(call_id, position) WHERE c.call_id = u.call_id",
+        )
+        .bind(column(rows, |row| row.call_id.as_str()))
+        .bind(column(rows, |row| row.position))
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts calls if missing; a settlement or expiry in the same batch also goes onto a row
+/// that already existed, as the UPDATEs after the insert would have.
+async fn upsert_calls(connection: &mut PgConnection, calls: &[CallRow]) -> Result<(), StoreError> {
+    for rows in calls.chunks(STATEMENT_ROWS) {
         let settled = |get: fn(&bahi_projections::SettledCallRow) -> Option<i64>| {
             column(rows, move |row| row.settlement.as_ref().and_then(get))
         };
@@ -163,43 +224,191 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         .execute(&mut *connection)
         .await?;
     }
-    if !batch.settlements.is_empty() {
-        let rows = &batch.settlements;
-        sqlx::query(
-            "UPDATE read_calls AS c SET input_tokens = u.input_tokens, output_tokens = u.output_tokens, \
-             cost_micros = u.cost_micros, status = u.status, settled_at = u.settled_at, settled_position = u.position \
-             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[], $7::bigint[]) \
-             AS u(call_id, input_tokens, output_tokens, cost_micros, status, settled_at, position) \
-             WHERE c.call_id = u.call_id",
-        )
-        .bind(column(rows, |row| row.call_id.as_str()))
-        .bind(column(rows, |row| row.input_tokens))
-        .bind(column(rows, |row| row.output_tokens))
-        .bind(column(rows, |row| row.cost_micros))
-        .bind(column(rows, |row| row.status.as_str()))
-        .bind(column::<_, DateTime<Utc>>(rows, |row| row.settled_at))
-        .bind(column(rows, |row| row.position))
-        .execute(&mut *connection)
-        .await?;
-    }
-    if !batch.expiries.is_empty() {
-        let rows = &batch.expiries;
-        sqlx::query(
-            "UPDATE read_calls AS c SET expired_position = u.position \
-             FROM UNNEST($1::text[], $2::bigint[]) AS u(call_id, position) WHERE c.call_id = u.call_id",
-        )
-        .bind(column(rows, |row| row.call_id.as_str()))
-        .bind(column(rows, |row| row.position))
-        .execute(&mut *connection)
-        .await?;
-    }
-    if !batch.org_events.is_empty() {
-        let rows = &batch.org_events;
-        sqlx::query("INSERT INTO read_org_events (org_id, position) SELECT * FROM UNNEST($1::text[], $2::bigint[])")
-            .bind(column(rows, |row| row.org_id.as_str()))
-            .bind(column(rows, |row| row.position))
-            .execute(&mut *connection)
-            .await?;
-    }
     Ok(())
+}
+
+/// Bytes sent to the server per `CopyData` message.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Rows of one binary `COPY … FROM STDIN`, in PostgreSQL's binary copy format.
+struct CopyRows {
+    bytes: Vec<u8>,
+    rows: u64,
+}
+
+impl CopyRows {
+    fn new() -> Self {
+        let mut bytes = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
+        // The signature, the flags (no OIDs) and the header extension's length.
+        bytes.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        bytes.extend_from_slice(&0_i32.to_be_bytes());
+        bytes.extend_from_slice(&0_i32.to_be_bytes());
+        Self { bytes, rows: 0 }
+    }
+
+    fn row(&mut self, fields: i16) {
+        self.bytes.extend_from_slice(&fields.to_be_bytes());
+        self.rows += 1;
+    }
+
+    fn text(&mut self, value: &str) -> Result<(), StoreError> {
+        let length = i32::try_from(value.len()).map_err(|_| StoreError::Corrupt("a text of 2 GiB or more".into()))?;
+        self.bytes.extend_from_slice(&length.to_be_bytes());
+        self.bytes.extend_from_slice(value.as_bytes());
+        Ok(())
+    }
+
+    fn optional_text(&mut self, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(value) => self.text(value),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
+    fn null(&mut self) {
+        self.bytes.extend_from_slice(&(-1_i32).to_be_bytes());
+    }
+
+    fn bigint(&mut self, value: i64) {
+        self.bytes.extend_from_slice(&8_i32.to_be_bytes());
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn optional_bigint(&mut self, value: Option<i64>) {
+        match value {
+            Some(value) => self.bigint(value),
+            None => self.null(),
+        }
+    }
+
+    /// A `timestamptz`: microseconds since 2000-01-01 UTC, computed as sqlx computes them
+    /// when it binds a `DateTime<Utc>`, so a copied row holds what an INSERT would store.
+    fn timestamp(&mut self, value: DateTime<Utc>) -> Result<(), StoreError> {
+        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).and_then(|day| day.and_hms_opt(0, 0, 0));
+        let microseconds = epoch
+            .and_then(|epoch| (value.naive_utc() - epoch).num_microseconds())
+            .ok_or_else(|| StoreError::Corrupt(format!("a time out of PostgreSQL's range: {value}")))?;
+        self.bigint(microseconds);
+        Ok(())
+    }
+
+    /// Sends what is buffered once it is a chunk's worth.
+    async fn send_full(&mut self, copy: &mut PgCopyIn<&mut PgConnection>) -> Result<(), StoreError> {
+        if self.bytes.len() >= COPY_CHUNK_BYTES {
+            copy.send(std::mem::take(&mut self.bytes)).await?;
+            self.bytes.reserve(COPY_CHUNK_BYTES + 4096);
+        }
+        Ok(())
+    }
+
+    /// Ends the copy: the trailer, the last chunk, and the server's count of rows, which
+    /// must be every row encoded.
+    async fn finish(mut self, mut copy: PgCopyIn<&mut PgConnection>) -> Result<(), StoreError> {
+        self.bytes.extend_from_slice(&(-1_i16).to_be_bytes());
+        copy.send(self.bytes).await?;
+        let copied = copy.finish().await?;
+        if copied != self.rows {
+            return Err(StoreError::Corrupt(format!("COPY took {copied} rows of {}", self.rows)));
+        }
+        Ok(())
+    }
+}
+
+/// Inserts the ledger entries that carry their own balance with one binary COPY.
+async fn copy_ledger_entries(connection: &mut PgConnection, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
+    if rows.iter().all(|row| row.balance_after_micros.is_none()) {
+        return Ok(());
+    }
+    let mut copy = connection
+        .copy_in_raw(
+            "COPY read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
+             call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+             debit_micros, credit_micros, released_micros, balance_after_micros) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let mut out = CopyRows::new();
+    for row in rows.iter().filter(|row| row.balance_after_micros.is_some()) {
+        out.row(20);
+        out.text(&row.org_id)?;
+        out.bigint(row.position);
+        out.text(row.entry_type)?;
+        out.timestamp(row.occurred_at)?;
+        out.text(&row.occurred_day)?;
+        out.text(&row.reference)?;
+        out.optional_text(row.description.as_deref())?;
+        out.optional_text(row.call_id.as_deref())?;
+        out.optional_text(row.credential_kind.as_deref())?;
+        out.optional_text(row.credential_id.as_deref())?;
+        out.optional_text(row.agent_id.as_deref())?;
+        out.optional_text(row.agent_name.as_deref())?;
+        out.optional_text(row.act_for.as_deref())?;
+        out.optional_text(row.model.as_deref())?;
+        out.optional_bigint(row.input_tokens);
+        out.optional_bigint(row.output_tokens);
+        out.bigint(row.debit_micros);
+        out.bigint(row.credit_micros);
+        out.bigint(row.released_micros);
+        out.optional_bigint(row.balance_after_micros);
+        out.send_full(&mut copy).await?;
+    }
+    out.finish(copy).await
+}
+
+/// Inserts calls with one binary COPY; fails on a call already in the table.
+async fn copy_calls(connection: &mut PgConnection, rows: &[CallRow]) -> Result<(), StoreError> {
+    let mut copy = connection
+        .copy_in_raw(
+            "COPY read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
+             hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
+             authorized_position, settled_position, expired_position) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let mut out = CopyRows::new();
+    for row in rows {
+        let authorized = &row.authorized;
+        let settlement = row.settlement.as_ref();
+        out.row(18);
+        out.text(&authorized.call_id)?;
+        out.text(&authorized.org_id)?;
+        out.text(&authorized.credential_kind)?;
+        out.text(&authorized.credential_id)?;
+        out.optional_text(authorized.agent_id.as_deref())?;
+        out.optional_text(authorized.agent_name.as_deref())?;
+        out.text(&authorized.act_for)?;
+        out.text(&authorized.model)?;
+        out.bigint(authorized.hold_micros);
+        out.timestamp(authorized.authorized_at)?;
+        out.optional_bigint(settlement.map(|settled| settled.input_tokens));
+        out.optional_bigint(settlement.map(|settled| settled.output_tokens));
+        out.optional_bigint(settlement.map(|settled| settled.cost_micros));
+        out.optional_text(settlement.map(|settled| settled.status.as_str()))?;
+        match settlement {
+            Some(settled) => out.timestamp(settled.settled_at)?,
+            None => out.null(),
+        }
+        out.bigint(authorized.position);
+        out.optional_bigint(settlement.map(|settled| settled.position));
+        out.optional_bigint(row.expired_position);
+        out.send_full(&mut copy).await?;
+    }
+    out.finish(copy).await
+}
+
+/// Inserts org events with one binary COPY.
+async fn copy_org_events(connection: &mut PgConnection, rows: &[OrgEventRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut copy = connection.copy_in_raw("COPY read_org_events (org_id, position) FROM STDIN (FORMAT binary)").await?;
+    let mut out = CopyRows::new();
+    for row in rows {
+        out.row(2);
+        out.text(&row.org_id)?;
+        out.bigint(row.position);
+        out.send_full(&mut copy).await?;
+    }
+    out.finish(copy).await
 }
