@@ -35,7 +35,7 @@ pub enum Benchmark {
     /// Appends at 64 producers while the log grows to --events, reported per segment.
     Sustained,
     /// Folding --events events into every projection (memory and SQL), beside reading the
-    /// same rows without folding.
+    /// same rows without folding, and the SQL engine alone copying the projections' rows.
     Replay,
     /// Loading the log into memory first thing in this process, as `bahi serve` starts,
     /// beside loading's reader alone. Give --database a log made by `replay` (or this) to
