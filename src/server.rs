@@ -54,6 +54,7 @@ pub async fn serve_on(
         config.issuer = format!("http://{address}");
     }
     let (store, shared) = open_and_load(database_url).await?;
+    let closing_store = store.clone();
     let metrics = Arc::new(Metrics::default());
     let position = shared.read().position;
     metrics.log_head_position.store(position, std::sync::atomic::Ordering::Relaxed);
@@ -111,6 +112,7 @@ pub async fn serve_on(
     if let Some(tailer) = tailer_join {
         tailer.await.context("log tailer")?;
     }
+    closing_store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

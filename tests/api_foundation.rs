@@ -218,6 +218,14 @@ async fn graceful_shutdown_drains_and_leaves_projections_at_the_head() {
     }
     let status = server.terminate();
     assert!(status.success(), "graceful exit: {status:?}");
+    // The stop emptied both write-ahead logs into their files: the files alone hold
+    // everything committed.
+    let TestDatabase::Sqlite { path, .. } = &database else { unreachable!() };
+    for suffix in ["-wal", ".read-wal"] {
+        let log = format!("{}{suffix}", path.display());
+        let bytes = std::fs::metadata(&log).map(|metadata| metadata.len()).unwrap_or(0);
+        assert_eq!(bytes, 0, "{log} still holds {bytes} bytes after a graceful stop");
+    }
     let (code, stdout, _) = run_cli(&["verify", "--database", &database.url()]);
     assert_eq!(code, 0);
     // Five registrations of two events each, and the first signing key.

@@ -242,6 +242,29 @@ impl SqliteStore {
         &self.read_models_path
     }
 
+    /// See `Store::close`.
+    pub async fn close(&self) {
+        let files = [self.path.clone(), self.read_models_path.clone()];
+        let emptied = tokio::task::spawn_blocking(move || {
+            for file in files {
+                match empty_write_ahead_log(&file) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(file = %file.display(), "another connection kept the write-ahead log at stop");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, file = %file.display(), "could not empty the write-ahead log at stop");
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(error) = emptied {
+            tracing::warn!(%error, "the write-ahead log checkpoint at stop failed");
+        }
+        self.pool.close().await;
+    }
+
     /// Empties every projection and applies every page `pages` brings, then moves every
     /// checkpoint to the last page's position, all in one transaction on the read-model file
     /// (see `projector::rebuild_projections`). An error or a page that fails rolls it all
@@ -464,6 +487,20 @@ impl EventStore for SqliteStore {
 /// Runs `work` on a blocking thread with one of the store's rusqlite connections, held for
 /// the whole call. A panic there is reported as an error naming `thread`; the transaction it
 /// held was rolled back when its connection guard unwound.
+/// Copies every page of `file`'s write-ahead log into it and truncates the log to zero
+/// bytes (a TRUNCATE checkpoint), waiting up to five seconds for other connections.
+/// Returns false when another connection kept it from finishing.
+fn empty_write_ahead_log(file: &Path) -> Result<bool, StoreError> {
+    let connection = rusqlite::Connection::open_with_flags(
+        file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    // The first column is 1 when another connection kept the checkpoint from finishing.
+    let busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    Ok(busy == 0)
+}
+
 async fn on_blocking_thread<T: Send + 'static>(
     connection: Arc<std::sync::Mutex<rusqlite::Connection>>,
     thread: &'static str,
