@@ -73,14 +73,15 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
     }
     // Ledger entries and org events are keyed by (org, position): an event gives at most one
     // row of each, and a page is applied once (its checkpoint is compared and moved in this
-    // transaction), so a key can never be inserted twice. They are plain INSERTs: `ON
-    // CONFLICT DO NOTHING` probes each index before inserting, which made 100,000 ledger
-    // rows take 643-744 ms instead of 479-523 ms (psql, BENCHMARKS.md). A duplicate would be
-    // a broken invariant, and now fails the page instead of passing unseen.
+    // transaction), so a key can never be inserted twice. They are plain inserts, without
+    // `ON CONFLICT DO NOTHING`, which probes each index before inserting: that made 100,000
+    // ledger rows take 643-744 ms instead of 479-523 ms (psql, BENCHMARKS.md). A duplicate
+    // would be a broken invariant, and fails the page instead of passing unseen.
     //
     // Both go in with a binary COPY, which PostgreSQL takes faster than any INSERT, except
     // ledger entries that carry no balance of their own (a hold expiry of an org without an
-    // earlier entry in the batch): their statement looks up the org's previous entry.
+    // earlier entry in the batch): their statement looks up the org's previous entry, which
+    // is never in this batch, so writing them after the others changes nothing it finds.
     copy_ledger_entries(connection, &batch.ledger_entries).await?;
     copy_org_events(connection, &batch.org_events).await?;
     let without_balance: Vec<&LedgerEntryRow> =
