@@ -488,17 +488,25 @@ impl EventStore for SqliteStore {
 /// the whole call. A panic there is reported as an error naming `thread`; the transaction it
 /// held was rolled back when its connection guard unwound.
 /// Copies every page of `file`'s write-ahead log into it and truncates the log to zero
-/// bytes (a TRUNCATE checkpoint), waiting up to five seconds for other connections.
-/// Returns false when another connection kept it from finishing.
+/// bytes (a TRUNCATE checkpoint), trying for up to five seconds while other connections
+/// hold it. Returns false when they held it all that time.
 fn empty_write_ahead_log(file: &Path) -> Result<bool, StoreError> {
     let connection = rusqlite::Connection::open_with_flags(
         file,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    connection.busy_timeout(std::time::Duration::from_secs(5))?;
-    // The first column is 1 when another connection kept the checkpoint from finishing.
-    let busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
-    Ok(busy == 0)
+    connection.busy_timeout(std::time::Duration::from_millis(100))?;
+    // A checkpoint already running on another connection (the checkpointer's, woken by the
+    // last commit) makes this one return busy at once, without waiting: so try again.
+    for _ in 0..50 {
+        // The first column is 1 when another connection kept the checkpoint from finishing.
+        let busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(true);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(false)
 }
 
 async fn on_blocking_thread<T: Send + 'static>(
