@@ -484,9 +484,6 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// Runs `work` on a blocking thread with one of the store's rusqlite connections, held for
-/// the whole call. A panic there is reported as an error naming `thread`; the transaction it
-/// held was rolled back when its connection guard unwound.
 /// Copies every page of `file`'s write-ahead log into it and truncates the log to zero
 /// bytes (a TRUNCATE checkpoint), trying for up to five seconds while other connections
 /// hold it. Returns false when they held it all that time.
@@ -509,6 +506,9 @@ fn empty_write_ahead_log(file: &Path) -> Result<bool, StoreError> {
     Ok(false)
 }
 
+/// Runs `work` on a blocking thread with one of the store's rusqlite connections, held for
+/// the whole call. A panic there is reported as an error naming `thread`; the transaction it
+/// held was rolled back when its connection guard unwound.
 async fn on_blocking_thread<T: Send + 'static>(
     connection: Arc<std::sync::Mutex<rusqlite::Connection>>,
     thread: &'static str,
