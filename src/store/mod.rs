@@ -162,8 +162,8 @@ impl Store {
     /// Closes the store after a graceful stop. On SQLite both files' write-ahead logs are
     /// first copied into the files and emptied, so that `bahi.db` and `bahi.db.read` hold
     /// everything committed without their `-wal` files and the next start has nothing to
-    /// recover. A checkpoint that cannot finish is logged and
-    /// changes nothing: the log keeps the pages, and the next start copies them.
+    /// recover. A checkpoint that cannot finish is logged and changes nothing: the log keeps
+    /// the pages, and the next start copies them.
     pub async fn close(&self) {
         match self {
             Store::Sqlite(store) => store.close().await,

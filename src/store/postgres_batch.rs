@@ -82,10 +82,10 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
     // ledger entries that carry no balance of their own (a hold expiry of an org without an
     // earlier entry in the batch): their statement looks up the org's previous entry, which
     // is never in this batch, so writing them after the others changes nothing it finds.
-    copy_ledger_entries(connection, &batch.ledger_entries).await?;
-    copy_org_events(connection, &batch.org_events).await?;
-    let without_balance: Vec<&LedgerEntryRow> =
-        batch.ledger_entries.iter().filter(|row| row.balance_after_micros.is_none()).collect();
+    let (balanced, without_balance): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =
+        batch.ledger_entries.iter().partition(|row| row.balance_after_micros.is_some());
+    copy_in(connection, LEDGER_ENTRIES_COPY, &balanced, |out, row| encode_ledger_entry(out, row)).await?;
+    copy_in(connection, ORG_EVENTS_COPY, &batch.org_events, encode_org_event).await?;
     for rows in without_balance.chunks(STATEMENT_ROWS) {
         // Such a row repeats the org's previous entry: the planner filled every balance it
         // could from the batch, so what is left is already in the table (a statement does
@@ -135,7 +135,7 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
         // ended, or written by an earlier page) makes the COPY fail as a whole, and then
         // the upsert does the batch's work instead, with its insert-if-missing semantics.
         sqlx::query("SAVEPOINT copy_calls").execute(&mut *connection).await?;
-        match copy_calls(connection, &batch.calls).await {
+        match copy_in(connection, CALLS_COPY, &batch.calls, encode_call).await {
             Ok(()) => {
                 sqlx::query("RELEASE SAVEPOINT copy_calls").execute(&mut *connection).await?;
             }
@@ -241,7 +241,7 @@ impl CopyRows {
     fn new() -> Self {
         let mut bytes = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
         // The signature, the flags (no OIDs) and the header extension's length.
-        bytes.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        bytes.extend_from_slice(super::postgres_bulk::SIGNATURE);
         bytes.extend_from_slice(&0_i32.to_be_bytes());
         bytes.extend_from_slice(&0_i32.to_be_bytes());
         Self { bytes, rows: 0 }
@@ -296,6 +296,16 @@ impl CopyRows {
         Ok(())
     }
 
+    fn optional_timestamp(&mut self, value: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        match value {
+            Some(value) => self.timestamp(value),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
     /// Sends what is buffered once it is a chunk's worth.
     async fn send_full(&mut self, copy: &mut PgCopyIn<&mut PgConnection>) -> Result<(), StoreError> {
         if self.bytes.len() >= COPY_CHUNK_BYTES {
@@ -318,98 +328,90 @@ impl CopyRows {
     }
 }
 
-/// Inserts the ledger entries that carry their own balance with one binary COPY.
-async fn copy_ledger_entries(connection: &mut PgConnection, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
-    if rows.iter().all(|row| row.balance_after_micros.is_none()) {
-        return Ok(());
-    }
-    let mut copy = connection
-        .copy_in_raw(
-            "COPY read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
-             call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
-             debit_micros, credit_micros, released_micros, balance_after_micros) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut out = CopyRows::new();
-    for row in rows.iter().filter(|row| row.balance_after_micros.is_some()) {
-        out.row(20);
-        out.text(&row.org_id)?;
-        out.bigint(row.position);
-        out.text(row.entry_type)?;
-        out.timestamp(row.occurred_at)?;
-        out.text(&row.occurred_day)?;
-        out.text(&row.reference)?;
-        out.optional_text(row.description.as_deref())?;
-        out.optional_text(row.call_id.as_deref())?;
-        out.optional_text(row.credential_kind.as_deref())?;
-        out.optional_text(row.credential_id.as_deref())?;
-        out.optional_text(row.agent_id.as_deref())?;
-        out.optional_text(row.agent_name.as_deref())?;
-        out.optional_text(row.act_for.as_deref())?;
-        out.optional_text(row.model.as_deref())?;
-        out.optional_bigint(row.input_tokens);
-        out.optional_bigint(row.output_tokens);
-        out.bigint(row.debit_micros);
-        out.bigint(row.credit_micros);
-        out.bigint(row.released_micros);
-        out.optional_bigint(row.balance_after_micros);
-        out.send_full(&mut copy).await?;
-    }
-    out.finish(copy).await
-}
-
-/// Inserts calls with one binary COPY; fails on a call already in the table.
-async fn copy_calls(connection: &mut PgConnection, rows: &[CallRow]) -> Result<(), StoreError> {
-    let mut copy = connection
-        .copy_in_raw(
-            "COPY read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
-             hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
-             authorized_position, settled_position, expired_position) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut out = CopyRows::new();
-    for row in rows {
-        let authorized = &row.authorized;
-        let settlement = row.settlement.as_ref();
-        out.row(18);
-        out.text(&authorized.call_id)?;
-        out.text(&authorized.org_id)?;
-        out.text(&authorized.credential_kind)?;
-        out.text(&authorized.credential_id)?;
-        out.optional_text(authorized.agent_id.as_deref())?;
-        out.optional_text(authorized.agent_name.as_deref())?;
-        out.text(&authorized.act_for)?;
-        out.text(&authorized.model)?;
-        out.bigint(authorized.hold_micros);
-        out.timestamp(authorized.authorized_at)?;
-        out.optional_bigint(settlement.map(|settled| settled.input_tokens));
-        out.optional_bigint(settlement.map(|settled| settled.output_tokens));
-        out.optional_bigint(settlement.map(|settled| settled.cost_micros));
-        out.optional_text(settlement.map(|settled| settled.status.as_str()))?;
-        match settlement {
-            Some(settled) => out.timestamp(settled.settled_at)?,
-            None => out.null(),
-        }
-        out.bigint(authorized.position);
-        out.optional_bigint(settlement.map(|settled| settled.position));
-        out.optional_bigint(row.expired_position);
-        out.send_full(&mut copy).await?;
-    }
-    out.finish(copy).await
-}
-
-/// Inserts org events with one binary COPY.
-async fn copy_org_events(connection: &mut PgConnection, rows: &[OrgEventRow]) -> Result<(), StoreError> {
+/// Inserts `rows` with one binary COPY (`statement`), each encoded by `encode`; nothing
+/// when there are none. Fails on a key already in the table.
+async fn copy_in<T>(
+    connection: &mut PgConnection,
+    statement: &str,
+    rows: &[T],
+    encode: impl Fn(&mut CopyRows, &T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut copy = connection.copy_in_raw("COPY read_org_events (org_id, position) FROM STDIN (FORMAT binary)").await?;
+    let mut copy = connection.copy_in_raw(statement).await?;
     let mut out = CopyRows::new();
     for row in rows {
-        out.row(2);
-        out.text(&row.org_id)?;
-        out.bigint(row.position);
+        encode(&mut out, row)?;
         out.send_full(&mut copy).await?;
     }
     out.finish(copy).await
+}
+
+const LEDGER_ENTRIES_COPY: &str = "COPY read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, \
+     reference, description, call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, \
+     input_tokens, output_tokens, debit_micros, credit_micros, released_micros, balance_after_micros) \
+     FROM STDIN (FORMAT binary)";
+
+fn encode_ledger_entry(out: &mut CopyRows, row: &LedgerEntryRow) -> Result<(), StoreError> {
+    out.row(20);
+    out.text(&row.org_id)?;
+    out.bigint(row.position);
+    out.text(row.entry_type)?;
+    out.timestamp(row.occurred_at)?;
+    out.text(&row.occurred_day)?;
+    out.text(&row.reference)?;
+    out.optional_text(row.description.as_deref())?;
+    out.optional_text(row.call_id.as_deref())?;
+    out.optional_text(row.credential_kind.as_deref())?;
+    out.optional_text(row.credential_id.as_deref())?;
+    out.optional_text(row.agent_id.as_deref())?;
+    out.optional_text(row.agent_name.as_deref())?;
+    out.optional_text(row.act_for.as_deref())?;
+    out.optional_text(row.model.as_deref())?;
+    out.optional_bigint(row.input_tokens);
+    out.optional_bigint(row.output_tokens);
+    out.bigint(row.debit_micros);
+    out.bigint(row.credit_micros);
+    out.bigint(row.released_micros);
+    out.optional_bigint(row.balance_after_micros);
+    Ok(())
+}
+
+const CALLS_COPY: &str = "COPY read_calls (call_id, org_id, credential_kind, credential_id, agent_id, agent_name, \
+     act_for, model, hold_micros, authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at, \
+     authorized_position, settled_position, expired_position) FROM STDIN (FORMAT binary)";
+
+fn encode_call(out: &mut CopyRows, row: &CallRow) -> Result<(), StoreError> {
+    let authorized = &row.authorized;
+    let settlement = row.settlement.as_ref();
+    out.row(18);
+    out.text(&authorized.call_id)?;
+    out.text(&authorized.org_id)?;
+    out.text(&authorized.credential_kind)?;
+    out.text(&authorized.credential_id)?;
+    out.optional_text(authorized.agent_id.as_deref())?;
+    out.optional_text(authorized.agent_name.as_deref())?;
+    out.text(&authorized.act_for)?;
+    out.text(&authorized.model)?;
+    out.bigint(authorized.hold_micros);
+    out.timestamp(authorized.authorized_at)?;
+    out.optional_bigint(settlement.map(|settled| settled.input_tokens));
+    out.optional_bigint(settlement.map(|settled| settled.output_tokens));
+    out.optional_bigint(settlement.map(|settled| settled.cost_micros));
+    out.optional_text(settlement.map(|settled| settled.status.as_str()))?;
+    out.optional_timestamp(settlement.map(|settled| settled.settled_at))?;
+    out.bigint(authorized.position);
+    out.optional_bigint(settlement.map(|settled| settled.position));
+    out.optional_bigint(row.expired_position);
+    Ok(())
+}
+
+const ORG_EVENTS_COPY: &str = "COPY read_org_events (org_id, position) FROM STDIN (FORMAT binary)";
+
+fn encode_org_event(out: &mut CopyRows, row: &OrgEventRow) -> Result<(), StoreError> {
+    out.row(2);
+    out.text(&row.org_id)?;
+    out.bigint(row.position);
+    Ok(())
 }
