@@ -139,31 +139,32 @@ async fn catch_up(
     }
 }
 
-/// `bahi rebuild`: empties every SQL projection and replays the whole log into it. Returns
-/// the position the projections reached.
+/// `bahi rebuild`: empties every SQL projection and replays the whole log into it, in one
+/// transaction. Returns the position the projections reached.
 ///
-/// On SQLite the emptying and every page are one transaction on the read-model file. Its
-/// dirty pages stay in a large page cache until the commit, so each is written to the WAL
-/// once; in pages of REBUILD_PAGE events each transaction wrote again every page it touched,
-/// and on a gateway-shaped log (random call ids) that was most of the tree every time
-/// (BENCHMARKS.md). Readers see the old read models until the commit, never a half-built
-/// one. On PostgreSQL the projections are emptied, then caught up in runs of REBUILD_RUN
-/// events, one transaction each.
+/// On SQLite that transaction is on the read-model file. Its dirty pages stay in a large page
+/// cache until the commit, so each is written to the WAL once; in pages of REBUILD_PAGE events
+/// each transaction wrote again every page it touched, and on a gateway-shaped log (random
+/// call ids) that was most of the tree every time (BENCHMARKS.md). On PostgreSQL it is planned
+/// in runs of REBUILD_RUN events. On both, secondary indexes (and on PostgreSQL the keys of the
+/// tables written by plain inserts) are dropped first and built again from sorted keys at the
+/// end. Readers see the old read models until the commit, never a half-built one (on
+/// PostgreSQL they wait for it: see `PostgresStore::rebuild_projections`).
 pub async fn rebuild_projections(store: &Store) -> Result<i64, StoreError> {
-    match store {
-        Store::Sqlite(sqlite) => {
-            let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
-            let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();
-            let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, REBUILD_PAGE, sender));
-            let rebuilt = sqlite.rebuild_projections(receiver).await;
-            reader.abort();
-            rebuilt
-        }
-        Store::Postgres(_) => {
-            store.reset_projections().await?;
-            catch_up_projections_in_runs(store, None, REBUILD_PAGE, REBUILD_RUN).await
-        }
-    }
+    let run_events = match store {
+        Store::Sqlite(_) => REBUILD_PAGE,
+        Store::Postgres(_) => REBUILD_RUN,
+    };
+    let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
+    let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();
+    let planner = Planner::from_empty_tables();
+    let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, run_events, planner, sender));
+    let rebuilt = match store {
+        Store::Sqlite(sqlite) => sqlite.rebuild_projections(receiver).await,
+        Store::Postgres(postgres) => postgres.rebuild_projections(receiver).await,
+    };
+    reader.abort();
+    rebuilt
 }
 
 /// Advances `group` (all at `from`) page by page until the head of the log or `until`.
@@ -178,7 +179,9 @@ async fn advance(
 ) -> Result<Progress, StoreError> {
     let names: Vec<&'static str> = group.iter().map(|projection| projection.name).collect();
     let (sender, mut receiver) = mpsc::channel(PAGES_AHEAD);
-    let reader = tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, run_events, sender));
+    let planner = Planner::default();
+    let reader =
+        tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, run_events, planner, sender));
     let mut position = from;
     let outcome = loop {
         let Some(page) = receiver.recv().await else {
@@ -251,8 +254,11 @@ fn record_positions(metrics: Option<&Metrics>, names: &[&'static str], position:
 }
 
 /// Reads pages after `from` (up to `until`), decodes each event once, and plans the rows
-/// of every projection of the group, `run_events` events (whole pages) to a planned page;
-/// sends the planned pages in order until the head of the log.
+/// of every projection of the group with `planner`, `run_events` events (whole pages) to a
+/// planned page; sends the planned pages in order until the head of the log. The receiver
+/// applies them in that order or stops, which is what lets the planner carry what it knows
+/// from one run to the next.
+#[expect(clippy::too_many_arguments, reason = "each is one setting of the run; a struct would only name them again")]
 async fn read_and_plan(
     store: Store,
     group: Vec<&'static Projection>,
@@ -260,11 +266,11 @@ async fn read_and_plan(
     until: Option<i64>,
     page_events: i64,
     run_events: i64,
+    mut planner: Planner,
     sender: mpsc::Sender<Result<PlannedPage, StoreError>>,
 ) {
     let (page_sender, mut pages) = mpsc::channel(PAGES_AHEAD);
     let reader = store.spawn_page_reader(from, until, page_events, page_sender);
-    let mut planner = Planner::default();
     // The first and last positions of the run being planned, once it has an event.
     let mut run: Option<(i64, i64)> = None;
     let mut operations = Vec::new();
@@ -295,7 +301,7 @@ async fn read_and_plan(
         if let Some((first, last_position)) = run
             && (page.is_none() || last_position - first + 1 >= run_events)
         {
-            let planned = PlannedPage { last_position, batches: std::mem::take(&mut planner).finish() };
+            let planned = PlannedPage { last_position, batches: planner.take_batches() };
             run = None;
             if sender.send(Ok(planned)).await.is_err() {
                 break;

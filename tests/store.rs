@@ -474,7 +474,6 @@ async fn calls_already_written_take_their_settlement_and_expiry_as_one_at_a_time
     }
 }
 
-/// A fresh SQLite database with five registered orgs (ten events), projected to its head.
 /// Registers `orgs` orgs (two events each) and projects them: the store, writer stopped.
 async fn orgs_projected(database: &TestDatabase, orgs: usize) -> Store {
     let running = start(database).await;
@@ -486,33 +485,49 @@ async fn orgs_projected(database: &TestDatabase, orgs: usize) -> Store {
     store
 }
 
-async fn five_orgs_projected_on_sqlite() -> (TestDatabase, Store) {
-    let database = TestDatabase::sqlite();
-    let store = orgs_projected(&database, 5).await;
-    (database, store)
-}
-
-/// The indexes of the SQLite read-model file, by name, with their definitions.
+/// The indexes of the read models (SQLite: of the read-model file), by name, with their
+/// definitions; on PostgreSQL the primary keys' indexes are among them.
 async fn read_model_indexes(database: &TestDatabase) -> Vec<(String, Option<String>)> {
-    let TestDatabase::Sqlite { path, .. } = database else { unreachable!() };
-    let url = format!("sqlite://{}.read", path.display());
-    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
-        .fetch_all(&mut connection)
-        .await
-        .unwrap()
+    match database {
+        TestDatabase::Sqlite { path, .. } => {
+            let url = format!("sqlite://{}.read", path.display());
+            let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .fetch_all(&mut connection)
+                .await
+                .unwrap()
+        }
+        TestDatabase::Postgres { url, .. } => {
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND tablename LIKE 'read\\_%' ORDER BY indexname",
+            )
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+        }
+    }
 }
 
-/// A SQLite rebuild drops the read models' secondary indexes while it writes their rows and
-/// builds them again before it commits: afterwards every index is there, as declared.
+/// A rebuild drops the read models' secondary indexes (and on PostgreSQL the primary keys of
+/// the ledger and the org events) while it writes their rows, and builds them again before it
+/// commits: afterwards every index is there, as declared, over the same rows.
 #[tokio::test]
-async fn a_sqlite_rebuild_leaves_every_index_in_place() {
-    let (database, store) = five_orgs_projected_on_sqlite().await;
-    let before = read_model_indexes(&database).await;
-    assert!(before.iter().any(|(name, _)| name == "read_ledger_entries_by_time"), "{before:?}");
-    assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 10);
-    assert_eq!(read_model_indexes(&database).await, before);
-    assert_eq!(dump_projections(&store).await[0].len(), 5);
+async fn a_rebuild_leaves_every_index_in_place() {
+    for database in TestDatabase::all().await {
+        let store = orgs_projected(&database, 5).await;
+        let rows = dump_projections(&store).await;
+        let before = read_model_indexes(&database).await;
+        for expected in ["read_ledger_entries_by_time", "read_org_events_pkey"] {
+            let found = before.iter().any(|(name, _)| name == expected)
+                || (database.engine() == "sqlite" && expected.ends_with("_pkey"));
+            assert!(found, "{}: {expected} in {before:?}", database.engine());
+        }
+        assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 10);
+        assert_eq!(read_model_indexes(&database).await, before, "{}", database.engine());
+        assert_eq!(dump_projections(&store).await, rows, "{}", database.engine());
+    }
 }
 
 /// The heap size of each read-model table that a registration writes, in bytes.
@@ -573,36 +588,70 @@ async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
     assert_eq!(dump_projections(&store).await, live_rows);
 }
 
-/// On SQLite a rebuild is one transaction: when a page fails half-way, the read models and
-/// their checkpoints are exactly what they were before it started, never half rebuilt.
-#[tokio::test]
-async fn a_failed_sqlite_rebuild_leaves_the_read_models_as_they_were() {
-    use bahi_projections::batch::{OrgRow, PlannedPage, RowBatch};
+/// An org event as a rebuild's planner would give it.
+fn org_event_page(org_id: &str, position: i64) -> bahi_projections::batch::PlannedPage {
+    use bahi_projections::batch::{OrgEventRow, PlannedPage, RowBatch};
+    let batch = RowBatch { org_events: vec![OrgEventRow { org_id: org_id.into(), position }], ..RowBatch::default() };
+    PlannedPage { last_position: position, batches: vec![batch] }
+}
 
-    let (database, store) = five_orgs_projected_on_sqlite().await;
+/// Runs the engine's one-transaction rebuild over `pages` as given (no log is read).
+async fn rebuild_from(
+    store: &Store,
+    pages: Vec<Result<bahi_projections::batch::PlannedPage, bahi::store::StoreError>>,
+) -> Result<i64, bahi::store::StoreError> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(pages.len().max(1));
+    for page in pages {
+        sender.send(page).await.unwrap();
+    }
+    drop(sender);
+    match store {
+        Store::Sqlite(sqlite) => sqlite.rebuild_projections(receiver).await,
+        Store::Postgres(postgres) => postgres.rebuild_projections(receiver).await,
+    }
+}
+
+/// A rebuild is one transaction: when a page fails half-way, the read models, their indexes
+/// and their checkpoints are exactly what they were before it started, never half rebuilt.
+#[tokio::test]
+async fn a_failed_rebuild_leaves_the_read_models_as_they_were() {
+    for database in TestDatabase::all().await {
+        let store = orgs_projected(&database, 5).await;
+        let before = dump_projections(&store).await;
+        assert_eq!(before[0].len(), 5);
+        let indexes = read_model_indexes(&database).await;
+
+        let pages =
+            vec![Ok(org_event_page("org_rebuilt", 1)), Err(bahi::store::StoreError::Corrupt("injected".into()))];
+        let error = rebuild_from(&store, pages).await.unwrap_err();
+        assert!(error.to_string().contains("injected"), "{}: {error}", database.engine());
+
+        assert_eq!(dump_projections(&store).await, before, "{}", database.engine());
+        assert_eq!(store.checkpoint("directory").await.unwrap(), 10);
+        assert_eq!(read_model_indexes(&database).await, indexes, "{}", database.engine());
+    }
+}
+
+/// PostgreSQL's rebuild writes the org events and the ledger without their primary keys and
+/// builds the keys at the end. A key written twice (a broken invariant: the planner gives each
+/// once) fails the rebuild there, and everything is left as it was, keys included.
+#[tokio::test]
+async fn a_postgres_rebuild_refuses_a_repeated_key() {
+    let Some(database) = TestDatabase::postgres().await else { return };
+    let store = orgs_projected(&database, 3).await;
     let before = dump_projections(&store).await;
-    assert_eq!(before[0].len(), 5);
     let indexes = read_model_indexes(&database).await;
 
-    let Store::Sqlite(sqlite) = &store else { unreachable!() };
-    let (pages, receiver) = tokio::sync::mpsc::channel(4);
-    let org = OrgRow {
-        org_id: "org_rebuilt".into(),
-        display_name: "written, then rolled back".into(),
-        plan: "free".into(),
-        environment: "live".into(),
-        registered_at: chrono::Utc::now(),
-        position: 1,
-    };
-    let batch = RowBatch { orgs: vec![org], ..RowBatch::default() };
-    pages.send(Ok(PlannedPage { last_position: 1, batches: vec![batch] })).await.unwrap();
-    pages.send(Err(bahi::store::StoreError::Corrupt("injected".into()))).await.unwrap();
-    drop(pages);
-    let error = sqlite.rebuild_projections(receiver).await.unwrap_err();
-    assert!(error.to_string().contains("injected"), "{error}");
+    let pages = vec![Ok(org_event_page("org_twice", 1)), Ok(org_event_page("org_twice", 1))];
+    let error = rebuild_from(&store, pages).await.unwrap_err().to_string();
+    assert!(error.contains("read_org_events_pkey") || error.contains("duplicate key"), "{error}");
 
     assert_eq!(dump_projections(&store).await, before);
-    assert_eq!(store.checkpoint("directory").await.unwrap(), 10);
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 6);
+    assert_eq!(read_model_indexes(&database).await, indexes);
+    // The same pages without the repeat go through.
+    let pages = vec![Ok(org_event_page("org_once", 1)), Ok(org_event_page("org_once", 2))];
+    assert_eq!(rebuild_from(&store, pages).await.unwrap(), 2);
     assert_eq!(read_model_indexes(&database).await, indexes);
 }
 
@@ -745,7 +794,8 @@ async fn sqlite_appends_commit_while_the_read_model_file_is_locked() {
 /// it is created again at the next start and projected again from the whole log.
 #[tokio::test]
 async fn a_deleted_sqlite_read_model_file_is_projected_again() {
-    let (database, store) = five_orgs_projected_on_sqlite().await;
+    let database = TestDatabase::sqlite();
+    let store = orgs_projected(&database, 5).await;
     let before = store.dump_table("read_orgs").await.unwrap();
     assert_eq!(before.len(), 5);
     drop(store);

@@ -182,21 +182,33 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
 }
 
 /// Plans operations one at a time, in log order, into row batches; `plan` does it for a
-/// whole page at once. A rebuild on PostgreSQL keeps one planner over many pages, so that
-/// each table's rows of the whole run come out in key order.
+/// whole page at once. A rebuild on PostgreSQL plans many pages as one run, so that each
+/// table's rows of the run come out in key order; the projection runner keeps one planner
+/// from run to run (`take_batches`), so that what it learnt of balances carries over.
 #[derive(Default)]
 pub struct Planner {
     batches: Vec<RowBatch>,
     open: OpenBatch,
-    /// The balance each org's latest entry of the run stores, across batches.
+    /// The balance each org's latest entry stores, of every entry this planner has seen.
     balances: HashMap<String, i64>,
-    /// Ledger entries of the whole run: a repeated one is not inserted, so it must not feed
-    /// `balances` either, whichever batch the first one went to.
+    /// Ledger entries seen: a repeated one is not inserted, so it must not feed `balances`
+    /// either, whichever batch the first one went to.
     ledger_entries: SeenAtPosition,
     org_events: SeenAtPosition,
+    /// The tables were empty when this planner saw the first event of the log.
+    from_empty_tables: bool,
 }
 
 impl Planner {
+    /// A planner for a rebuild: the tables start empty and it sees the log from its first
+    /// event. An entry that repeats its org's previous balance then always gets it from the
+    /// planner (0 when the org has no earlier entry, as the lookup in the database would
+    /// give), so no row of a rebuild needs the database to fill its balance: PostgreSQL's
+    /// rebuild writes the ledger without its primary key, which that lookup would use.
+    pub fn from_empty_tables() -> Self {
+        Planner { from_empty_tables: true, ..Planner::default() }
+    }
+
     /// Adds the next operation of the log.
     pub fn push(&mut self, operation: SqlOperation) {
         match operation {
@@ -272,7 +284,8 @@ impl Planner {
                         // Its previous entry's balance comes from the database once written.
                         close(&mut self.batches, &mut self.open);
                     }
-                    row.balance_after_micros = self.balances.get(&row.org_id).copied();
+                    row.balance_after_micros =
+                        self.balances.get(&row.org_id).copied().or(self.from_empty_tables.then_some(0));
                 }
                 match row.balance_after_micros {
                     Some(balance) => {
@@ -330,8 +343,16 @@ impl Planner {
 
     /// The batches, in the order an engine must apply them.
     pub fn finish(mut self) -> Vec<RowBatch> {
+        self.take_batches()
+    }
+
+    /// The batches planned so far, in the order an engine must apply them; the next
+    /// operations go to new batches. The balances and the keys seen stay: the caller applies
+    /// these batches before any that follow, so an org's latest entry here is still the
+    /// latest one in the table when the next batches are written.
+    pub fn take_batches(&mut self) -> Vec<RowBatch> {
         close(&mut self.batches, &mut self.open);
-        self.batches
+        std::mem::take(&mut self.batches)
     }
 }
 
@@ -482,6 +503,40 @@ mod tests {
         balances.sort_unstable();
         assert_eq!(balances, [(1, Some(5)), (2, None), (3, Some(5)), (4, None)]);
         assert_eq!(batches[1].ledger_entries[0].position, 4);
+    }
+
+    /// The balances a planner gives entries of `operations`, in position order.
+    fn planned_balances(planner: &mut Planner, operations: Vec<SqlOperation>) -> Vec<(i64, Option<i64>)> {
+        for operation in operations {
+            planner.push(operation);
+        }
+        let mut balances: Vec<_> = planner
+            .take_batches()
+            .iter()
+            .flat_map(|batch| batch.ledger_entries.iter().map(|row| (row.position, row.balance_after_micros)))
+            .collect();
+        balances.sort_unstable();
+        balances
+    }
+
+    #[test]
+    fn a_planner_carries_balances_from_run_to_run() {
+        let mut planner = Planner::default();
+        assert_eq!(planned_balances(&mut planner, vec![entry("org_1", 1, Some(5))]), [(1, Some(5))]);
+        // The next run: org_1's entry repeats the previous run's balance; org_2 has no entry
+        // this planner saw, so the database must supply its balance.
+        let next = vec![entry("org_1", 2, None), entry("org_2", 3, None)];
+        assert_eq!(planned_balances(&mut planner, next), [(2, Some(5)), (3, None)]);
+    }
+
+    #[test]
+    fn a_rebuilds_planner_gives_every_entry_its_balance() {
+        let mut planner = Planner::from_empty_tables();
+        let first = vec![entry("org_1", 1, None), entry("org_2", 2, Some(7))];
+        // An org without an earlier entry starts from 0, as the lookup in empty tables would.
+        assert_eq!(planned_balances(&mut planner, first), [(1, Some(0)), (2, Some(7))]);
+        let next = vec![entry("org_2", 3, None), entry("org_1", 4, Some(3)), entry("org_1", 5, None)];
+        assert_eq!(planned_balances(&mut planner, next), [(3, Some(7)), (4, Some(3)), (5, Some(3))]);
     }
 
     #[test]

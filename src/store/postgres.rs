@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bahi_projections::batch::RowBatch;
+use bahi_projections::batch::{PlannedPage, RowBatch};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -55,7 +55,98 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Empties every projection and applies every run `pages` brings, then moves every
+    /// checkpoint to the last run's position, all in one transaction (see
+    /// `projector::rebuild_projections`). An error or a run that fails rolls it all back:
+    /// the read models, their keys and indexes stay as they were.
+    ///
+    /// The tables written by plain inserts (`TABLES_KEYED_AFTER_REBUILD`) lose their primary
+    /// keys, and every projection table its secondary indexes, until the last run is in; they
+    /// are then built from sorted keys. Rows inserted in log order would otherwise land
+    /// all over each B-tree (1,000 orgs interleave), one descent and often a page split each.
+    /// Measured with psql on the 1M gateway log's rows: 4.6 s to fill the heaps and build the
+    /// keys after, against 11.9 s inserting in log order with the keys in place.
+    ///
+    /// The `TRUNCATE` that starts it takes an exclusive lock on the read models until the
+    /// commit: readers wait for the rebuilt tables rather than see them half-filled. It waits
+    /// at most `RESET_LOCK_TIMEOUT_MILLISECONDS` for readers already there, as
+    /// `reset_projections` does.
+    pub async fn rebuild_projections(
+        &self,
+        mut pages: tokio::sync::mpsc::Receiver<Result<PlannedPage, StoreError>>,
+    ) -> Result<i64, StoreError> {
+        let tables: Vec<&str> = super::projection_reset_tables().collect();
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
+        // Keys and indexes as the catalog holds them, so that the ones built at the end are
+        // the ones the migrations declared.
+        let keys: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT t.relname::text, k.conname::text, pg_get_constraintdef(k.oid) FROM pg_constraint k \
+             JOIN pg_class t ON t.oid = k.conrelid \
+             WHERE k.contype = 'p' AND t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
+             ORDER BY t.relname",
+        )
+        .bind(TABLES_KEYED_AFTER_REBUILD)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+             JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) \
+             ORDER BY i.relname",
+        )
+        .bind(&tables)
+        .fetch_all(&mut *transaction)
+        .await?;
+        for (table, key, _) in &keys {
+            sqlx::query(AssertSqlSafe(format!("ALTER TABLE \"{table}\" DROP CONSTRAINT \"{key}\"")))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        for (index, _) in &indexes {
+            sqlx::query(AssertSqlSafe(format!("DROP INDEX \"{index}\""))).execute(&mut *transaction).await?;
+        }
+        let mut position = 0;
+        while let Some(page) = pages.recv().await {
+            let page = page?;
+            for batch in &page.batches {
+                super::postgres_batch::write(&mut transaction, batch).await?;
+            }
+            position = page.last_position;
+        }
+        // A repeated key, a broken invariant, fails here and rolls the rebuild back.
+        for (table, key, definition) in &keys {
+            sqlx::query(AssertSqlSafe(format!("ALTER TABLE \"{table}\" ADD CONSTRAINT \"{key}\" {definition}")))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        for (_, definition) in &indexes {
+            sqlx::query(AssertSqlSafe(definition.clone())).execute(&mut *transaction).await?;
+        }
+        let names: Vec<&str> = bahi_projections::PROJECTIONS.iter().map(|projection| projection.name).collect();
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position) SELECT name, $2 FROM UNNEST($1::text[]) AS u(name)",
+        )
+        .bind(&names)
+        .bind(position)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(position)
+    }
 }
+
+/// The projection tables whose rows `postgres_batch::write` inserts without looking for an
+/// existing key (no `ON CONFLICT`, no `UPDATE`, no lookup of an earlier row: a rebuild's
+/// planner fills every balance itself), so a rebuild may write them without their primary
+/// keys. `read_calls` keeps its key: its settlements and expiries update rows by call id,
+/// and its COPY falls back to an upsert on a repeated one.
+const TABLES_KEYED_AFTER_REBUILD: [&str; 2] = ["read_ledger_entries", "read_org_events"];
 
 impl EventStore for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
