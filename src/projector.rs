@@ -24,7 +24,8 @@ pub const PROJECTION_PAGE: i64 = 1000;
 /// the lock: fewer, larger transactions and multi-row statements of hundreds of rows.
 pub const REBUILD_PAGE: i64 = crate::store::MAX_READ_PAGE;
 /// Events `bahi rebuild` plans as one run on PostgreSQL: each table's rows of a run are
-/// sorted by key and written in one transaction. Measured on a million gateway events
+/// sorted by key and written together (when this was chosen, one transaction per run, before
+/// the rebuild became one transaction with the keys built at the end). Measured on a million gateway events
 /// (BENCHMARKS.md): runs of 10,000 took 11.0-11.7 s, of 100,000 8.9-9.9 s, of 250,000
 /// 8.9-10.1 s, and the whole log as one run 10.4 s: longer runs land more rows next to each
 /// other in the primary keys' B-trees, but the first write waits for the whole run to be
