@@ -77,11 +77,7 @@ impl PostgresStore {
         mut pages: tokio::sync::mpsc::Receiver<Result<PlannedPage, StoreError>>,
     ) -> Result<i64, StoreError> {
         let tables: Vec<&str> = super::projection_reset_tables().collect();
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
-            .execute(&mut *transaction)
-            .await?;
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
+        let mut transaction = self.begin_emptied().await?;
         // Keys and indexes as the catalog holds them, so that the ones built at the end are
         // the ones the migrations declared.
         let keys: Vec<(String, String, String)> = sqlx::query_as(
@@ -138,6 +134,19 @@ impl PostgresStore {
         .await?;
         transaction.commit().await?;
         Ok(position)
+    }
+
+    /// Begins a transaction whose first statement empties every projection table and the
+    /// checkpoints with one `TRUNCATE`, after waiting at most `RESET_LOCK_TIMEOUT_MILLISECONDS`
+    /// for readers' locks (`reset_projections` says why).
+    async fn begin_emptied(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let tables: Vec<&str> = super::projection_reset_tables().collect();
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
+        Ok(transaction)
     }
 }
 
@@ -341,13 +350,7 @@ impl EventStore for PostgresStore {
     /// `RESET_LOCK_TIMEOUT_MILLISECONDS` (a long statement export, say) and then fails the
     /// rebuild, which can be run again, rather than stall the API's reads.
     async fn reset_projections(&self) -> Result<(), StoreError> {
-        let tables: Vec<&str> = super::projection_reset_tables().collect();
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
-            .execute(&mut *transaction)
-            .await?;
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
-        transaction.commit().await?;
+        self.begin_emptied().await?.commit().await?;
         Ok(())
     }
 
