@@ -20,18 +20,19 @@ use crate::store::{EventStore, Store, StoreError};
 /// 6.4-6.8k pairs/s (p99 30 ms), 1000 gave 7.9-8.1k (p99 45 ms), 2000 no more throughput and
 /// p99 65 ms. Since then SQLite pages are written to a file of their own.
 pub const PROJECTION_PAGE: i64 = 1000;
-/// Events folded per transaction by `bahi rebuild`, which runs without a writer waiting on
-/// the lock: fewer, larger transactions and multi-row statements of hundreds of rows.
+/// Events per page that `bahi rebuild` reads from the log (and on SQLite plans as one run):
+/// it runs without a writer waiting on a lock, so large pages and multi-row statements of
+/// hundreds of rows.
 pub const REBUILD_PAGE: i64 = crate::store::MAX_READ_PAGE;
 /// Events `bahi rebuild` plans as one run on PostgreSQL: each table's rows of a run are
-/// sorted by key and written together (when this was chosen, one transaction per run, before
-/// the rebuild became one transaction with the keys built at the end). Measured on a million gateway events
-/// (BENCHMARKS.md): runs of 10,000 took 11.0-11.7 s, of 100,000 8.9-9.9 s, of 250,000
-/// 8.9-10.1 s, and the whole log as one run 10.4 s: longer runs land more rows next to each
-/// other in the primary keys' B-trees, but the first write waits for the whole run to be
-/// planned, and a run's rows are held in memory (peak RSS about 450 MB at 100,000, 860 MB
-/// for the whole log). On SQLite runs of 100,000 were no faster than pages (7.8-8.0 s against
-/// 7.9-9.7 s, 250 MB more), so it plans page by page.
+/// sorted by key and written together. Measured on a million gateway events when each run was
+/// its own transaction with the keys in place (BENCHMARKS.md): runs of 10,000 took
+/// 11.0-11.7 s, of 100,000 8.9-9.9 s, of 250,000 8.9-10.1 s, and the whole log as one run
+/// 10.4 s: longer runs land more rows next to each other in the primary keys' B-trees, but
+/// the first write waits for the whole run to be planned, and a run's rows are held in memory
+/// (peak RSS about 450 MB at 100,000, 860 MB for the whole log). On SQLite runs of 100,000
+/// were no faster than pages (7.8-8.0 s against 7.9-9.7 s, 250 MB more), so it plans page by
+/// page.
 pub const REBUILD_RUN: i64 = 100_000;
 /// How often the runner looks for events other nodes appended, without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
