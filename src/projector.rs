@@ -20,20 +20,13 @@ use crate::store::{EventStore, Store, StoreError};
 /// 6.4-6.8k pairs/s (p99 30 ms), 1000 gave 7.9-8.1k (p99 45 ms), 2000 no more throughput and
 /// p99 65 ms. Since then SQLite pages are written to a file of their own.
 pub const PROJECTION_PAGE: i64 = 1000;
-/// Events per page that `bahi rebuild` reads from the log (and on SQLite plans as one run):
-/// it runs without a writer waiting on a lock, so large pages and multi-row statements of
-/// hundreds of rows.
+/// Events per page that `bahi rebuild` reads from the log and plans: it runs without a writer
+/// waiting on a lock, so large pages and multi-row statements of hundreds of rows. PostgreSQL
+/// once planned runs of 100,000 events together, each table's rows of a run sorted by key
+/// (8.9-9.9 s for a million gateway events against 11.0-11.7 s page by page). Since its
+/// rebuild builds the busiest keys after the rows, pages are as fast (6.9-7.9 s against
+/// 7.3-8.1 s) in less than half the memory (154-185 MB against 408-428 MB; BENCHMARKS.md).
 pub const REBUILD_PAGE: i64 = crate::store::MAX_READ_PAGE;
-/// Events `bahi rebuild` plans as one run on PostgreSQL: each table's rows of a run are
-/// sorted by key and written together. Measured on a million gateway events when each run was
-/// its own transaction with the keys in place (BENCHMARKS.md): runs of 10,000 took
-/// 11.0-11.7 s, of 100,000 8.9-9.9 s, of 250,000 8.9-10.1 s, and the whole log as one run
-/// 10.4 s: longer runs land more rows next to each other in the primary keys' B-trees, but
-/// the first write waits for the whole run to be planned, and a run's rows are held in memory
-/// (peak RSS about 450 MB at 100,000, 860 MB for the whole log). On SQLite runs of 100,000
-/// were no faster than pages (7.8-8.0 s against 7.9-9.7 s, 250 MB more), so it plans page by
-/// page.
-pub const REBUILD_RUN: i64 = 100_000;
 /// How often the runner looks for events other nodes appended, without a notification.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// After a commit, the runner waits this long before folding, so that one projection
@@ -48,7 +41,7 @@ const PAGES_AHEAD: usize = 2;
 /// Brings every SQL projection up to the head of the log in pages of `PROJECTION_PAGE`
 /// events. Returns the lowest checkpoint.
 pub async fn catch_up_projections(store: &Store, metrics: Option<&Metrics>) -> Result<i64, StoreError> {
-    catch_up(store, metrics, PROJECTION_PAGE, PROJECTION_PAGE, None).await
+    catch_up(store, metrics, PROJECTION_PAGE, None).await
 }
 
 /// As `catch_up_projections`, but the events that `feed` holds right after the projections'
@@ -60,18 +53,7 @@ pub async fn catch_up_projections_from_feed(
     metrics: Option<&Metrics>,
     feed: &ProjectionFeed,
 ) -> Result<i64, StoreError> {
-    catch_up(store, metrics, PROJECTION_PAGE, PROJECTION_PAGE, Some(feed)).await
-}
-
-/// As `catch_up_projections_in_pages`, but `run_events` events (whole pages) are planned
-/// together and written in one transaction, each table's rows of the run in key order.
-pub async fn catch_up_projections_in_runs(
-    store: &Store,
-    metrics: Option<&Metrics>,
-    page_events: i64,
-    run_events: i64,
-) -> Result<i64, StoreError> {
-    catch_up(store, metrics, page_events, run_events, None).await
+    catch_up(store, metrics, PROJECTION_PAGE, Some(feed)).await
 }
 
 /// How far one run over a group of projections got.
@@ -93,14 +75,13 @@ pub async fn catch_up_projections_in_pages(
     metrics: Option<&Metrics>,
     page_events: i64,
 ) -> Result<i64, StoreError> {
-    catch_up(store, metrics, page_events, page_events, None).await
+    catch_up(store, metrics, page_events, None).await
 }
 
 async fn catch_up(
     store: &Store,
     metrics: Option<&Metrics>,
     page_events: i64,
-    run_events: i64,
     feed: Option<&ProjectionFeed>,
 ) -> Result<i64, StoreError> {
     loop {
@@ -127,7 +108,7 @@ async fn catch_up(
             }
             _ => from,
         };
-        match advance(store, metrics, group, from, until, page_events, run_events).await? {
+        match advance(store, metrics, group, from, until, page_events).await? {
             Progress::Head(position) => {
                 if let Some(metrics) = metrics {
                     for (projection, checkpoint) in PROJECTIONS.iter().zip(&checkpoints) {
@@ -141,26 +122,22 @@ async fn catch_up(
     }
 }
 
-/// `bahi rebuild`: empties every SQL projection and replays the whole log into it, in one
-/// transaction. Returns the position the projections reached.
+/// `bahi rebuild`: empties every SQL projection and replays the whole log into it, page by
+/// page in one transaction. Returns the position the projections reached.
 ///
 /// On SQLite that transaction is on the read-model file. Its dirty pages stay in a large page
 /// cache until the commit, so each is written to the WAL once; in pages of REBUILD_PAGE events
 /// each transaction wrote again every page it touched, and on a gateway-shaped log (random
-/// call ids) that was most of the tree every time (BENCHMARKS.md). On PostgreSQL it is planned
-/// in runs of REBUILD_RUN events. On both, secondary indexes (and on PostgreSQL the keys of the
-/// tables written by plain inserts) are dropped first and built again from sorted keys at the
-/// end. Readers see the old read models until the commit, never a half-built one (on
-/// PostgreSQL they wait for it: see `PostgresStore::rebuild_projections`).
+/// call ids) that was most of the tree every time (BENCHMARKS.md). On both engines secondary
+/// indexes (and on PostgreSQL the keys of the tables written by plain inserts) are dropped
+/// first and built again from sorted keys at the end. Readers see the old read models until
+/// the commit, never a half-built one (on PostgreSQL they wait for it: see
+/// `PostgresStore::rebuild_projections`).
 pub async fn rebuild_projections(store: &Store) -> Result<i64, StoreError> {
-    let run_events = match store {
-        Store::Sqlite(_) => REBUILD_PAGE,
-        Store::Postgres(_) => REBUILD_RUN,
-    };
     let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
     let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();
     let planner = Planner::from_empty_tables();
-    let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, run_events, planner, sender));
+    let reader = tokio::spawn(read_and_plan(store.clone(), group, 0, None, REBUILD_PAGE, planner, sender));
     let rebuilt = match store {
         Store::Sqlite(sqlite) => sqlite.rebuild_projections(receiver).await,
         Store::Postgres(postgres) => postgres.rebuild_projections(receiver).await,
@@ -177,13 +154,11 @@ async fn advance(
     from: i64,
     until: Option<i64>,
     page_events: i64,
-    run_events: i64,
 ) -> Result<Progress, StoreError> {
     let names: Vec<&'static str> = group.iter().map(|projection| projection.name).collect();
     let (sender, mut receiver) = mpsc::channel(PAGES_AHEAD);
     let planner = Planner::default();
-    let reader =
-        tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, run_events, planner, sender));
+    let reader = tokio::spawn(read_and_plan(store.clone(), group, from, until, page_events, planner, sender));
     let mut position = from;
     let outcome = loop {
         let Some(page) = receiver.recv().await else {
@@ -256,36 +231,32 @@ fn record_positions(metrics: Option<&Metrics>, names: &[&'static str], position:
 }
 
 /// Reads pages after `from` (up to `until`), decodes each event once, and plans the rows
-/// of every projection of the group with `planner`, `run_events` events (whole pages) to a
-/// planned page; sends the planned pages in order until the head of the log. The receiver
-/// applies them in that order or stops, which is what lets the planner carry what it knows
-/// from one run to the next.
-#[expect(clippy::too_many_arguments, reason = "each is one setting of the run; a struct would only name them again")]
+/// of every projection of the group with `planner`; sends the planned pages in order until
+/// the head of the log. The receiver applies them in that order or stops, which is what lets
+/// the planner carry what it knows (each org's latest balance) from one page to the next.
 async fn read_and_plan(
     store: Store,
     group: Vec<&'static Projection>,
     from: i64,
     until: Option<i64>,
     page_events: i64,
-    run_events: i64,
     mut planner: Planner,
     sender: mpsc::Sender<Result<PlannedPage, StoreError>>,
 ) {
     let (page_sender, mut pages) = mpsc::channel(PAGES_AHEAD);
     let reader = store.spawn_page_reader(from, until, page_events, page_sender);
-    // The first and last positions of the run being planned, once it has an event.
-    let mut run: Option<(i64, i64)> = None;
     let mut operations = Vec::new();
-    loop {
-        let page = match pages.recv().await {
-            Some(Ok(page)) => Some(page),
-            Some(Err(error)) => {
+    while let Some(page) = pages.recv().await {
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
                 let _ = sender.send(Err(error)).await;
                 break;
             }
-            None => None,
         };
-        for row in page.iter().flatten() {
+        let Some(last) = page.last() else { continue };
+        let last_position = last.position;
+        for row in &page {
             let event = match Event::decode(&row.event_type, row.schema_version, &row.payload) {
                 Ok(event) => event,
                 Err(error) => {
@@ -298,18 +269,9 @@ async fn read_and_plan(
             for operation in operations.drain(..) {
                 planner.push(operation);
             }
-            run = Some((run.map_or(row.position, |(first, _)| first), row.position));
         }
-        if let Some((first, last_position)) = run
-            && (page.is_none() || last_position - first + 1 >= run_events)
-        {
-            let planned = PlannedPage { last_position, batches: planner.take_batches() };
-            run = None;
-            if sender.send(Ok(planned)).await.is_err() {
-                break;
-            }
-        }
-        if page.is_none() {
+        let planned = PlannedPage { last_position, batches: planner.take_batches() };
+        if sender.send(Ok(planned)).await.is_err() {
             break;
         }
     }

@@ -381,14 +381,7 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
             bahi::projector::catch_up_projections_in_pages(&store, None, page_events).await.unwrap();
             assert_eq!(dump_projections(&store).await, live, "{}: pages of {page_events}", database.engine());
         }
-        // Runs of several pages planned together, each table's rows of a run in key order:
-        // a call authorized in one run is settled or expired in a later one.
-        for (page_events, run_events) in [(7, 20), (5, 64)] {
-            store.reset_projections().await.unwrap();
-            bahi::projector::catch_up_projections_in_runs(&store, None, page_events, run_events).await.unwrap();
-            assert_eq!(dump_projections(&store).await, live, "{}: runs of {run_events}", database.engine());
-        }
-        // `bahi rebuild`'s path: on SQLite the whole log in one transaction.
+        // `bahi rebuild`'s path: the whole log in one transaction.
         store.reset_projections().await.unwrap();
         let head = bahi::projector::rebuild_projections(&store).await.unwrap();
         assert_eq!(dump_projections(&store).await, live, "{}: rebuilt", database.engine());

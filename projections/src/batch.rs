@@ -182,9 +182,8 @@ pub fn plan(operations: impl IntoIterator<Item = SqlOperation>) -> Vec<RowBatch>
 }
 
 /// Plans operations one at a time, in log order, into row batches; `plan` does it for a
-/// whole page at once. A rebuild on PostgreSQL plans many pages as one run, so that each
-/// table's rows of the run come out in key order; the projection runner keeps one planner
-/// from run to run (`take_batches`), so that what it learnt of balances carries over.
+/// whole page at once. The projection runner keeps one planner from page to page
+/// (`take_batches`), so that what it learnt of balances carries over.
 #[derive(Default)]
 pub struct Planner {
     batches: Vec<RowBatch>,
@@ -346,8 +345,8 @@ impl Planner {
         self.take_batches()
     }
 
-    /// The batches planned so far, in the order an engine must apply them; the next
-    /// operations go to new batches. The balances and the keys seen stay: the caller applies
+    /// The batches planned so far (a page's), in the order an engine must apply them; the
+    /// next operations go to new batches. The balances and the keys seen stay: the caller applies
     /// these batches before any that follow, so an org's latest entry here is still the
     /// latest one in the table when the next batches are written.
     pub fn take_batches(&mut self) -> Vec<RowBatch> {
