@@ -79,17 +79,18 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
     // would be a broken invariant, and fails the page instead of passing unseen.
     //
     // Both go in with a binary COPY, which PostgreSQL takes faster than any INSERT, except
-    // ledger entries that carry no balance of their own (a hold expiry of an org without an
-    // earlier entry in the batch): their statement looks up the org's previous entry, which
-    // is never in this batch, so writing them after the others changes nothing it finds.
+    // ledger entries that carry no balance of their own (a hold expiry of an org whose
+    // earlier entries the planner has not seen): their statement looks up the org's previous
+    // entry, which is never in this batch, so writing them after the others changes nothing
+    // it finds. A rebuild has none (`Planner::from_empty_tables`).
     let (balanced, without_balance): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =
         batch.ledger_entries.iter().partition(|row| row.balance_after_micros.is_some());
     copy_in(connection, LEDGER_ENTRIES_COPY, &balanced, |out, row| encode_ledger_entry(out, row)).await?;
     copy_in(connection, ORG_EVENTS_COPY, &batch.org_events, encode_org_event).await?;
     for rows in without_balance.chunks(STATEMENT_ROWS) {
         // Such a row repeats the org's previous entry: the planner filled every balance it
-        // could from the batch, so what is left is already in the table (a statement does
-        // not see its own rows, and it need not).
+        // could from the entries it saw, so what is left is already in the table (a
+        // statement does not see its own rows, and it need not).
         sqlx::query(
             "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
              call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \

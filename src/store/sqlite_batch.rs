@@ -156,11 +156,12 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         |row| vec![text(&row.key_id), time(row.revoked_at), integer(row.position)],
     )?;
     // A row without its own balance repeats the org's previous entry: the planner filled
-    // it from the page where it could, so what is left is already in the table. Only those
-    // rows take the statement that looks it up; a plain multi-row VALUES is cheaper (about 5%
-    // of a rebuild, BENCHMARKS.md). The planner leaves a row without a balance only when no
-    // earlier entry of its org is in the page, so writing the others first changes nothing
-    // it could find: it looks at earlier positions only.
+    // it from the entries it saw where it could, so what is left is already in the table.
+    // Only those rows take the statement that looks it up; a plain multi-row VALUES is
+    // cheaper (about 5% of a rebuild, BENCHMARKS.md). The planner leaves a row without a
+    // balance only when it has seen no earlier entry of its org, so none is in this batch,
+    // and writing the others first changes nothing it could find: it looks at earlier
+    // positions only.
     let (balanced, unbalanced): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =
         batch.ledger_entries.iter().partition(|row| row.balance_after_micros.is_some());
     write_chunked(
