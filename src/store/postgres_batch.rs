@@ -80,7 +80,7 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
     //
     // Both go in with a binary COPY, which PostgreSQL takes faster than any INSERT, except
     // ledger entries that carry no balance of their own (a hold expiry of an org whose
-    // earlier entries the planner has not seen): their statement looks up the org's previous
+    // latest balance the planner does not know): their statement looks up the org's previous
     // entry, which is never in this batch, so writing them after the others changes nothing
     // it finds. A rebuild has none (`Planner::from_empty_tables`).
     let (balanced, without_balance): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =

@@ -159,9 +159,10 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
     // it from the entries it saw where it could, so what is left is already in the table.
     // Only those rows take the statement that looks it up; a plain multi-row VALUES is
     // cheaper (about 5% of a rebuild, BENCHMARKS.md). The planner leaves a row without a
-    // balance only when it has seen no earlier entry of its org, so none is in this batch,
-    // and writing the others first changes nothing it could find: it looks at earlier
-    // positions only.
+    // balance only when it does not know its org's latest balance (it saw no earlier entry,
+    // or that one's balance came from the table too), and then it puts no earlier entry of
+    // that org in this batch. So writing the others first changes nothing the statement
+    // could find: it looks at earlier positions only.
     let (balanced, unbalanced): (Vec<&LedgerEntryRow>, Vec<&LedgerEntryRow>) =
         batch.ledger_entries.iter().partition(|row| row.balance_after_micros.is_some());
     write_chunked(
