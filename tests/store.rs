@@ -604,6 +604,38 @@ async fn rebuild_from(
     }
 }
 
+/// A PostgreSQL rebuild holds the read models from its `TRUNCATE` to its commit: a reader
+/// that comes meanwhile waits for the rebuilt tables instead of reading them half-filled.
+#[tokio::test]
+async fn a_postgres_rebuild_keeps_readers_out_until_it_commits() {
+    let Some(database) = TestDatabase::postgres().await else { return };
+    let store = orgs_projected(&database, 3).await;
+    let Store::Postgres(postgres) = &store else { unreachable!() };
+    let (pages, receiver) = tokio::sync::mpsc::channel(1);
+    let rebuild = tokio::spawn({
+        let postgres = postgres.clone();
+        async move { postgres.rebuild_projections(receiver).await }
+    });
+    pages.send(Ok(org_event_page("org_first", 1))).await.unwrap();
+    // The channel holds one page: this send returns once the rebuild took the first, which
+    // it does only after its TRUNCATE.
+    pages.send(Ok(org_event_page("org_second", 2))).await.unwrap();
+
+    let mut reader = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url()).await.unwrap();
+    sqlx::raw_sql("SET lock_timeout = '300ms'").execute(&mut reader).await.unwrap();
+    let waited = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM read_org_events").fetch_one(&mut reader).await;
+    let error = waited.expect_err("a reader saw the read models in the middle of a rebuild").to_string();
+    assert!(error.contains("lock timeout"), "{error}");
+
+    drop(pages);
+    assert_eq!(rebuild.await.unwrap().unwrap(), 2);
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT org_id, position FROM read_org_events ORDER BY position")
+        .fetch_all(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("org_first".to_string(), 1), ("org_second".to_string(), 2)]);
+}
+
 /// A rebuild is one transaction: when a page fails half-way, the read models, their indexes
 /// and their checkpoints are exactly what they were before it started, never half rebuilt.
 #[tokio::test]
