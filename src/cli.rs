@@ -94,7 +94,7 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Re-hash the whole log; exit 0 when intact, else 1 naming the first bad position.
     Verify(DatabaseArgs),
-    /// Drop every SQL projection and replay it from position 1 in one transaction (readers see the old read models on SQLite and wait on PostgreSQL until it commits), then refresh the read tables' planner statistics.
+    /// Drop every SQL projection and replay it from position 1 in one transaction (readers see the old read models until it commits), then refresh the read tables' planner statistics.
     Rebuild(DatabaseArgs),
     /// Print an org's INR statement for a period, read from the database (no server needed).
     Statement(StatementArgs),

@@ -128,11 +128,10 @@ async fn catch_up(
 /// On SQLite that transaction is on the read-model file. Its dirty pages stay in a large page
 /// cache until the commit, so each is written to the WAL once; in pages of REBUILD_PAGE events
 /// each transaction wrote again every page it touched, and on a gateway-shaped log (random
-/// call ids) that was most of the tree every time (BENCHMARKS.md). On both engines secondary
-/// indexes (and on PostgreSQL the keys of the tables written by plain inserts) are dropped
-/// first and built again from sorted keys at the end. Readers see the old read models until
-/// the commit, never a half-built one (on PostgreSQL they wait for it: see
-/// `PostgresStore::rebuild_projections`).
+/// call ids) that was most of the tree every time (BENCHMARKS.md). On PostgreSQL the new
+/// tables are built aside and swapped in at the end. On both engines secondary indexes (and
+/// on PostgreSQL the keys of the tables written by plain inserts) are built from sorted keys
+/// after the rows. Readers see the old read models until the commit, never a half-built one.
 pub async fn rebuild_projections(store: &Store) -> Result<i64, StoreError> {
     let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
     let group: Vec<&'static Projection> = PROJECTIONS.iter().collect();

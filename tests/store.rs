@@ -503,14 +503,42 @@ async fn read_model_indexes(database: &TestDatabase) -> Vec<(String, Option<Stri
     }
 }
 
-/// A rebuild drops the read models' secondary indexes (and on PostgreSQL the primary keys of
-/// the ledger and the org events) while it writes their rows, and builds them again before it
-/// commits: afterwards every index is there, as declared, over the same rows.
+/// Every column of the read models with its type, collation and nullability, then each
+/// table's owner and grants (PostgreSQL, whose rebuild makes new tables; SQLite's keeps its
+/// tables).
+async fn read_model_columns(database: &TestDatabase) -> Vec<String> {
+    let TestDatabase::Postgres { url, .. } = database else { return Vec::new() };
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT concat_ws('|', table_name, column_name, ordinal_position, data_type, collation_name, is_nullable, \
+         column_default) FROM information_schema.columns WHERE table_schema = current_schema() \
+         AND (table_name LIKE 'read\\_%' OR table_name = 'projection_checkpoints') \
+         UNION ALL SELECT concat_ws('|', relname, relowner::regrole, relacl) FROM pg_class \
+         WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' \
+         AND (relname LIKE 'read\\_%' OR relname = 'projection_checkpoints') ORDER BY 1",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap()
+}
+
+/// A rebuild drops the read models' secondary indexes (on PostgreSQL it builds new tables,
+/// whose ledger and org events get their primary keys only after their rows) and builds them
+/// again before it commits: afterwards every index and column is there, as declared, over the
+/// same rows.
 #[tokio::test]
 async fn a_rebuild_leaves_every_index_in_place() {
     for database in TestDatabase::all().await {
         let store = orgs_projected(&database, 5).await;
         let rows = dump_projections(&store).await;
+        if let TestDatabase::Postgres { url, .. } = &database {
+            // An operator's grant on a read model, which the new tables must keep.
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+            sqlx::raw_sql("GRANT SELECT ON read_orgs, read_calls TO PUBLIC").execute(&mut connection).await.unwrap();
+        }
+        let columns = read_model_columns(&database).await;
+        let postgres_has = |text: &str| database.engine() == "sqlite" || columns.iter().any(|row| row.contains(text));
+        assert!(postgres_has("|C|") && postgres_has("=r/"), "{columns:?}");
         let before = read_model_indexes(&database).await;
         for expected in ["read_ledger_entries_by_time", "read_org_events_pkey"] {
             let found = before.iter().any(|(name, _)| name == expected)
@@ -519,6 +547,7 @@ async fn a_rebuild_leaves_every_index_in_place() {
         }
         assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 10);
         assert_eq!(read_model_indexes(&database).await, before, "{}", database.engine());
+        assert_eq!(read_model_columns(&database).await, columns, "{}", database.engine());
         assert_eq!(dump_projections(&store).await, rows, "{}", database.engine());
     }
 }
@@ -556,9 +585,10 @@ async fn a_postgres_rebuild_leaves_the_read_models_no_larger() {
     }
 }
 
-/// A PostgreSQL rebuild empties the read models under an exclusive lock. While a reader holds
-/// them, it gives up after a bounded wait (so that it does not queue every other reader behind
-/// it), leaves them as they were, and succeeds once the reader is done.
+/// A PostgreSQL rebuild swaps its new tables in under an exclusive lock. While a reader
+/// holds the old ones, it waits a second at a time (so that it does not queue every other
+/// reader behind it for long), and tries again: it succeeds when the reader is done within
+/// its attempts, and otherwise gives up and leaves the read models as they were.
 #[tokio::test]
 async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
     let Some(database) = TestDatabase::postgres().await else { return };
@@ -567,7 +597,7 @@ async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
 
     let mut reader = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url()).await.unwrap();
     sqlx::raw_sql("BEGIN; SELECT count(*) FROM read_org_events").execute(&mut reader).await.unwrap();
-    // The bound guards against a hang; the rebuild's own wait is a few seconds.
+    // The bound guards against a hang; the rebuild's own wait is about 10 s.
     let refused =
         tokio::time::timeout(std::time::Duration::from_secs(60), bahi::projector::rebuild_projections(&store))
             .await
@@ -576,8 +606,14 @@ async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
     assert!(error.contains("lock timeout"), "{error}");
     assert_eq!(dump_projections(&store).await, live_rows);
 
-    sqlx::raw_sql("ROLLBACK").execute(&mut reader).await.unwrap();
+    // A reader that is done within the rebuild's attempts only delays it.
+    sqlx::raw_sql("SELECT count(*) FROM read_orgs").execute(&mut reader).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+        sqlx::raw_sql("ROLLBACK").execute(&mut reader).await.unwrap();
+    });
     assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 6);
+    release.await.unwrap();
     assert_eq!(dump_projections(&store).await, live_rows);
 }
 
@@ -604,13 +640,18 @@ async fn rebuild_from(
     }
 }
 
-/// A PostgreSQL rebuild holds the read models from its `TRUNCATE` to its commit: a reader
-/// that comes meanwhile waits for the rebuilt tables instead of reading them half-filled.
+/// A PostgreSQL rebuild builds its tables aside: until it commits, readers see the old read
+/// models, without waiting, never a half-built one.
 #[tokio::test]
-async fn a_postgres_rebuild_keeps_readers_out_until_it_commits() {
+async fn a_postgres_rebuild_leaves_readers_the_old_read_models_until_it_commits() {
     let Some(database) = TestDatabase::postgres().await else { return };
     let store = orgs_projected(&database, 3).await;
     let Store::Postgres(postgres) = &store else { unreachable!() };
+    let old_rows: Vec<(String, i64)> = sqlx::query_as("SELECT org_id, position FROM read_org_events ORDER BY position")
+        .fetch_all(postgres.pool())
+        .await
+        .unwrap();
+    assert_eq!(old_rows.len(), 6, "two events per registration");
     let (pages, receiver) = tokio::sync::mpsc::channel(1);
     let rebuild = tokio::spawn({
         let postgres = postgres.clone();
@@ -618,14 +659,18 @@ async fn a_postgres_rebuild_keeps_readers_out_until_it_commits() {
     });
     pages.send(Ok(org_event_page("org_first", 1))).await.unwrap();
     // The channel holds one page: this send returns once the rebuild took the first, which
-    // it does only after its TRUNCATE.
+    // it does only after it made its new tables.
     pages.send(Ok(org_event_page("org_second", 2))).await.unwrap();
 
     let mut reader = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url()).await.unwrap();
     sqlx::raw_sql("SET lock_timeout = '300ms'").execute(&mut reader).await.unwrap();
-    let waited = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM read_org_events").fetch_one(&mut reader).await;
-    let error = waited.expect_err("a reader saw the read models in the middle of a rebuild").to_string();
-    assert!(error.contains("lock timeout"), "{error}");
+    let read_meanwhile: Vec<(String, i64)> =
+        sqlx::query_as("SELECT org_id, position FROM read_org_events ORDER BY position")
+            .fetch_all(&mut reader)
+            .await
+            .expect("a reader waited for a rebuild that had not reached its swap");
+    assert_eq!(read_meanwhile, old_rows);
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 6);
 
     drop(pages);
     assert_eq!(rebuild.await.unwrap().unwrap(), 2);
@@ -634,6 +679,12 @@ async fn a_postgres_rebuild_keeps_readers_out_until_it_commits() {
         .await
         .unwrap();
     assert_eq!(rows, [("org_first".to_string(), 1), ("org_second".to_string(), 2)]);
+    assert_eq!(store.checkpoint("directory").await.unwrap(), 2);
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'bahi_rebuild'")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(schemas, 0, "the rebuild's schema went with the swap");
 }
 
 /// A rebuild is one transaction: when a page fails half-way, the read models, their indexes

@@ -134,7 +134,8 @@ pub trait EventStore: Send + Sync {
         batches: Vec<RowBatch>,
         position: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Empties every projection table and checkpoint (for `bahi rebuild`).
+    /// Empties every projection table and checkpoint, so that the runner projects the log
+    /// again from its start. `bahi rebuild` empties them inside its own transaction instead.
     fn reset_projections(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every row of a read-model table as text, ordered, for comparing two folds.
     fn dump_table(&self, table: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;

@@ -17,7 +17,7 @@ use super::{EventStore, MAX_READ_PAGE, StoreError, StoredEvent, hash_from_bytes,
 /// The channel other nodes LISTEN on; the payload is the new head position.
 pub const NOTIFY_CHANNEL: &str = "bahi_events";
 
-/// How long a rebuild waits to empty the read models while readers hold them.
+/// How long `reset_projections` waits to empty the read models while readers hold them.
 pub const RESET_LOCK_TIMEOUT_MILLISECONDS: u64 = 3_000;
 
 /// Arbitrary constant for the advisory lock that serializes migrations across nodes.
@@ -56,57 +56,33 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Empties every projection and applies every run `pages` brings, then moves every
-    /// checkpoint to the last run's position, all in one transaction (see
-    /// `projector::rebuild_projections`). An error or a run that fails rolls it all back:
+    /// Replays every page `pages` brings into new read-model tables and puts them in place
+    /// of the old ones with their checkpoints, all in one transaction (see
+    /// `projector::rebuild_projections`). An error or a page that fails rolls it all back:
     /// the read models, their keys and indexes stay as they were.
     ///
-    /// The tables written by plain inserts (`TABLES_KEYED_AFTER_REBUILD`) lose their primary
-    /// keys, and every projection table its secondary indexes, until the last run is in; they
-    /// are then built from sorted keys. Rows inserted in log order would otherwise land
-    /// all over each B-tree (1,000 orgs interleave), one descent and often a page split each.
+    /// The new tables are built aside, in the schema `REBUILD_SCHEMA`, which the transaction
+    /// puts first on its search path so that the pages' statements write there. Readers
+    /// see the old read models until the swap at the end: it drops them and moves the new
+    /// ones in, under an exclusive lock held only from the swap to the commit (it waits at
+    /// most `SWAP_LOCK_TIMEOUT_MILLISECONDS` at a time for readers already there, and tries
+    /// again up to `SWAP_ATTEMPTS` times before it fails the rebuild).
+    ///
+    /// The tables written by plain inserts (`TABLES_KEYED_AFTER_REBUILD`) get their primary
+    /// keys, and every table its secondary indexes, only once the last page is in; they are
+    /// then built from sorted keys. Rows inserted in log order would otherwise land all over
+    /// each B-tree (1,000 orgs interleave), one descent and often a page split each.
     /// Measured with psql on the 1M gateway log's rows: 4.6 s to fill the heaps and build the
     /// keys after, against 11.9 s inserting in log order with the keys in place.
-    ///
-    /// The `TRUNCATE` that starts it takes an exclusive lock on the read models until the
-    /// commit: readers wait for the rebuilt tables rather than see them half-filled. It waits
-    /// at most `RESET_LOCK_TIMEOUT_MILLISECONDS` for readers already there, as
-    /// `reset_projections` does.
     pub async fn rebuild_projections(
         &self,
         mut pages: tokio::sync::mpsc::Receiver<Result<PlannedPage, StoreError>>,
     ) -> Result<i64, StoreError> {
         let tables: Vec<&str> = super::projection_reset_tables().collect();
-        let mut transaction = self.begin_emptied().await?;
-        // Keys and indexes as the catalog holds them, so that the ones built at the end are
-        // the ones the migrations declared.
-        let keys: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT t.relname::text, k.conname::text, pg_get_constraintdef(k.oid) FROM pg_constraint k \
-             JOIN pg_class t ON t.oid = k.conrelid \
-             WHERE k.contype = 'p' AND t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
-             ORDER BY t.relname",
-        )
-        .bind(TABLES_KEYED_AFTER_REBUILD)
-        .fetch_all(&mut *transaction)
-        .await?;
-        let indexes: Vec<(String, String)> = sqlx::query_as(
-            "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
-             JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
-             WHERE t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
-             AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) \
-             ORDER BY i.relname",
-        )
-        .bind(&tables)
-        .fetch_all(&mut *transaction)
-        .await?;
-        for (table, key, _) in &keys {
-            sqlx::query(AssertSqlSafe(format!("ALTER TABLE \"{table}\" DROP CONSTRAINT \"{key}\"")))
-                .execute(&mut *transaction)
-                .await?;
-        }
-        for (index, _) in &indexes {
-            sqlx::query(AssertSqlSafe(format!("DROP INDEX \"{index}\""))).execute(&mut *transaction).await?;
-        }
+        let mut transaction = self.pool.begin().await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&mut *transaction).await?;
+        let Aside { keys_after, indexes } = make_tables_aside(&mut transaction, &schema, &tables).await?;
+        execute(&mut transaction, format!("SET LOCAL search_path = {REBUILD_SCHEMA}")).await?;
         let mut position = 0;
         while let Some(page) = pages.recv().await {
             let page = page?;
@@ -116,13 +92,8 @@ impl PostgresStore {
             position = page.last_position;
         }
         // A repeated key, a broken invariant, fails here and rolls the rebuild back.
-        for (table, key, definition) in &keys {
-            sqlx::query(AssertSqlSafe(format!("ALTER TABLE \"{table}\" ADD CONSTRAINT \"{key}\" {definition}")))
-                .execute(&mut *transaction)
-                .await?;
-        }
-        for (_, definition) in &indexes {
-            sqlx::query(AssertSqlSafe(definition.clone())).execute(&mut *transaction).await?;
+        for statement in keys_after.into_iter().chain(indexes) {
+            execute(&mut transaction, statement).await?;
         }
         let names: Vec<&str> = bahi_projections::PROJECTIONS.iter().map(|projection| projection.name).collect();
         sqlx::query(
@@ -132,23 +103,167 @@ impl PostgresStore {
         .bind(position)
         .execute(&mut *transaction)
         .await?;
+        swap_in_rebuilt(&mut transaction, &schema, &tables).await?;
         transaction.commit().await?;
         Ok(position)
     }
-
-    /// Begins a transaction whose first statement empties every projection table and the
-    /// checkpoints with one `TRUNCATE`, after waiting at most `RESET_LOCK_TIMEOUT_MILLISECONDS`
-    /// for readers' locks (`reset_projections` says why).
-    async fn begin_emptied(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let tables: Vec<&str> = super::projection_reset_tables().collect();
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")))
-            .execute(&mut *transaction)
-            .await?;
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE TABLE {}", tables.join(", ")))).execute(&mut *transaction).await?;
-        Ok(transaction)
-    }
 }
+
+/// The statements that finish a rebuild's new tables once their rows are in: the keys of
+/// `TABLES_KEYED_AFTER_REBUILD`, then every secondary index.
+struct Aside {
+    keys_after: Vec<String>,
+    indexes: Vec<String>,
+}
+
+/// Makes an empty copy of every table of `tables` (in `schema`) in `REBUILD_SCHEMA`: the same
+/// columns, owner and grants, and the primary keys that the pages' statements need; the
+/// rest of the keys and the indexes are returned, to be built after the rows.
+async fn make_tables_aside(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    schema: &str,
+    tables: &[&str],
+) -> Result<Aside, StoreError> {
+    // Keys and indexes as the catalog holds them, so that the new tables get the ones
+    // the migrations declared, under the same names.
+    let keys: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT t.relname::text, k.conname::text, pg_get_constraintdef(k.oid) FROM pg_constraint k \
+         JOIN pg_class t ON t.oid = k.conrelid \
+         WHERE k.contype = 'p' AND t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
+         ORDER BY t.relname",
+    )
+    .bind(tables)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+         WHERE t.relname = ANY($1) AND t.relnamespace = current_schema()::regnamespace \
+         AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) \
+         ORDER BY i.relname",
+    )
+    .bind(tables)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let indexes = indexes
+        .iter()
+        .map(|(name, definition)| aside_index(definition, schema).ok_or_else(|| unexpected_index(name, definition)))
+        .collect::<Result<Vec<String>, StoreError>>()?;
+    let (keyed_first, keyed_after): (Vec<_>, Vec<_>) =
+        keys.iter().partition(|(table, _, _)| !TABLES_KEYED_AFTER_REBUILD.contains(&table.as_str()));
+
+    execute(transaction, format!("CREATE SCHEMA {REBUILD_SCHEMA}")).await?;
+    for table in tables {
+        // LIKE copies the columns, their types, collations and NOT NULLs, and nothing else.
+        execute(transaction, format!("CREATE TABLE {REBUILD_SCHEMA}.\"{table}\" (LIKE \"{schema}\".\"{table}\")"))
+            .await?;
+    }
+    // An operator's grants on the read models (a read-only role for auditors, say) and
+    // their owner go over to the new tables.
+    let access: Vec<String> = sqlx::query_scalar(
+        "SELECT format('GRANT %s ON %I.%I TO %s%s', a.privilege_type, $2::text, c.relname, \
+         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+         FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' \
+         AND a.grantee <> c.relowner \
+         UNION ALL \
+         SELECT format('ALTER TABLE %I.%I OWNER TO %I', $2::text, c.relname, pg_get_userbyid(c.relowner)) \
+         FROM pg_class c WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace \
+         AND c.relkind = 'r' AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+    )
+    .bind(tables)
+    .bind(REBUILD_SCHEMA)
+    .fetch_all(&mut **transaction)
+    .await?;
+    for statement in access {
+        execute(transaction, statement).await?;
+    }
+    for (table, key, definition) in &keyed_first {
+        execute(transaction, add_key(table, key, definition)).await?;
+    }
+    Ok(Aside {
+        keys_after: keyed_after.iter().map(|(table, key, definition)| add_key(table, key, definition)).collect(),
+        indexes,
+    })
+}
+
+/// Where a rebuild builds the new read models, inside its transaction: no other session
+/// ever sees this schema.
+const REBUILD_SCHEMA: &str = "bahi_rebuild";
+
+/// How long a rebuild waits at a time to take the old read models from their readers, and
+/// how many times it tries before it fails: about 10 s in all. Readers that come while it
+/// waits queue behind it, so each wait is short.
+pub const SWAP_LOCK_TIMEOUT_MILLISECONDS: u64 = 1_000;
+const SWAP_ATTEMPTS: u32 = 8;
+
+async fn execute(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    statement: String,
+) -> Result<(), StoreError> {
+    sqlx::query(AssertSqlSafe(statement)).execute(&mut **transaction).await?;
+    Ok(())
+}
+
+fn add_key(table: &str, key: &str, definition: &str) -> String {
+    format!("ALTER TABLE {REBUILD_SCHEMA}.\"{table}\" ADD CONSTRAINT \"{key}\" {definition}")
+}
+
+/// `definition` (an index of `schema`'s read models, as `pg_get_indexdef` gives it: `CREATE
+/// [UNIQUE] INDEX name ON schema.table USING …`) made for the same table in the rebuild's
+/// schema; None for any other shape.
+fn aside_index(definition: &str, schema: &str) -> Option<String> {
+    let (head, rest) = definition.split_once(" ON ")?;
+    let (table, method) = rest.split_once(" USING ")?;
+    let table = table.strip_prefix(&format!("{schema}.")).or_else(|| table.strip_prefix(&format!("\"{schema}\".")))?;
+    Some(format!("{head} ON {REBUILD_SCHEMA}.{table} USING {method}"))
+}
+
+fn unexpected_index(name: &str, definition: &str) -> StoreError {
+    StoreError::Corrupt(format!("the read-model index {name} has a definition a rebuild cannot copy: {definition}"))
+}
+
+/// Drops the old read models and moves the rebuilt ones into `schema`, in the caller's
+/// transaction. Taking the old tables from their readers waits at most
+/// `SWAP_LOCK_TIMEOUT_MILLISECONDS` at a time (readers that come meanwhile queue behind the
+/// wait), so on a lock timeout it steps back, lets them through and tries again, up to
+/// `SWAP_ATTEMPTS` times.
+async fn swap_in_rebuilt(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    schema: &str,
+    tables: &[&str],
+) -> Result<(), StoreError> {
+    execute(transaction, format!("SET LOCAL lock_timeout = {SWAP_LOCK_TIMEOUT_MILLISECONDS}")).await?;
+    let drop = format!(
+        "DROP TABLE {}",
+        tables.iter().map(|table| format!("\"{schema}\".\"{table}\"")).collect::<Vec<_>>().join(", ")
+    );
+    let mut attempt = 1;
+    loop {
+        execute(transaction, "SAVEPOINT swap".into()).await?;
+        match execute(transaction, drop.clone()).await {
+            Ok(()) => break,
+            Err(StoreError::Database(sqlx::Error::Database(error)))
+                if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) && attempt < SWAP_ATTEMPTS =>
+            {
+                execute(transaction, "ROLLBACK TO SAVEPOINT swap".into()).await?;
+                tracing::info!(attempt, "readers hold the read models; the rebuild waits to swap them");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    for table in tables {
+        execute(transaction, format!("ALTER TABLE {REBUILD_SCHEMA}.\"{table}\" SET SCHEMA \"{schema}\"")).await?;
+    }
+    execute(transaction, format!("DROP SCHEMA {REBUILD_SCHEMA}")).await?;
+    Ok(())
+}
+
+/// PostgreSQL's SQLSTATE for a lock timeout.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The projection tables whose rows `postgres_batch::write` inserts without looking for an
 /// existing key (no `ON CONFLICT`, no `UPDATE`, no lookup of an earlier row: a rebuild's
@@ -344,13 +459,16 @@ impl EventStore for PostgresStore {
     /// added a read model's worth of them, and after ten, `read_org_events` held 10M dead
     /// rows in 682 MB for 1M live ones (on this machine's server, whose autovacuum is off).
     /// `TRUNCATE` gives each table a fresh file at commit. It takes an exclusive lock for
-    /// its short transaction, so readers wait that long instead of seeing the tables empty
-    /// a moment earlier; a rebuild empties them either way. While it waits for the lock,
-    /// every new reader of those tables queues behind it, so it waits at most
-    /// `RESET_LOCK_TIMEOUT_MILLISECONDS` (a long statement export, say) and then fails the
-    /// rebuild, which can be run again, rather than stall the API's reads.
+    /// its short transaction. While it waits for the lock, every new reader of those tables
+    /// queues behind it, so it waits at most `RESET_LOCK_TIMEOUT_MILLISECONDS` (a long
+    /// statement export, say) and then fails, rather than stall the API's reads. (`bahi
+    /// rebuild` builds new tables aside instead: `rebuild_projections`.)
     async fn reset_projections(&self) -> Result<(), StoreError> {
-        self.begin_emptied().await?.commit().await?;
+        let tables: Vec<&str> = super::projection_reset_tables().collect();
+        let mut transaction = self.pool.begin().await?;
+        execute(&mut transaction, format!("SET LOCAL lock_timeout = {RESET_LOCK_TIMEOUT_MILLISECONDS}")).await?;
+        execute(&mut transaction, format!("TRUNCATE TABLE {}", tables.join(", "))).await?;
+        transaction.commit().await?;
         Ok(())
     }
 
