@@ -195,7 +195,7 @@ const REBUILD_SCHEMA: &str = "bahi_rebuild";
 /// How long a rebuild waits at a time to take the old read models from their readers, and
 /// how many times it tries before it fails: about 10 s in all. Readers that come while it
 /// waits queue behind it, so each wait is short.
-pub const SWAP_LOCK_TIMEOUT_MILLISECONDS: u64 = 1_000;
+const SWAP_LOCK_TIMEOUT_MILLISECONDS: u64 = 1_000;
 const SWAP_ATTEMPTS: u32 = 8;
 
 async fn execute(
@@ -268,8 +268,8 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// The projection tables whose rows `postgres_batch::write` inserts without looking for an
 /// existing key (no `ON CONFLICT`, no `UPDATE`, no lookup of an earlier row: a rebuild's
 /// planner fills every balance itself), so a rebuild may write them without their primary
-/// keys. `read_calls` keeps its key: its settlements and expiries update rows by call id,
-/// and its COPY falls back to an upsert on a repeated one.
+/// keys. The new `read_calls` has its key from the start: its settlements and expiries
+/// update rows by call id, and its COPY falls back to an upsert on a repeated one.
 const TABLES_KEYED_AFTER_REBUILD: [&str; 2] = ["read_ledger_entries", "read_org_events"];
 
 impl EventStore for PostgresStore {

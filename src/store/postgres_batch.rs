@@ -9,9 +9,10 @@ use sqlx::postgres::PgCopyIn;
 
 use super::StoreError;
 
-/// Rows per statement. A rebuild plans up to a million events as one batch; PostgreSQL
-/// materializes a multi-array UNNEST before inserting it, and past `work_mem` it spills to
-/// disk, so a batch goes in statements of this many rows each.
+/// Rows per statement, whatever a batch holds. PostgreSQL materializes a multi-array UNNEST
+/// before inserting it, and past `work_mem` it spills to disk (a whole run of a million
+/// events took 17.8-20.3 s that way, BENCHMARKS.md). Batches are a page's now, at most
+/// 10,000 events, but nothing here relies on it.
 const STATEMENT_ROWS: usize = 10_000;
 
 /// One column of a batch, gathered from its rows.
