@@ -12,6 +12,11 @@ use crate::money::{Money, MoneyError};
 pub const MAX_TOKENS_PER_CALL: u64 = 100_000_000;
 /// Highest price per million tokens accepted (one crore rupees).
 pub const MAX_PRICE_PER_MILLION_MICROS: i64 = 10_000_000 * 1_000_000;
+/// The largest cost of one call: the most tokens each way at the highest prices (2×10^9 INR).
+/// Within what decodes, so that every `cost` the writer records reads back.
+pub const MAX_CALL_COST_MICROS: i64 = (2 * MAX_TOKENS_PER_CALL as i64) * (MAX_PRICE_PER_MILLION_MICROS / 1_000_000);
+
+const _: () = assert!(MAX_CALL_COST_MICROS <= crate::money::MAX_ABS_AMOUNT_MICROS);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {

@@ -16,9 +16,9 @@ use crate::event::{
     SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded, UserSessionsEnded, UserSignedUp,
 };
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
-use crate::money::Money;
+use crate::money::{MAX_BALANCE_MICROS, Money};
 use crate::state::budget_subject;
-use crate::state::{State, TimeKey};
+use crate::state::{Org, State, TimeKey, overshoot_of};
 
 /// A key's last use is written to the log at most this often.
 pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
@@ -296,8 +296,8 @@ pub fn check_authorization(
         return Err(DomainError::NotFound("org"));
     }
     let price = *state.prices.get(model).ok_or_else(|| DomainError::UnknownModel(model.to_owned()))?;
-    if max_cost.is_some_and(|cost| !cost.is_positive()) {
-        return Err(DomainError::invalid("max_cost must be positive"));
+    if let Some(cost) = max_cost {
+        check_amount(cost, "max_cost")?;
     }
     let hold = max_cost.unwrap_or(Money::ZERO);
     let budget = match budget_subject(attribution) {
@@ -311,9 +311,9 @@ pub fn check_authorization(
         let committed = state
             .budget_usage
             .get(subject)
-            .map_or(Money::ZERO, |usage| usage.spent_in(budget.period, now).saturating_add(usage.held));
+            .map_or(Ok(Money::ZERO), |usage| usage.spent_in(budget.period, now).checked_add(usage.held))?;
         let exceeded = if hold.is_positive() {
-            committed.saturating_add(hold) > budget.amount
+            committed.checked_add(hold)? > budget.amount
         } else {
             committed >= budget.amount
         };
@@ -328,6 +328,76 @@ pub fn check_authorization(
         return Err(DomainError::InsufficientCredits { available, needed });
     }
     Ok(price)
+}
+
+/// A positive amount within the single-amount limit: top-ups, grants and holds.
+pub fn check_amount(amount: Money, what: &str) -> Result<(), DomainError> {
+    if !amount.is_positive() {
+        return Err(DomainError::invalid(format!("{what} must be positive")));
+    }
+    if amount > Money::MAX_AMOUNT {
+        return Err(DomainError::invalid(format!("{what} exceeds the maximum of {} INR", Money::MAX_AMOUNT)));
+    }
+    Ok(())
+}
+
+/// The org's balance after a credit of `amount`: refused past the largest balance, and when
+/// the org's lifetime credits would no longer fit (so that `evolve` cannot overflow).
+fn credited_balance(org: &Org, amount: Money) -> Result<Money, DomainError> {
+    let balance = org.balance.checked_add(amount)?;
+    if balance > Money::MAX_BALANCE {
+        return Err(DomainError::invalid(format!(
+            "the balance would exceed the maximum of {} INR",
+            Money::MAX_BALANCE
+        )));
+    }
+    org.credits.checked_add(amount).map_err(|_| lifetime_totals_full())?;
+    Ok(balance)
+}
+
+/// The org's balance after a usage's cost: a served call is billed below zero, but not past
+/// the negative of the largest balance.
+fn debited_balance(org: &Org, cost: Money) -> Result<Money, DomainError> {
+    let balance = org.balance.checked_sub(cost)?;
+    if balance.micros() < -MAX_BALANCE_MICROS {
+        return Err(DomainError::invalid(format!(
+            "the balance would fall below the minimum of -{} INR",
+            Money::MAX_BALANCE
+        )));
+    }
+    Ok(balance)
+}
+
+fn lifetime_totals_full() -> DomainError {
+    DomainError::invalid("the org's lifetime totals cannot grow further")
+}
+
+/// The lifetime sums a usage adds its cost to in `evolve` (the org's debits and overshoot,
+/// the budget subject's spend, the agent's and the key's usage): refused if one would
+/// overflow, so that folding the event cannot.
+fn check_usage_totals(
+    state: &State,
+    org: &Org,
+    attribution: &CallAttribution,
+    cost: Money,
+    hold_released: Money,
+) -> Result<(), DomainError> {
+    let fits = |total: Money| total.checked_add(cost).map(|_| ()).map_err(|_| lifetime_totals_full());
+    fits(org.debits)?;
+    org.overshoot.checked_add(overshoot_of(cost, hold_released)).map_err(|_| lifetime_totals_full())?;
+    // A period's spend is at most the total, so the total alone is checked.
+    if let Some(usage) = budget_subject(attribution).and_then(|subject| state.budget_usage.get(subject)) {
+        fits(usage.total_spent)?;
+    }
+    if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| state.agents.get(id)) {
+        fits(agent.usage_cost)?;
+    }
+    if attribution.credential_kind == "api_key"
+        && let Some(key) = state.api_keys.get(attribution.credential_id.as_str())
+    {
+        fits(key.usage_cost)?;
+    }
+    Ok(())
 }
 
 pub fn check_model_name(model: &str) -> Result<(), DomainError> {
@@ -803,9 +873,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         }
         Command::TopUp { org_id, topup_id, amount, payment_reference, user_id } => {
             let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            if !amount.is_positive() {
-                return Err(DomainError::invalid("amount must be positive"));
-            }
+            check_amount(*amount, "amount")?;
             check_printable(payment_reference, "payment_reference", MAX_REFERENCE_LENGTH)?;
             if let Some(existing) = state.topups.get(&(org_id.clone(), payment_reference.clone())) {
                 // The same payment again: nothing new happens; a different amount is a conflict.
@@ -822,7 +890,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                     amount: *amount,
                     payment_reference: payment_reference.clone(),
                     user_id: user_id.clone(),
-                    balance_after: org.balance.checked_add(*amount)?,
+                    balance_after: credited_balance(org, *amount)?,
                     topped_up_at: now,
                 }
                 .into(),
@@ -830,9 +898,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         }
         Command::Grant { org_id, grant_id, amount, reason } => {
             let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            if !amount.is_positive() {
-                return Err(DomainError::invalid("amount must be positive"));
-            }
+            check_amount(*amount, "amount")?;
             check_printable(reason, "reason", MAX_REASON_LENGTH)?;
             Ok(vec![
                 CreditsGranted {
@@ -840,7 +906,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                     org_id: org_id.clone(),
                     amount: *amount,
                     reason: reason.clone(),
-                    balance_after: org.balance.checked_add(*amount)?,
+                    balance_after: credited_balance(org, *amount)?,
                     granted_at: now,
                 }
                 .into(),
@@ -912,6 +978,9 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             }
             let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
             let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
+            let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
+            let balance_after = debited_balance(org, cost)?;
+            check_usage_totals(state, org, &call.attribution, cost, hold_released)?;
             let recorded = UsageRecorded {
                 call_id: call_id.clone(),
                 org_id: call.org_id.clone(),
@@ -921,8 +990,8 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 output_tokens: *output_tokens,
                 status: status.clone(),
                 cost,
-                hold_released: if call.hold_open { call.hold } else { Money::ZERO },
-                balance_after: org.balance.checked_sub(cost)?,
+                hold_released,
+                balance_after,
                 request_hash: request_hash.clone(),
                 settled_at: now,
             };

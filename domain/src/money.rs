@@ -14,9 +14,21 @@ use serde::{Deserialize, Serialize, Serializer};
 /// Micro-rupees in one rupee.
 pub const MICROS_PER_RUPEE: i64 = 1_000_000;
 
-/// The largest absolute amount accepted from outside: one lakh crore rupees (10^12 INR).
-/// It leaves three orders of magnitude of headroom in `i64` micros for sums of many amounts.
+/// The largest absolute amount that parses and decodes: one lakh crore rupees (10^12 INR).
+/// Every amount an event carries must be within it, or the log could not be read back; it
+/// leaves nine times its size of headroom in `i64` micros for sums in the fold.
 pub const MAX_ABS_AMOUNT_MICROS: i64 = 1_000_000_000_000 * MICROS_PER_RUPEE;
+
+/// The largest single amount accepted from outside: a top-up, a grant, a hold (`max_cost`).
+/// One hundred crore rupees (10^9 INR).
+pub const MAX_AMOUNT_MICROS: i64 = 1_000_000_000 * MICROS_PER_RUPEE;
+
+/// The largest balance, above and below zero: a credit that would take an org's balance
+/// past it is refused, and so is a usage that would take it below its negative. Equal to
+/// the decoder's limit, so that every `balance_after` the writer records decodes.
+pub const MAX_BALANCE_MICROS: i64 = MAX_ABS_AMOUNT_MICROS;
+
+const _: () = assert!(MAX_AMOUNT_MICROS <= MAX_BALANCE_MICROS && MAX_BALANCE_MICROS <= MAX_ABS_AMOUNT_MICROS);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
@@ -42,6 +54,9 @@ pub struct Money {
 
 impl Money {
     pub const ZERO: Money = Money { micros: 0 };
+    /// `MAX_AMOUNT_MICROS` and `MAX_BALANCE_MICROS` as amounts, for comparing and messages.
+    pub const MAX_AMOUNT: Money = Money { micros: MAX_AMOUNT_MICROS };
+    pub const MAX_BALANCE: Money = Money { micros: MAX_BALANCE_MICROS };
 
     /// From integer micro-rupees (the SQL representation).
     pub fn from_micros(micros: i64) -> Result<Money, MoneyError> {
@@ -125,22 +140,14 @@ impl Money {
         self.micros < 0
     }
 
+    /// A sum within `i64`. It may exceed `MAX_ABS_AMOUNT_MICROS` (the fold's lifetime totals
+    /// do): whatever goes into an event is bounded by `decide` against the limits above.
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
-        // Sums may exceed the single-amount limit (a balance built from many top-ups) but
-        // never i64 itself.
         self.micros.checked_add(other.micros).map(|micros| Money { micros }).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
         self.micros.checked_sub(other.micros).map(|micros| Money { micros }).ok_or(MoneyError::Overflow)
-    }
-
-    pub fn saturating_add(self, other: Money) -> Money {
-        Money { micros: self.micros.saturating_add(other.micros) }
-    }
-
-    pub fn saturating_sub(self, other: Money) -> Money {
-        Money { micros: self.micros.saturating_sub(other.micros) }
     }
 
     pub fn min(self, other: Money) -> Money {

@@ -160,10 +160,29 @@ impl BudgetUsage {
                 *key = current;
                 *spent = Money::ZERO;
             }
-            *spent = spent.saturating_add(cost);
+            *spent = fold_sum(*spent, cost);
         }
-        self.total_spent = self.total_spent.saturating_add(cost);
+        self.total_spent = fold_sum(self.total_spent, cost);
     }
+}
+
+/// A sum in the fold. `decide` refuses every command whose events would overflow one of the
+/// fold's sums (amounts and balances are bounded, usage checks the lifetime totals it adds
+/// to, a hold is at most the available credit), so an overflow here comes from an event
+/// this code's writer never records: stop rather than fold a wrong amount.
+fn fold_sum(total: Money, amount: Money) -> Money {
+    total.checked_add(amount).expect("a sum in the fold overflowed, which decide refuses")
+}
+
+/// A difference in the fold; see `fold_sum`.
+fn fold_difference(total: Money, amount: Money) -> Money {
+    total.checked_sub(amount).expect("a difference in the fold overflowed, which decide refuses")
+}
+
+/// What a settled call cost beyond the hold it released (zero when the hold covered it).
+/// Both are bounded (a call's cost, a single amount), so the difference cannot overflow.
+pub fn overshoot_of(cost: Money, hold_released: Money) -> Money {
+    fold_difference(cost, hold_released).max(Money::ZERO)
 }
 
 /// Whose budget a call counts against: its agent (bahi agents only) or its API key.
@@ -261,10 +280,10 @@ fn release_open_hold(
     call.hold_open = false;
     hold_expiries.remove(&Call::expiry_key(call.hold_expires_at, call.serial));
     if let Some(org) = orgs.get_mut(&call.org_id) {
-        org.held = org.held.saturating_sub(amount);
+        org.held = fold_difference(org.held, amount);
     }
     if let Some(subject) = budget_subject(&call.attribution) {
-        change_budget_usage(budget_usage, subject, |usage| usage.held = usage.held.saturating_sub(amount));
+        change_budget_usage(budget_usage, subject, |usage| usage.held = fold_difference(usage.held, amount));
     }
 }
 
@@ -417,13 +436,13 @@ impl State {
 
     /// Balance minus holds: what new calls can still be authorized against.
     pub fn available(&self, org_id: &OrgId) -> Money {
-        self.orgs.get(org_id).map_or(Money::ZERO, |org| org.balance.saturating_sub(org.held))
+        self.orgs.get(org_id).map_or(Money::ZERO, |org| fold_difference(org.balance, org.held))
     }
 
     fn credit(&mut self, org_id: &OrgId, amount: Money) {
         if let Some(org) = self.orgs.get_mut(org_id) {
-            org.credits = org.credits.saturating_add(amount);
-            org.balance = org.balance.saturating_add(amount);
+            org.credits = fold_sum(org.credits, amount);
+            org.balance = fold_sum(org.balance, amount);
         }
     }
 
@@ -736,11 +755,11 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
     if hold_open {
         state.hold_expiries.insert(Call::expiry_key(authorized.hold_expires_at, serial), authorized.call_id.clone());
         if let Some(org) = state.orgs.get_mut(&authorized.org_id) {
-            org.held = org.held.saturating_add(authorized.hold);
+            org.held = fold_sum(org.held, authorized.hold);
         }
         if let Some(subject) = budget_subject(&attribution) {
             change_budget_usage(&mut state.budget_usage, subject, |usage| {
-                usage.held = usage.held.saturating_add(authorized.hold);
+                usage.held = fold_sum(usage.held, authorized.hold);
             });
         }
     }
@@ -786,10 +805,9 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
         );
     }
     if let Some(org) = state.orgs.get_mut(&recorded.org_id) {
-        org.debits = org.debits.saturating_add(recorded.cost);
-        org.balance = org.balance.saturating_sub(recorded.cost);
-        org.overshoot =
-            org.overshoot.saturating_add(recorded.cost.saturating_sub(recorded.hold_released).max(Money::ZERO));
+        org.debits = fold_sum(org.debits, recorded.cost);
+        org.balance = fold_difference(org.balance, recorded.cost);
+        org.overshoot = fold_sum(org.overshoot, overshoot_of(recorded.cost, recorded.hold_released));
     }
     if let Some(subject) = budget_subject(&recorded.attribution) {
         change_budget_usage(&mut state.budget_usage, subject, |usage| {
@@ -800,13 +818,13 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
     // Looked up by text: an id that does not parse is in no map either.
     if let Some(agent) = attribution.agent_id.as_deref().and_then(|id| state.agents.get_mut(id)) {
         agent.usage_calls += 1;
-        agent.usage_cost = agent.usage_cost.saturating_add(recorded.cost);
+        agent.usage_cost = fold_sum(agent.usage_cost, recorded.cost);
     }
     if attribution.credential_kind == "api_key"
         && let Some(key) = state.api_keys.get_mut(attribution.credential_id.as_str())
     {
         key.usage_calls += 1;
-        key.usage_cost = key.usage_cost.saturating_add(recorded.cost);
+        key.usage_cost = fold_sum(key.usage_cost, recorded.cost);
     }
     if let Some(call) = call {
         call.settlement = Some(Settlement {

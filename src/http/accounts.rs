@@ -116,7 +116,7 @@ async fn account(State(state): State<AppState>, principal: Principal) -> ApiResu
         plan: org.plan.clone(),
         environment: org.environment.as_str().to_owned(),
         credit_balance: org.balance,
-        available_balance: org.balance.saturating_sub(org.held),
+        available_balance: ledger.state.available(&org.id),
         held: org.held,
         members,
     }))
