@@ -92,7 +92,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply migrations and exit.
     Migrate(DatabaseArgs),
-    /// Re-hash the whole log; exit 0 when intact, else 1 naming the first bad position.
+    /// Re-hash and decode the whole log; exit 0 when intact, else 1 naming the first bad
+    /// position (a row off its hash chain, or one that does not decode).
     Verify(DatabaseArgs),
     /// Drop every SQL projection and replay it from position 1 in one transaction (readers see the old read models until it commits), then refresh the read tables' planner statistics.
     Rebuild(DatabaseArgs),

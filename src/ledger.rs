@@ -6,7 +6,7 @@
 //! the hot path. Both are folded by the same `Ledger::fold`.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bahi_domain::chain::GENESIS_HASH;
 use bahi_domain::state::FastMap;
@@ -86,6 +86,25 @@ pub struct Ledger {
     pub head_hash: [u8; 32],
     pub stream_versions: FastMap<String, i64>,
     pub idempotency: FastMap<String, IdempotencyRecord>,
+    /// Set when the log holds an event after `position` that this node cannot fold (one that
+    /// does not decode): the node cannot advance past it, so it reports not ready and its
+    /// writer refuses commands instead of failing each one against the database. One cell
+    /// shared by every clone (the writer's ledger is a clone of the node's), so the writer
+    /// sees at once what the tailer met; the first fault stays, as the row cannot change.
+    pub fault: Arc<OnceLock<LogFault>>,
+}
+
+/// An event of the log this node cannot fold, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFault {
+    pub position: i64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for LogFault {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "the event log cannot be read at position {}: {}", self.position, self.reason)
+    }
 }
 
 pub type SharedLedger = Arc<RwLock<Ledger>>;
@@ -245,6 +264,28 @@ pub fn decode_stored(stored: &StoredEvent) -> Result<(CommittedEvent, Option<Ide
         &stored.payload,
         &stored.metadata,
     )
+}
+
+/// Whether an event about to be appended reads back as itself: its payload and metadata go
+/// through `decode_row`, the decoder loading, tailing and `bahi verify` use, and must give
+/// the same event and idempotency record. The writer refuses an event that does not, so the
+/// log never holds what it cannot read back.
+pub fn check_reads_back(
+    event: &Event,
+    payload: &[u8],
+    metadata: &[u8],
+    idempotency: Option<&Idempotency>,
+) -> Result<(), String> {
+    let (decoded, decoded_idempotency) =
+        decode_row(0, DateTime::<Utc>::UNIX_EPOCH, event.event_type(), event.schema_version(), payload, metadata)
+            .map_err(|error| error.to_string())?;
+    if &decoded.event != event {
+        return Err(format!("event {} reads back as a different event", event.event_type()));
+    }
+    if decoded_idempotency.as_ref() != idempotency {
+        return Err(format!("the metadata of event {} reads back with another idempotency record", event.event_type()));
+    }
+    Ok(())
 }
 
 /// `decode_stored` from a row's parts.

@@ -31,7 +31,11 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     let store = Store::open(database_url).await.with_context(|| format!("opening {database_url}"))?;
     store.migrate().await.context("applying migrations")?;
     let shared: SharedLedger = Arc::new(RwLock::new(Ledger::new()));
-    let position = load_shared(&store, &shared).await.context("loading the event log")?;
+    // A log that does not load stops the start-up, naming the position: serving from the
+    // part before it would answer stale balances and could append nothing after it.
+    let position = load_shared(&store, &shared)
+        .await
+        .context("loading the event log failed, so the server does not start (`bahi verify` checks the whole log)")?;
     tracing::info!(engine = store.engine(), position, "event log loaded");
     Ok((store, shared))
 }

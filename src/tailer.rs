@@ -12,11 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ledger::SharedLedger;
 use crate::store::postgres_notify_channel;
-use crate::store::{PostgresStore, Store};
+use crate::store::{PostgresStore, Store, StoreError};
 use crate::writer::catch_up_shared;
 
 /// Longest time an event appended elsewhere can go unseen here when notifications fail.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// After a failed catch-up the tailer waits, doubling from `POLL_INTERVAL` up to this,
+/// before it reads again, whatever notifications arrive: an event that does not decode
+/// fails every time, and each commit elsewhere would otherwise wake another attempt.
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(
     postgres: PostgresStore,
@@ -39,7 +43,20 @@ pub async fn run(
             None
         }
     };
+    let mut retry_after: Option<Duration> = None;
     loop {
+        if let Some(delay) = retry_after {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {},
+            }
+            retry_after = catch_up(&store, &shared, &committed).await.err().map(|error| {
+                let delay = (delay * 2).min(MAX_RETRY_INTERVAL);
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "tailing the log failed again");
+                delay
+            });
+            continue;
+        }
         let notified = async {
             match listener.as_mut() {
                 Some(listener) => {
@@ -59,13 +76,21 @@ pub async fn run(
             },
             _ = tokio::time::sleep(POLL_INTERVAL) => {},
         }
-        let before = shared.read().position;
-        match catch_up_shared(&store, &shared).await {
-            Ok(position) if position > before => {
-                committed.send_replace(position);
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "tailing the log failed; retrying"),
+        if let Err(error) = catch_up(&store, &shared, &committed).await {
+            tracing::warn!(%error, retry_in_ms = POLL_INTERVAL.as_millis() as u64, "tailing the log failed");
+            retry_after = Some(POLL_INTERVAL);
         }
     }
+}
+
+/// Folds what other nodes appended and tells the position watchers how far that got.
+async fn catch_up(store: &Store, shared: &SharedLedger, committed: &watch::Sender<i64>) -> Result<(), StoreError> {
+    let before = shared.read().position;
+    let result = catch_up_shared(store, shared).await;
+    // A failed catch-up may still have folded whole pages before the one that failed.
+    let position = shared.read().position;
+    if position > before {
+        committed.send_replace(position);
+    }
+    result.map(|_| ())
 }

@@ -17,7 +17,10 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::ledger::{Actor, CommittedEvent, EventMetadata, FoldError, Idempotency, Ledger, LoadedEvent, SharedLedger};
+use crate::ledger::{
+    Actor, CommittedEvent, EventMetadata, FoldError, Idempotency, Ledger, LoadedEvent, LogFault, SharedLedger,
+    check_reads_back,
+};
 use crate::metrics::Metrics;
 use crate::projection_feed::ProjectionFeed;
 use crate::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
@@ -57,6 +60,13 @@ pub enum WriteError {
     ShuttingDown,
     #[error("the ledger could not commit: {0}")]
     Store(String),
+    /// An event `decide` produced would not read back through the log's decoder: a bug, not
+    /// bad input (input is bounded before it gets here). Nothing was appended.
+    #[error("refused to record an event that does not read back: {0}")]
+    Unreadable(String),
+    /// This node met an event of the log it cannot fold, so it cannot append after it.
+    #[error("this node is not ready: {0}")]
+    NotReady(LogFault),
 }
 
 struct Submission {
@@ -429,6 +439,11 @@ impl WriterTask {
             batch.submissions.push(submission);
             return;
         }
+        if let Some(fault) = self.ledger.fault.get() {
+            batch.pending.push(Pending::Answered(Err(WriteError::NotReady(fault.clone()))));
+            batch.submissions.push(submission);
+            return;
+        }
         let now = self.now();
         let events = match decide(&self.ledger.state, &submission.command, now) {
             Ok(events) => events,
@@ -446,9 +461,30 @@ impl WriterTask {
             idempotency_key: context.idempotency.as_ref().map(|i| i.key.clone()),
             request_hash: context.idempotency.as_ref().map(|i| hex::encode(i.request_hash)),
         };
-        let metadata_bytes = serde_json::to_vec(&metadata).unwrap_or_default();
+        // Every event of the command is checked before any is folded: a command is appended
+        // whole or not at all.
+        let encoded = serde_json::to_vec(&metadata).map_err(|error| error.to_string()).and_then(|metadata_bytes| {
+            let payloads = events
+                .iter()
+                .map(|event| {
+                    let payload = event.payload_bytes();
+                    check_reads_back(event, &payload, &metadata_bytes, context.idempotency.as_ref()).map(|()| payload)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((metadata_bytes, payloads))
+        });
+        let (metadata_bytes, payloads) = match encoded {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                tracing::error!(%error, "refused to append an event that does not read back; nothing was appended");
+                self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                batch.pending.push(Pending::Answered(Err(WriteError::Unreadable(error))));
+                batch.submissions.push(submission);
+                return;
+            }
+        };
         let first = batch.committed.len();
-        for event in events {
+        for (event, payload) in events.into_iter().zip(payloads) {
             let mut random = [0u8; 16];
             self.random.fill_bytes(&mut random);
             let mut row = StoredEvent {
@@ -459,7 +495,7 @@ impl WriterTask {
                 event_type: event.event_type().to_owned(),
                 schema_version: event.schema_version(),
                 recorded_at: now,
-                payload: event.payload_bytes(),
+                payload,
                 metadata: metadata_bytes.clone(),
                 hash: [0; 32],
             };
@@ -491,7 +527,11 @@ impl WriterTask {
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
         for submission in batch.submissions {
-            let _ = submission.reply.send(Err(WriteError::Store(message.clone())));
+            let answer = match self.ledger.fault.get() {
+                Some(fault) => WriteError::NotReady(fault.clone()),
+                None => WriteError::Store(message.clone()),
+            };
+            let _ = submission.reply.send(Err(answer));
         }
     }
 
@@ -586,7 +626,12 @@ pub async fn catch_up_shared(store: &Store, shared: &SharedLedger) -> Result<i64
         }
         let mut ledger = shared.write();
         for row in &page {
-            ledger.fold_stored(row).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            if let Err(error) = ledger.fold_stored(row) {
+                // Kept until the node stops: the row cannot change, and this node cannot
+                // advance past it (`/healthz` and `/readyz` report it).
+                let _ = ledger.fault.set(LogFault { position: row.position, reason: error.to_string() });
+                return Err(StoreError::Corrupt(error.to_string()));
+            }
         }
     }
 }

@@ -312,11 +312,8 @@ pub fn check_authorization(
             .budget_usage
             .get(subject)
             .map_or(Ok(Money::ZERO), |usage| usage.spent_in(budget.period, now).checked_add(usage.held))?;
-        let exceeded = if hold.is_positive() {
-            committed.checked_add(hold)? > budget.amount
-        } else {
-            committed >= budget.amount
-        };
+        let exceeded =
+            if hold.is_positive() { committed.checked_add(hold)? > budget.amount } else { committed >= budget.amount };
         if exceeded {
             return Err(DomainError::BudgetExceeded { spent: committed, budget: budget.amount });
         }

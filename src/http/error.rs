@@ -112,7 +112,15 @@ impl From<WriteError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
                     .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
-            WriteError::Store(detail) => ApiError::internal(detail),
+            WriteError::Store(detail) | WriteError::Unreadable(detail) => ApiError::internal(detail),
+            WriteError::NotReady(fault) => {
+                tracing::error!(request_id = %current_request_id(), %fault, "refused a command: this node is not ready");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "this node is not ready (see /readyz); quote the request id when reporting it",
+                )
+            }
         }
     }
 }

@@ -375,8 +375,9 @@ impl Store {
     }
 }
 
-/// Re-hashes the whole log from position 1. `Ok(count)` when intact; otherwise the first
-/// position whose row does not match its chain (or breaks contiguity) and why.
+/// Re-hashes and decodes the whole log from position 1. `Ok(count)` when intact; otherwise
+/// the first position whose row does not match its chain, breaks contiguity, or does not
+/// decode (with the decoder loading uses: a node could not start on such a log), and why.
 pub async fn verify_log<S: EventStore>(store: &S) -> Result<Result<i64, (i64, String)>, StoreError> {
     let mut previous_hash = bahi_domain::chain::GENESIS_HASH;
     let mut position = 0;
@@ -398,6 +399,9 @@ pub async fn verify_log<S: EventStore>(store: &S) -> Result<Result<i64, (i64, St
                     event.position,
                     "hash does not match the row's contents and the previous hash".into(),
                 )));
+            }
+            if let Err(error) = crate::ledger::decode_stored(event) {
+                return Ok(Err((event.position, error.to_string())));
             }
             previous_hash = event.hash;
             position = event.position;
