@@ -37,7 +37,16 @@ pub async fn statement_stream(
 
     let mut first_chunk = Vec::new();
     let writer = StatementWriter::begin(format, header, &mut first_chunk);
-    let state = Formatting { receiver, writer: Some(writer), first_chunk: Some(first_chunk) };
+    let state = Formatting {
+        receiver,
+        writer: Some(writer),
+        first_chunk: Some(first_chunk),
+        format,
+        org_id: org_id.to_owned(),
+        // The body is sent after the handler returned, outside the request's scope.
+        request_id: crate::http::error::current_request_id(),
+        failed: None,
+    };
     Ok(futures::stream::unfold(state, next_chunk))
 }
 
@@ -46,11 +55,56 @@ struct Formatting {
     /// `None` once the statement is finished or failed: the stream then ends.
     writer: Option<StatementWriter>,
     first_chunk: Option<Vec<u8>>,
+    format: StatementFormat,
+    org_id: String,
+    request_id: String,
+    /// The error that stopped the statement, sent after the chunk that says so in the body.
+    failed: Option<std::io::Error>,
+}
+
+impl Formatting {
+    /// Ends a statement that cannot be finished so that it is never taken for a whole one:
+    /// `out` (the rows so far), then a last CSV row of type `error` or a JSON `error` field
+    /// in place of the totals, then an error, which aborts the HTTP body (the client sees
+    /// the transfer fail) and makes `bahi statement` exit non-zero. The detail goes to the
+    /// log only.
+    fn fail(mut self, mut out: Vec<u8>, detail: String) -> (Result<Vec<u8>, std::io::Error>, Formatting) {
+        tracing::error!(request_id = %self.request_id, org_id = %self.org_id, %detail, "statement stopped before its end");
+        self.writer = None;
+        let quote = if self.request_id.is_empty() {
+            String::new()
+        } else {
+            format!("; quote the request id {} when reporting it", self.request_id)
+        };
+        let message = format!("statement incomplete: an internal error stopped it after the rows above{quote}");
+        match self.format {
+            // The same 18 columns as every row; the message holds no comma or quote.
+            StatementFormat::Csv => {
+                out.extend_from_slice(format!(",,error,{},{message}{}\r\n", self.org_id, ",".repeat(13)).as_bytes());
+            }
+            StatementFormat::Json => {
+                let error = serde_json::json!({
+                    "type": "internal_error",
+                    "message": message,
+                    "request_id": self.request_id,
+                });
+                out.extend_from_slice(format!("],\"error\":{error}}}\n").as_bytes());
+            }
+        }
+        self.failed = Some(std::io::Error::other(detail));
+        (Ok(out), self)
+    }
 }
 
 async fn next_chunk(mut state: Formatting) -> Option<(Result<Vec<u8>, std::io::Error>, Formatting)> {
     if let Some(first) = state.first_chunk.take() {
         return Some((Ok(first), state));
+    }
+    if let Some(error) = state.failed.take() {
+        // Pending once first: hyper flushes what it holds (the incomplete-statement row)
+        // while the body is pending, and an error drops the connection with its buffer.
+        tokio::task::yield_now().await;
+        return Some((Err(error), state));
     }
     let writer = state.writer.as_mut()?;
     match state.receiver.recv().await {
@@ -59,17 +113,12 @@ async fn next_chunk(mut state: Formatting) -> Option<(Result<Vec<u8>, std::io::E
             let mut out = Vec::with_capacity(batch.len() * 256);
             for entry in &batch {
                 if let Err(error) = writer.entry(entry, &mut out) {
-                    state.writer = None;
-                    return Some((Err(std::io::Error::other(error.to_string())), state));
+                    return Some(state.fail(out, error.to_string()));
                 }
             }
             Some((Ok(out), state))
         }
-        Some(Err(error)) => {
-            tracing::error!(%error, "statement stream failed");
-            state.writer = None;
-            Some((Err(std::io::Error::other(error.to_string())), state))
-        }
+        Some(Err(error)) => Some(state.fail(Vec::new(), error.to_string())),
         None => {
             let writer = state.writer.take()?;
             let mut out = Vec::new();
@@ -105,7 +154,14 @@ pub async fn statement_command(args: &crate::cli::StatementArgs) -> anyhow::Resu
     let mut chunks = std::pin::pin!(chunks);
     let mut stdout = tokio::io::stdout();
     while let Some(chunk) = chunks.next().await {
-        stdout.write_all(&chunk?).await?;
+        match chunk {
+            Ok(chunk) => stdout.write_all(&chunk).await?,
+            Err(error) => {
+                // What was written, the incomplete-statement row last, reaches stdout first.
+                stdout.flush().await?;
+                return Err(error.into());
+            }
+        }
     }
     stdout.flush().await?;
     Ok(std::process::ExitCode::SUCCESS)

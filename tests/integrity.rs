@@ -224,3 +224,65 @@ async fn nodes_that_meet_an_unreadable_event_report_not_ready_naming_its_positio
         assert_eq!(registered.status(), 503);
     }
 }
+
+/// A statement that cannot be finished is never cut off silently: the rows so far, then a
+/// last row (CSV) or field (JSON) saying it is incomplete, and then the body is aborted, so
+/// the client's transfer fails; `bahi statement` writes the same and exits non-zero.
+#[tokio::test]
+async fn a_statement_that_cannot_be_finished_says_so_in_its_body() {
+    for database in TestDatabase::all().await {
+        let engine = database.engine();
+        let server = start(&database.url());
+        let client = client();
+        let (org_id, key) = register(&client, &server, "Statement").await;
+        assert_eq!(grant(&client, &server, &org_id, "10").await.status(), 201);
+        let today = chrono::Utc::now().date_naive().to_string();
+        let url = server.url(&format!("/v1/statements?from={today}&to={today}&format=csv"));
+        let whole = client.get(&url).bearer_auth(&key).send().await.unwrap().text().await.unwrap();
+        assert!(whole.contains(",closing_balance,"), "{engine}: {whole}");
+
+        // A ledger row whose amount no decoder reads, behind the projection's back.
+        let copy = format!(
+            "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, \
+             description, call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, \
+             output_tokens, debit_micros, credit_micros, released_micros, balance_after_micros) \
+             SELECT org_id, position + 1000000, entry_type, occurred_at, occurred_day, reference, description, call_id, \
+             credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
+             9000000000000000000, credit_micros, released_micros, balance_after_micros \
+             FROM read_ledger_entries WHERE org_id = '{org_id}'"
+        );
+        match &database {
+            TestDatabase::Sqlite { path, .. } => {
+                let read_models = format!("sqlite://{}.read", path.display());
+                let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&read_models).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(copy)).execute(&mut connection).await.unwrap();
+            }
+            TestDatabase::Postgres { .. } => {
+                database.execute_raw(&copy).await.unwrap();
+            }
+        }
+
+        for (format, marker) in [("csv", ",,error,"), ("json", "],\"error\":{")] {
+            let url = server.url(&format!("/v1/statements?from={today}&to={today}&format={format}"));
+            let mut response = client.get(&url).bearer_auth(&key).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{engine}");
+            let mut body = Vec::new();
+            let ended = loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) => break "cleanly",
+                    Err(_) => break "with an error",
+                }
+            };
+            let body = String::from_utf8(body).unwrap();
+            assert!(body.contains(marker) && body.contains("statement incomplete"), "{engine} {format}: {body}");
+            assert!(!body.contains("closing_balance"), "{engine} {format}: {body}");
+            assert_eq!(ended, "with an error", "{engine} {format}: the transfer must fail too");
+        }
+        drop(server);
+        let (code, stdout, stderr) =
+            run_cli(&["statement", "--org", &org_id, "--from", &today, "--to", &today, "--database", &database.url()]);
+        assert_ne!(code, 0, "{engine}: {stdout}");
+        assert!(stdout.contains(",,error,") && stdout.contains("statement incomplete"), "{engine}: {stdout}{stderr}");
+    }
+}
