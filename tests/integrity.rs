@@ -87,6 +87,16 @@ async fn over_limit_top_ups_and_grants_are_refused_naming_the_limit_and_the_serv
 
         // Operator grants: the same single-amount limit, then the balance limit.
         let (org_id, key) = register(&client, &server, "Granted").await;
+        // A double serde_json would read back one ulp off without float_roundtrip: the
+        // writer's round trip must not refuse it.
+        let with_metadata = client
+            .post(server.url("/v1/auth/account/api-keys"))
+            .bearer_auth(&key)
+            .json(&json!({"metadata": {"ratio": 1.0715660391465826e-75}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(with_metadata.status(), 201, "{engine}");
         let (status, message) = refusal(grant(&client, &server, &org_id, "1000000000000").await).await;
         assert_eq!((status, message.as_str()), (400, "amount exceeds the maximum of 1000000000.00 INR"));
         let (status, _) = refusal(grant(&client, &server, &org_id, "1000000000.000001").await).await;
@@ -284,5 +294,50 @@ async fn a_statement_that_cannot_be_finished_says_so_in_its_body() {
             run_cli(&["statement", "--org", &org_id, "--from", &today, "--to", &today, "--database", &database.url()]);
         assert_ne!(code, 0, "{engine}: {stdout}");
         assert!(stdout.contains(",,error,") && stdout.contains("statement incomplete"), "{engine}: {stdout}{stderr}");
+    }
+}
+
+/// The writer's round trip (`check_reads_back`): an event whose amount the decoder refuses,
+/// or whose metadata reads back with another idempotency record, is refused; a JSON number
+/// in key metadata reads back as the same double (serde_json's `float_roundtrip`).
+#[test]
+fn the_writers_round_trip_refuses_what_does_not_read_back() {
+    use bahi::ledger::{Idempotency, check_reads_back};
+    use bahi_domain::event::CreditsToppedUp;
+    use bahi_domain::{Event, Money};
+
+    let top_up = |balance_after: Money| -> Event {
+        CreditsToppedUp {
+            topup_id: TopupId::from_random(random16()),
+            org_id: OrgId::from_random(random16()),
+            amount: Money::MAX_AMOUNT,
+            payment_reference: "pay_1".into(),
+            user_id: UserId::from_random(random16()),
+            balance_after,
+            topped_up_at: chrono::Utc::now(),
+        }
+        .into()
+    };
+    let metadata = br#"{"actor":{"kind":"system","id":"bahi"}}"#;
+    let fits = top_up(Money::MAX_BALANCE);
+    assert_eq!(check_reads_back(&fits, &fits.payload_bytes(), metadata, None), Ok(()));
+    // A sum past the decoder's limit (what issue 23's second top-up recorded).
+    let past = top_up(Money::MAX_BALANCE.checked_add(Money::MAX_AMOUNT).unwrap());
+    let refusal = check_reads_back(&past, &past.payload_bytes(), metadata, None).unwrap_err();
+    assert!(refusal.contains("amount is too large"), "{refusal}");
+    // The metadata must carry the command's idempotency record, as loading reads it.
+    let idempotency = Idempotency { key: "caller:key".into(), request_hash: [7; 32] };
+    assert!(check_reads_back(&fits, &fits.payload_bytes(), metadata, Some(&idempotency)).is_err());
+    let with_key = format!(
+        r#"{{"actor":{{"kind":"system","id":"bahi"}},"idempotency_key":"caller:key","request_hash":"{}"}}"#,
+        hex::encode([7u8; 32])
+    );
+    assert_eq!(check_reads_back(&fits, &fits.payload_bytes(), with_key.as_bytes(), Some(&idempotency)), Ok(()));
+    assert!(check_reads_back(&fits, &fits.payload_bytes(), with_key.as_bytes(), None).is_err());
+
+    // Doubles that serde_json's default parser reads back one ulp off.
+    for number in [1.0715660391465826e-75, -1.81996730402717e-179, -1.603964615428183e143] {
+        let value: serde_json::Value = serde_json::from_str(&json!({ "x": number }).to_string()).unwrap();
+        assert_eq!(value["x"].as_f64(), Some(number));
     }
 }
