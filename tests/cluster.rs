@@ -141,6 +141,27 @@ async fn a_user_who_signed_up_on_one_node_logs_in_on_the_other_at_once() {
     }
 }
 
+/// A gateway key made on one node records usage on the other at once.
+#[tokio::test]
+async fn a_gateway_key_made_on_one_node_records_usage_on_the_other_at_once() {
+    let Some((_database, first, second)) = two_nodes().await else { return };
+    let client = client();
+    let (_, key) = funded_org(&client, &first, "100").await;
+    for round in 0..10 {
+        let response = authorize(&client, &first, &key, "1").await;
+        assert_eq!(response.status(), 200);
+        let call_id = response.json::<Value>().await.unwrap()["call_id"].as_str().unwrap().to_owned();
+        let response =
+            send(&client, &first, reqwest::Method::POST, "/v1/admin/gateway-keys", OPERATOR_KEY, json!({})).await;
+        assert_eq!(response.status(), 201);
+        let gateway_key = response.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned();
+        let body =
+            json!({"call_id": call_id, "model": "m", "input_tokens": 10, "output_tokens": 10, "status": "succeeded"});
+        let response = send(&client, &second, reqwest::Method::POST, "/v1/usage", &gateway_key, body).await;
+        assert_eq!(response.status(), 200, "round {round}: {}", response.text().await.unwrap());
+    }
+}
+
 /// A new API key of the org whose key is `key`, made on `server`: (secret, id).
 async fn create_key(client: &Client, server: &TestServer, key: &str) -> (String, String) {
     let response =

@@ -314,10 +314,14 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal,
     }
 }
 
+/// Whether the request presents a credential that the log could hold: a token, a session
+/// cookie, or a well-formed key (a malformed one is refused without the trip).
 fn presents_credential(headers: &HeaderMap) -> bool {
-    headers.contains_key(axum::http::header::AUTHORIZATION)
-        || headers.contains_key("x-api-key")
-        || session_cookie(headers).is_some()
+    match presented_header_credential(headers) {
+        Ok(Some(credential)) => looks_like_token(&credential) || parse_api_key(&credential).is_ok(),
+        Ok(None) => session_cookie(headers).is_some(),
+        Err(_) => false,
+    }
 }
 
 /// `resolve` against what this node has folded so far.
