@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::ledger::{
     Actor, CommittedEvent, EventMetadata, FoldError, Idempotency, Ledger, LoadedEvent, LogFault, SharedLedger,
-    check_reads_back,
+    check_reads_back, decode_stored,
 };
 use crate::metrics::Metrics;
 use crate::projection_feed::ProjectionFeed;
@@ -70,7 +70,9 @@ pub enum WriteError {
 }
 
 struct Submission {
-    command: Command,
+    /// None asks for no decision: it is answered once this node's read model holds the log
+    /// up to a head read after it arrived (`Writer::reach_head`).
+    command: Option<Command>,
     context: CommandContext,
     reply: oneshot::Sender<Result<Outcome, WriteError>>,
 }
@@ -91,6 +93,18 @@ impl Writer {
     }
 
     pub async fn submit(&self, command: Command, context: CommandContext) -> Result<Outcome, WriteError> {
+        self.send(Some(command), context).await
+    }
+
+    /// Returns once this node's read model holds every event committed, on any node, before
+    /// the call. A request that misses something in memory waits for this before answering
+    /// that it does not exist: on PostgreSQL it may have been made on another node a moment
+    /// ago. Every caller in one batch shares one read of the log head.
+    pub async fn reach_head(&self) -> Result<(), WriteError> {
+        self.send(None, CommandContext::default()).await.map(|_| ())
+    }
+
+    async fn send(&self, command: Option<Command>, context: CommandContext) -> Result<Outcome, WriteError> {
         let (reply, answer) = oneshot::channel();
         let submission = Submission { command, context, reply };
         match tokio::time::timeout(SUBMIT_TIMEOUT, self.sender.send(submission)).await {
@@ -186,6 +200,11 @@ struct Batch {
     idempotency: Vec<Option<Idempotency>>,
     /// Earlier attempts at these commands that lost the head to another node.
     attempts: usize,
+    /// Whether every command was decided after a catch-up to a log head read after it
+    /// arrived. A batch that appends is checked against the head by the compare-and-swap;
+    /// one that appends nothing (refusals, replays) and is not known to be at the head has
+    /// the head read before it is answered, so that no node refuses on a stale view.
+    at_head: bool,
 }
 
 impl Batch {
@@ -198,6 +217,7 @@ impl Batch {
             committed: Vec::new(),
             idempotency: Vec::new(),
             attempts,
+            at_head: false,
         }
     }
 }
@@ -208,6 +228,10 @@ impl Batch {
 struct InFlight {
     batch: Batch,
     append: JoinHandle<Appended>,
+    /// A batch that appends nothing, waiting for a read of the log head instead of an
+    /// append. Nothing new is decided meanwhile, so that the writer's ledger holds no
+    /// uncommitted event should it have to catch up.
+    checking: bool,
 }
 
 /// What the append task hands back: its result, the rows (for publishing) and how long the
@@ -259,7 +283,7 @@ impl WriterTask {
                         break;
                     }
                     match self.receiver.recv().await {
-                        Some(submission) => self.decide_into(&mut open, submission),
+                        Some(submission) => self.receive_into(&mut open, submission),
                         None => break,
                     }
                 }
@@ -274,23 +298,30 @@ impl WriterTask {
             let wake = tokio::select! {
                 biased;
                 appended = &mut flight.append => Wake::Appended(appended),
-                received = self.receiver.recv(), if !closed && open.submissions.len() < MAX_BATCH => {
+                received = self.receiver.recv(),
+                    if !closed && !flight.checking && open.submissions.len() < MAX_BATCH => {
                     Wake::Received(received)
                 }
             };
             match wake {
-                Wake::Received(Some(submission)) => self.decide_into(&mut open, submission),
+                Wake::Received(Some(submission)) => self.receive_into(&mut open, submission),
                 Wake::Received(None) => closed = true,
                 Wake::Appended(appended) => {
-                    let Some(InFlight { mut batch, .. }) = in_flight.take() else { continue };
+                    let Some(InFlight { mut batch, checking, .. }) = in_flight.take() else { continue };
                     let result = match appended {
                         Ok(Appended { result, rows, elapsed }) => {
                             batch.rows = rows;
-                            self.metrics.commit_seconds.observe_micros(elapsed.as_micros() as u64);
+                            if !checking {
+                                self.metrics.commit_seconds.observe_micros(elapsed.as_micros() as u64);
+                            }
                             result
                         }
                         Err(error) => Err(StoreError::Corrupt(format!("the append task failed: {error}"))),
                     };
+                    if checking {
+                        in_flight = self.checked(batch, result).await;
+                        continue;
+                    }
                     match result {
                         Ok(()) => {
                             if let Some(last) = batch.rows.last() {
@@ -326,6 +357,7 @@ impl WriterTask {
                                     open = Batch::new(self.ledger.position, attempts);
                                     self.decide_again(&mut open, batch);
                                     self.decide_again(&mut open, waiting);
+                                    open.at_head = true;
                                 }
                                 Err(error) => {
                                     self.fail(batch, error).await;
@@ -382,7 +414,7 @@ impl WriterTask {
     fn decide_queued(&mut self, batch: &mut Batch, closed: &mut bool) {
         while batch.submissions.len() < MAX_BATCH {
             match self.receiver.try_recv() {
-                Ok(submission) => self.decide_into(batch, submission),
+                Ok(submission) => self.receive_into(batch, submission),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     *closed = true;
@@ -392,10 +424,25 @@ impl WriterTask {
         }
     }
 
-    /// Starts appending a batch that has rows; hands back one that has none.
+    /// Starts appending a batch that has rows, or reading the log head for one that has
+    /// none and is not known to be at the head; hands back one that needs neither.
     fn launch(&mut self, mut batch: Batch) -> Launched {
         if batch.rows.is_empty() {
-            return Launched::NothingToAppend(batch);
+            if batch.at_head || batch.submissions.is_empty() {
+                return Launched::NothingToAppend(batch);
+            }
+            let store = self.store.clone();
+            let expected = batch.expected_head;
+            let check = tokio::spawn(async move {
+                let started = Instant::now();
+                let result = match store.head().await {
+                    Ok((actual, _)) if actual == expected => Ok(()),
+                    Ok((actual, _)) => Err(StoreError::HeadMoved { expected, actual }),
+                    Err(error) => Err(error),
+                };
+                Appended { result, rows: Vec::new(), elapsed: started.elapsed() }
+            });
+            return Launched::Appending(InFlight { batch, append: check, checking: true });
         }
         let store = self.store.clone();
         let expected_head = batch.expected_head;
@@ -405,7 +452,64 @@ impl WriterTask {
             let result = store.append(expected_head, &rows).await;
             Appended { result, rows, elapsed: started.elapsed() }
         });
-        Launched::Appending(InFlight { batch, append })
+        Launched::Appending(InFlight { batch, append, checking: false })
+    }
+
+    /// Answers a batch that appends nothing once the log head has been read. If other
+    /// nodes appended since the batch was decided, their events are folded first and the
+    /// batch is decided again, now at the head, and launched at once (without commands that
+    /// arrived since, which could otherwise keep it waiting).
+    async fn checked(&mut self, batch: Batch, result: Result<(), StoreError>) -> Option<InFlight> {
+        match result {
+            Ok(()) => self.hand_over(Publication::Answer(batch)).await,
+            Err(StoreError::HeadMoved { actual, .. }) => match self.catch_up_to(actual).await {
+                Ok(()) => {
+                    let mut again = Batch::new(self.ledger.position, 0);
+                    self.decide_again(&mut again, batch);
+                    again.at_head = true;
+                    match self.launch(again) {
+                        Launched::Appending(flight) => return Some(flight),
+                        Launched::NothingToAppend(again) => self.hand_over(Publication::Answer(again)).await,
+                    }
+                }
+                Err(error) => self.fail(batch, error).await,
+            },
+            Err(error) => self.fail(batch, error).await,
+        }
+        None
+    }
+
+    /// Brings the writer's ledger, which holds no uncommitted event, to `head` or past it:
+    /// the events other nodes appended are read from the log, folded, and handed to the
+    /// publisher, which folds them into the shared read model in order (skipping those the
+    /// tailer folded first). Far behind, the shared read model, which the tailer keeps
+    /// current, is caught up and copied instead.
+    async fn catch_up_to(&mut self, head: i64) -> Result<(), StoreError> {
+        if head - self.ledger.position > crate::store::MAX_READ_PAGE {
+            return self.catch_up().await;
+        }
+        while self.ledger.position < head {
+            let page = self.store.read_after(self.ledger.position, crate::store::MAX_READ_PAGE).await?;
+            let Some(last) = page.last().map(|row| row.position) else { break };
+            let mut caught_up = Batch::new(self.ledger.position, 0);
+            for row in page {
+                // Like the tailer: a row this node cannot fold is kept as the node's fault
+                // (`/healthz` and `/readyz` name it), and the node never appends past it.
+                let node_fault = self.ledger.fault.clone();
+                let fault = |error: FoldError| {
+                    let _ = node_fault.set(LogFault { position: row.position, reason: error.to_string() });
+                    StoreError::Corrupt(error.to_string())
+                };
+                let (committed, idempotency) = decode_stored(&row).map_err(fault)?;
+                self.ledger.fold(&row, &committed, idempotency.as_ref()).map_err(fault)?;
+                caught_up.rows.push(row);
+                caught_up.committed.push(committed);
+                caught_up.idempotency.push(idempotency);
+            }
+            self.appended.store(last, Ordering::Release);
+            self.hand_over(Publication::Committed(caught_up)).await;
+        }
+        Ok(())
     }
 
     /// Decides the commands of a batch that will not be appended as it was, into `into`
@@ -425,9 +529,20 @@ impl WriterTask {
         now
     }
 
+    /// Decides a command just received: the batch is no longer known to be at the head.
+    fn receive_into(&mut self, batch: &mut Batch, submission: Submission) {
+        batch.at_head = false;
+        self.decide_into(batch, submission);
+    }
+
     /// Decides one command against the writer's ledger and folds its events at once, so
     /// that the next command sees them.
     fn decide_into(&mut self, batch: &mut Batch, submission: Submission) {
+        let Some(command) = &submission.command else {
+            batch.pending.push(Pending::Answered(Ok(Outcome { events: Vec::new(), replayed: false })));
+            batch.submissions.push(submission);
+            return;
+        };
         if let Some(idempotency) = &submission.context.idempotency
             && let Some(record) = self.ledger.idempotency.get(&idempotency.key)
         {
@@ -445,7 +560,7 @@ impl WriterTask {
             return;
         }
         let now = self.now();
-        let events = match decide(&self.ledger.state, &submission.command, now) {
+        let events = match decide(&self.ledger.state, command, now) {
             Ok(events) => events,
             Err(error) => {
                 self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);

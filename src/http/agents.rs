@@ -141,13 +141,14 @@ async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<
     }))
 }
 
-/// The caller's own org's agent, or 404.
-fn own_agent(state: &AppState, principal: &Principal, id: &str) -> Result<AgentId, ApiError> {
+/// The caller's own org's agent, or 404 (only once this node has caught up with the log).
+async fn own_agent(state: &AppState, principal: &Principal, id: &str) -> Result<AgentId, ApiError> {
     let agent_id = AgentId::parse(id)?;
-    match state.ledger.read().state.agents.get(&agent_id) {
-        Some(agent) if agent.org_id == principal.org_id => Ok(agent_id),
-        _ => Err(ApiError::not_found("agent")),
-    }
+    let owned = super::find_at_head(state, |ledger| {
+        ledger.state.agents.get(&agent_id).filter(|agent| agent.org_id == principal.org_id).map(|_| ())
+    })
+    .await?;
+    owned.map(|()| agent_id.clone()).ok_or_else(|| ApiError::not_found("agent"))
 }
 
 async fn show(
@@ -156,7 +157,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
     require_read(&principal)?;
-    let agent_id = own_agent(&state, &principal, &id)?;
+    let agent_id = own_agent(&state, &principal, &id).await?;
     let ledger = state.ledger.read();
     let agent = ledger.state.agents.get(&agent_id).ok_or_else(|| ApiError::not_found("agent"))?;
     Ok(Json(agent_view(&ledger.state, agent)))
@@ -185,7 +186,7 @@ async fn mint(
     OptionalJson(request): OptionalJson<MintRequest>,
 ) -> ApiResult<Json<MintResponse>> {
     principal.require(Scope::AgentsWrite)?;
-    let agent_id = own_agent(&state, &principal, &id)?;
+    let agent_id = own_agent(&state, &principal, &id).await?;
     let ttl_seconds = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
     if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl_seconds) {
         return Err(ApiError::invalid_request(format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}")));
@@ -243,7 +244,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
     principal.require(Scope::AgentsWrite)?;
-    let agent_id = own_agent(&state, &principal, &id)?;
+    let agent_id = own_agent(&state, &principal, &id).await?;
     let command = Command::RevokeAgent { org_id: principal.org_id.clone(), agent_id: agent_id.clone() };
     state.writer.submit(command, context(&principal)).await?;
     let ledger = state.ledger.read();
@@ -264,7 +265,7 @@ async fn revoke_token(
     Path((id, jti)): Path<(String, String)>,
 ) -> ApiResult<Json<TokenRevoked>> {
     principal.require(Scope::AgentsWrite)?;
-    let agent_id = own_agent(&state, &principal, &id)?;
+    let agent_id = own_agent(&state, &principal, &id).await?;
     let token_id = TokenId::parse(&jti)?;
     let command = Command::RevokeAgentToken {
         org_id: principal.org_id.clone(),

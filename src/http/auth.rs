@@ -301,8 +301,31 @@ fn looks_like_token(credential: &str) -> bool {
 }
 
 /// Resolves the request's one credential: a header credential if present, else the
-/// session cookie.
+/// session cookie. A credential refused here is looked at again once this node has caught
+/// up with the log: it may have been made on another node a moment ago, and a 401 is final
+/// to a client. Only refusals pay that trip through the writer.
 pub async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    match resolve_here(state, headers).await {
+        Err(error) if error.status == StatusCode::UNAUTHORIZED && presents_credential(headers) => {
+            state.writer.reach_head().await?;
+            resolve_here(state, headers).await
+        }
+        resolved => resolved,
+    }
+}
+
+/// Whether the request presents a credential that the log could hold: a token, a session
+/// cookie, or a well-formed key (a malformed one is refused without the trip).
+fn presents_credential(headers: &HeaderMap) -> bool {
+    match presented_header_credential(headers) {
+        Ok(Some(credential)) => looks_like_token(&credential) || parse_api_key(&credential).is_ok(),
+        Ok(None) => session_cookie(headers).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// `resolve` against what this node has folded so far.
+async fn resolve_here(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     if let Some(credential) = presented_header_credential(headers)? {
         if looks_like_token(&credential) {
             return resolve_agent_token(state, &credential).await;
@@ -404,6 +427,16 @@ impl Operator {
     }
 }
 
+/// The gateway key whose hash is `hash`, as an operator (or refused when revoked).
+fn gateway_key(state: &AppState, hash: &SecretHash) -> Option<Result<Operator, ApiError>> {
+    let ledger = state.ledger.read();
+    let key = ledger.state.gateway_keys_by_hash.get(hash).and_then(|id| ledger.state.gateway_keys.get(id))?;
+    if key.revoked_at.is_some() {
+        return Some(Err(ApiError::unauthorized("this gateway key was revoked")));
+    }
+    Some(Ok(Operator { scopes: vec![Scope::UsageWrite], gateway_key: Some(key.id.clone()) }))
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
@@ -414,14 +447,8 @@ impl FromRequestParts<AppState> for Operator {
             if state.config.operator_key_hash == Some(hash) {
                 return Ok(Operator { scopes: Scope::OPERATOR.to_vec(), gateway_key: None });
             }
-            let ledger = state.ledger.read();
-            if let Some(key) =
-                ledger.state.gateway_keys_by_hash.get(&hash).and_then(|id| ledger.state.gateway_keys.get(id))
-            {
-                if key.revoked_at.is_some() {
-                    return Err(ApiError::unauthorized("this gateway key was revoked"));
-                }
-                return Ok(Operator { scopes: vec![Scope::UsageWrite], gateway_key: Some(key.id.clone()) });
+            if let Some(operator) = gateway_key(state, &hash) {
+                return operator;
             }
         }
         match resolve(state, &parts.headers).await {
@@ -429,7 +456,12 @@ impl FromRequestParts<AppState> for Operator {
             Err(_) if state.config.operator_key_hash.is_none() && credential.is_none() => {
                 Err(ApiError::unauthorized("no operator credential is configured (BAHI_OPERATOR_KEY)"))
             }
-            Err(error) => Err(error),
+            // `resolve` caught up with the log before refusing: a gateway key made on another
+            // node a moment ago is in the read model now.
+            Err(error) => match credential.and_then(|credential| gateway_key(state, &SecretHash::of(&credential))) {
+                Some(operator) => operator,
+                None => Err(error),
+            },
         }
     }
 }

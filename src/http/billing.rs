@@ -103,9 +103,18 @@ async fn authorize(
         // state and the binding travels sealed in the call id (see call_ticket.rs).
         None => {
             let now = Utc::now();
-            let price = {
+            let check = || {
                 let ledger = state.ledger.read();
-                check_authorization(&ledger.state, &org_id, &attribution, &request.model, None, now)?
+                check_authorization(&ledger.state, &org_id, &attribution, &request.model, None, now)
+            };
+            // A refusal is only final at the head of the log: credit or a price may have
+            // been added on another node a moment ago.
+            let price = match check() {
+                Ok(price) => price,
+                Err(_) => {
+                    state.writer.reach_head().await?;
+                    check()?
+                }
             };
             let ticket = CallTicket { org_id, attribution, model: request.model.clone(), price, authorized_at: now };
             let call_id = state

@@ -166,7 +166,8 @@ async fn login(
 ) -> ApiResult<Response> {
     check_client_rate(&state, client.ip())?;
     let email = normalize_email(&request.email).unwrap_or_default();
-    let user = state.ledger.read().state.user_by_email(&email).cloned();
+    // A user who signed up on another node a moment ago is found once this node catches up.
+    let user = super::find_at_head(&state, |ledger| ledger.state.user_by_email(&email).cloned()).await?;
     let valid = verify_password(request.password, user.as_ref().map(|user| user.password_hash.clone())).await?;
     let Some(user) = user.filter(|_| valid) else {
         return Err(ApiError::unauthorized("invalid email or password"));

@@ -216,19 +216,20 @@ async fn list(
     Ok(Json(ListResponse { data: page, has_more }))
 }
 
-/// The caller's own org's key, or 404 (never a hint that it exists elsewhere).
-fn own_key(state: &AppState, principal: &Principal, id: &str) -> Result<ApiKeyId, ApiError> {
+/// The caller's own org's key, or 404 (never a hint that it exists elsewhere; only once
+/// this node has caught up with the log).
+async fn own_key(state: &AppState, principal: &Principal, id: &str) -> Result<ApiKeyId, ApiError> {
     let key_id = ApiKeyId::parse(id)?;
-    let ledger = state.ledger.read();
-    match ledger.state.api_keys.get(&key_id) {
-        Some(key) if key.org_id == principal.org_id && !key.deleted => Ok(key_id),
-        _ => Err(ApiError::not_found("api key")),
-    }
+    let owned = super::find_at_head(state, |ledger| {
+        ledger.state.api_keys.get(&key_id).filter(|key| key.org_id == principal.org_id && !key.deleted).map(|_| ())
+    })
+    .await?;
+    owned.map(|()| key_id.clone()).ok_or_else(|| ApiError::not_found("api key"))
 }
 
 async fn show(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<KeyView>> {
     principal.require(Scope::AccountRead)?;
-    let key_id = own_key(&state, &principal, &id)?;
+    let key_id = own_key(&state, &principal, &id).await?;
     let ledger = state.ledger.read();
     let key = ledger.state.api_keys.get(&key_id).ok_or_else(|| ApiError::not_found("api key"))?;
     Ok(Json(key_view(&state, &ledger.state, key, Utc::now())))
@@ -236,7 +237,7 @@ async fn show(State(state): State<AppState>, principal: Principal, Path(id): Pat
 
 async fn revoke_key(state: AppState, principal: Principal, id: String, deleted: bool) -> ApiResult<Json<KeyView>> {
     principal.require(Scope::KeysWrite)?;
-    let key_id = own_key(&state, &principal, &id)?;
+    let key_id = own_key(&state, &principal, &id).await?;
     let command = Command::RevokeApiKey { org_id: principal.org_id.clone(), key_id: key_id.clone(), deleted };
     let context = super::command_context(principal.actor());
     state.writer.submit(command, context).await?;

@@ -44,6 +44,22 @@ pub fn command_context(actor: crate::ledger::Actor) -> crate::writer::CommandCon
     }
 }
 
+/// What `find` finds in this node's read model; on a miss, what it finds once the read
+/// model holds the log up to its head. On PostgreSQL another node may have made the thing a
+/// moment ago, and a 404 or 401 is final to a client: only a miss at the head may answer so.
+/// A hit costs nothing more; a miss, one trip through the writer.
+pub async fn find_at_head<T>(
+    state: &AppState,
+    find: impl Fn(&crate::ledger::Ledger) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    let found = find(&state.ledger.read());
+    if found.is_some() {
+        return Ok(found);
+    }
+    state.writer.reach_head().await?;
+    Ok(find(&state.ledger.read()))
+}
+
 /// What every handler can reach, behind one `Arc`. axum clones the state for every layer
 /// and extractor of every request; cloned field by field (a dozen reference counts shared by
 /// both cores, a writer queue handle, the store's paths), the clones and drops took 6% of
