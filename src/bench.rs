@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bahi_domain::Command;
-use bahi_domain::billing::Price;
+use bahi_domain::billing::{Price, UsageStatus};
 use bahi_domain::chain::truncate_to_micros;
 use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
@@ -176,7 +176,7 @@ impl GatewayLog {
     /// A price, then GATEWAY_ORGS orgs, each registered and granted credit.
     fn setup() -> anyhow::Result<(GatewayLog, Vec<Command>)> {
         let price = Price { input_per_million: Money::parse("2.50")?, output_per_million: Money::parse("10")? };
-        let mut commands = vec![Command::SetPrice { model: GATEWAY_MODEL.to_owned(), price }];
+        let mut commands = vec![Command::SetPrice { model: GATEWAY_MODEL.to_owned(), price, default_hold: None }];
         let mut orgs = Vec::with_capacity(GATEWAY_ORGS);
         for index in 0..GATEWAY_ORGS {
             let register = register_command(index);
@@ -205,11 +205,10 @@ impl GatewayLog {
                 let index = self.calls;
                 commands.push(Command::RecordUsage {
                     call_id,
-                    ticket: None,
                     model: GATEWAY_MODEL.to_owned(),
                     input_tokens: 200 + (index % 1800) as u64,
                     output_tokens: 50 + (index % 700) as u64,
-                    status: "succeeded".to_owned(),
+                    status: UsageStatus::Succeeded,
                     request_hash: hex::encode(random::<16>()),
                 });
                 continue;

@@ -8,7 +8,6 @@ pub mod agent_token;
 pub mod bench;
 pub mod bench_api;
 pub mod bench_reports;
-pub mod call_ticket;
 pub mod cli;
 pub mod config;
 pub mod finance;

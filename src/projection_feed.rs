@@ -87,6 +87,7 @@ mod tests {
         let event = Event::PriceSet(PriceSet {
             model: format!("model-{position}"),
             price,
+            default_hold: None,
             set_at: chrono::DateTime::UNIX_EPOCH,
         });
         (position, event)

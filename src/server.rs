@@ -15,7 +15,6 @@ use crate::config::ServerConfig;
 use crate::http::{self, AppState, NodeState};
 use bahi_domain::Command;
 
-use crate::call_ticket::CallTickets;
 use crate::identity::{Identity, new_signing_key};
 use crate::ledger::{Ledger, SharedLedger};
 use crate::limits::{KeyUses, RateLimiter, flush_key_uses};
@@ -82,7 +81,6 @@ pub async fn serve_on(
     let flusher_join =
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
-    let call_tickets = Arc::new(CallTickets::new(&config.key_encryption_key));
     let state = AppState::new(NodeState {
         writer: writer_handle,
         ledger: shared,
@@ -91,7 +89,6 @@ pub async fn serve_on(
         store,
         rate_limiter: Arc::new(RateLimiter::default()),
         key_uses,
-        call_tickets,
         identity,
     });
     // Tests and scripts read this line to learn the port when listening on port 0.

@@ -145,11 +145,10 @@ async fn call(running: &Running, org: &OrgId, who: CallAttribution, model: &str,
         running
             .submit(Command::RecordUsage {
                 call_id: call_id.clone(),
-                ticket: None,
                 model: model.into(),
                 input_tokens,
                 output_tokens,
-                status: "succeeded".into(),
+                status: bahi_domain::billing::UsageStatus::Succeeded,
                 request_hash: hex::encode(random16()),
             })
             .await;
@@ -232,6 +231,7 @@ async fn build_scenario(database: &TestDatabase) -> Scenario {
             .submit(Command::SetPrice {
                 model: model.into(),
                 price: Price { input_per_million: money(input), output_per_million: money(output) },
+                default_hold: None,
             })
             .await;
     }

@@ -747,7 +747,10 @@ async fn price_model_m(writer: &Writer) {
     use bahi_domain::billing::Price;
     use bahi_domain::money::Money;
     let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("8").unwrap() };
-    writer.submit(Command::SetPrice { model: "m".into(), price }, CommandContext::default()).await.unwrap();
+    writer
+        .submit(Command::SetPrice { model: "m".into(), price, default_hold: None }, CommandContext::default())
+        .await
+        .unwrap();
 }
 
 /// Registers an org named `name` and grants it `rupees`; returns it and its first key.
@@ -771,11 +774,10 @@ async fn funded_org(writer: &Writer, name: &str, rupees: &str) -> (OrgId, ApiKey
 fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
     Command::RecordUsage {
         call_id: call_id.clone(),
-        ticket: None,
         model: "m".into(),
         input_tokens: tokens * 1000,
         output_tokens: tokens * 10,
-        status: "succeeded".into(),
+        status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: hex::encode(random16()),
     }
 }

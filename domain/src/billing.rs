@@ -18,6 +18,27 @@ pub const MAX_CALL_COST_MICROS: i64 = (2 * MAX_TOKENS_PER_CALL as i64) * (MAX_PR
 
 const _: () = assert!(MAX_CALL_COST_MICROS <= crate::money::MAX_ABS_AMOUNT_MICROS);
 
+/// How a metered call ended, as the gateway reports it. Every status bills the tokens
+/// reported: a failed or cancelled call that streamed tokens before it stopped was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl UsageStatus {
+    /// The text stored in `UsageRecorded.status` (a string there: older logs hold others).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageStatus::Succeeded => "succeeded",
+            UsageStatus::Failed => "failed",
+            UsageStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
     pub input_per_million: Money,

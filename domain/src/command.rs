@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
 
-use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, call_cost};
+use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, UsageStatus, call_cost};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
@@ -34,7 +34,7 @@ pub const TOKEN_LEEWAY_SECONDS: i64 = 60;
 pub const MAX_ISSUER_OWNERS: usize = 100;
 pub const MAX_ISSUER_TEXT_LENGTH: usize = 512;
 
-/// Longest model name, payment reference, grant reason and usage status.
+/// Longest model name, payment reference and grant reason; a usage status of an old log.
 pub const MAX_MODEL_NAME_LENGTH: usize = 128;
 pub const MAX_REFERENCE_LENGTH: usize = 128;
 pub const MAX_REASON_LENGTH: usize = 500;
@@ -185,6 +185,8 @@ pub enum Command {
     SetPrice {
         model: String,
         price: Price,
+        /// What an authorization without `max_cost` holds; `None`: `default_hold`'s default.
+        default_hold: Option<Money>,
     },
     TopUp {
         org_id: OrgId,
@@ -199,7 +201,8 @@ pub enum Command {
         amount: Money,
         reason: String,
     },
-    /// Authorize a call: budget and credit checks, and a hold of `max_cost` if given.
+    /// Authorize a call: budget and credit checks, and a hold of `max_cost` if given, else of
+    /// the model's default hold.
     Authorize {
         call_id: CallId,
         org_id: OrgId,
@@ -211,13 +214,10 @@ pub enum Command {
     /// Settle a call's usage: idempotent on the call id and the request's hash.
     RecordUsage {
         call_id: CallId,
-        /// The verified contents of a sealed call id, for a call authorized without a hold:
-        /// such a call is not in the log until its usage is recorded.
-        ticket: Option<CallTicket>,
         model: String,
         input_tokens: u64,
         output_tokens: u64,
-        status: String,
+        status: UsageStatus,
         request_hash: String,
     },
     /// Release every hold whose expiry has passed (at most MAX_HOLDS_EXPIRED_PER_COMMAND).
@@ -233,57 +233,22 @@ pub enum Command {
     },
 }
 
-/// How long after its authorization a call without a hold may report usage. It is shorter
-/// than `SETTLED_CALL_RETENTION_SECONDS` by an hour of clock skew between nodes, so that a
-/// replayed report always finds the first settlement still in memory and is never billed
-/// twice (a sealed call id carries everything needed to settle it again otherwise).
-pub const CALL_TICKET_VALIDITY_SECONDS: i64 = crate::state::SETTLED_CALL_RETENTION_SECONDS - 3_600;
+/// Tokens each way that a model's default hold covers when the operator set none: an
+/// authorization without `max_cost` holds what such a call would cost at the model's price.
+pub const DEFAULT_HOLD_TOKENS: u64 = 4_096;
 
-/// What a call authorized without a hold is bound to. Such an authorization writes nothing
-/// (design.md: authorize must not touch the database; only holds go through the writer), so
-/// the server seals this into the call id it returns and checks the seal when usage arrives;
-/// the call enters the log, authorization and settlement together, with its usage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallTicket {
-    pub org_id: OrgId,
-    pub attribution: CallAttribution,
-    pub model: String,
-    /// The price in force at authorization: the call is billed at it.
-    pub price: Price,
-    pub authorized_at: DateTime<Utc>,
-}
-
-impl CallTicket {
-    /// The call as if its authorization had been recorded, or an error once the ticket is too
-    /// old to be settled safely (see `CALL_TICKET_VALIDITY_SECONDS`).
-    fn authorized_call(&self, call_id: &CallId, now: DateTime<Utc>) -> Result<crate::state::Call, DomainError> {
-        if now - self.authorized_at > chrono::Duration::seconds(CALL_TICKET_VALIDITY_SECONDS) {
-            return Err(DomainError::invalid(format!(
-                "usage of a call authorized without max_cost must be reported within {} hours of the authorization",
-                CALL_TICKET_VALIDITY_SECONDS / 3_600
-            )));
-        }
-        Ok(crate::state::Call {
-            id: call_id.clone(),
-            org_id: self.org_id.clone(),
-            attribution: self.attribution.clone(),
-            model: self.model.clone(),
-            price: self.price,
-            hold: Money::ZERO,
-            hold_open: false,
-            authorized_at: self.authorized_at,
-            hold_expires_at: self.authorized_at,
-            // Not in the expiry or retention indexes: the call exists only for this usage.
-            serial: 0,
-            settlement: None,
-        })
+/// What an authorization without `max_cost` holds: the operator's `default_hold` for the
+/// model (`set`), else the cost of `DEFAULT_HOLD_TOKENS` tokens each way at its price.
+pub fn default_hold(set: Option<Money>, price: &Price) -> Result<Money, DomainError> {
+    match set {
+        Some(hold) => Ok(hold),
+        None => Ok(call_cost(price, DEFAULT_HOLD_TOKENS, DEFAULT_HOLD_TOKENS)?),
     }
 }
 
 /// The checks of an authorization, in order: the org, the model's price, a positive
-/// `max_cost`, the key's or agent's budget, then available credit. Returns the price in
-/// force. Pure: the writer runs it for holds, and the HTTP layer runs it against the
-/// in-memory state for calls without a hold, which write nothing.
+/// `max_cost` (else the model's default hold), the key's or agent's budget, then available
+/// credit. Returns the price in force and the hold to place.
 pub fn check_authorization(
     state: &State,
     org_id: &OrgId,
@@ -291,7 +256,7 @@ pub fn check_authorization(
     model: &str,
     max_cost: Option<Money>,
     now: DateTime<Utc>,
-) -> Result<Price, DomainError> {
+) -> Result<(Price, Money), DomainError> {
     if !state.orgs.contains_key(org_id) {
         return Err(DomainError::NotFound("org"));
     }
@@ -299,7 +264,10 @@ pub fn check_authorization(
     if let Some(cost) = max_cost {
         check_amount(cost, "max_cost")?;
     }
-    let hold = max_cost.unwrap_or(Money::ZERO);
+    let hold = match max_cost {
+        Some(cost) => cost,
+        None => default_hold(state.default_holds.get(model).copied(), &price)?,
+    };
     let budget = match budget_subject(attribution) {
         Some(subject) if subject.starts_with(AgentId::PREFIX) => {
             state.agents.get(subject).and_then(|agent| agent.budget).map(|b| (subject, b))
@@ -324,7 +292,7 @@ pub fn check_authorization(
         let needed = if hold.is_positive() { hold } else { Money::from_micros(1)? };
         return Err(DomainError::InsufficientCredits { available, needed });
     }
-    Ok(price)
+    Ok((price, hold))
 }
 
 /// A positive amount within the single-amount limit: top-ups, grants and holds.
@@ -857,7 +825,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             }
             Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
         }
-        Command::SetPrice { model, price } => {
+        Command::SetPrice { model, price, default_hold } => {
             check_model_name(model)?;
             for amount in [price.input_per_million, price.output_per_million] {
                 if amount.is_negative() || amount.micros() > MAX_PRICE_PER_MILLION_MICROS {
@@ -866,7 +834,10 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                     ));
                 }
             }
-            Ok(vec![PriceSet { model: model.clone(), price: *price, set_at: now }.into()])
+            if let Some(hold) = default_hold {
+                check_amount(*hold, "default_hold")?;
+            }
+            Ok(vec![PriceSet { model: model.clone(), price: *price, default_hold: *default_hold, set_at: now }.into()])
         }
         Command::TopUp { org_id, topup_id, amount, payment_reference, user_id } => {
             let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
@@ -913,8 +884,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             if state.calls.contains_key(call_id) {
                 return Err(DomainError::Conflict("call id already used".into()));
             }
-            let price = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
-            let hold = max_cost.unwrap_or(Money::ZERO);
+            let (price, hold) = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
             Ok(vec![
                 CallAuthorized {
                     call_id: call_id.clone(),
@@ -929,26 +899,8 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 .into(),
             ])
         }
-        Command::RecordUsage { call_id, ticket, model, input_tokens, output_tokens, status, request_hash } => {
-            let ticketed;
-            let (call, authorized) = match (state.calls.get(call_id), ticket) {
-                (Some(call), _) => (&**call, None),
-                (None, Some(ticket)) => {
-                    ticketed = ticket.authorized_call(call_id, now)?;
-                    let authorized = CallAuthorized {
-                        call_id: call_id.clone(),
-                        org_id: ticketed.org_id.clone(),
-                        attribution: ticketed.attribution.clone(),
-                        model: ticketed.model.clone(),
-                        price: ticketed.price,
-                        hold: Money::ZERO,
-                        authorized_at: ticketed.authorized_at,
-                        hold_expires_at: ticketed.hold_expires_at,
-                    };
-                    (&ticketed, Some(authorized))
-                }
-                (None, None) => return Err(DomainError::NotFound("call")),
-            };
+        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
+            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
             if let Some(settlement) = &call.settlement {
                 return if &settlement.request_hash == request_hash {
                     Ok(Vec::new())
@@ -965,14 +917,6 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
                 return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
             }
-            let valid_status = !status.is_empty()
-                && status.len() <= MAX_STATUS_LENGTH
-                && status.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-            if !valid_status {
-                return Err(DomainError::invalid(
-                    "status must be 1 to 32 lowercase letters or '_' (e.g. \"succeeded\")",
-                ));
-            }
             let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
             let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
             let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
@@ -985,14 +929,14 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                 model: model.clone(),
                 input_tokens: *input_tokens,
                 output_tokens: *output_tokens,
-                status: status.clone(),
+                status: status.as_str().to_owned(),
                 cost,
                 hold_released,
                 balance_after,
                 request_hash: request_hash.clone(),
                 settled_at: now,
             };
-            Ok(authorized.map(Event::from).into_iter().chain([recorded.into()]).collect())
+            Ok(vec![recorded.into()])
         }
         Command::ExpireHolds => Ok(state
             .hold_expiries

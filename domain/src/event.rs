@@ -239,6 +239,10 @@ pub struct IssuerRevoked {
 pub struct PriceSet {
     pub model: String,
     pub price: Price,
+    /// What an authorization without `max_cost` holds; absent in older logs and when the
+    /// operator set none (then the default of `command::default_hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_hold: Option<Money>,
     #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub set_at: DateTime<Utc>,
 }

@@ -83,8 +83,8 @@ pub fn is_base62(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Longest accepted body of a call id: a sealed call id (`CallTicket`) is longer than the
-/// others, because it carries the call's binding.
+/// Longest accepted body of a call id. New call ids are plain ids; older logs hold sealed
+/// ones, which carried the call's binding, and those stay readable.
 pub const MAX_CALL_ID_BODY_LENGTH: usize = 1_024;
 
 /// A plain id body, or the unpadded base64url body of a sealed call id.
@@ -219,7 +219,7 @@ define_id!(/// One minted agent token (`jti`).
     TokenId, "tok_", "token");
 define_id!(/// A registered external token issuer.
     IssuerId, "iss_", "issuer");
-define_id!(/// One authorized inference call; longer when sealed (see `CallTicket`).
+define_id!(/// One authorized inference call; older logs also hold longer, sealed ones.
     CallId, "call_", "call", is_call_id_body);
 define_id!(/// One credit top-up.
     TopupId, "top_", "top-up");

@@ -394,6 +394,8 @@ pub struct State {
     pub signing_keys: Vec<SigningKeyRecord>,
     pub issuers: FastMap<IssuerId, IssuerRecord>,
     pub prices: FastMap<String, Price>,
+    /// The operator's default hold per model, where one was set with its price.
+    pub default_holds: FastMap<String, Money>,
     pub calls: FastMap<CallId, Box<Call>>,
     /// Calls folded so far: the next call's `serial`.
     pub calls_folded: u64,
@@ -686,6 +688,11 @@ pub fn evolve(state: &mut State, event: &Event) {
         }
         Event::PriceSet(set) => {
             state.prices.insert(set.model.clone(), set.price);
+            // Each price set replaces the whole price, its default hold included.
+            match set.default_hold {
+                Some(hold) => state.default_holds.insert(set.model.clone(), hold),
+                None => state.default_holds.remove(&set.model),
+            };
         }
         Event::CreditsToppedUp(topped_up) => {
             state.credit(&topped_up.org_id, topped_up.amount);

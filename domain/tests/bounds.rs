@@ -153,7 +153,7 @@ fn credits_fill_the_balance_to_its_limit_and_not_a_micro_past_it() {
 fn max_cost_is_bounded_like_any_single_amount() {
     let (mut ledger, org_id, key_id) = Ledger::with_org();
     let price = Price { input_per_million: money(1), output_per_million: money(1) };
-    ledger.when(&Command::SetPrice { model: "m".into(), price }).unwrap();
+    ledger.when(&Command::SetPrice { model: "m".into(), price, default_hold: None }).unwrap();
     ledger.grant(&org_id, Money::MAX_AMOUNT).unwrap();
     ledger.grant(&org_id, Money::MAX_AMOUNT).unwrap();
     let attribution = CallAttribution {
@@ -188,11 +188,17 @@ fn prices_and_token_counts_bound_a_call_cost_which_never_takes_a_balance_past_it
     let refused = ledger.when(&Command::SetPrice {
         model: "m".into(),
         price: Price { input_per_million: over, output_per_million: highest },
+        default_hold: None,
     });
     assert!(matches!(refused, Err(DomainError::Invalid(_))));
     let price = Price { input_per_million: highest, output_per_million: highest };
-    ledger.when(&Command::SetPrice { model: "m".into(), price }).unwrap();
-    ledger.grant(&org_id, money(1)).unwrap();
+    // A default hold of one micro-rupee: every call below is covered by its own hold when
+    // authorized, and each may then cost the most a call can (the overshoot design.md
+    // allows), until the balance's limit.
+    ledger.when(&Command::SetPrice { model: "m".into(), price, default_hold: Some(money(1)) }).unwrap();
+    let calls_to_limit = usize::try_from(MAX_BALANCE_MICROS / MAX_CALL_COST_MICROS).unwrap();
+    let credit = i64::try_from(calls_to_limit).unwrap() + 1;
+    ledger.grant(&org_id, money(credit)).unwrap();
     let attribution = CallAttribution {
         credential_kind: "api_key".into(),
         credential_id: key_id.to_string(),
@@ -200,9 +206,6 @@ fn prices_and_token_counts_bound_a_call_cost_which_never_takes_a_balance_past_it
         agent_name: None,
         act_for: org_id.to_string(),
     };
-    // Calls without a hold, all authorized while credit was positive: each may then cost
-    // the most a call can (the overshoot design.md allows), until the balance's limit.
-    let calls_to_limit = usize::try_from(MAX_BALANCE_MICROS / MAX_CALL_COST_MICROS).unwrap();
     let mut calls = Vec::new();
     for _ in 0..=calls_to_limit {
         let call_id = CallId::from_random(ledger.random());
@@ -220,11 +223,10 @@ fn prices_and_token_counts_bound_a_call_cost_which_never_takes_a_balance_past_it
     }
     let usage = |call_id: &CallId, tokens: u64| Command::RecordUsage {
         call_id: call_id.clone(),
-        ticket: None,
         model: "m".into(),
         input_tokens: tokens,
         output_tokens: tokens,
-        status: "succeeded".into(),
+        status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: "h".into(),
     };
     let message = invalid_message(ledger.when(&usage(&calls[0], MAX_TOKENS_PER_CALL + 1)));
@@ -235,8 +237,8 @@ fn prices_and_token_counts_bound_a_call_cost_which_never_takes_a_balance_past_it
         let Some(Event::UsageRecorded(recorded)) = events.last() else { panic!("{events:?}") };
         assert_eq!(recorded.cost, money(MAX_CALL_COST_MICROS));
     }
-    // 1 micro - 500 × 2×10^9 INR: exactly the negative limit.
-    assert_eq!(ledger.balance(&org_id), money(1 - MAX_BALANCE_MICROS));
+    // 501 micros - 500 × 2×10^9 INR: 501 micros above the negative limit.
+    assert_eq!(ledger.balance(&org_id), money(credit - MAX_BALANCE_MICROS));
     let message = invalid_message(ledger.when(&usage(last, MAX_TOKENS_PER_CALL)));
     assert_eq!(message, "the balance would fall below the minimum of -1000000000000.00 INR");
     ledger.when(&usage(last, 0)).unwrap();

@@ -154,7 +154,7 @@ fn funded_org(state: &mut State, price: bahi_domain::billing::Price, at: DateTim
     let register_command = register(1, "Acme");
     run(state, &register_command, at);
     let Command::RegisterOrg { org_id, first_key, .. } = register_command else { unreachable!() };
-    run(state, &Command::SetPrice { model: "m".into(), price }, at);
+    run(state, &Command::SetPrice { model: "m".into(), price, default_hold: None }, at);
     let grant = Command::Grant {
         org_id: org_id.clone(),
         grant_id: bahi_domain::ids::TopupId::from_random([1; 16]),
@@ -191,11 +191,10 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     };
     let usage = |seed: u8| Command::RecordUsage {
         call_id: CallId::from_random([seed; 16]),
-        ticket: None,
         model: "m".into(),
         input_tokens: 10,
         output_tokens: 10,
-        status: "succeeded".into(),
+        status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: "h".into(),
     };
     run(&mut state, &authorize(1), at);
@@ -214,68 +213,63 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
     run(&mut state, &authorize(4), at);
     assert!(!state.calls.contains_key(&CallId::from_random([2; 16])));
     assert!(state.calls.contains_key(&CallId::from_random([4; 16])));
-    // Forgotten calls leave the retention index with them; no hold was ever open.
+    // Forgotten calls leave the retention and expiry indexes with them.
     assert_eq!(state.call_retention.values().collect::<Vec<_>>(), [&CallId::from_random([4; 16])]);
-    assert!(state.hold_expiries.is_empty());
+    assert_eq!(state.hold_expiries.values().collect::<Vec<_>>(), [&CallId::from_random([4; 16])]);
 }
 
 #[test]
-fn a_ticketed_call_enters_the_log_with_its_usage_once_and_only_while_the_ticket_is_valid() {
-    use bahi_domain::billing::Price;
-    use bahi_domain::command::{CALL_TICKET_VALIDITY_SECONDS, CallTicket};
+fn an_authorization_without_max_cost_holds_the_models_default_hold_and_never_overspends() {
+    use bahi_domain::billing::{Price, UsageStatus};
+    use bahi_domain::command::DEFAULT_HOLD_TOKENS;
     use bahi_domain::ids::CallId;
 
+    // Given an org with ₹10 and a model priced ₹100/₹300 per million tokens, no default hold.
     let mut state = State::default();
     let at = now();
-    let price = Price { input_per_million: Money::parse("2").unwrap(), output_per_million: Money::parse("4").unwrap() };
+    let price =
+        Price { input_per_million: Money::parse("100").unwrap(), output_per_million: Money::parse("300").unwrap() };
     let (org_id, attribution) = funded_org(&mut state, price, at);
-    let ticket = CallTicket {
+    let authorize = |seed: u8| Command::Authorize {
+        call_id: CallId::from_random([seed; 16]),
         org_id: org_id.clone(),
         attribution: attribution.clone(),
         model: "m".into(),
-        // The price sealed at authorization, not today's: a price change in between must not
-        // change the bill.
-        price: Price { input_per_million: Money::parse("1").unwrap(), output_per_million: Money::parse("1").unwrap() },
-        authorized_at: at - Duration::minutes(5),
+        max_cost: None,
+        hold_ttl_seconds: 600,
     };
-    let call_id = CallId::from_random([9; 16]);
-    let usage = |ticket: Option<CallTicket>, output_tokens: u64| Command::RecordUsage {
-        call_id: call_id.clone(),
-        ticket,
-        model: "m".into(),
-        input_tokens: 1_000_000,
-        output_tokens,
-        status: "succeeded".into(),
-        request_hash: format!("h{output_tokens}"),
-    };
+    // When a call is authorized without max_cost, then it holds what DEFAULT_HOLD_TOKENS
+    // each way would cost: 4,096 × ₹400 / 1M = ₹1.6384.
+    assert_eq!(DEFAULT_HOLD_TOKENS, 4_096);
+    let events = run(&mut state, &authorize(1), at);
+    let [Event::CallAuthorized(authorized)] = events.as_slice() else { panic!("{events:?}") };
+    assert_eq!(authorized.hold, Money::parse("1.6384").unwrap());
 
-    // Unknown to the state and without a ticket: 404, as before.
-    assert!(matches!(decide(&state, &usage(None, 500_000), at), Err(DomainError::NotFound("call"))));
-    // With a ticket: the authorization (no hold, at the ticket's time and price) and the usage.
-    let events = run(&mut state, &usage(Some(ticket.clone()), 500_000), at);
-    let [Event::CallAuthorized(authorized), Event::UsageRecorded(recorded)] = events.as_slice() else {
-        panic!("expected CallAuthorized then UsageRecorded, got {events:?}")
-    };
-    assert_eq!(authorized.hold, Money::ZERO);
-    assert_eq!(authorized.authorized_at, ticket.authorized_at);
-    assert_eq!(authorized.price, ticket.price);
-    assert_eq!(recorded.cost, Money::parse("1.5").unwrap(), "1M × ₹1/M + 0.5M × ₹1/M");
-    assert_eq!(state.orgs[&org_id].balance, Money::parse("8.5").unwrap());
-    // The same report again, even with the ticket: nothing new (never billed twice).
-    assert!(decide(&state, &usage(Some(ticket.clone()), 500_000), at + Duration::hours(22)).unwrap().is_empty());
-    // Other content: 409.
-    assert!(matches!(decide(&state, &usage(Some(ticket.clone()), 1), at), Err(DomainError::Conflict(_))));
+    // Given the operator's default hold of ₹1 for the model.
+    let set = Command::SetPrice { model: "m".into(), price, default_hold: Some(Money::parse("1").unwrap()) };
+    run(&mut state, &set, at);
+    // When calls are authorized until the credit is held, then the one past it is refused:
+    // ₹10 - ₹1.6384 leaves room for 8 holds of ₹1.
+    for seed in 2..10 {
+        run(&mut state, &authorize(seed), at);
+    }
+    assert!(matches!(decide(&state, &authorize(10), at), Err(DomainError::InsufficientCredits { .. })));
+    assert_eq!(state.available(&org_id), Money::parse("0.3616").unwrap());
 
-    // A ticket too old to be safely settled (its first settlement might be forgotten) is refused.
-    let old = CallTicket { authorized_at: at - Duration::seconds(CALL_TICKET_VALIDITY_SECONDS + 1), ..ticket };
-    let other_call = Command::RecordUsage {
-        call_id: CallId::from_random([10; 16]),
-        ticket: Some(old),
+    // When one call's metered cost exceeds its own hold, the balance goes below zero by
+    // exactly the excess over the credit: a served call is never free.
+    let usage = Command::RecordUsage {
+        call_id: CallId::from_random([2; 16]),
         model: "m".into(),
-        input_tokens: 1,
-        output_tokens: 1,
-        status: "succeeded".into(),
-        request_hash: "x".into(),
+        input_tokens: 0,
+        output_tokens: 100_000,
+        status: UsageStatus::Cancelled,
+        request_hash: "h".into(),
     };
-    assert!(matches!(decide(&state, &other_call, at), Err(DomainError::Invalid(_))));
+    let events = run(&mut state, &usage, at);
+    let [Event::UsageRecorded(recorded)] = events.as_slice() else { panic!("{events:?}") };
+    assert_eq!(recorded.cost, Money::parse("30").unwrap(), "a cancelled call bills the tokens it served");
+    assert_eq!(recorded.hold_released, Money::parse("1").unwrap());
+    assert_eq!(recorded.balance_after, Money::parse("-20").unwrap());
+    assert_eq!(recorded.status, "cancelled");
 }

@@ -1,6 +1,6 @@
 //! Property tests of the credit invariants over random interleavings of grants,
-//! authorizations (with and without holds; without one, also as a sealed ticket that
-//! enters the log only with its usage), settlements, replays, conflicting retries,
+//! authorizations (with `max_cost`, and without it, holding the model's default hold),
+//! settlements, replays, conflicting retries,
 //! time passing and hold expiries:
 //! - for every org at every position: holds + debits <= credits + overshoot, where the
 //!   overshoot is what settled calls cost beyond their still-open holds (a served call is
@@ -15,8 +15,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bahi_domain::billing::Price;
-use bahi_domain::command::{CallTicket, NewKeyRecord, check_authorization};
+use bahi_domain::billing::{Price, UsageStatus};
+use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
 use bahi_domain::event::{Budget, BudgetPeriod, CallAttribution, Event};
 use bahi_domain::ids::{ApiKeyId, CallId, OrgId, TopupId};
@@ -28,7 +28,7 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Operation {
     Grant { org: usize, micros: i64 },
-    Authorize { org: usize, max_cost_micros: Option<i64>, sealed: bool },
+    Authorize { org: usize, max_cost_micros: Option<i64> },
     Settle { call: usize, input: u64, output: u64 },
     Replay { call: usize },
     ConflictingRetry { call: usize },
@@ -38,8 +38,8 @@ enum Operation {
 fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
         (0..3usize, 1..20_000_000i64).prop_map(|(org, micros)| Operation::Grant { org, micros }),
-        (0..3usize, proptest::option::of(1..8_000_000i64), any::<bool>())
-            .prop_map(|(org, max_cost_micros, sealed)| Operation::Authorize { org, max_cost_micros, sealed }),
+        (0..3usize, proptest::option::of(1..8_000_000i64))
+            .prop_map(|(org, max_cost_micros)| Operation::Authorize { org, max_cost_micros }),
         (0..64usize, 0..40_000u64, 0..40_000u64).prop_map(|(call, input, output)| Operation::Settle {
             call,
             input,
@@ -58,9 +58,6 @@ struct World {
     keys: Vec<ApiKeyId>,
     calls: Vec<CallId>,
     settled_requests: HashMap<CallId, (u64, u64)>,
-    /// Calls authorized without a hold the way the HTTP layer does it: checked against the
-    /// state, nothing decided or written, the binding kept as a ticket.
-    tickets: HashMap<CallId, CallTicket>,
     events: Vec<Event>,
     counter: u8,
 }
@@ -74,7 +71,6 @@ impl World {
             keys: Vec::new(),
             calls: Vec::new(),
             settled_requests: HashMap::new(),
-            tickets: HashMap::new(),
             events: Vec::new(),
             counter: 0,
         };
@@ -109,7 +105,7 @@ impl World {
         }
         let price =
             Price { input_per_million: Money::parse("150").unwrap(), output_per_million: Money::parse("600").unwrap() };
-        world.run(&Command::SetPrice { model: "m".into(), price }).unwrap();
+        world.run(&Command::SetPrice { model: "m".into(), price, default_hold: None }).unwrap();
         world
     }
 
@@ -135,11 +131,10 @@ impl World {
     fn usage(&self, call_id: &CallId, input: u64, output: u64) -> Command {
         Command::RecordUsage {
             call_id: call_id.clone(),
-            ticket: self.tickets.get(call_id).cloned(),
             model: "m".into(),
             input_tokens: input,
             output_tokens: output,
-            status: "succeeded".into(),
+            status: UsageStatus::Succeeded,
             request_hash: format!("{input}/{output}"),
         }
     }
@@ -156,7 +151,7 @@ impl World {
                 };
                 self.run(&command).unwrap();
             }
-            Operation::Authorize { org, max_cost_micros, sealed } => {
+            Operation::Authorize { org, max_cost_micros } => {
                 let call_id = CallId::from_random(self.next_random());
                 let attribution = CallAttribution {
                     credential_kind: "api_key".into(),
@@ -165,26 +160,6 @@ impl World {
                     agent_name: None,
                     act_for: self.orgs[org].to_string(),
                 };
-                if sealed && max_cost_micros.is_none() {
-                    let before = self.events.len();
-                    match check_authorization(&self.state, &self.orgs[org], &attribution, "m", None, self.now) {
-                        Ok(price) => {
-                            let ticket = CallTicket {
-                                org_id: self.orgs[org].clone(),
-                                attribution,
-                                model: "m".into(),
-                                price,
-                                authorized_at: self.now,
-                            };
-                            self.tickets.insert(call_id.clone(), ticket);
-                            self.calls.push(call_id);
-                        }
-                        Err(DomainError::InsufficientCredits { .. } | DomainError::BudgetExceeded { .. }) => {}
-                        Err(other) => panic!("unexpected refusal {other:?}"),
-                    }
-                    assert_eq!(self.events.len(), before, "an authorization without a hold writes nothing");
-                    return;
-                }
                 let command = Command::Authorize {
                     call_id: call_id.clone(),
                     org_id: self.orgs[org].clone(),
@@ -335,7 +310,7 @@ proptest! {
         }
         for (org, input, output) in calls {
             // 5,000 tokens each way at ₹150/₹600 per million costs at most 3.75.
-            world.apply(&Operation::Authorize { org, max_cost_micros: Some(3_750_000), sealed: false });
+            world.apply(&Operation::Authorize { org, max_cost_micros: Some(3_750_000) });
             let index = world.calls.len().saturating_sub(1);
             if world.calls.len() > index && !world.settled_requests.contains_key(&world.calls[index]) {
                 world.apply(&Operation::Settle { call: index, input, output });

@@ -421,6 +421,7 @@ mod tests {
         let price: Event = PriceSet {
             model: "m".into(),
             price: bahi_domain::billing::Price { input_per_million: Money::ZERO, output_per_million: Money::ZERO },
+            default_hold: None,
             set_at: "2026-03-05T00:00:00Z".parse().unwrap(),
         }
         .into();

@@ -6,8 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use bahi_domain::billing::Price;
-use bahi_domain::command::{CallTicket, check_authorization};
+use bahi_domain::billing::{Price, UsageStatus};
 use bahi_domain::credential::{NewApiKey, Role, Scope};
 use bahi_domain::event::{CallAttribution, Event};
 use bahi_domain::ids::{ApiKeyId, CallId, OrgId, TopupId};
@@ -98,49 +97,23 @@ async fn authorize(
         act_for: principal.act_for.clone(),
     };
     let org_id = principal.org_id.clone();
-    let (call_id, hold, hold_expires_at) = match request.max_cost {
-        // Without a hold nothing is written: the checks run against this node's in-memory
-        // state and the binding travels sealed in the call id (see call_ticket.rs).
-        None => {
-            let now = Utc::now();
-            let check = || {
-                let ledger = state.ledger.read();
-                check_authorization(&ledger.state, &org_id, &attribution, &request.model, None, now)
-            };
-            // A refusal is only final at the head of the log: credit or a price may have
-            // been added on another node a moment ago.
-            let price = match check() {
-                Ok(price) => price,
-                Err(_) => {
-                    state.writer.reach_head().await?;
-                    check()?
-                }
-            };
-            let ticket = CallTicket { org_id, attribution, model: request.model.clone(), price, authorized_at: now };
-            let call_id = state
-                .call_tickets
-                .seal(&ticket, random_bytes::<8>())
-                .map_err(|_| ApiError::internal("a call ticket did not fit in a call id"))?;
-            (call_id, Money::ZERO, now)
-        }
-        Some(max_cost) => {
-            let call_id = CallId::from_random(new_id_bytes());
-            let command = Command::Authorize {
-                call_id: call_id.clone(),
-                org_id,
-                attribution,
-                model: request.model.clone(),
-                max_cost: Some(max_cost),
-                hold_ttl_seconds: i64::try_from(state.config.hold_ttl_seconds).unwrap_or(600),
-            };
-            let outcome = state.writer.submit(command, context(principal.actor(), None)).await?;
-            let Some(Event::CallAuthorized(authorized)) = outcome.events.first().map(|committed| &committed.event)
-            else {
-                return Err(ApiError::internal("authorization recorded no event"));
-            };
-            (call_id, authorized.hold, authorized.hold_expires_at)
-        }
+    // Every authorization holds credit through the writer, `max_cost` or the model's
+    // default hold: concurrent calls can never commit more than the org has.
+    let call_id = CallId::from_random(new_id_bytes());
+    let command = Command::Authorize {
+        call_id: call_id.clone(),
+        org_id,
+        attribution,
+        model: request.model.clone(),
+        max_cost: request.max_cost,
+        hold_ttl_seconds: i64::try_from(state.config.hold_ttl_seconds)
+            .map_err(|_| ApiError::internal("the hold TTL does not fit in seconds"))?,
     };
+    let outcome = state.writer.submit(command, context(principal.actor(), None)).await?;
+    let Some(Event::CallAuthorized(authorized)) = outcome.events.first().map(|committed| &committed.event) else {
+        return Err(ApiError::internal("authorization recorded no event"));
+    };
+    let (hold, hold_expires_at) = (authorized.hold, authorized.hold_expires_at);
     Ok(Json(AuthorizeResponse {
         call_id,
         org_id: principal.org_id.clone(),
@@ -162,7 +135,7 @@ struct UsageRequest {
     model: String,
     input_tokens: u64,
     output_tokens: u64,
-    status: String,
+    status: UsageStatus,
 }
 
 #[derive(Serialize)]
@@ -182,12 +155,9 @@ async fn usage(
 ) -> ApiResult<Json<UsageResponse>> {
     operator.require(Scope::UsageWrite)?;
     let call_id = CallId::parse(&request.call_id)?;
-    // A sealed id that does not open is no call of this log's: the same 404 as any unknown id.
-    let ticket = state.call_tickets.open(&call_id).map_err(|_| ApiError::not_found("call"))?;
     let request_hash = sha256_hex(&serde_json::to_string(&request).map_err(ApiError::internal)?);
     let command = Command::RecordUsage {
         call_id: call_id.clone(),
-        ticket,
         model: request.model,
         input_tokens: request.input_tokens,
         output_tokens: request.output_tokens,
@@ -219,6 +189,7 @@ async fn usage(
 struct PriceRequest {
     input_per_million: Money,
     output_per_million: Money,
+    default_hold: Option<Money>,
 }
 
 #[derive(Serialize)]
@@ -226,6 +197,8 @@ struct PriceResponse {
     model: String,
     input_per_million: Money,
     output_per_million: Money,
+    /// What an authorization without `max_cost` holds: the operator's, or the default.
+    default_hold: Money,
     set_at: DateTime<Utc>,
 }
 
@@ -237,14 +210,18 @@ async fn set_price(
 ) -> ApiResult<Json<PriceResponse>> {
     operator.require(Scope::PricesWrite)?;
     let price = Price { input_per_million: request.input_per_million, output_per_million: request.output_per_million };
-    let outcome =
-        state.writer.submit(Command::SetPrice { model: model.clone(), price }, context(operator.actor(), None)).await?;
-    let set_at = outcome.events.first().map_or_else(Utc::now, |committed| committed.recorded_at);
+    let command = Command::SetPrice { model: model.clone(), price, default_hold: request.default_hold };
+    let outcome = state.writer.submit(command, context(operator.actor(), None)).await?;
+    let Some(committed) = outcome.events.first() else {
+        return Err(ApiError::internal("price set recorded no event"));
+    };
+    let default_hold = bahi_domain::command::default_hold(request.default_hold, &price)?;
     Ok(Json(PriceResponse {
         model,
         input_per_million: price.input_per_million,
         output_per_million: price.output_per_million,
-        set_at,
+        default_hold,
+        set_at: committed.recorded_at,
     }))
 }
 

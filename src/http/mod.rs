@@ -91,7 +91,6 @@ pub struct NodeState {
     pub rate_limiter: Arc<RateLimiter>,
     pub key_uses: Arc<KeyUses>,
     pub identity: Arc<Identity>,
-    pub call_tickets: Arc<crate::call_ticket::CallTickets>,
 }
 
 pub fn router(state: AppState) -> Router {
