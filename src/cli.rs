@@ -60,7 +60,9 @@ pub struct ServeArgs {
     #[arg(long, env = "BAHI_KEY_ENCRYPTION_KEY", hide_env_values = true)]
     pub key_encryption_key: Option<String>,
     /// Key file holding the key-encryption key (default: `<sqlite path>.kek`, or `bahi.kek`
-    /// for PostgreSQL; every node of a cluster needs the same key).
+    /// for PostgreSQL; every node of a cluster needs the same key). Keep it out of the
+    /// database's directory: a copy of that directory would carry the key that unseals the
+    /// issuer's private keys (start-up warns while it is there).
     #[arg(long, env = "BAHI_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
     /// Seconds a client has to send a whole request head (from connecting, or from the first
