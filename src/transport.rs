@@ -437,10 +437,6 @@ fn automatic_error_response(buffer: &[u8]) -> Option<(usize, u16)> {
     }
     let start = buffer.windows(STATUS_LINE_START.len()).rposition(|window| window == STATUS_LINE_START)?;
     let head = &buffer[start..];
-    if start > 0 && !buffer[..start].ends_with(b"\r\n") && !buffer[..start].ends_with(b"}") {
-        // Not at a plausible response boundary.
-        return None;
-    }
     let end_of_head = head.windows(4).position(|window| window == b"\r\n\r\n")?;
     if end_of_head + 4 != head.len() {
         return None;
