@@ -431,11 +431,11 @@ impl WatchedStream {
 /// or 431 and a head without a body. Every answer of the router carries `x-request-id`;
 /// hyper's never does.
 fn automatic_error_response(buffer: &[u8]) -> Option<(usize, u16)> {
-    const STATUS_LINE_START: &[u8] = b"HTTP/1.1 ";
     if !buffer.ends_with(b"\r\n\r\n") {
         return None;
     }
-    let start = buffer.windows(STATUS_LINE_START.len()).rposition(|window| window == STATUS_LINE_START)?;
+    // hyper answers in the version of the connection's last request: 1.1, or 1.0.
+    let start = buffer.windows(9).rposition(|window| window == b"HTTP/1.1 " || window == b"HTTP/1.0 ")?;
     let head = &buffer[start..];
     let end_of_head = head.windows(4).position(|window| window == b"\r\n\r\n")?;
     if end_of_head + 4 != head.len() {
@@ -597,6 +597,8 @@ mod tests {
         assert_eq!(automatic_error_response(&after_json), Some((after_json.len() - bare.len(), 400)));
         let ours = b"HTTP/1.1 400 Bad Request\r\nx-request-id: req_a\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(automatic_error_response(ours), None);
+        let older = b"HTTP/1.0 414 URI Too Long\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(automatic_error_response(older), Some((0, 414)));
         let not_an_error = b"HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n";
         assert_eq!(automatic_error_response(not_an_error), None);
         assert_eq!(automatic_error_response(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}"), None);

@@ -273,6 +273,19 @@ async fn request_heads_hyper_cannot_parse_get_the_json_error_and_a_request_id() 
     assert_eq!(responses[0].status, 200);
     assert_json_error(&responses[1], 400, "invalid_request");
 
+    // On a kept-alive HTTP/1.0 connection, where hyper answers in HTTP/1.0.
+    let mut stream = connect(&server).await;
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\nx-bad: a\x7fb\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut stream, BOUNDED_WAIT).await;
+    let responses = parse_responses(&received);
+    assert_eq!(responses.len(), 2, "{}", String::from_utf8_lossy(&received));
+    assert_json_error(&responses[1], 400, "invalid_request");
+
     // Ordinary requests are untouched by all this.
     assert_eq!(client().get(server.url("/healthz")).send().await.unwrap().status(), 200);
 }
