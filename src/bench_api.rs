@@ -232,6 +232,8 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         anonymous_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
         secure_cookies: false,
         key_encryption_key: crate::identity::random_bytes(),
+        transport: crate::transport::TransportLimits::default(),
+        token_rules: crate::agent_token::TokenRules::default(),
     };
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();

@@ -60,9 +60,33 @@ pub struct ServeArgs {
     #[arg(long, env = "BAHI_KEY_ENCRYPTION_KEY", hide_env_values = true)]
     pub key_encryption_key: Option<String>,
     /// Key file holding the key-encryption key (default: `<sqlite path>.kek`, or `bahi.kek`
-    /// for PostgreSQL; every node of a cluster needs the same key).
+    /// for PostgreSQL; every node of a cluster needs the same key). Keep it out of the
+    /// database's directory: a copy of that directory would carry the key that unseals the
+    /// issuer's private keys (start-up warns while it is there).
     #[arg(long, env = "BAHI_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
+    /// Seconds a client has to send a whole request head (from connecting, or from the first
+    /// byte of the next request on a kept-alive connection); then the connection is closed.
+    #[arg(long, env = "BAHI_HEADER_READ_TIMEOUT_SECONDS", default_value_t = crate::transport::DEFAULT_HEADER_READ_TIMEOUT_SECONDS)]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a kept-alive connection may wait for its next request, or a response for the
+    /// client to read it, before the connection is closed.
+    #[arg(long, env = "BAHI_IDLE_TIMEOUT_SECONDS", default_value_t = crate::transport::DEFAULT_IDLE_TIMEOUT_SECONDS)]
+    pub idle_timeout_seconds: u64,
+    /// Seconds a client has to send a whole request body after its head (408 past it).
+    #[arg(long, env = "BAHI_BODY_READ_TIMEOUT_SECONDS", default_value_t = crate::transport::DEFAULT_BODY_READ_TIMEOUT_SECONDS)]
+    pub body_read_timeout_seconds: u64,
+    /// Connections served at once; more wait to be accepted until one closes (default
+    /// 10000, or the open-file limit minus 128 when that is lower).
+    #[arg(long, env = "BAHI_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Clock skew allowed on external issuers' tokens (`exp`, `nbf`, `iat`), in seconds.
+    #[arg(long, env = "BAHI_EXTERNAL_TOKEN_LEEWAY_SECONDS", default_value_t = crate::agent_token::DEFAULT_EXTERNAL_LEEWAY_SECONDS)]
+    pub external_token_leeway_seconds: u64,
+    /// Longest lifetime of an external issuer's token (`exp - iat`, or `exp - now` without
+    /// `iat`), in seconds; longer-lived tokens are refused.
+    #[arg(long, env = "BAHI_EXTERNAL_TOKEN_MAX_LIFETIME_SECONDS", default_value_t = crate::agent_token::DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS)]
+    pub external_token_max_lifetime_seconds: u64,
     /// Log format: `pretty` or `json` (levels come from RUST_LOG, default info).
     #[arg(long, env = "BAHI_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

@@ -20,17 +20,37 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// Seals the embedded issuer's private keys; never stored in the database.
     pub key_encryption_key: [u8; 32],
+    /// Timeouts and the connection cap of the HTTP transport.
+    pub transport: crate::transport::TransportLimits,
+    /// Clock leeway and lifetime rules for agent tokens.
+    pub token_rules: crate::agent_token::TokenRules,
 }
 
 /// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.
 pub fn default_key_file(database_url: &str) -> std::path::PathBuf {
-    match database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:")) {
-        Some(path) if !path.is_empty() && !path.starts_with(':') => {
-            let path = path.split('?').next().unwrap_or(path);
-            std::path::PathBuf::from(format!("{path}.kek"))
-        }
-        _ => std::path::PathBuf::from("bahi.kek"),
+    match sqlite_path(database_url) {
+        Some(path) => std::path::PathBuf::from(format!("{}.kek", path.display())),
+        None => std::path::PathBuf::from("bahi.kek"),
     }
+}
+
+/// The SQLite file of `database_url`, if it names one.
+fn sqlite_path(database_url: &str) -> Option<std::path::PathBuf> {
+    let path = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.starts_with(':')).then(|| std::path::PathBuf::from(path))
+}
+
+/// Whether `key_file` sits in the same directory as the SQLite database, so that copying
+/// that directory (a backup, a support bundle) copies the key that unseals the issuer's
+/// private keys along with the sealed keys themselves.
+pub fn key_file_beside_database(key_file: &std::path::Path, database_url: &str) -> bool {
+    let Some(database) = sqlite_path(database_url) else { return false };
+    let directory = |path: &std::path::Path| {
+        let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+    };
+    directory(key_file) == directory(&database)
 }
 
 /// Parses `REQUESTS/SECONDS`, e.g. `600/60`.
@@ -43,5 +63,25 @@ pub fn parse_rate_limit(text: &str) -> Option<RateLimit> {
 impl ServerConfig {
     pub fn accepts_key_prefix(&self, prefix: &str) -> bool {
         self.key_prefix.as_str() == prefix || self.legacy_key_prefixes.iter().any(|legacy| legacy.as_str() == prefix)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_key_file_is_beside_the_database_and_is_flagged() {
+        let directory = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}", directory.path().join("bahi.db").display());
+        let key_file = default_key_file(&database_url);
+        assert_eq!(key_file, directory.path().join("bahi.db.kek"));
+        assert!(key_file_beside_database(&key_file, &database_url));
+        assert!(key_file_beside_database(std::path::Path::new("bahi.kek"), "sqlite://bahi.db"));
+        assert!(key_file_beside_database(std::path::Path::new("./bahi.kek"), "sqlite:bahi.db?mode=rwc"));
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert!(!key_file_beside_database(&elsewhere.path().join("bahi.kek"), &database_url));
+        assert!(!key_file_beside_database(std::path::Path::new("bahi.kek"), "postgres://postgres@localhost/test"));
     }
 }

@@ -147,6 +147,12 @@ impl Identity {
         }
     }
 
+    /// The same identity, verifying tokens under `rules`.
+    pub fn with_token_rules(mut self, rules: crate::agent_token::TokenRules) -> Identity {
+        self.verifier = Verifier::new().with_rules(rules);
+        self
+    }
+
     pub fn key_encryption_key(&self) -> &[u8; 32] {
         &self.key_encryption_key
     }

@@ -21,4 +21,5 @@ pub mod projector;
 pub mod server;
 pub mod store;
 pub mod tailer;
+pub mod transport;
 pub mod writer;

@@ -90,7 +90,19 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let anonymous_rate_limit = bahi::config::parse_rate_limit(&args.anonymous_rate_limit)
         .context("BAHI_ANONYMOUS_RATE_LIMIT must be REQUESTS/SECONDS, e.g. 30/60")?;
     let key_file = args.key_file.clone().unwrap_or_else(|| bahi::config::default_key_file(&args.database.database_url));
+    if args.key_encryption_key.as_deref().is_none_or(str::is_empty)
+        && bahi::config::key_file_beside_database(&key_file, &args.database.database_url)
+    {
+        tracing::warn!(
+            key_file = %key_file.display(),
+            "the key-encryption key file is in the same directory as the SQLite database: a copy of that \
+             directory carries the key that unseals the token issuer's private keys; move the key elsewhere \
+             with --key-file / BAHI_KEY_FILE, or give it in BAHI_KEY_ENCRYPTION_KEY"
+        );
+    }
     let key_encryption_key = bahi::identity::load_key_encryption_key(args.key_encryption_key.as_deref(), key_file)?;
+    let transport = transport_limits(args)?;
+    let token_rules = token_rules(args)?;
     Ok(ServerConfig {
         key_encryption_key,
         default_rate_limit,
@@ -104,6 +116,50 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         // Empty means `http://<bound address>`, filled in once the listener is bound (the
         // port is only known then when listening on port 0).
         issuer: args.issuer.clone().unwrap_or_default(),
+        transport,
+        token_rules,
+    })
+}
+
+/// Longest timeout accepted for any of the transport's timeouts.
+const MAX_TRANSPORT_TIMEOUT_SECONDS: u64 = 3_600;
+
+fn transport_limits(args: &ServeArgs) -> anyhow::Result<bahi::transport::TransportLimits> {
+    let seconds = |value: u64, name: &str| -> anyhow::Result<std::time::Duration> {
+        if value == 0 || value > MAX_TRANSPORT_TIMEOUT_SECONDS {
+            bail!("{name} must be between 1 and {MAX_TRANSPORT_TIMEOUT_SECONDS}");
+        }
+        Ok(std::time::Duration::from_secs(value))
+    };
+    let max_connections = args.max_connections.unwrap_or_else(bahi::transport::default_max_connections);
+    if max_connections == 0 || max_connections > u32::MAX as usize {
+        bail!("BAHI_MAX_CONNECTIONS must be between 1 and {}", u32::MAX);
+    }
+    Ok(bahi::transport::TransportLimits {
+        header_read_timeout: seconds(args.header_read_timeout_seconds, "BAHI_HEADER_READ_TIMEOUT_SECONDS")?,
+        idle_timeout: seconds(args.idle_timeout_seconds, "BAHI_IDLE_TIMEOUT_SECONDS")?,
+        body_read_timeout: seconds(args.body_read_timeout_seconds, "BAHI_BODY_READ_TIMEOUT_SECONDS")?,
+        max_connections,
+    })
+}
+
+/// Longest leeway and token lifetime accepted for external issuers.
+const MAX_EXTERNAL_LEEWAY_SECONDS: u64 = 600;
+const MAX_EXTERNAL_LIFETIME_SECONDS: u64 = 30 * 86_400;
+
+fn token_rules(args: &ServeArgs) -> anyhow::Result<bahi::agent_token::TokenRules> {
+    if args.external_token_leeway_seconds > MAX_EXTERNAL_LEEWAY_SECONDS {
+        bail!("BAHI_EXTERNAL_TOKEN_LEEWAY_SECONDS must be at most {MAX_EXTERNAL_LEEWAY_SECONDS}");
+    }
+    if args.external_token_max_lifetime_seconds == 0
+        || args.external_token_max_lifetime_seconds > MAX_EXTERNAL_LIFETIME_SECONDS
+    {
+        bail!("BAHI_EXTERNAL_TOKEN_MAX_LIFETIME_SECONDS must be between 1 and {MAX_EXTERNAL_LIFETIME_SECONDS}");
+    }
+    Ok(bahi::agent_token::TokenRules {
+        external_leeway_seconds: args.external_token_leeway_seconds as i64,
+        external_max_lifetime_seconds: args.external_token_max_lifetime_seconds as i64,
+        ..bahi::agent_token::TokenRules::default()
     })
 }
 

@@ -2,7 +2,6 @@
 //! start the writer and the projection runner, serve HTTP, and on SIGTERM or Ctrl-C stop
 //! accepting, finish in-flight requests, drain the writer, and bring projections to the head.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -73,7 +72,8 @@ pub async fn serve_on(
         tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, appended, shutdown.clone()))
     });
 
-    let identity = Arc::new(Identity::new(config.key_encryption_key, config.issuer.clone()));
+    let identity =
+        Arc::new(Identity::new(config.key_encryption_key, config.issuer.clone()).with_token_rules(config.token_rules));
     ensure_signing_key(&identity, &shared, &writer_handle).await?;
     let refresher_join = tokio::spawn(refresh_jwks(identity.clone(), shared.clone(), shutdown.clone()));
     let key_uses = Arc::new(KeyUses::default());
@@ -81,6 +81,7 @@ pub async fn serve_on(
     let flusher_join =
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
     let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
+    let transport = config.transport;
     let state = AppState::new(NodeState {
         writer: writer_handle,
         ledger: shared,
@@ -95,10 +96,8 @@ pub async fn serve_on(
     println!("bahi listening on http://{address}");
     tracing::info!(%address, "listening");
 
-    axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop)
-        .await
-        .context("serving HTTP")?;
+    let metrics = state.metrics.clone();
+    crate::transport::serve(listener, http::router(state), transport, metrics, stop).await;
 
     // Every request has finished and the router is gone; the key-use flusher records what
     // it holds and drops the last writer handle, so the writer drains its queue and stops.

@@ -223,13 +223,70 @@ async fn forged_expired_and_malformed_tokens_are_401() {
         let response = client.get(server.url("/v1/auth/account")).bearer_auth(&forged).send().await.unwrap();
         assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()), "{what}");
     }
-    // Within the 60 s leeway a just-expired token is still accepted (clock skew).
+    // Within the few seconds of leeway, a token expiring now is still accepted (clock skew
+    // between nodes).
     let mut just_expired = claims.clone();
-    just_expired["exp"] = json!(now - 5);
-    just_expired["iat"] = json!(now - 65);
-    just_expired["nbf"] = json!(now - 65);
+    just_expired["exp"] = json!(now);
+    just_expired["iat"] = json!(now - 60);
+    just_expired["nbf"] = json!(now - 60);
     assert_eq!(account_with(&client, &server, &sign_raw(&real, kid, &just_expired)).await, 200);
     let _ = org_id;
+}
+
+#[tokio::test]
+async fn an_embedded_token_dies_at_exp_give_or_take_five_seconds() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start(&database.url());
+    let client = client();
+    let (_, key) = register(&client, &server, "Acme").await;
+    let agent = create_agent(&client, &server, &key, json!({"name": "a", "scopes": ["account:read"]})).await;
+    let agent_id = agent["id"].as_str().unwrap();
+
+    // Minted in the past, as if it were a minute old: a one-second token that expired six
+    // seconds ago (the server's own key, a jti it minted).
+    let minted = mint(&client, &server, &key, agent_id, json!({"ttl_seconds": 1})).await;
+    let token = minted["access_token"].as_str().unwrap();
+    assert_eq!(account_with(&client, &server, token).await, 200, "valid while fresh, and cached");
+    let segments: Vec<&str> = token.split('.').collect();
+    let kid = decode_segment(segments[0])["kid"].as_str().unwrap().to_owned();
+    let real = unsealed_signing_key(&database).await;
+    let now = chrono::Utc::now().timestamp();
+    let mut aged = decode_segment(segments[1]);
+    aged["iat"] = json!(now - 60);
+    aged["nbf"] = json!(now - 60);
+    aged["exp"] = json!(now - 6);
+    let response =
+        client.get(server.url("/v1/auth/account")).bearer_auth(sign_raw(&real, &kid, &aged)).send().await.unwrap();
+    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+
+    // And the real thing, with the clock: seven seconds after minting, the one-second token
+    // (verified and cached above) is refused.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let response = client.get(server.url("/v1/auth/account")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+}
+
+#[tokio::test]
+async fn an_agent_token_in_x_api_key_is_401() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start(&database.url());
+    let client = client();
+    let (_, key) = register(&client, &server, "Acme").await;
+    let agent = create_agent(&client, &server, &key, json!({"name": "a", "scopes": ["account:read"]})).await;
+    let minted = mint(&client, &server, &key, agent["id"].as_str().unwrap(), json!({})).await;
+    let token = minted["access_token"].as_str().unwrap();
+    assert_eq!(account_with(&client, &server, token).await, 200, "as Bearer it works");
+    let response = client.get(server.url("/v1/auth/account")).header("x-api-key", token).send().await.unwrap();
+    let (status, body) = (response.status().as_u16(), response.json::<Value>().await.unwrap());
+    assert_eq!((status, body["error"]["type"].as_str()), (401, Some("unauthorized")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("x-api-key"), "{body}");
+    // Both headers, the same token: still refused, the token is in x-api-key.
+    let response =
+        client.get(server.url("/v1/auth/account")).bearer_auth(token).header("x-api-key", token).send().await.unwrap();
+    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+    // An API key there is fine.
+    let response = client.get(server.url("/v1/auth/account")).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]

@@ -83,6 +83,9 @@ pub struct StatementTotals {
     pub recorded_mismatches: u64,
 }
 
+/// The opening and closing rows carry a balance only: their `debit`, `credit` and
+/// `hold_released` cells are empty, so summing a column in a spreadsheet counts each
+/// amount once, and opening + the credit column - the debit column = closing.
 pub const CSV_HEADER: &str = "position,occurred_at,type,reference,description,call_id,credential_kind,credential_id,\
 agent_id,agent_name,act_for,model,input_tokens,output_tokens,debit,credit,hold_released,balance\r\n";
 
@@ -180,7 +183,7 @@ impl StatementWriter {
                 out.extend_from_slice(CSV_HEADER.as_bytes());
                 let _ = write!(
                     out,
-                    ",{},opening_balance,{},,,,,,,,,,,0.00,0.00,0.00,{opening}\r\n",
+                    ",{},opening_balance,{},,,,,,,,,,,,,,{opening}\r\n",
                     period_bound(header.period.from),
                     header.org_id
                 );
@@ -283,11 +286,9 @@ impl StatementWriter {
             StatementFormat::Csv => {
                 let _ = write!(
                     out,
-                    ",{},closing_balance,{},,,,,,,,,,,{},{},0.00,{}\r\n",
+                    ",{},closing_balance,{},,,,,,,,,,,,,,{}\r\n",
                     period_bound(self.header.period.until),
                     self.header.org_id,
-                    totals.debits,
-                    totals.credits,
                     totals.closing_balance
                 );
             }
@@ -365,15 +366,12 @@ mod tests {
         let (csv, totals) = write_all(StatementFormat::Csv, &entries);
         let lines: Vec<&str> = csv.split("\r\n").collect();
         assert_eq!(lines[0], CSV_HEADER.trim_end());
-        assert_eq!(lines[1], ",2026-01-01T00:00:00.000000Z,opening_balance,org_A,,,,,,,,,,,0.00,0.00,0.00,10.00");
+        assert_eq!(lines[1], ",2026-01-01T00:00:00.000000Z,opening_balance,org_A,,,,,,,,,,,,,,10.00");
         assert!(lines[2].starts_with("3,2026-01-05T10:00:00.000000Z,topup,ref_3,\"pay, \"\"ref\"\"\nline\","));
         assert!(lines[2].ends_with(",7,,0.00,42.50,0.00,52.50"), "{}", lines[2]);
         assert!(lines[3].contains(",\"'=HYPERLINK(1)\","), "{}", lines[3]);
         assert!(lines[3].ends_with(",0.000001,0.00,0.00,52.499999"), "{}", lines[3]);
-        assert_eq!(
-            lines[4],
-            ",2026-02-01T00:00:00.000000Z,closing_balance,org_A,,,,,,,,,,,0.000001,42.50,0.00,52.499999"
-        );
+        assert_eq!(lines[4], ",2026-02-01T00:00:00.000000Z,closing_balance,org_A,,,,,,,,,,,,,,52.499999");
         assert_eq!(lines[5], "");
         assert_eq!(totals.closing_balance, money("52.499999"));
         assert_eq!(
@@ -381,6 +379,29 @@ mod tests {
             totals.closing_balance
         );
         assert_eq!(totals.recorded_mismatches, 0);
+    }
+
+    #[test]
+    fn summing_the_csv_amount_columns_counts_each_entry_once() {
+        let entries = [
+            entry(3, "42.5", "0", "52.50", None),
+            entry(4, "0", "2.25", "50.25", None),
+            entry(5, "0", "0.000001", "50.249999", None),
+        ];
+        let (csv, totals) = write_all(StatementFormat::Csv, &entries);
+        let rows: Vec<Vec<&str>> =
+            csv.split("\r\n").skip(1).filter(|line| !line.is_empty()).map(|line| line.split(',').collect()).collect();
+        let column_sum = |index: usize| {
+            rows.iter()
+                .filter(|row| !row[index].is_empty())
+                .fold(Money::ZERO, |sum, row| sum.checked_add(money(row[index])).unwrap())
+        };
+        assert_eq!(column_sum(14), totals.debits);
+        assert_eq!(column_sum(15), totals.credits);
+        assert_eq!(column_sum(14), money("2.250001"));
+        let opening = money(rows[0][17]);
+        let closing = money(rows.last().unwrap()[17]);
+        assert_eq!(opening.checked_add(column_sum(15)).unwrap().checked_sub(column_sum(14)).unwrap(), closing);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::verifier::{CLOCK_SKEW_LEEWAY_SECONDS, VerifiedToken};
+use super::verifier::VerifiedToken;
 
 /// SHA-256 of the token text.
 pub(crate) type TokenHash = [u8; 32];
@@ -28,17 +28,19 @@ pub(crate) struct CacheEntry {
     pub(crate) generation: u64,
     /// The `nbf` claim; `i64::MIN` when the token had none.
     pub(crate) not_before_epoch_seconds: i64,
+    /// The clock leeway of the token's issuer.
+    pub(crate) leeway_seconds: i64,
 }
 
 impl CacheEntry {
     /// Whether `now` is within the token's validity window, leeway included. Same rule as
     /// a fresh verification, so a cache hit never accepts what a miss would refuse.
     pub(crate) fn is_expired(&self, now_epoch_seconds: i64) -> bool {
-        now_epoch_seconds > self.token.expires_at_epoch_seconds.saturating_add(CLOCK_SKEW_LEEWAY_SECONDS)
+        now_epoch_seconds > self.token.expires_at_epoch_seconds.saturating_add(self.leeway_seconds)
     }
 
     pub(crate) fn is_not_yet_valid(&self, now_epoch_seconds: i64) -> bool {
-        now_epoch_seconds.saturating_add(CLOCK_SKEW_LEEWAY_SECONDS) < self.not_before_epoch_seconds
+        now_epoch_seconds.saturating_add(self.leeway_seconds) < self.not_before_epoch_seconds
     }
 }
 
@@ -121,6 +123,7 @@ mod tests {
             }),
             generation: 1,
             not_before_epoch_seconds: i64::MIN,
+            leeway_seconds: 0,
         }
     }
 
@@ -164,10 +167,10 @@ mod tests {
 
     #[test]
     fn validity_window_includes_the_leeway() {
-        let cached = CacheEntry { not_before_epoch_seconds: 500, ..entry(1_000) };
-        assert!(!cached.is_expired(1_000 + CLOCK_SKEW_LEEWAY_SECONDS));
-        assert!(cached.is_expired(1_001 + CLOCK_SKEW_LEEWAY_SECONDS));
-        assert!(!cached.is_not_yet_valid(500 - CLOCK_SKEW_LEEWAY_SECONDS));
-        assert!(cached.is_not_yet_valid(499 - CLOCK_SKEW_LEEWAY_SECONDS));
+        let cached = CacheEntry { not_before_epoch_seconds: 500, leeway_seconds: 5, ..entry(1_000) };
+        assert!(!cached.is_expired(1_005));
+        assert!(cached.is_expired(1_006));
+        assert!(!cached.is_not_yet_valid(495));
+        assert!(cached.is_not_yet_valid(494));
     }
 }

@@ -26,6 +26,7 @@ pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
 pub use seal::{SealError, seal, unseal};
 pub use signing::{KeyError, SignError, SigningKey};
 pub use verifier::{
-    CLOCK_SKEW_LEEWAY_SECONDS, DEFAULT_CACHE_CAPACITY, IssuerError, IssuerKind, MAX_TOKEN_BYTES, TokenError,
-    TrustedIssuer, VerifiedToken, Verifier,
+    DEFAULT_CACHE_CAPACITY, DEFAULT_EXTERNAL_LEEWAY_SECONDS, DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS,
+    EMBEDDED_LEEWAY_SECONDS, IssuerError, IssuerKind, MAX_TOKEN_BYTES, TokenError, TokenRules, TrustedIssuer,
+    VerifiedToken, Verifier,
 };

@@ -361,7 +361,7 @@ fn missing_or_non_integer_exp_is_refused() {
 }
 
 #[test]
-fn expiry_and_not_before_honour_sixty_seconds_of_leeway_cached_or_not() {
+fn embedded_tokens_die_at_exp_with_five_seconds_of_leeway_cached_or_not() {
     let signing_key = key(1);
     let token = signing_key.sign(&claims()).unwrap();
     let expires_at = NOW + 600;
@@ -370,27 +370,39 @@ fn expiry_and_not_before_honour_sixty_seconds_of_leeway_cached_or_not() {
         verifier.upsert_issuer(embedded(&[&signing_key])).unwrap();
         // Within the window, and at both edges of the leeway.
         assert!(verifier.verify(&token, NOW).is_ok());
-        assert!(verifier.verify(&token, expires_at + CLOCK_SKEW_LEEWAY_SECONDS).is_ok());
-        assert!(verifier.verify(&token, NOW - CLOCK_SKEW_LEEWAY_SECONDS).is_ok());
+        assert!(verifier.verify(&token, expires_at + EMBEDDED_LEEWAY_SECONDS).is_ok());
+        assert!(verifier.verify(&token, NOW - EMBEDDED_LEEWAY_SECONDS).is_ok());
         // One second beyond each edge.
-        assert_eq!(refused(&verifier, &token, expires_at + CLOCK_SKEW_LEEWAY_SECONDS + 1), TokenError::Expired);
-        assert_eq!(refused(&verifier, &token, NOW - CLOCK_SKEW_LEEWAY_SECONDS - 1), TokenError::NotYetValid);
+        assert_eq!(refused(&verifier, &token, expires_at + EMBEDDED_LEEWAY_SECONDS + 1), TokenError::Expired);
+        assert_eq!(refused(&verifier, &token, NOW - EMBEDDED_LEEWAY_SECONDS - 1), TokenError::NotYetValid);
         // Still good afterwards: refusals do not poison the cache.
         assert!(verifier.verify(&token, NOW + 1).is_ok());
     }
 }
 
 #[test]
+fn a_one_second_embedded_token_is_dead_six_seconds_after_minting() {
+    let signing_key = key(1);
+    let verifier = verifier_for(&signing_key);
+    let short = AgentClaims { exp: NOW + 1, ..claims() };
+    let token = signing_key.sign(&short).unwrap();
+    assert!(verifier.verify(&token, NOW).is_ok(), "cached while valid");
+    assert_eq!(refused(&verifier, &token, NOW + 1 + EMBEDDED_LEEWAY_SECONDS + 1), TokenError::Expired);
+    // The sixty seconds jsonwebtoken allows by default are long gone.
+    assert_eq!(refused(&verifier, &token, NOW + 61), TokenError::Expired);
+}
+
+#[test]
 fn long_expired_and_far_future_tokens_are_refused() {
     let signing_key = key(1);
     let verifier = verifier_for(&signing_key);
-    let expired = AgentClaims { iat: NOW - 3_600, nbf: NOW - 3_600, exp: NOW - 61, ..claims() };
+    let expired = AgentClaims { iat: NOW - 3_600, nbf: NOW - 3_600, exp: NOW - 6, ..claims() };
     let token = signing_key.sign(&expired).unwrap();
     assert_eq!(refused(&verifier, &token, NOW), TokenError::Expired);
-    let future = AgentClaims { iat: NOW + 61, nbf: NOW + 61, exp: NOW + 600, ..claims() };
+    let future = AgentClaims { iat: NOW + 6, nbf: NOW + 6, exp: NOW + 600, ..claims() };
     let token = signing_key.sign(&future).unwrap();
     assert_eq!(refused(&verifier, &token, NOW), TokenError::NotYetValid);
-    let just_inside = AgentClaims { iat: NOW + 60, nbf: NOW + 60, exp: NOW + 600, ..claims() };
+    let just_inside = AgentClaims { iat: NOW + 5, nbf: NOW + 5, exp: NOW + 600, ..claims() };
     assert!(verifier.verify(&signing_key.sign(&just_inside).unwrap(), NOW).is_ok());
 }
 
@@ -686,6 +698,74 @@ fn external_token_with_unmapped_or_missing_owner_is_refused() {
     payload["tenant"] = json!(["acme"]);
     let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
     assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { .. }));
+}
+
+#[test]
+fn external_tokens_get_the_configured_leeway_cached_or_not() {
+    let idp = key(20);
+    let rules = TokenRules { external_leeway_seconds: 30, ..TokenRules::default() };
+    let token = forge(&es256_header(&idp), &external_payload(), es256_signer(&idp));
+    let expires_at = NOW + 300;
+    for capacity in [0, DEFAULT_CACHE_CAPACITY] {
+        let verifier = Verifier::with_cache_capacity(capacity).with_rules(rules);
+        verifier.upsert_issuer(external_issuer(&idp)).unwrap();
+        assert!(verifier.verify(&token, NOW).is_ok());
+        assert!(verifier.verify(&token, expires_at + 30).is_ok());
+        assert_eq!(refused(&verifier, &token, expires_at + 31), TokenError::Expired);
+    }
+    let strict = Verifier::new().with_rules(TokenRules { external_leeway_seconds: 0, ..rules });
+    strict.upsert_issuer(external_issuer(&idp)).unwrap();
+    assert_eq!(refused(&strict, &token, expires_at + 1), TokenError::Expired);
+}
+
+#[test]
+fn external_tokens_issued_in_the_future_are_refused() {
+    let idp = key(20);
+    let verifier = Verifier::new();
+    verifier.upsert_issuer(external_issuer(&idp)).unwrap();
+    let mut payload = external_payload();
+    payload["iat"] = json!(NOW + 3_600);
+    payload["exp"] = json!(NOW + 3_900);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "iat"));
+    // Within the leeway is clock skew, not a token from the future.
+    payload["iat"] = json!(NOW + 30);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(verifier.verify(&token, NOW).is_ok());
+    payload["iat"] = json!(NOW + 31);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "iat"));
+}
+
+#[test]
+fn external_tokens_living_longer_than_the_maximum_are_refused() {
+    let idp = key(20);
+    let verifier = Verifier::new();
+    verifier.upsert_issuer(external_issuer(&idp)).unwrap();
+    let ten_years = 10 * 365 * 86_400;
+    let mut payload = external_payload();
+    payload["exp"] = json!(NOW + ten_years);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "exp"));
+    // Without iat the lifetime counts from now.
+    payload.as_object_mut().unwrap().remove("iat");
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "exp"));
+    // Exactly the default maximum is accepted; a second more is not.
+    let day = DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS as i64;
+    payload["iat"] = json!(NOW);
+    payload["exp"] = json!(NOW + day);
+    assert!(verifier.verify(&forge(&es256_header(&idp), &payload, es256_signer(&idp)), NOW).is_ok());
+    payload["exp"] = json!(NOW + day + 1);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&verifier, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "exp"));
+    // The maximum is configurable.
+    let hourly =
+        Verifier::new().with_rules(TokenRules { external_max_lifetime_seconds: 3_600, ..TokenRules::default() });
+    hourly.upsert_issuer(external_issuer(&idp)).unwrap();
+    payload["exp"] = json!(NOW + 3_601);
+    let token = forge(&es256_header(&idp), &payload, es256_signer(&idp));
+    assert!(matches!(refused(&hourly, &token, NOW), TokenError::InvalidClaim { ref claim, .. } if claim == "exp"));
 }
 
 #[test]

@@ -8,8 +8,12 @@
 //!   `jwk`, `jku`, `x5u`, `x5c` headers are ignored, keys come only from registrations;
 //! - `kid` is required and must be a key of a registration whose `iss` is the token's;
 //! - the signature is 64 bytes (r || s) and verified by jsonwebtoken's aws-lc-rs backend;
-//! - `exp` is required, `exp` and `nbf` are checked against the caller's clock with
-//!   [`CLOCK_SKEW_LEEWAY_SECONDS`], and `aud` must match when the registration names one;
+//! - `exp` is required, `exp` and `nbf` are checked against the caller's clock with the
+//!   leeway of [`TokenRules`] (a few seconds for bahi's own tokens, configurable for
+//!   external ones), and `aud` must match when the registration names one;
+//! - an external token's `iat` may not lie in the future beyond the leeway, and its
+//!   lifetime (`exp - iat`, or `exp - now` without `iat`) may not exceed the configured
+//!   maximum;
 //! - bahi's own tokens must carry every claim of shared/api.md in its shape; external
 //!   tokens must name an owner that the registration maps to an org.
 //!
@@ -32,8 +36,45 @@ use sha2::{Digest, Sha256};
 use super::cache::{CacheEntry, TokenCache, TokenHash};
 use super::jwk::{Jwk, JwkError, JwkSet};
 
-/// Allowed clock difference between issuer and verifier, applied to `exp` and `nbf`.
-pub const CLOCK_SKEW_LEEWAY_SECONDS: i64 = 60;
+/// Allowed clock difference between bahi's nodes, applied to the embedded issuer's `exp`
+/// and `nbf`: its tokens die at `exp`, give or take this.
+pub const EMBEDDED_LEEWAY_SECONDS: i64 = 5;
+
+/// Default clock difference allowed between an external issuer and bahi.
+pub const DEFAULT_EXTERNAL_LEEWAY_SECONDS: u64 = 30;
+
+/// Default longest lifetime of an external issuer's token.
+pub const DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS: u64 = 86_400;
+
+/// The time rules tokens are held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Leeway on `exp` and `nbf` of the embedded issuer's tokens.
+    pub embedded_leeway_seconds: i64,
+    /// Leeway on `exp`, `nbf` and `iat` of external issuers' tokens.
+    pub external_leeway_seconds: i64,
+    /// Longest `exp - iat` (or `exp - now` without `iat`) of an external issuer's token.
+    pub external_max_lifetime_seconds: i64,
+}
+
+impl Default for TokenRules {
+    fn default() -> TokenRules {
+        TokenRules {
+            embedded_leeway_seconds: EMBEDDED_LEEWAY_SECONDS,
+            external_leeway_seconds: DEFAULT_EXTERNAL_LEEWAY_SECONDS as i64,
+            external_max_lifetime_seconds: DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS as i64,
+        }
+    }
+}
+
+impl TokenRules {
+    fn leeway_seconds(&self, kind: &IssuerKind) -> i64 {
+        match kind {
+            IssuerKind::Embedded => self.embedded_leeway_seconds,
+            IssuerKind::External { .. } => self.external_leeway_seconds,
+        }
+    }
+}
 
 /// Longest token accepted. bahi's tokens are about 500 bytes; external identity
 /// providers stay within a few kilobytes. Bounds the hashing and parsing an
@@ -214,6 +255,7 @@ pub struct Verifier {
     next_generation: AtomicU64,
     cache: TokenCache,
     signature_checks: AtomicU64,
+    rules: TokenRules,
 }
 
 impl Default for Verifier {
@@ -243,7 +285,14 @@ impl Verifier {
             next_generation: AtomicU64::new(1),
             cache: TokenCache::new(capacity),
             signature_checks: AtomicU64::new(0),
+            rules: TokenRules::default(),
         }
+    }
+
+    /// The same verifier holding tokens to `rules`.
+    pub fn with_rules(mut self, rules: TokenRules) -> Verifier {
+        self.rules = rules;
+        self
     }
 
     /// Adds a registration, or replaces the one with the same `registration_id`. Tokens
@@ -331,9 +380,10 @@ impl Verifier {
             // Its registration changed or went away: forget it and decide afresh.
             self.cache.remove(&token_hash);
         }
-        let (verified, generation, not_before_epoch_seconds) = self.verify_uncached(token, now_epoch_seconds)?;
+        let (verified, generation, not_before_epoch_seconds, leeway_seconds) =
+            self.verify_uncached(token, now_epoch_seconds)?;
         let verified = Arc::new(verified);
-        let entry = CacheEntry { token: Arc::clone(&verified), generation, not_before_epoch_seconds };
+        let entry = CacheEntry { token: Arc::clone(&verified), generation, not_before_epoch_seconds, leeway_seconds };
         self.cache.insert(token_hash, entry, now_epoch_seconds);
         Ok(verified)
     }
@@ -346,7 +396,12 @@ impl Verifier {
             .is_some_and(|entry| entry.generation == cached.generation)
     }
 
-    fn verify_uncached(&self, token: &str, now_epoch_seconds: i64) -> Result<(VerifiedToken, u64, i64), TokenError> {
+    /// The token, its registration's generation, its `nbf`, and the leeway it was held to.
+    fn verify_uncached(
+        &self,
+        token: &str,
+        now_epoch_seconds: i64,
+    ) -> Result<(VerifiedToken, u64, i64, i64), TokenError> {
         let parsed = parse(token)?;
         let issuer = required_string(&parsed.claims, "iss")?;
         let candidates: Vec<Arc<IssuerEntry>> = {
@@ -386,8 +441,11 @@ impl Verifier {
             if !signature_valid {
                 continue;
             }
-            match interpret(&entry, &parsed, now_epoch_seconds) {
-                Ok((verified, not_before)) => return Ok((verified, entry.generation, not_before)),
+            match interpret(&entry, &parsed, now_epoch_seconds, &self.rules) {
+                Ok((verified, not_before)) => {
+                    let leeway = self.rules.leeway_seconds(&entry.config.kind);
+                    return Ok((verified, entry.generation, not_before, leeway));
+                }
                 Err(error) => refusal = error,
             }
         }
@@ -481,17 +539,29 @@ fn interpret(
     entry: &IssuerEntry,
     parsed: &ParsedToken<'_>,
     now_epoch_seconds: i64,
+    rules: &TokenRules,
 ) -> Result<(VerifiedToken, i64), TokenError> {
     let claims = &parsed.claims;
+    let leeway = rules.leeway_seconds(&entry.config.kind);
     let expires_at = required_integer(claims, "exp")?;
-    if now_epoch_seconds > expires_at.saturating_add(CLOCK_SKEW_LEEWAY_SECONDS) {
+    if now_epoch_seconds > expires_at.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
     let not_before = optional_integer(claims, "nbf")?;
     if let Some(not_before) = not_before
-        && now_epoch_seconds.saturating_add(CLOCK_SKEW_LEEWAY_SECONDS) < not_before
+        && now_epoch_seconds.saturating_add(leeway) < not_before
     {
         return Err(TokenError::NotYetValid);
+    }
+    if let IssuerKind::External { .. } = entry.config.kind {
+        let issued_at = optional_integer(claims, "iat")?;
+        if issued_at.is_some_and(|issued_at| issued_at > now_epoch_seconds.saturating_add(leeway)) {
+            return Err(invalid("iat", "is in the future"));
+        }
+        let lifetime = expires_at.saturating_sub(issued_at.unwrap_or(now_epoch_seconds));
+        if lifetime > rules.external_max_lifetime_seconds {
+            return Err(invalid("exp", "is further from iat (or now) than the longest token lifetime accepted"));
+        }
     }
     if let Some(expected) = &entry.config.audience {
         check_audience(claims, expected)?;

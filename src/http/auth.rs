@@ -148,6 +148,12 @@ fn presented_header_credential(headers: &HeaderMap) -> Result<Option<String>, Ap
             Some(value.to_str().map_err(|_| ApiError::unauthorized("malformed x-api-key header"))?.trim().to_owned())
         }
     };
+    // Tokens travel only as Bearer, so a token copied into a key's header is never honoured.
+    if api_key_header.as_deref().is_some_and(looks_like_token) {
+        return Err(ApiError::unauthorized(
+            "x-api-key carries API keys only; send an agent token as \"Authorization: Bearer <token>\"",
+        ));
+    }
     match (bearer, api_key_header) {
         (Some(bearer), Some(key)) if bearer != key => {
             Err(ApiError::unauthorized("send exactly one credential: Authorization and x-api-key differ"))

@@ -16,6 +16,14 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct ApiJson<T>(pub T);
 
 fn map_rejection(rejection: JsonRejection) -> ApiError {
+    if crate::transport::is_body_read_timeout(&rejection) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive within the body read timeout (BAHI_BODY_READ_TIMEOUT_SECONDS)",
+        )
+        .with_header(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
