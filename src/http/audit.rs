@@ -257,8 +257,10 @@ async fn events(
     let data = events
         .into_iter()
         .map(|event| {
-            let payload: Value = serde_json::from_slice(&event.payload)
+            let mut payload: Value = serde_json::from_slice(&event.payload)
                 .map_err(|error| ApiError::internal(format!("event {} payload: {error}", event.position)))?;
+            // The stored bytes (and so `hash`) are unchanged; secrets never leave the log.
+            bahi_domain::redaction::redact(&mut payload);
             Ok(json!({
                 "position": event.position,
                 "type": event.event_type,
