@@ -48,8 +48,9 @@ pub enum Benchmark {
     Attribution,
     /// Key resolution in memory vs bare SHA-256; agent-token verification vs bare ES256.
     Credentials,
-    /// HTTP on loopback at --connections: account, authorize, authorize+usage pairs, each
-    /// beside a trivial axum JSON endpoint.
+    /// HTTP on loopback at --connections: /healthz, account, authorize (a durable hold each),
+    /// authorize+usage pairs, each beside a trivial axum JSON endpoint; then the engine alone
+    /// inserting the authorizations' rows in batches of --connections.
     Http,
 }
 
@@ -449,6 +450,61 @@ async fn raw_rate(store: &Store, batch_commands: usize, events: i64, duration: D
         exhausted,
         batch_events,
     })
+}
+
+/// The engine alone writing what durable authorizations write: `CallAuthorized` rows of one
+/// org, prebuilt and chained before timing, appended `batch_rows` to a transaction (the batch
+/// the writer forms at that many connections) until the deadline. Returns rows per second.
+pub async fn raw_authorizations(store: &Store, batch_rows: usize, duration: Duration) -> anyhow::Result<f64> {
+    let (position, head_hash) = store.head().await?;
+    let mut ledger = Ledger::new();
+    ledger.position = position;
+    ledger.head_hash = head_hash;
+    let org_id = OrgId::from_random(crate::identity::new_id_bytes());
+    let attribution = CallAttribution {
+        credential_kind: "api_key".into(),
+        credential_id: ApiKeyId::from_random(crate::identity::new_id_bytes()).to_string(),
+        agent_id: None,
+        agent_name: None,
+        act_for: org_id.to_string(),
+    };
+    let price = Price { input_per_million: Money::parse("1")?, output_per_million: Money::parse("2")? };
+    let hold = Money::parse("0.0123")?;
+    let now = truncate_to_micros(chrono::Utc::now());
+    // Enough rows for 100,000 authorizations a second, so the point ends at its deadline.
+    let total = usize::try_from(duration.as_secs().max(1))? * 100_000;
+    let mut batches = Vec::with_capacity(total.div_ceil(batch_rows));
+    for _ in 0..total.div_ceil(batch_rows) {
+        let before = ledger.position;
+        let events = (0..batch_rows)
+            .map(|_| {
+                bahi_domain::event::CallAuthorized {
+                    call_id: CallId::from_random(crate::identity::new_id_bytes()),
+                    org_id: org_id.clone(),
+                    attribution: attribution.clone(),
+                    model: GATEWAY_MODEL.to_owned(),
+                    price,
+                    hold,
+                    authorized_at: now,
+                    hold_expires_at: now + chrono::Duration::seconds(600),
+                }
+                .into()
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(batch_rows);
+        push_rows(&mut ledger, events, now, &mut rows);
+        batches.push((before, rows));
+    }
+    let started = Instant::now();
+    let mut appended = 0usize;
+    for (before, rows) in &batches {
+        if started.elapsed() >= duration {
+            break;
+        }
+        store.append(*before, rows).await?;
+        appended += rows.len();
+    }
+    Ok(appended as f64 / started.elapsed().as_secs_f64())
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {

@@ -204,8 +204,9 @@ where
 
 const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop";
 
-/// HTTP on loopback at `connections` connections: a trivial axum JSON endpoint, the
-/// account endpoint, authorize without a hold, and authorize-with-hold + usage pairs.
+/// HTTP on loopback at `connections` connections: a trivial axum JSON endpoint, this
+/// server's `/healthz`, the account endpoint, authorize (every one a durable hold), and
+/// authorize + usage pairs; then the engine alone inserting the authorizations' rows.
 pub async fn http(seconds: u64, connections: usize, database: Option<String>) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     let directory =
@@ -314,10 +315,28 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
     .await?;
     println!("{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}", "GET /v1/auth/account", rate / baseline);
 
+    let (healthz, p50, p99, failures) = load(address, connections, duration, |connection| {
+        Box::pin(async move {
+            let request = LoadRequest {
+                method: hyper::Method::GET,
+                path: "/healthz",
+                bearer: None,
+                body: hyper::body::Bytes::new(),
+            };
+            connection.send(request).await.is_some()
+        })
+    })
+    .await?;
+    println!(
+        "{:<44} {healthz:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
+        "GET /healthz (this server's trivial endpoint)",
+        healthz / baseline
+    );
+
     let bearer_c = bearer.clone();
-    let no_hold = hyper::body::Bytes::from(json!({"model": "bench-model"}).to_string());
-    let (rate, p50, p99, failures) = load(address, connections, duration, move |connection| {
-        let (bearer, body) = (bearer_c.clone(), no_hold.clone());
+    let default_hold = hyper::body::Bytes::from(json!({"model": "bench-model"}).to_string());
+    let (authorizations, p50, p99, failures) = load(address, connections, duration, move |connection| {
+        let (bearer, body) = (bearer_c.clone(), default_hold.clone());
         Box::pin(async move {
             let request =
                 LoadRequest { method: hyper::Method::POST, path: "/v1/authorize", bearer: Some(&bearer), body };
@@ -326,9 +345,9 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
     })
     .await?;
     println!(
-        "{:<44} {rate:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
-        "POST /v1/authorize (no hold)",
-        rate / baseline
+        "{:<44} {authorizations:>12.0} {:>8.2} {p50:>10} {p99:>10} {failures:>9}",
+        "POST /v1/authorize (durable default hold)",
+        authorizations / baseline
     );
 
     let with_hold = hyper::body::Bytes::from(json!({"model": "bench-model", "max_cost": "1"}).to_string());
@@ -354,6 +373,17 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
 
     let _ = stop_sender.send(());
     server.await??;
+    // The engine alone writing the rows those authorizations wrote, in batches of the size
+    // the writer forms at this many connections, on the same database.
+    let store = crate::store::Store::open(&database_url).await?;
+    let raw = crate::bench::raw_authorizations(&store, connections, duration).await?;
+    store.close().await;
+    println!("{:<44} {raw:>12.0}", "raw batched insert of CallAuthorized rows");
+    println!(
+        "authorize (durable hold): {:.2} of this server's /healthz, {:.2} of the raw insert ceiling",
+        authorizations / healthz,
+        authorizations / raw
+    );
     let _ = std::fs::remove_dir_all(&directory);
     Ok(())
 }
