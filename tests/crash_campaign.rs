@@ -199,7 +199,7 @@ async fn kill_restart_verify_rounds_lose_nothing_and_bill_nothing_twice() {
             retry_unanswered(&server.base_url, &org_id, &record).await;
         }
 
-        let record = record.lock();
+        let record = std::mem::take(&mut *record.lock());
         let grant_ids: BTreeSet<&str> = record.grants.values().map(|id| id.as_deref().unwrap()).collect();
         assert_eq!(grant_ids.len(), record.grants.len(), "{engine}: one grant per idempotency key");
         let events = org_events(&server.base_url, &api_key, grant_ids.len()).await;
