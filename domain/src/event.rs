@@ -14,6 +14,9 @@ use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, U
 use crate::money::Money;
 
 mod call_payloads;
+mod redaction;
+
+pub use redaction::{REDACTED, is_secret_field, redact, served_payload};
 
 /// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
