@@ -154,8 +154,13 @@ mod tests {
                 expires_at: at(),
             }
             .into(),
-            SessionEnded { user_id: user_id.clone(), org_id: org_id.clone(), session_hash: secret_hash(), ended_at: at() }
-                .into(),
+            SessionEnded {
+                user_id: user_id.clone(),
+                org_id: org_id.clone(),
+                session_hash: secret_hash(),
+                ended_at: at(),
+            }
+            .into(),
             UserSessionsEnded { user_id: user_id.clone(), org_id: org_id.clone(), ended_at: at() }.into(),
             ApiKeyRevoked { key_id: key_id.clone(), org_id: org_id.clone(), revoked_at: at(), deleted: true }.into(),
             ApiKeyUsed { key_id: key_id.clone(), org_id: org_id.clone(), last_used_at: at() }.into(),
