@@ -313,6 +313,20 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_of_every_event_type_carries_no_secret() {
+        let secrets = [PASSWORD_HASH.to_owned(), SEALED.to_owned(), secret_hash().to_hex()];
+        for event in one_of_each() {
+            let text = format!("{event:?}");
+            for secret in &secrets {
+                assert!(!text.contains(secret.as_str()), "{}: Debug shows a secret: {text}", event.event_type());
+            }
+            // Debug prints a hash as its bytes, in decimal.
+            let bytes = format!("{:?}", secret_hash().as_bytes());
+            assert!(!text.contains(&bytes[1..bytes.len() - 1]), "{}: Debug shows a hash: {text}", event.event_type());
+        }
+    }
+
+    #[test]
     fn redaction_keeps_public_fields_and_nulls() {
         let mut value = json!({"key_id": "key_1", "key_hash": "ab", "expires_at": null, "password_hash": null});
         redact(&mut value);
