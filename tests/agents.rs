@@ -86,6 +86,17 @@ fn sign_raw(key: &SigningKey, kid: &str, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(key.private_pkcs8_der())).unwrap()
 }
 
+/// A current token of `issuer` for `owner` (under the claim `org`): the proof a
+/// registration of that owner needs.
+fn proof(key: &SigningKey, issuer: &str, audience: Option<&str>, owner: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({"iss": issuer, "sub": "registering-admin", "org": owner, "iat": now, "exp": now + 300});
+    if let Some(audience) = audience {
+        claims["aud"] = json!(audience);
+    }
+    sign_raw(key, key.kid(), &claims)
+}
+
 #[tokio::test]
 async fn a_minted_token_verifies_independently_and_carries_the_contract_claims() {
     let database = TestDatabase::sqlite();
@@ -371,7 +382,8 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
         "issuer": "https://ekam.example",
         "jwks": jwks,
         "audience": "bahi",
-        "owners": {"fleet-owner": org_id}
+        "owners": {"fleet-owner": org_id},
+        "proofs": {"fleet-owner": proof(&external, "https://ekam.example", Some("bahi"), "fleet-owner")}
     }))
     .await
     .unwrap();
@@ -441,7 +453,8 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
     let fetched = SigningKey::from_random_bytes([43; 32]).unwrap();
     let uri = serve_jwks(serde_json::to_value(JwkSet { keys: vec![fetched.public_jwk()] }).unwrap()).await;
     let response = register_issuer(
-        json!({"issuer": "https://fetched.example", "jwks_uri": uri, "owners": {"fleet-owner": org_id}}),
+        json!({"issuer": "https://fetched.example", "jwks_uri": uri, "owners": {"fleet-owner": org_id},
+            "proofs": {"fleet-owner": proof(&fetched, "https://fetched.example", None, "fleet-owner")}}),
     )
     .await
     .unwrap();
