@@ -86,6 +86,17 @@ fn sign_raw(key: &SigningKey, kid: &str, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(key.private_pkcs8_der())).unwrap()
 }
 
+/// A current token of `issuer` for `owner` (under the claim `org`): the proof a
+/// registration of that owner needs.
+fn proof(key: &SigningKey, issuer: &str, audience: Option<&str>, owner: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({"iss": issuer, "sub": "registering-admin", "org": owner, "iat": now, "exp": now + 300});
+    if let Some(audience) = audience {
+        claims["aud"] = json!(audience);
+    }
+    sign_raw(key, key.kid(), &claims)
+}
+
 #[tokio::test]
 async fn a_minted_token_verifies_independently_and_carries_the_contract_claims() {
     let database = TestDatabase::sqlite();
@@ -428,7 +439,8 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
         "issuer": "https://ekam.example",
         "jwks": jwks,
         "audience": "bahi",
-        "owners": {"fleet-owner": org_id}
+        "owners": {"fleet-owner": org_id},
+        "proofs": {"fleet-owner": proof(&external, "https://ekam.example", Some("bahi"), "fleet-owner")}
     }))
     .await
     .unwrap();
@@ -498,7 +510,8 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
     let fetched = SigningKey::from_random_bytes([43; 32]).unwrap();
     let uri = serve_jwks(serde_json::to_value(JwkSet { keys: vec![fetched.public_jwk()] }).unwrap()).await;
     let response = register_issuer(
-        json!({"issuer": "https://fetched.example", "jwks_uri": uri, "owners": {"fleet-owner": org_id}}),
+        json!({"issuer": "https://fetched.example", "jwks_uri": uri, "owners": {"fleet-owner": org_id},
+            "proofs": {"fleet-owner": proof(&fetched, "https://fetched.example", None, "fleet-owner")}}),
     )
     .await
     .unwrap();
@@ -571,4 +584,106 @@ async fn revocation_on_one_node_is_refused_on_another() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eprintln!("revocation reached the second node in {:?}", revoked_at.elapsed());
+}
+
+/// A human owner's session cookie and org id, from a fresh signup.
+async fn sign_up(client: &Client, server: &TestServer, email: &str, org_name: &str) -> (String, String) {
+    let signup = client
+        .post(server.url("/me/signup"))
+        .json(&json!({"email": email, "password": "Owner-Pass-1", "org_name": org_name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 201);
+    let cookie = signup.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let body: Value = signup.json().await.unwrap();
+    (cookie, body["org_id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn another_org_cannot_squat_an_issuer_owner() {
+    for database in TestDatabase::all().await {
+        let engine = database.engine();
+        let server = TestServer::start(&database.url());
+        let client = client();
+        let (cookie_a, org_a) = sign_up(&client, &server, "a@acme.example", "Acme").await;
+        let (cookie_b, org_b) = sign_up(&client, &server, "b@globex.example", "Globex").await;
+        let register_as = |cookie: &str, body: Value| {
+            client.post(server.url("/me/issuers")).header("cookie", cookie.to_owned()).json(&body).send()
+        };
+        let idp = SigningKey::from_random_bytes([44; 32]).unwrap();
+        let jwks = serde_json::to_value(JwkSet { keys: vec![idp.public_jwk()] }).unwrap();
+        const IDP: &str = "https://idp.example";
+        let registered = register_as(
+            &cookie_a,
+            json!({"issuer": IDP, "jwks": jwks, "owners": {"acme": org_a}, "proofs": {"acme": proof(&idp, IDP, None, "acme")}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(registered.status(), 201, "{engine}");
+        let registration_a: Value = registered.json().await.unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let token_a = sign_raw(
+            &idp,
+            idp.kid(),
+            &json!({"iss": IDP, "sub": "acme-agent", "org": "acme", "scope": "account:read", "iat": now, "exp": now + 300}),
+        );
+        let org_of = |token: String| {
+            let request = client.get(server.url("/v1/auth/account")).bearer_auth(token).send();
+            async move {
+                let response = request.await.unwrap();
+                assert_eq!(response.status(), 200);
+                let body: Value = response.json().await.unwrap();
+                body["org_id"].as_str().unwrap().to_owned()
+            }
+        };
+        assert_eq!(org_of(token_a.clone()).await, org_a, "{engine}");
+
+        // B copies A's public keys and maps A's owner to itself: no proof, 400 naming it.
+        let squat = |proofs: Value| json!({"issuer": IDP, "jwks": jwks, "owners": {"acme": org_b}, "proofs": proofs});
+        let response = register_as(&cookie_b, squat(json!({}))).await.unwrap();
+        let body = response.text().await.unwrap();
+        assert!(body.contains("invalid_request") && body.contains("acme"), "{engine}: {body}");
+        // Forged proofs: B's own key under A's kid, another owner, an expired token.
+        let impostor = SigningKey::from_random_bytes([45; 32]).unwrap();
+        let forged = sign_raw(
+            &impostor,
+            idp.kid(),
+            &json!({"iss": IDP, "sub": "x", "org": "acme", "iat": now, "exp": now + 300}),
+        );
+        let other_owner = proof(&idp, IDP, None, "globex");
+        let expired = sign_raw(
+            &idp,
+            idp.kid(),
+            &json!({"iss": IDP, "sub": "x", "org": "acme", "iat": now - 7200, "exp": now - 3600}),
+        );
+        let other_issuer = proof(&idp, "https://elsewhere.example", None, "acme");
+        for (what, token) in [
+            ("key not in the set", forged),
+            ("owner mismatch", other_owner),
+            ("expired", expired),
+            ("other iss", other_issuer),
+        ] {
+            let response = register_as(&cookie_b, squat(json!({"acme": token}))).await.unwrap();
+            let (status, kind) = error_type(response).await;
+            assert_eq!((status, kind.as_str()), (400, "invalid_request"), "{engine}: {what}");
+        }
+        // A registered audience must be in the proof.
+        let mut with_audience = squat(json!({"acme": proof(&idp, IDP, None, "acme")}));
+        with_audience["audience"] = json!("bahi");
+        assert_eq!(error_type(register_as(&cookie_b, with_audience).await.unwrap()).await.0, 400, "{engine}");
+        // Even a genuine proof cannot take an owner another org's live registration maps.
+        let genuine = squat(json!({"acme": proof(&idp, IDP, None, "acme")}));
+        let (status, kind) = error_type(register_as(&cookie_b, genuine).await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (409, "conflict"), "{engine}");
+        assert_eq!(org_of(token_a.clone()).await, org_a, "{engine}: A's tokens still pay as A");
+
+        // A revokes its registration: B still cannot map A's owner without a proof, and A's
+        // tokens are refused rather than billed to B.
+        let revoke_path = format!("/me/issuers/{}/revoke", registration_a["id"].as_str().unwrap());
+        let revoked = client.post(server.url(&revoke_path)).header("cookie", &cookie_a).send().await.unwrap();
+        assert_eq!(revoked.status(), 200);
+        assert_eq!(error_type(register_as(&cookie_b, squat(json!({}))).await.unwrap()).await.0, 400, "{engine}");
+        assert_eq!(account_with(&client, &server, &token_a).await, 401, "{engine}");
+    }
 }

@@ -482,7 +482,7 @@ async fn the_event_log_shows_an_org_its_own_events_only_in_order() {
             let stored = &log[usize::try_from(position - 1).unwrap()];
             assert_eq!(event["type"], stored.event_type.as_str());
             assert_eq!(event["hash"], hex::encode(stored.hash));
-            assert_eq!(event["data"], serde_json::from_slice::<Value>(&stored.payload).unwrap());
+            assert_eq!(event["data"], bahi_domain::event::served_payload(&stored.payload).unwrap());
             assert!(event["recorded_at"].as_str().unwrap().ends_with('Z'));
             let type_name = event["type"].as_str().unwrap();
             assert!(
@@ -839,5 +839,209 @@ async fn every_answer_is_the_same_after_a_restart_and_after_rebuild() {
         let server = start_server(&database).await;
         let rebuilt = answers(&client, &server, &scenario).await;
         same_answers(&first, &rebuilt, &format!("{}: rebuild", database.engine()));
+    }
+}
+
+/// The cookie a signup or login answer sets.
+fn set_cookie(response: &Response) -> String {
+    let header = response.headers().get("set-cookie").unwrap().to_str().unwrap();
+    header.split(';').next().unwrap().to_owned()
+}
+
+async fn post_json(
+    client: &Client,
+    server: &TestServer,
+    credential: Option<&str>,
+    path: &str,
+    body: Value,
+) -> Response {
+    let request = client.post(server.url(path)).json(&body);
+    let request = match credential {
+        Some(cookie) if cookie.starts_with("bahi_session=") => request.header("cookie", cookie),
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+/// The string values of every secret-named field in a payload (at any depth).
+fn secret_values(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                match field {
+                    Value::String(text) if bahi_domain::event::is_secret_field(name) && !text.is_empty() => {
+                        found.push(text.clone());
+                    }
+                    _ => secret_values(field, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| secret_values(item, found)),
+        _ => {}
+    }
+}
+
+/// Paths of secret-named fields that are served with a value other than the redaction mark.
+fn unredacted_fields(value: &Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                let path = format!("{path}.{name}");
+                let marked = field.is_null() || *field == Value::String(bahi_domain::event::REDACTED.into());
+                if bahi_domain::event::is_secret_field(name) && !marked {
+                    found.push(path.clone());
+                }
+                unredacted_fields(field, &path, found);
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                unredacted_fields(item, &format!("{path}[{index}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn auditors_and_audit_tokens_never_read_password_session_or_key_hashes() {
+    for database in TestDatabase::all().await {
+        let engine = database.engine();
+        let mut server = start_server(&database).await;
+        let client = client();
+        let signup = post_json(
+            &client,
+            &server,
+            None,
+            "/me/signup",
+            json!({"email": "owner@asha.example", "password": "Owner-Pass-1", "org_name": "Asha"}),
+        )
+        .await;
+        assert_eq!(signup.status(), 201);
+        let owner = set_cookie(&signup);
+        let signup: Value = signup.json().await.unwrap();
+        let org_id = signup["org_id"].as_str().map(str::to_owned).unwrap_or_default();
+        let login = post_json(
+            &client,
+            &server,
+            None,
+            "/me/login",
+            json!({"email": "owner@asha.example", "password": "Owner-Pass-1"}),
+        )
+        .await;
+        assert_eq!(login.status(), 200);
+        let second_owner_session = set_cookie(&login);
+        let added = post_json(
+            &client,
+            &server,
+            Some(&owner),
+            "/v1/auth/account/members",
+            json!({"email": "auditor@asha.example", "role": "auditor", "password": "Auditor-Pass-1"}),
+        )
+        .await;
+        assert_eq!(added.status(), 201);
+        let login = post_json(
+            &client,
+            &server,
+            None,
+            "/me/login",
+            json!({"email": "auditor@asha.example", "password": "Auditor-Pass-1"}),
+        )
+        .await;
+        assert_eq!(login.status(), 200);
+        let auditor = set_cookie(&login);
+        let key = post_json(
+            &client,
+            &server,
+            Some(&owner),
+            "/v1/auth/account/api-keys",
+            json!({"name": "worker", "metadata": {"db_password": "metadata-secret-value"}}),
+        )
+        .await;
+        assert_eq!(key.status(), 201);
+        let key: Value = key.json().await.unwrap();
+        let api_key = key["api_key"].as_str().unwrap().to_owned();
+        let agent = post_json(
+            &client,
+            &server,
+            Some(&owner),
+            "/me/agents",
+            json!({"name": "auditor-bot", "scopes": ["audit:read"]}),
+        )
+        .await;
+        assert_eq!(agent.status(), 201);
+        let agent: Value = agent.json().await.unwrap();
+        let token = post_json(
+            &client,
+            &server,
+            Some(&owner),
+            &format!("/me/agents/{}/token", agent["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+        assert_eq!(token.status(), 200);
+        let token: Value = token.json().await.unwrap();
+        let token = token["access_token"].as_str().unwrap().to_owned();
+        let rotated = post_json(&client, &server, Some(OPERATOR_KEY), "/v1/admin/signing-keys/rotate", json!({})).await;
+        assert!(rotated.status().is_success(), "{engine}: rotate {}", rotated.status());
+        assert_eq!(
+            post_json(&client, &server, Some(&second_owner_session), "/me/logout", json!({})).await.status(),
+            200
+        );
+
+        // Every secret the log holds, read from the stored payloads.
+        let store = Store::open(&database.url()).await.unwrap();
+        let log = store.read_after(0, 10_000).await.unwrap();
+        let mut secrets = Vec::new();
+        for stored in &log {
+            secret_values(&serde_json::from_slice(&stored.payload).unwrap(), &mut secrets);
+        }
+        let types: Vec<&str> = log.iter().map(|stored| stored.event_type.as_str()).collect();
+        for expected in
+            ["UserSignedUp", "MemberAdded", "SessionStarted", "SessionEnded", "ApiKeyCreated", "SigningKeyAdded"]
+        {
+            assert!(types.contains(&expected), "{engine}: the log has a {expected}");
+        }
+        for cookie in [&owner, &second_owner_session, &auditor] {
+            let session = cookie.trim_start_matches("bahi_session=");
+            secrets.push(SecretHash::of(session).to_hex());
+        }
+        secrets.push(SecretHash::of(&api_key).to_hex());
+        assert!(secrets.iter().any(|secret| secret.starts_with("$argon2")), "{engine}: the log holds password hashes");
+        assert!(secrets.contains(&"metadata-secret-value".to_owned()));
+
+        let operator_path = format!("/v1/audit/events?org_id={org_id}&limit=1000");
+        for (who, credential, path) in [
+            ("auditor session", auditor.as_str(), "/v1/audit/events?limit=1000"),
+            ("audit:read agent token", token.as_str(), "/v1/audit/events?limit=1000"),
+            ("operator", OPERATOR_KEY, operator_path.as_str()),
+        ] {
+            let response = get(&client, &server, credential, path).await;
+            assert_eq!(response.status(), 200, "{engine}: {who}");
+            let body = response.text().await.unwrap();
+            assert!(!body.contains("$argon2"), "{engine}: {who} read a password hash");
+            for secret in &secrets {
+                assert!(!body.contains(secret.as_str()), "{engine}: {who} read {secret}");
+            }
+            let served: Value = serde_json::from_str(&body).unwrap();
+            let data = served["data"].as_array().unwrap();
+            let mut found = Vec::new();
+            for event in data {
+                // The row's own `hash` is the chain's and is public; its data is checked whole.
+                unredacted_fields(&event["data"], event["type"].as_str().unwrap(), &mut found);
+            }
+            assert!(found.is_empty(), "{engine}: {who} read secret fields {found:?}");
+            let signed_up = data.iter().find(|event| event["type"] == "UserSignedUp").unwrap();
+            assert_eq!(signed_up["data"]["password_hash"], bahi_domain::event::REDACTED, "{engine}: marked");
+            assert_eq!(signed_up["data"]["email"], "owner@asha.example", "{engine}: the rest is shown");
+            let session = data.iter().find(|event| event["type"] == "SessionStarted").unwrap();
+            assert_eq!(session["data"]["session_hash"], bahi_domain::event::REDACTED, "{engine}: marked");
+        }
+        assert!(server.terminate().success());
+
+        // The stored bytes are untouched: the chain still verifies.
+        let (code, stdout, stderr) = run_cli(&["verify", "--database", &database.url()]);
+        assert_eq!(code, 0, "{engine}: {stdout}{stderr}");
     }
 }

@@ -799,6 +799,20 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
                     return Err(DomainError::Forbidden("owners may only map to your own org".into()));
                 }
             }
+            // An (issuer, owner) pair pays for one org only: another org's live mapping of
+            // it stands (which org it is is not said).
+            let taken = state
+                .issuers
+                .values()
+                .filter(|record| record.revoked_at.is_none() && record.org_id != *org_id && record.issuer == *issuer)
+                .flat_map(|record| record.owners.keys())
+                .filter(|owner| owners.contains_key(*owner))
+                .min();
+            if let Some(owner) = taken {
+                return Err(DomainError::Conflict(format!(
+                    "owner {owner:?} of issuer {issuer:?} is already mapped by another org's registration"
+                )));
+            }
             Ok(vec![
                 IssuerRegistered {
                     issuer_id: issuer_id.clone(),

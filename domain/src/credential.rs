@@ -39,8 +39,15 @@ impl fmt::Display for Environment {
 }
 
 /// SHA-256 of a secret: the only form in which a key or session secret is ever kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SecretHash([u8; 32]);
+
+/// A hash of a session cookie or key is itself a secret to whoever reads logs: Debug hides it.
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("SecretHash([redacted])")
+    }
+}
 
 impl SecretHash {
     pub fn of(secret: &str) -> SecretHash {

@@ -14,6 +14,9 @@ use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, U
 use crate::money::Money;
 
 mod call_payloads;
+mod redaction;
+
+pub use redaction::{REDACTED, is_secret_field, redact, served_payload};
 
 /// A token bucket's configuration: `requests` per `interval_seconds`, refilled continuously.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +67,7 @@ pub struct ApiKeyCreated {
 }
 
 /// The org's first human, its owner, from `/me/signup`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserSignedUp {
     pub user_id: UserId,
     pub org_id: OrgId,
@@ -77,7 +80,7 @@ pub struct UserSignedUp {
 }
 
 /// An owner added a member with a role and an initial password.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberAdded {
     pub user_id: UserId,
     pub org_id: OrgId,
@@ -188,7 +191,7 @@ pub struct AgentTokenRevoked {
 
 /// A signing key of the embedded issuer. The private key is sealed (AES-256-GCM under a
 /// key-encryption key kept outside the database); the log never holds it in clear.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SigningKeyAdded {
     pub key_id: String,
     pub public_jwk: serde_json::Value,
@@ -347,6 +350,48 @@ pub struct GatewayKeyRevoked {
     pub key_id: ApiKeyId,
     #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub revoked_at: DateTime<Utc>,
+}
+
+// Debug (what a log line or a panic message shows) leaves secrets out, as serving does.
+impl std::fmt::Debug for UserSignedUp {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("UserSignedUp")
+            .field("user_id", &self.user_id)
+            .field("org_id", &self.org_id)
+            .field("email", &self.email)
+            .field("password_hash", &REDACTED)
+            .field("role", &self.role)
+            .field("signed_up_at", &self.signed_up_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MemberAdded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("MemberAdded")
+            .field("user_id", &self.user_id)
+            .field("org_id", &self.org_id)
+            .field("email", &self.email)
+            .field("password_hash", &REDACTED)
+            .field("role", &self.role)
+            .field("added_by", &self.added_by)
+            .field("added_at", &self.added_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SigningKeyAdded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SigningKeyAdded")
+            .field("key_id", &self.key_id)
+            .field("public_jwk", &self.public_jwk)
+            .field("sealed_private_key", &REDACTED)
+            .field("added_at", &self.added_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,7 +12,6 @@ pub mod event;
 pub mod ids;
 pub mod money;
 pub mod rate_limit;
-pub mod redaction;
 pub mod state;
 pub mod timestamp;
 

@@ -273,3 +273,39 @@ fn an_authorization_without_max_cost_holds_the_models_default_hold_and_never_ove
     assert_eq!(recorded.balance_after, Money::parse("-20").unwrap());
     assert_eq!(recorded.status, "cancelled");
 }
+
+fn register_issuer(org: &OrgId, seed: u8, issuer: &str, owner: &str) -> Command {
+    Command::RegisterIssuer {
+        org_id: org.clone(),
+        issuer_id: bahi_domain::ids::IssuerId::from_random([seed; 16]),
+        issuer: issuer.into(),
+        jwks: Some(serde_json::json!({"keys": []})),
+        jwks_uri: None,
+        audience: None,
+        owner_claim: "org".into(),
+        owners: std::collections::BTreeMap::from([(owner.to_owned(), org.clone())]),
+    }
+}
+
+#[test]
+fn an_issuer_owner_mapped_by_another_orgs_live_registration_is_a_conflict() {
+    let mut state = State::default();
+    for seed in [1, 2] {
+        for event in decide(&state, &register(seed, "org"), now()).unwrap() {
+            evolve(&mut state, &event);
+        }
+    }
+    let (org_a, org_b) = (OrgId::from_random([1; 16]), OrgId::from_random([2; 16]));
+    let registered_a = decide(&state, &register_issuer(&org_a, 10, "https://idp.example", "acme"), now()).unwrap();
+    registered_a.iter().for_each(|event| evolve(&mut state, event));
+    let squat = register_issuer(&org_b, 11, "https://idp.example", "acme");
+    assert!(matches!(decide(&state, &squat, now()), Err(DomainError::Conflict(_))));
+    // The same org may register the pair again (a second key set), another issuer's
+    // `acme` is another pair, and once A's registration is revoked the pair is free.
+    assert!(decide(&state, &register_issuer(&org_a, 12, "https://idp.example", "acme"), now()).is_ok());
+    assert!(decide(&state, &register_issuer(&org_b, 13, "https://other.example", "acme"), now()).is_ok());
+    let Event::IssuerRegistered(registered) = &registered_a[0] else { panic!("IssuerRegistered") };
+    let revoke = Command::RevokeIssuer { org_id: org_a, issuer_id: registered.issuer_id.clone() };
+    decide(&state, &revoke, now()).unwrap().iter().for_each(|event| evolve(&mut state, event));
+    assert!(decide(&state, &squat, now()).is_ok());
+}

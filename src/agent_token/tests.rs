@@ -843,6 +843,28 @@ fn registrations_sharing_an_issuer_cannot_vouch_for_each_other() {
 }
 
 #[test]
+fn two_registrations_mapping_one_owner_resolve_to_the_earliest_whatever_the_insertion_order() {
+    // Logs written before squatting was refused may hold two live registrations of one
+    // (issuer, owner): every process must pick the same one, the earliest id.
+    let idp = key(20);
+    for order in [["iss_2_later", "iss_1_earlier"], ["iss_1_earlier", "iss_2_later"]] {
+        let verifier = Verifier::new();
+        for registration_id in order {
+            let mut registration = external_issuer(&idp);
+            registration.registration_id = registration_id.into();
+            registration.kind = IssuerKind::External {
+                owner_claim: "tenant".into(),
+                owners: HashMap::from([("acme".to_owned(), format!("org_of_{registration_id}"))]),
+            };
+            verifier.upsert_issuer(registration).unwrap();
+        }
+        let token = forge(&es256_header(&idp), &external_payload(), es256_signer(&idp));
+        let verified = verifier.verify(&token, NOW).unwrap();
+        assert_eq!(verified.org_id, "org_of_iss_1_earlier", "inserted as {order:?}");
+    }
+}
+
+#[test]
 fn issuer_registration_is_validated() {
     let idp = key(20);
     let verifier = Verifier::new();

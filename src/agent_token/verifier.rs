@@ -233,7 +233,12 @@ struct Registry {
 impl Registry {
     fn put(&mut self, entry: Arc<IssuerEntry>) {
         self.remove(&entry.config.registration_id);
-        self.by_issuer.entry(entry.config.issuer.clone()).or_default().push(Arc::clone(&entry));
+        let siblings = self.by_issuer.entry(entry.config.issuer.clone()).or_default();
+        siblings.push(Arc::clone(&entry));
+        // Candidates are tried in registration-id order (ids sort by creation time), never
+        // in the order a process happened to register them: the same token maps to the same
+        // org on every node, the earliest registration first.
+        siblings.sort_by(|left, right| left.config.registration_id.cmp(&right.config.registration_id));
         self.by_id.insert(entry.config.registration_id.clone(), entry);
     }
 

@@ -1,5 +1,6 @@
 //! Audit: one call's whole story (who made it, for whom, who paid, and its log events with
-//! their hashes), attribution of usage, and an org's own events in log order.
+//! their hashes), attribution of usage, and an org's own events in log order, with every
+//! secret (password, session and key hashes, sealed keys) redacted.
 //!
 //! Read from the SQL read models of the `audit` projection. A request first waits (briefly)
 //! for that projection to reach what this node had committed when the request arrived, so a
@@ -257,10 +258,10 @@ async fn events(
     let data = events
         .into_iter()
         .map(|event| {
-            let mut payload: Value = serde_json::from_slice(&event.payload)
+            // Served redacted: no password, session or key hash, no sealed key (the stored
+            // bytes, which the chain hashes, are left as they are).
+            let payload = bahi_domain::event::served_payload(&event.payload)
                 .map_err(|error| ApiError::internal(format!("event {} payload: {error}", event.position)))?;
-            // The stored bytes (and so `hash`) are unchanged; secrets never leave the log.
-            bahi_domain::redaction::redact(&mut payload);
             Ok(json!({
                 "position": event.position,
                 "type": event.event_type,

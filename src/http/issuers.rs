@@ -1,7 +1,7 @@
 //! Token issuers: the embedded issuer's published keys (`/.well-known/jwks.json`), external
 //! issuers registered by an org ("bring your own"), and the operator's key rotation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bahi_domain::Command;
+use bahi_domain::command::MAX_ISSUER_OWNERS;
 use bahi_domain::credential::Role;
 use bahi_domain::event::Event;
 use bahi_domain::ids::{IssuerId, OrgId};
@@ -21,7 +22,7 @@ use super::AppState;
 use super::auth::{Operator, Principal, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
-use crate::agent_token::JwkSet;
+use crate::agent_token::{IssuerKind, JwkSet, TrustedIssuer, Verifier};
 use crate::identity::{new_id_bytes, new_signing_key};
 use crate::ledger::Actor;
 use crate::writer::CommandContext;
@@ -51,6 +52,10 @@ struct RegisterRequest {
     audience: Option<String>,
     owner_claim: Option<String>,
     owners: BTreeMap<String, String>,
+    /// Owner value -> a current token of the issuer carrying it: proof that the registering
+    /// org holds that owner's tokens, not only the issuer's public keys.
+    #[serde(default)]
+    proofs: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -97,11 +102,20 @@ async fn register(
     for (owner, org) in request.owners {
         owners.insert(owner, OrgId::parse(&org)?);
     }
+    // Before proofs: mapping an owner to another org is forbidden whatever the proof.
+    if owners.values().any(|org| *org != principal.org_id) {
+        return Err(ApiError::forbidden("forbidden", "owners may only map to your own org"));
+    }
+    if owners.len() > MAX_ISSUER_OWNERS {
+        return Err(ApiError::invalid_request(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
+    }
+    if let Some(stray) = request.proofs.keys().find(|owner| !owners.contains_key(*owner)) {
+        return Err(ApiError::invalid_request(format!("proofs: {stray:?} is not one of owners")));
+    }
     let issuer_id = IssuerId::from_random(new_id_bytes());
-    match (&request.jwks, &request.jwks_uri) {
+    let keys = match (&request.jwks, &request.jwks_uri) {
         (Some(inline), None) => {
-            JwkSet::from_untrusted_value(inline)
-                .map_err(|error| ApiError::invalid_request(format!("jwks: {error}")))?;
+            JwkSet::from_untrusted_value(inline).map_err(|error| ApiError::invalid_request(format!("jwks: {error}")))?
         }
         (None, Some(uri)) => {
             if !(uri.starts_with("https://") || uri.starts_with("http://")) {
@@ -112,9 +126,31 @@ async fn register(
                 .identity
                 .fetch_jwks(&issuer_id, uri)
                 .await
-                .map_err(|error| ApiError::invalid_request(format!("jwks_uri: {error}")))?;
+                .map_err(|error| ApiError::invalid_request(format!("jwks_uri: {error}")))?
         }
         _ => return Err(ApiError::invalid_request("give exactly one of jwks (an inline JWK set) and jwks_uri")),
+    };
+    let owner_claim = request.owner_claim.unwrap_or_else(|| "org".to_owned());
+    let now = Utc::now().timestamp();
+    for (owner, org_id) in &owners {
+        let Some(token) = request.proofs.get(owner) else {
+            return Err(ApiError::invalid_request(format!(
+                "owner {owner:?} has no proof: add proofs: {{{owner:?}: <a current token of {:?} whose {owner_claim:?} claim is {owner:?}>}}",
+                request.issuer
+            )));
+        };
+        let registration = TrustedIssuer {
+            registration_id: issuer_id.to_string(),
+            issuer: request.issuer.clone(),
+            audience: request.audience.clone(),
+            kind: IssuerKind::External {
+                owner_claim: owner_claim.clone(),
+                owners: HashMap::from([(owner.clone(), org_id.to_string())]),
+            },
+            keys: keys.clone(),
+        };
+        verify_owner_proof(registration, token, now)
+            .map_err(|reason| ApiError::invalid_request(format!("proof of owner {owner:?} refused: {reason}")))?;
     }
     let command = Command::RegisterIssuer {
         org_id: principal.org_id.clone(),
@@ -123,7 +159,7 @@ async fn register(
         jwks: request.jwks,
         jwks_uri: request.jwks_uri,
         audience: request.audience,
-        owner_claim: request.owner_claim.unwrap_or_else(|| "org".to_owned()),
+        owner_claim,
         owners,
     };
     state.writer.submit(command, context(&principal)).await?;
@@ -131,6 +167,16 @@ async fn register(
     let record =
         ledger.state.issuers.get(&issuer_id).ok_or_else(|| ApiError::internal("issuer not in the read model"))?;
     Ok((StatusCode::CREATED, Json(issuer_view(record))))
+}
+
+/// Checks one owner's proof with the verifier that authorizes requests (a fresh one holding
+/// only the registration being made, mapping only that owner, with no cache): the token
+/// must be of that issuer, signed by a key of the set, current, for the audience if one is
+/// registered, and carry exactly that owner.
+fn verify_owner_proof(registration: TrustedIssuer, token: &str, now_epoch_seconds: i64) -> Result<(), String> {
+    let verifier = Verifier::with_cache_capacity(0);
+    verifier.upsert_issuer(registration).map_err(|error| error.to_string())?;
+    verifier.verify(token, now_epoch_seconds).map(|_| ()).map_err(|error| error.to_string())
 }
 
 #[derive(Serialize)]
