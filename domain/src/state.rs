@@ -287,6 +287,14 @@ fn release_open_hold(
     }
 }
 
+/// `time` moved by `seconds`, held at the ends of chrono's calendar rather than panicking:
+/// `evolve` is total, and an event whose time lies there (a log edited by hand; bahi's clock
+/// never writes one) must fold like any other, as `TimeKey::new` clamps too.
+fn shifted(time: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    time.checked_add_signed(chrono::Duration::seconds(seconds))
+        .unwrap_or(if seconds < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
+}
+
 impl Call {
     // The two keys a call is filed under from its authorization on, each computed in one
     // place so that what releases or settles the call removes exactly what was inserted.
@@ -298,7 +306,7 @@ impl Call {
 
     /// The call's key in `State::call_retention` until it is settled.
     fn unsettled_retention_key(authorized_at: DateTime<Utc>, serial: u64) -> TimeKey {
-        TimeKey::new(authorized_at + chrono::Duration::seconds(UNSETTLED_CALL_RETENTION_SECONDS), serial)
+        TimeKey::new(shifted(authorized_at, UNSETTLED_CALL_RETENTION_SECONDS), serial)
     }
 }
 
@@ -474,7 +482,7 @@ impl State {
     }
 
     fn forget_expired_tokens(&mut self, now: DateTime<Utc>) {
-        let horizon = now - chrono::Duration::seconds(TOKEN_FORGET_AFTER_SECONDS);
+        let horizon = shifted(now, -TOKEN_FORGET_AFTER_SECONDS);
         while let Some((expires_at, token_id)) = self.token_expiries.first().cloned() {
             if expires_at >= horizon {
                 break;
@@ -807,7 +815,7 @@ fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: Stri
         );
         state.call_retention.remove(&Call::unsettled_retention_key(call.authorized_at, call.serial));
         state.call_retention.insert(
-            TimeKey::new(recorded.settled_at + chrono::Duration::seconds(SETTLED_CALL_RETENTION_SECONDS), call.serial),
+            TimeKey::new(shifted(recorded.settled_at, SETTLED_CALL_RETENTION_SECONDS), call.serial),
             recorded.call_id.clone(),
         );
     }
