@@ -104,6 +104,13 @@ fn event_types(audit: &Value) -> Vec<&str> {
     audit["events"].as_array().unwrap().iter().map(|event| event["type"].as_str().unwrap()).collect()
 }
 
+/// Today's statement as JSON.
+async fn todays_statement(client: &Client, server: &TestServer, key: &str) -> Value {
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let path = format!("/v1/statements?from={today}&to={today}&format=json");
+    client.get(server.url(&path)).bearer_auth(key).send().await.unwrap().json().await.unwrap()
+}
+
 fn amount(money: &Value) -> String {
     assert_eq!(money["currency"], "inr");
     money["amount"].as_str().unwrap().to_owned()
@@ -665,16 +672,7 @@ async fn a_metered_agent_call_is_answered_by_audit_and_statements() {
         assert_eq!(amount(&audit["cost"]), "0.14675");
         assert_eq!(event_types(&audit), ["CallAuthorized", "UsageRecorded"]);
 
-        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        let statement: Value = client
-            .get(server.url(&format!("/v1/statements?from={today}&to={today}&format=json")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let statement = todays_statement(&client, &server, &key).await;
         let balance = account(&client, &server, &key).await;
         assert_eq!(statement["closing_balance"], balance["credit_balance"], "{statement}");
         assert_eq!(amount(&balance["credit_balance"]), "99.85325");
@@ -754,18 +752,9 @@ async fn a_call_that_costs_more_than_its_hold_is_billed_in_full_and_the_statemen
         assert_eq!(replay, settled, "{engine}: same body again, same answer, billed once");
         let conflict = usage_with_status(&client, &server, &call_id, "m", 100_000, 250_000, "failed").await;
         assert_eq!(conflict.status(), 409, "{engine}");
-        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let mut statement = Value::Null;
         for _ in 0..50 {
-            statement = client
-                .get(server.url(&format!("/v1/statements?from={today}&to={today}&format=json")))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            statement = todays_statement(&client, &server, &key).await;
             if statement["closing_balance"]["amount"] == "-1.00" {
                 break;
             }

@@ -291,8 +291,11 @@ fn release_open_hold(
 /// `evolve` is total, and an event whose time lies there (a log edited by hand; bahi's clock
 /// never writes one) must fold like any other, as `TimeKey::new` clamps too.
 fn shifted(time: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    time.checked_add_signed(chrono::Duration::seconds(seconds))
-        .unwrap_or(if seconds < 0 { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
+    time.checked_add_signed(chrono::Duration::seconds(seconds)).unwrap_or(if seconds < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
 }
 
 impl Call {

@@ -48,30 +48,115 @@ fn money(amount: &str) -> String {
 /// fuzzed with arbitrary bytes and hostile JSON, just not by mutating a valid payload.
 static SAMPLES: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
     vec![
-        ("OrgRegistered", format!(r#"{{"org_id":{ORG},"display_name":"Acme","plan":"free","environment":"live","registered_at":{TIME}}}"#)),
-        ("ApiKeyCreated", format!(r#"{{"key_id":{KEY},"org_id":{ORG},"name":"worker","key_hash":{HASH},"display_prefix":"bahi_live_AbC123","environment":"live","scopes":["inference","keys:write"],"created_at":{TIME},"expires_at":null,"rate_limit":{{"requests":100,"interval_seconds":60}},"budget":{{"amount":{},"period":"month"}},"metadata":{{"team":"search"}}}}"#, money("500.00"))),
-        ("UserSignedUp", format!(r#"{{"user_id":{USER},"org_id":{ORG},"email":"asha@example.com","password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","role":"owner","signed_up_at":{TIME}}}"#)),
-        ("MemberAdded", format!(r#"{{"user_id":"usr_Member1","org_id":{ORG},"email":"b@example.com","password_hash":"x","role":"finance","added_by":{USER},"added_at":{TIME}}}"#)),
-        ("SessionStarted", format!(r#"{{"user_id":{USER},"org_id":{ORG},"session_hash":{HASH},"started_at":{TIME},"expires_at":{LATER}}}"#)),
+        (
+            "OrgRegistered",
+            format!(
+                r#"{{"org_id":{ORG},"display_name":"Acme","plan":"free","environment":"live","registered_at":{TIME}}}"#
+            ),
+        ),
+        (
+            "ApiKeyCreated",
+            format!(
+                r#"{{"key_id":{KEY},"org_id":{ORG},"name":"worker","key_hash":{HASH},"display_prefix":"bahi_live_AbC123","environment":"live","scopes":["inference","keys:write"],"created_at":{TIME},"expires_at":null,"rate_limit":{{"requests":100,"interval_seconds":60}},"budget":{{"amount":{},"period":"month"}},"metadata":{{"team":"search"}}}}"#,
+                money("500.00")
+            ),
+        ),
+        (
+            "UserSignedUp",
+            format!(
+                r#"{{"user_id":{USER},"org_id":{ORG},"email":"asha@example.com","password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","role":"owner","signed_up_at":{TIME}}}"#
+            ),
+        ),
+        (
+            "MemberAdded",
+            format!(
+                r#"{{"user_id":"usr_Member1","org_id":{ORG},"email":"b@example.com","password_hash":"x","role":"finance","added_by":{USER},"added_at":{TIME}}}"#
+            ),
+        ),
+        (
+            "SessionStarted",
+            format!(
+                r#"{{"user_id":{USER},"org_id":{ORG},"session_hash":{HASH},"started_at":{TIME},"expires_at":{LATER}}}"#
+            ),
+        ),
         ("SessionEnded", format!(r#"{{"user_id":{USER},"org_id":{ORG},"session_hash":{HASH},"ended_at":{TIME}}}"#)),
         ("UserSessionsEnded", format!(r#"{{"user_id":{USER},"org_id":{ORG},"ended_at":{TIME}}}"#)),
         ("ApiKeyUsed", format!(r#"{{"key_id":{KEY},"org_id":{ORG},"last_used_at":{TIME}}}"#)),
-        ("AgentCreated", format!(r#"{{"agent_id":{AGENT},"org_id":{ORG},"name":"bot","mode":"hybrid","act_for":{ORG},"scopes":["inference"],"budget":null,"rate_limit":null,"created_at":{TIME}}}"#)),
-        ("AgentTokenMinted", format!(r#"{{"token_id":"tok_T1","agent_id":{AGENT},"org_id":{ORG},"key_id":"kid-1","scopes":["inference"],"issued_at":{TIME},"expires_at":{LATER}}}"#)),
-        ("AgentTokenRevoked", format!(r#"{{"token_id":"tok_T1","agent_id":{AGENT},"org_id":{ORG},"revoked_at":{TIME}}}"#)),
-        ("SigningKeyAdded", format!(r#"{{"key_id":"kid-1","public_jwk":{{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"kid-1"}},"sealed_private_key":"AAAA","added_at":{TIME}}}"#)),
+        (
+            "AgentCreated",
+            format!(
+                r#"{{"agent_id":{AGENT},"org_id":{ORG},"name":"bot","mode":"hybrid","act_for":{ORG},"scopes":["inference"],"budget":null,"rate_limit":null,"created_at":{TIME}}}"#
+            ),
+        ),
+        (
+            "AgentTokenMinted",
+            format!(
+                r#"{{"token_id":"tok_T1","agent_id":{AGENT},"org_id":{ORG},"key_id":"kid-1","scopes":["inference"],"issued_at":{TIME},"expires_at":{LATER}}}"#
+            ),
+        ),
+        (
+            "AgentTokenRevoked",
+            format!(r#"{{"token_id":"tok_T1","agent_id":{AGENT},"org_id":{ORG},"revoked_at":{TIME}}}"#),
+        ),
+        (
+            "SigningKeyAdded",
+            format!(
+                r#"{{"key_id":"kid-1","public_jwk":{{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"kid-1"}},"sealed_private_key":"AAAA","added_at":{TIME}}}"#
+            ),
+        ),
         ("SigningKeyRetired", format!(r#"{{"key_id":"kid-1","retired_at":{TIME},"verify_until":{LATER}}}"#)),
-        ("IssuerRegistered", format!(r#"{{"issuer_id":"iss_I1","org_id":{ORG},"issuer":"https://idp.example","jwks":{{"keys":[]}},"jwks_uri":null,"audience":"bahi","owner_claim":"org","owners":{{"acme":{ORG}}},"registered_at":{TIME}}}"#)),
+        (
+            "IssuerRegistered",
+            format!(
+                r#"{{"issuer_id":"iss_I1","org_id":{ORG},"issuer":"https://idp.example","jwks":{{"keys":[]}},"jwks_uri":null,"audience":"bahi","owner_claim":"org","owners":{{"acme":{ORG}}},"registered_at":{TIME}}}"#
+            ),
+        ),
         ("IssuerRevoked", format!(r#"{{"issuer_id":"iss_I1","org_id":{ORG},"revoked_at":{TIME}}}"#)),
         ("PriceSet", format!(r#"{{"model":"krutrim-2","price":{PRICE},"set_at":{TIME}}}"#)),
-        ("CreditsToppedUp", format!(r#"{{"topup_id":"top_P1","org_id":{ORG},"amount":{},"payment_reference":"pay_1","user_id":{USER},"balance_after":{},"topped_up_at":{TIME}}}"#, money("100"), money("100"))),
-        ("CreditsGranted", format!(r#"{{"grant_id":"top_G1","org_id":{ORG},"amount":{},"reason":"trial","balance_after":{},"granted_at":{TIME}}}"#, money("0.000001"), money("100.000001"))),
-        ("CallAuthorized", format!(r#"{{"call_id":{CALL},"org_id":{ORG},"attribution":{ATTRIBUTION},"model":"krutrim-2","price":{PRICE},"hold":{},"authorized_at":{TIME},"hold_expires_at":{LATER}}}"#, money("1.00"))),
-        ("UsageRecorded", format!(r#"{{"call_id":{CALL},"org_id":{ORG},"attribution":{ATTRIBUTION},"model":"krutrim-2","input_tokens":1327,"output_tokens":477,"status":"succeeded","cost":{},"hold_released":{},"balance_after":{},"request_hash":"bbf8cc53a5e37d6af76d32029e1be958","settled_at":{TIME}}}"#, money("0.008088"), money("1.00"), money("99.991912"))),
-        ("HoldExpired", format!(r#"{{"call_id":"call_Other1","org_id":{ORG},"released":{},"expired_at":{LATER}}}"#, money("1.00"))),
+        (
+            "CreditsToppedUp",
+            format!(
+                r#"{{"topup_id":"top_P1","org_id":{ORG},"amount":{},"payment_reference":"pay_1","user_id":{USER},"balance_after":{},"topped_up_at":{TIME}}}"#,
+                money("100"),
+                money("100")
+            ),
+        ),
+        (
+            "CreditsGranted",
+            format!(
+                r#"{{"grant_id":"top_G1","org_id":{ORG},"amount":{},"reason":"trial","balance_after":{},"granted_at":{TIME}}}"#,
+                money("0.000001"),
+                money("100.000001")
+            ),
+        ),
+        (
+            "CallAuthorized",
+            format!(
+                r#"{{"call_id":{CALL},"org_id":{ORG},"attribution":{ATTRIBUTION},"model":"krutrim-2","price":{PRICE},"hold":{},"authorized_at":{TIME},"hold_expires_at":{LATER}}}"#,
+                money("1.00")
+            ),
+        ),
+        (
+            "UsageRecorded",
+            format!(
+                r#"{{"call_id":{CALL},"org_id":{ORG},"attribution":{ATTRIBUTION},"model":"krutrim-2","input_tokens":1327,"output_tokens":477,"status":"succeeded","cost":{},"hold_released":{},"balance_after":{},"request_hash":"bbf8cc53a5e37d6af76d32029e1be958","settled_at":{TIME}}}"#,
+                money("0.008088"),
+                money("1.00"),
+                money("99.991912")
+            ),
+        ),
+        (
+            "HoldExpired",
+            format!(r#"{{"call_id":"call_Other1","org_id":{ORG},"released":{},"expired_at":{LATER}}}"#, money("1.00")),
+        ),
         ("AgentRevoked", format!(r#"{{"agent_id":{AGENT},"org_id":{ORG},"revoked_at":{TIME}}}"#)),
         ("ApiKeyRevoked", format!(r#"{{"key_id":{KEY},"org_id":{ORG},"revoked_at":{TIME},"deleted":true}}"#)),
-        ("GatewayKeyCreated", format!(r#"{{"key_id":"key_Gateway1","name":null,"key_hash":{HASH},"display_prefix":"bahi_live_GwKey1","created_at":{TIME}}}"#)),
+        (
+            "GatewayKeyCreated",
+            format!(
+                r#"{{"key_id":"key_Gateway1","name":null,"key_hash":{HASH},"display_prefix":"bahi_live_GwKey1","created_at":{TIME}}}"#
+            ),
+        ),
         ("GatewayKeyRevoked", format!(r#"{{"key_id":"key_Gateway1","revoked_at":{TIME}}}"#)),
     ]
 });
@@ -227,11 +312,14 @@ fn hostile_fragment() -> BoxedStrategy<String> {
     ])
     .prop_map(str::to_owned);
     let deep = (1usize..400, prop::bool::ANY).prop_map(|(depth, objects)| {
-        if objects { format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)) } else { format!("{}{}", "[".repeat(depth), "]".repeat(depth)) }
+        if objects {
+            format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+        } else {
+            format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+        }
     });
-    let money_objects = (hostile_string(), prop::sample::select(vec!["inr", "INR", "usd", ""])).prop_map(|(amount, currency)| {
-        format!(r#"{{"currency":{},"amount":{}}}"#, quoted(currency), quoted(&amount))
-    });
+    let money_objects = (hostile_string(), prop::sample::select(vec!["inr", "INR", "usd", ""]))
+        .prop_map(|(amount, currency)| format!(r#"{{"currency":{},"amount":{}}}"#, quoted(currency), quoted(&amount)));
     prop_oneof![
         2 => prop::sample::select(vec!["null", "true", "false", "[]", "{}", "[null]", "{\"\":null}", "\"\"",
             r#"{"currency":"inr"}"#, r#"{"amount":"1"}"#, r#"{"currency":"inr","amount":"1","amount":"2"}"#,
@@ -343,7 +431,11 @@ fn event_type() -> impl Strategy<Value = String> {
 }
 
 fn byte_edit() -> impl Strategy<Value = (prop::sample::Index, u8, u8)> {
-    (any::<prop::sample::Index>(), 0..4u8, prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,.-0123456789eE \\ntuflsa".to_vec())])
+    (
+        any::<prop::sample::Index>(),
+        0..4u8,
+        prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,.-0123456789eE \\ntuflsa".to_vec())],
+    )
 }
 
 proptest! {
@@ -565,8 +657,20 @@ const EDGE_TIMES: &[&str] = &[
 #[test]
 fn every_field_of_every_event_takes_every_hostile_value() {
     let mut fragments: Vec<String> = [
-        "null", "true", "[]", "{}", "\"\"", "0", "-1", "1.5", "1e3", "1E400", "18446744073709551616",
-        "-9223372036854775809", r#"{"currency":"usd","amount":"1"}"#, r#"{"currency":"inr","amount":1}"#,
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "\"\"",
+        "0",
+        "-1",
+        "1.5",
+        "1e3",
+        "1E400",
+        "18446744073709551616",
+        "-9223372036854775809",
+        r#"{"currency":"usd","amount":"1"}"#,
+        r#"{"currency":"inr","amount":1}"#,
     ]
     .iter()
     .map(|text| (*text).to_owned())
