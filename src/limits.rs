@@ -137,10 +137,10 @@ pub async fn flush_key_uses(
                         key.revoked_at.is_none()
                             && key.last_used_at.is_none_or(|recorded| {
                                 *used_at
-                                    >= recorded
-                                        + chrono::Duration::seconds(
-                                            bahi_domain::command::KEY_USE_RECORD_INTERVAL_SECONDS,
-                                        )
+                                    >= bahi_domain::state::shifted(
+                                        recorded,
+                                        bahi_domain::command::KEY_USE_RECORD_INTERVAL_SECONDS,
+                                    )
                             })
                     })
                 })

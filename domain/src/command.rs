@@ -638,7 +638,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
             .filter_map(|(key_id, used_at)| {
                 let key = state.api_keys.get(key_id)?;
                 let due = key.last_used_at.is_none_or(|recorded| {
-                    *used_at >= recorded + chrono::Duration::seconds(KEY_USE_RECORD_INTERVAL_SECONDS)
+                    *used_at >= crate::state::shifted(recorded, KEY_USE_RECORD_INTERVAL_SECONDS)
                 });
                 (due && key.revoked_at.is_none() && *used_at <= now).then(|| {
                     ApiKeyUsed { key_id: key_id.clone(), org_id: key.org_id.clone(), last_used_at: *used_at }.into()

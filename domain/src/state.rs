@@ -290,7 +290,7 @@ fn release_open_hold(
 /// `time` moved by `seconds`, held at the ends of chrono's calendar rather than panicking:
 /// `evolve` is total, and an event whose time lies there (a log edited by hand; bahi's clock
 /// never writes one) must fold like any other, as `TimeKey::new` clamps too.
-fn shifted(time: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+pub fn shifted(time: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
     time.checked_add_signed(chrono::Duration::seconds(seconds)).unwrap_or(if seconds < 0 {
         DateTime::<Utc>::MIN_UTC
     } else {
