@@ -358,7 +358,7 @@ async fn writer_rate(store: Store, pools: Vec<Vec<Command>>, duration: Duration)
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
     let metrics = Arc::new(Metrics::default());
-    let (handle, task) = writer(store, shared.clone(), metrics.clone(), committed);
+    let (handle, task) = writer(store, shared.clone(), metrics.clone(), committed, Arc::new(crate::clock::SystemClock));
     let task = tokio::spawn(task.run());
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();

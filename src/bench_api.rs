@@ -235,6 +235,7 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         key_encryption_key: crate::identity::random_bytes(),
         transport: crate::transport::TransportLimits::default(),
         token_rules: crate::agent_token::TokenRules::default(),
+        test_clock: false,
     };
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();

@@ -214,7 +214,9 @@ pub async fn statement(args: &BenchArgs) -> anyhow::Result<()> {
     reset_peak_rss();
     let started = Instant::now();
     let mut streamed = Counting::default();
-    let chunks = crate::finance::statement_stream(&fresh.store, ORG, from, to, period, StatementFormat::Csv).await?;
+    let chunks =
+        crate::finance::statement_stream(&fresh.store, ORG, from, to, period, StatementFormat::Csv, String::new())
+            .await?;
     let mut chunks = std::pin::pin!(chunks);
     while let Some(chunk) = chunks.next().await {
         streamed.write_all(&chunk?)?;

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// The operator credential (any secret of 32+ characters); only its hash is kept.
     #[arg(long, env = "BAHI_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
+    /// For tests only: the operator may move this node's clock forward with
+    /// `POST /v1/admin/test-clock/advance {"seconds": N}`. Never set it in production.
+    #[arg(long, env = "BAHI_TEST_CLOCK")]
+    pub test_clock: bool,
     /// Seconds before an unsettled hold expires and releases its credit.
     #[arg(long, env = "BAHI_HOLD_TTL_SECONDS", default_value_t = 600)]
     pub hold_ttl_seconds: u64,

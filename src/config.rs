@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub transport: crate::transport::TransportLimits,
     /// Clock leeway and lifetime rules for agent tokens.
     pub token_rules: crate::agent_token::TokenRules,
+    /// Whether the operator may move the clock forward (tests only).
+    pub test_clock: bool,
 }
 
 /// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.

@@ -24,7 +24,8 @@ pub async fn statement_stream(
     to: chrono::NaiveDate,
     period: bahi_reports::Period,
     format: StatementFormat,
-) -> Result<impl Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static, StoreError> {
+    request_id: String,
+) -> Result<impl Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + use<>, StoreError> {
     let (Some(start), Some(until)) = (period.from, period.until) else {
         return Err(StoreError::Corrupt("a statement period has both ends".into()));
     };
@@ -44,7 +45,7 @@ pub async fn statement_stream(
         format,
         org_id: org_id.to_owned(),
         // The body is sent after the handler returned, outside the request's scope.
-        request_id: crate::http::error::current_request_id(),
+        request_id,
         failed: None,
     };
     Ok(futures::stream::unfold(state, next_chunk))
@@ -150,7 +151,7 @@ pub async fn statement_command(args: &crate::cli::StatementArgs) -> anyhow::Resu
     if !store.org_exists(org_id.as_str()).await? {
         anyhow::bail!("no such org {org_id}");
     }
-    let chunks = statement_stream(&store, org_id.as_str(), from, to, period, format).await?;
+    let chunks = statement_stream(&store, org_id.as_str(), from, to, period, format, String::new()).await?;
     let mut chunks = std::pin::pin!(chunks);
     let mut stdout = tokio::io::stdout();
     while let Some(chunk) = chunks.next().await {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::clock::SharedClock;
 use anyhow::{Context, bail};
 use bahi_domain::State;
 use bahi_domain::command::NewSigningKey;
@@ -129,10 +130,11 @@ pub struct Identity {
     sync_lock: Mutex<()>,
     fetched: RwLock<HashMap<IssuerId, (JwkSet, i64)>>,
     http: reqwest::Client,
+    clock: SharedClock,
 }
 
 impl Identity {
-    pub fn new(key_encryption_key: [u8; 32], issuer: String) -> Identity {
+    pub fn new(key_encryption_key: [u8; 32], issuer: String, clock: SharedClock) -> Identity {
         Identity {
             key_encryption_key,
             audience: issuer.clone(),
@@ -144,6 +146,7 @@ impl Identity {
             sync_lock: Mutex::new(()),
             fetched: RwLock::new(HashMap::new()),
             http: reqwest::Client::builder().timeout(JWKS_FETCH_TIMEOUT).build().unwrap_or_default(),
+            clock,
         }
     }
 
@@ -262,7 +265,7 @@ impl Identity {
         }
         let text = std::str::from_utf8(&body).map_err(|_| "jwks_uri document is not UTF-8".to_owned())?;
         let keys = JwkSet::from_untrusted_json(text).map_err(|error| error.to_string())?;
-        self.fetched.write().insert(issuer_id.clone(), (keys.clone(), Utc::now().timestamp()));
+        self.fetched.write().insert(issuer_id.clone(), (keys.clone(), self.clock.now().timestamp()));
         // Force the next sync to pick the keys up.
         self.synced_generation.store(u64::MAX, Ordering::Release);
         Ok(keys)
@@ -275,7 +278,7 @@ impl Identity {
         ledger: &crate::ledger::SharedLedger,
         token: &str,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         self.sync(&ledger.read().state, now);
         let first = self.verifier.verify(token, now.timestamp());
         let Err(TokenError::UnknownKeyId(_) | TokenError::UntrustedIssuer(_)) = &first else { return first };
@@ -311,7 +314,7 @@ impl Identity {
 
     /// Refreshes fetched JWK sets older than JWKS_CACHE_SECONDS (a background duty).
     pub async fn refresh_stale(&self, state_issuers: Vec<(IssuerId, String)>) {
-        let now = Utc::now().timestamp();
+        let now = self.clock.now().timestamp();
         for (issuer_id, uri) in state_issuers {
             let stale = self.fetched.read().get(&issuer_id).is_none_or(|(_, at)| now - at >= JWKS_CACHE_SECONDS);
             if stale && let Err(error) = self.fetch_jwks(&issuer_id, &uri).await {

@@ -118,6 +118,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         issuer: args.issuer.clone().unwrap_or_default(),
         transport,
         token_rules,
+        test_clock: args.test_clock,
     })
 }
 

@@ -10,8 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::Services;
+use crate::clock::{OffsetClock, SharedClock, SystemClock};
 use crate::config::ServerConfig;
-use crate::http::{self, AppState, NodeState};
+use crate::http::{self, AppState};
 use bahi_domain::Command;
 
 use crate::identity::{Identity, new_signing_key};
@@ -61,7 +63,16 @@ pub async fn serve_on(
     let position = shared.read().position;
     metrics.log_head_position.store(position, std::sync::atomic::Ordering::Relaxed);
     let (committed_sender, committed_receiver) = watch::channel(position);
-    let (writer_handle, writer_task) = writer(store.clone(), shared.clone(), metrics.clone(), committed_sender.clone());
+    let test_clock = config.test_clock.then(|| Arc::new(OffsetClock::default()));
+    if test_clock.is_some() {
+        tracing::warn!("the test clock is on: the operator can move this node's time forward");
+    }
+    let clock: SharedClock = match &test_clock {
+        Some(test_clock) => test_clock.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let (writer_handle, writer_task) =
+        writer(store.clone(), shared.clone(), metrics.clone(), committed_sender.clone(), clock.clone());
     let feed = Arc::new(ProjectionFeed::default());
     let writer_join = tokio::spawn(writer_task.feed_projections(feed.clone()).run());
     let shutdown = CancellationToken::new();
@@ -72,17 +83,20 @@ pub async fn serve_on(
         tokio::spawn(tailer::run(postgres, store.clone(), shared.clone(), committed_sender, appended, shutdown.clone()))
     });
 
-    let identity =
-        Arc::new(Identity::new(config.key_encryption_key, config.issuer.clone()).with_token_rules(config.token_rules));
+    let identity = Arc::new(
+        Identity::new(config.key_encryption_key, config.issuer.clone(), clock.clone())
+            .with_token_rules(config.token_rules),
+    );
     ensure_signing_key(&identity, &shared, &writer_handle).await?;
     let refresher_join = tokio::spawn(refresh_jwks(identity.clone(), shared.clone(), shutdown.clone()));
     let key_uses = Arc::new(KeyUses::default());
     let stop_flusher = CancellationToken::new();
     let flusher_join =
         tokio::spawn(flush_key_uses(key_uses.clone(), shared.clone(), writer_handle.clone(), stop_flusher.clone()));
-    let expirer_join = tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), stop_flusher.clone()));
+    let expirer_join =
+        tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), clock.clone(), stop_flusher.clone()));
     let transport = config.transport;
-    let state = AppState::new(NodeState {
+    let state = AppState::new(Services {
         writer: writer_handle,
         ledger: shared,
         metrics,
@@ -91,6 +105,8 @@ pub async fn serve_on(
         rate_limiter: Arc::new(RateLimiter::default()),
         key_uses,
         identity,
+        clock,
+        test_clock,
     });
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("bahi listening on http://{address}");
@@ -135,13 +151,13 @@ async fn ensure_signing_key(identity: &Identity, ledger: &SharedLedger, writer: 
 const HOLD_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Releases holds whose time is up, through the writer (each release is an event).
-async fn expire_holds(ledger: SharedLedger, writer: Writer, shutdown: CancellationToken) {
+async fn expire_holds(ledger: SharedLedger, writer: Writer, clock: SharedClock, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(HOLD_EXPIRY_INTERVAL) => {}
         }
-        let now = chrono::Utc::now();
+        let now = clock.now();
         let due = ledger.read().state.hold_expiries.first_key_value().is_some_and(|(key, _)| key.time() <= now);
         if due && let Err(error) = writer.submit(Command::ExpireHolds, CommandContext::default()).await {
             tracing::warn!(%error, "expiring holds failed; the next turn retries");

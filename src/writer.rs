@@ -17,6 +17,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::clock::SharedClock;
 use crate::ledger::{
     Actor, CommittedEvent, EventMetadata, FoldError, Idempotency, Ledger, LoadedEvent, LogFault, SharedLedger,
     check_reads_back, decode_stored,
@@ -150,7 +151,9 @@ pub struct WriterTask {
     feed: Option<Arc<ProjectionFeed>>,
     /// The last clock reading and its `format_recorded_at` text, so that the text is built
     /// once per reading rather than once per event.
-    clock: (DateTime<Utc>, String),
+    last_reading: (DateTime<Utc>, String),
+    /// Where `now` comes from: the node's one clock.
+    clock: SharedClock,
 }
 
 /// Creates the writer over a ledger already loaded from the log. The returned task must be
@@ -160,6 +163,7 @@ pub fn writer(
     shared: SharedLedger,
     metrics: Arc<Metrics>,
     committed: watch::Sender<i64>,
+    clock: SharedClock,
 ) -> (Writer, WriterTask) {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let (publisher, publisher_receiver) = mpsc::channel(PUBLISH_QUEUE);
@@ -178,7 +182,8 @@ pub fn writer(
         publisher_receiver: Some(publisher_receiver),
         random: StdRng::from_os_rng(),
         feed: None,
-        clock: (epoch, format_recorded_at(epoch)),
+        clock,
+        last_reading: (epoch, format_recorded_at(epoch)),
     };
     (Writer { sender, appended }, task)
 }
@@ -522,9 +527,9 @@ impl WriterTask {
 
     /// The current time as the log keeps it, and its stored text.
     fn now(&mut self) -> DateTime<Utc> {
-        let now = truncate_to_micros(Utc::now());
-        if now != self.clock.0 {
-            self.clock = (now, format_recorded_at(now));
+        let now = truncate_to_micros(self.clock.now());
+        if now != self.last_reading.0 {
+            self.last_reading = (now, format_recorded_at(now));
         }
         now
     }
@@ -614,7 +619,7 @@ impl WriterTask {
                 metadata: metadata_bytes.clone(),
                 hash: [0; 32],
             };
-            row.hash = row.expected_hash_with(&self.ledger.head_hash, &self.clock.1);
+            row.hash = row.expected_hash_with(&self.ledger.head_hash, &self.last_reading.1);
             let event = CommittedEvent { position: row.position, recorded_at: now, event };
             // Positions are assigned from the ledger's own position, so folding cannot be
             // out of order.

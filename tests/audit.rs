@@ -12,6 +12,7 @@ mod common;
 
 use std::sync::Arc;
 
+use bahi::clock::ManualClock;
 use bahi::metrics::Metrics;
 use bahi::server::open_and_load;
 use bahi::store::{EventStore, Store};
@@ -71,6 +72,7 @@ fn new_session() -> (NewSession, String) {
 struct Running {
     store: Store,
     writer: Writer,
+    clock: Arc<ManualClock>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,8 +80,9 @@ async fn start_writer(database: &TestDatabase) -> Running {
     let (store, shared) = open_and_load(&database.url()).await.unwrap();
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
-    let (writer, task) = writer(store.clone(), shared, Arc::new(Metrics::default()), committed);
-    Running { store, writer, task: tokio::spawn(task.run()) }
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let (writer, task) = writer(store.clone(), shared, Arc::new(Metrics::default()), committed, clock.clone());
+    Running { store, writer, clock, task: tokio::spawn(task.run()) }
 }
 
 impl Running {
@@ -300,7 +303,7 @@ async fn build_scenario(database: &TestDatabase) -> Scenario {
     .await;
     let call_expired =
         call(&running, &org_a, attribution("api_key", &key_a_id_text, None, org_a.as_str()), GPT, None).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    running.clock.advance(chrono::TimeDelta::milliseconds(1100));
     running.submit(Command::ExpireHolds).await;
     let call_b =
         call(&running, &org_b, attribution("api_key", "key_other", None, org_b.as_str()), GPT, Some((5, 5))).await;

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use bahi::clock::ManualClock;
 use bahi::ledger::{Idempotency, Ledger};
 use bahi::metrics::Metrics;
 use bahi::projection_feed::ProjectionFeed;
@@ -49,6 +50,7 @@ struct Running {
     store: Store,
     writer: Writer,
     shared: bahi::ledger::SharedLedger,
+    clock: Arc<ManualClock>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,13 +63,14 @@ async fn start_feeding(database: &TestDatabase, feed: Option<Arc<ProjectionFeed>
     let (store, shared) = open_and_load(&database.url()).await.unwrap();
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
-    let (writer, task) = writer(store.clone(), shared.clone(), Arc::new(Metrics::default()), committed);
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let (writer, task) = writer(store.clone(), shared.clone(), Arc::new(Metrics::default()), committed, clock.clone());
     let task = match feed {
         Some(feed) => task.feed_projections(feed),
         None => task,
     };
     let task = tokio::spawn(task.run());
-    Running { store, writer, shared, task }
+    Running { store, writer, shared, clock, task }
 }
 
 impl Running {
@@ -337,7 +340,7 @@ async fn projection_pages_of_any_size_write_the_same_rows_as_one_event_at_a_time
                 submit(Command::RevokeApiKey { org_id, key_id, deleted: true }).await.unwrap();
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        running.clock.advance(chrono::TimeDelta::milliseconds(1100));
         submit(Command::ExpireHolds).await.unwrap();
         // Late usage of an expired hold is still billed.
         submit(usage(&expiring[0], 7)).await.unwrap();

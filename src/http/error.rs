@@ -1,22 +1,15 @@
 //! One error type for the HTTP surface: a stable table of error types and statuses, and
-//! the one body shape of shared/api.md for every one of them.
+//! the one body shape of docs/api.md for every one of them.
 
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bahi_domain::DomainError;
+use bahi_domain::rate_limit::RateDecision;
 use serde_json::json;
 
-use crate::writer::WriteError;
+use crate::app::AppError;
 
-tokio::task_local! {
-    /// The id of the request being handled, so that any error body can carry it.
-    pub static REQUEST_ID: String;
-}
-
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
+pub use crate::app::{REQUEST_ID, current_request_id};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -80,55 +73,56 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<DomainError> for ApiError {
-    fn from(error: DomainError) -> ApiError {
-        match &error {
-            DomainError::Invalid(_) => ApiError::invalid_request(error.to_string()),
-            DomainError::Money(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_amount", error.to_string()),
-            DomainError::Id(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", error.to_string()),
-            DomainError::NotFound(what) => ApiError::not_found(what),
-            DomainError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string()),
-            DomainError::Forbidden(_) => ApiError::forbidden("forbidden", error.to_string()),
-            DomainError::AgentRevoked => ApiError::new(StatusCode::CONFLICT, "agent_revoked", error.to_string()),
-            DomainError::InsufficientCredits { .. } => {
-                ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", error.to_string())
-            }
-            DomainError::BudgetExceeded { .. } => {
-                ApiError::new(StatusCode::PAYMENT_REQUIRED, "budget_exceeded", error.to_string())
-            }
-            DomainError::UnknownModel(_) => ApiError::new(StatusCode::BAD_REQUEST, "unknown_model", error.to_string()),
-        }
-    }
-}
-
-impl From<WriteError> for ApiError {
-    fn from(error: WriteError) -> ApiError {
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> ApiError {
+        let error_type = error.error_type();
         match error {
-            WriteError::Rejected(domain) => domain.into(),
-            WriteError::IdempotencyConflict => {
-                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", error.to_string())
+            AppError::Invalid { message, .. } => ApiError::new(StatusCode::BAD_REQUEST, error_type, message),
+            AppError::Unauthorized(message) => ApiError::unauthorized(message),
+            AppError::Forbidden { message, .. } => ApiError::forbidden(error_type, message),
+            AppError::NotFound(ref what) => ApiError::not_found(what),
+            AppError::Conflict { message, .. } => ApiError::new(StatusCode::CONFLICT, error_type, message),
+            AppError::PaymentRequired { message, .. } => {
+                ApiError::new(StatusCode::PAYMENT_REQUIRED, error_type, message)
             }
-            WriteError::Overloaded | WriteError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
-                    .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+            AppError::RateLimited(decision) => rate_limited(&decision),
+            AppError::Unavailable { message, retry_after_seconds } => {
+                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error_type, message);
+                match retry_after_seconds.and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok()) {
+                    Some(value) => error.with_header(axum::http::header::RETRY_AFTER, value),
+                    None => error,
+                }
             }
-            WriteError::Store(detail) | WriteError::Unreadable(detail) => ApiError::internal(detail),
-            WriteError::NotReady(fault) => {
-                tracing::error!(request_id = %current_request_id(), %fault, "refused a command: this node is not ready");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "this node is not ready (see /readyz); quote the request id when reporting it",
-                )
-            }
+            AppError::Internal(detail) => ApiError::internal(detail),
         }
     }
 }
 
-impl From<bahi_domain::ids::IdError> for ApiError {
-    fn from(error: bahi_domain::ids::IdError) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", error.to_string())
+fn number_header(value: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&value.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The `x-ratelimit-*` headers of a decision (and `retry-after` when refused).
+pub fn rate_limit_headers(decision: &RateDecision) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (HeaderName::from_static("x-ratelimit-limit"), number_header(decision.limit)),
+        (HeaderName::from_static("x-ratelimit-remaining"), number_header(decision.remaining)),
+        (HeaderName::from_static("x-ratelimit-reset"), number_header(decision.reset_at_seconds)),
+    ];
+    if !decision.allowed {
+        headers.push((axum::http::header::RETRY_AFTER, number_header(decision.retry_after_seconds)));
     }
+    headers
+}
+
+fn rate_limited(decision: &RateDecision) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("rate limit of {} requests exceeded; retry in {} s", decision.limit, decision.retry_after_seconds),
+    );
+    error.headers = rate_limit_headers(decision);
+    error
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

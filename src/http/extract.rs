@@ -71,3 +71,18 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         ApiJson::<T>::from_request(request, state).await.map(|ApiJson(value)| OptionalJson(value))
     }
 }
+
+/// `Query<T>` whose rejection (an unknown parameter, a value of the wrong type) is the
+/// contract's 400: a typo in a query string is an error, not ignored.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<ApiQuery<T>, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::invalid_request(rejection.body_text()))
+    }
+}

@@ -5,43 +5,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use super::AppState;
+use crate::app::health;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(health)).route("/readyz", get(health)).route("/metrics", get(metrics))
 }
 
-/// `/healthz` and `/readyz`: 200 `ok` while the node folds the log as it grows; 503
-/// `not_ready`, naming the position and why, once it met an event it cannot fold (it then
-/// answers no command: its writer cannot append after that event).
+/// `/healthz` and `/readyz`: 200 `ok`, or 503 `not_ready` naming the unreadable position.
 async fn health(State(state): State<AppState>) -> Response {
-    let (position, fault) = {
-        let ledger = state.ledger.read();
-        (ledger.position, ledger.fault.get().cloned())
-    };
-    let engine = state.store.engine();
-    match fault {
-        None => Json(json!({"status": "ok", "engine": engine, "log_position": position})).into_response(),
-        Some(fault) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "not_ready",
-                "engine": engine,
-                "log_position": position,
-                "unreadable_position": fault.position,
-                "reason": fault.to_string(),
-            })),
-        )
-            .into_response(),
-    }
+    let health = health::health(&state);
+    let status = if health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(health)).into_response()
 }
 
 pub struct Metrics(pub String);
 
 async fn metrics(State(state): State<AppState>) -> Metrics {
-    Metrics(state.metrics.render())
+    Metrics(health::metrics(&state))
 }
 
 impl IntoResponse for Metrics {

@@ -1,5 +1,6 @@
 //! The HTTP surface (axum). Thin handlers: each area's module has a `router()`; handlers
-//! extract, call the writer or read the ledger, and map the answer.
+//! extract, call one use case of `crate::app`, and map the answer. They never read the
+//! ledger, the store or the clock themselves (`tests/architecture.rs` checks it).
 
 pub mod accounts;
 pub mod agents;
@@ -13,6 +14,7 @@ pub mod humans;
 pub mod issuers;
 pub mod keys;
 pub mod statements;
+pub mod test_clock;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,73 +26,28 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::config::ServerConfig;
-use crate::identity::Identity;
-use crate::ledger::SharedLedger;
-use crate::limits::{KeyUses, RateLimiter};
-use crate::metrics::Metrics;
-use crate::store::Store;
-use crate::writer::Writer;
+use crate::app::Services;
 use error::{ApiError, REQUEST_ID};
 use extract::MAX_BODY_BYTES;
 
-/// The context of a command submitted while handling a request: who acts, and the request
-/// id, both kept in the events' metadata.
-pub fn command_context(actor: crate::ledger::Actor) -> crate::writer::CommandContext {
-    crate::writer::CommandContext {
-        actor: Some(actor),
-        request_id: Some(error::current_request_id()),
-        idempotency: None,
-    }
-}
-
-/// What `find` finds in this node's read model; on a miss, what it finds once the read
-/// model holds the log up to its head. On PostgreSQL another node may have made the thing a
-/// moment ago, and a 404 or 401 is final to a client: only a miss at the head may answer so.
-/// A hit costs nothing more; a miss, one trip through the writer.
-pub async fn find_at_head<T>(
-    state: &AppState,
-    find: impl Fn(&crate::ledger::Ledger) -> Option<T>,
-) -> Result<Option<T>, ApiError> {
-    let found = find(&state.ledger.read());
-    if found.is_some() {
-        return Ok(found);
-    }
-    state.writer.reach_head().await?;
-    Ok(find(&state.ledger.read()))
-}
-
-/// What every handler can reach, behind one `Arc`. axum clones the state for every layer
-/// and extractor of every request; cloned field by field (a dozen reference counts shared by
-/// both cores, a writer queue handle, the store's paths), the clones and drops took 6% of
-/// the CPU under authorize+usage load (perf, `bahi bench http`).
+/// What every handler can reach, behind one `Arc`: the node's services. axum clones the
+/// state for every layer and extractor of every request; one reference count is all it
+/// clones.
 #[derive(Clone)]
-pub struct AppState(Arc<NodeState>);
+pub struct AppState(Arc<Services>);
 
 impl AppState {
-    pub fn new(state: NodeState) -> AppState {
-        AppState(Arc::new(state))
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
     }
 }
 
 impl std::ops::Deref for AppState {
-    type Target = NodeState;
+    type Target = Services;
 
-    fn deref(&self) -> &NodeState {
+    fn deref(&self) -> &Services {
         &self.0
     }
-}
-
-/// The node's handles: the writer, the shared ledger, the store and the request-path state.
-pub struct NodeState {
-    pub writer: Writer,
-    pub ledger: SharedLedger,
-    pub metrics: Arc<Metrics>,
-    pub config: Arc<ServerConfig>,
-    pub store: Store,
-    pub rate_limiter: Arc<RateLimiter>,
-    pub key_uses: Arc<KeyUses>,
-    pub identity: Arc<Identity>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -104,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router(&state))
         .merge(statements::router(&state))
         .merge(billing::router(&state))
+        .merge(test_clock::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -133,7 +91,11 @@ fn request_id_for(request: &Request) -> String {
                 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{}", bahi_domain::ids::base62(&crate::identity::random_bytes::<12>())))
+        .unwrap_or_else(new_request_id)
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", bahi_domain::ids::base62(&crate::identity::random_bytes::<12>()))
 }
 
 /// Gives every request an id (the client's, when well-formed), a tracing span, and the

@@ -2,19 +2,20 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bahi_domain::credential::Scope;
-use bahi_reports::{StatementFormat, statement_period};
+use bahi_reports::StatementFormat;
 use futures::TryStreamExt;
-use serde::Deserialize;
 
 use super::AppState;
-use super::audit::{Reader, authenticate_reader, query, wait_for_projection};
-use super::error::{ApiError, ApiResult};
+use super::auth::authenticate_reader;
+use super::error::ApiResult;
+use super::extract::ApiQuery;
+use crate::app::Reader;
+use crate::app::statements::{self, StatementQuery};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -22,38 +23,17 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(from_fn_with_state(state.clone(), authenticate_reader))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StatementQuery {
-    from: Option<String>,
-    to: Option<String>,
-    format: Option<String>,
-    org_id: Option<String>,
-}
-
 async fn statement(
     State(state): State<AppState>,
     reader: Reader,
-    raw: Result<Query<StatementQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(request): ApiQuery<StatementQuery>,
 ) -> ApiResult<Response> {
-    let request = query(raw)?;
-    let org_id = reader.org(&state, Scope::StatementsRead, request.org_id.as_deref())?;
-    let (Some(from), Some(to)) = (request.from.as_deref(), request.to.as_deref()) else {
-        return Err(ApiError::invalid_request("from and to are required (YYYY-MM-DD, both included)"));
-    };
-    let (from_date, to_date, period) =
-        statement_period(from, to).map_err(|error| ApiError::invalid_request(error.to_string()))?;
-    let format = StatementFormat::parse(request.format.as_deref().unwrap_or("json"))
-        .map_err(|error| ApiError::invalid_request(error.to_string()))?;
-    wait_for_projection(&state).await;
-    let chunks = crate::finance::statement_stream(&state.store, org_id.as_str(), from_date, to_date, period, format)
-        .await
-        .map_err(ApiError::internal)?;
-    let mut response = Body::from_stream(chunks.map_ok(axum::body::Bytes::from)).into_response();
+    let statement = statements::statement(&state, &reader, request).await?;
+    let mut response = Body::from_stream(statement.chunks.map_ok(axum::body::Bytes::from)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    if format == StatementFormat::Csv {
-        let disposition = format!("attachment; filename=\"statement-{org_id}-{from_date}-{to_date}.csv\"");
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(statement.format.content_type()));
+    if statement.format == StatementFormat::Csv {
+        let disposition = format!("attachment; filename=\"{}\"", statement.file_name);
         if let Ok(value) = HeaderValue::from_str(&disposition) {
             headers.insert(header::CONTENT_DISPOSITION, value);
         }

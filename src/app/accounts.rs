@@ -1,0 +1,108 @@
+//! Orgs and their account: agent-register (an org and its first key, no human needed) and
+//! the account summary.
+
+use std::net::IpAddr;
+
+use bahi_domain::command::NewKeyRecord;
+use bahi_domain::credential::{NewApiKey, Scope};
+use bahi_domain::ids::{ApiKeyId, OrgId};
+use bahi_domain::{Command, Money};
+use serde::{Deserialize, Serialize};
+
+use super::principal::check_client_rate;
+use super::{AppError, AppResult, Principal, Services};
+use crate::identity::{new_id_bytes, random_bytes};
+use crate::ledger::Actor;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegister {
+    pub org_name: Option<String>,
+    pub agent_name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Registered {
+    pub org_id: OrgId,
+    pub api_key: String,
+    pub api_key_id: ApiKeyId,
+}
+
+/// A new org with its first API key, for a client at `client` (rate limited per address).
+pub async fn agent_register(services: &Services, client: IpAddr, request: AgentRegister) -> AppResult<Registered> {
+    check_client_rate(services, client)?;
+    let config = &services.config;
+    let org_id = OrgId::from_random(new_id_bytes());
+    let key_id = ApiKeyId::from_random(new_id_bytes());
+    let new_key = NewApiKey::generate(&config.key_prefix, config.environment, random_bytes());
+    let display_name = match (&request.org_name, &request.agent_name) {
+        (Some(org_name), _) => org_name.clone(),
+        (None, Some(agent_name)) => format!("{agent_name}'s org"),
+        (None, None) => "Agent org".to_owned(),
+    };
+    let command = Command::RegisterOrg {
+        org_id: org_id.clone(),
+        display_name,
+        environment: config.environment,
+        first_key: NewKeyRecord {
+            key_id: key_id.clone(),
+            hash: new_key.hash,
+            display_prefix: new_key.display_prefix,
+            environment: config.environment,
+            name: request.agent_name,
+            scopes: Scope::ORG_DEFAULT.to_vec(),
+            expires_at: None,
+            rate_limit: None,
+            budget: None,
+            metadata: None,
+        },
+    };
+    services.submit(command, Actor::anonymous(client.to_string())).await?;
+    Ok(Registered { org_id, api_key: new_key.secret, api_key_id: key_id })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Member {
+    pub user_id: String,
+    pub email: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Account {
+    pub org_id: OrgId,
+    pub display_name: String,
+    pub plan: String,
+    pub environment: String,
+    pub credit_balance: Money,
+    /// Balance minus the holds of authorized, unsettled calls.
+    pub available_balance: Money,
+    pub held: Money,
+    pub members: Vec<Member>,
+}
+
+pub fn account(services: &Services, principal: &Principal) -> AppResult<Account> {
+    principal.require(Scope::AccountRead)?;
+    let ledger = services.ledger.read();
+    let org = ledger.state.org(&principal.org_id).ok_or_else(|| AppError::not_found("org"))?;
+    let members = org
+        .members
+        .iter()
+        .filter_map(|id| ledger.state.users.get(id))
+        .map(|user| Member {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            role: user.role.as_str().to_owned(),
+        })
+        .collect();
+    Ok(Account {
+        org_id: org.id.clone(),
+        display_name: org.display_name.clone(),
+        plan: org.plan.clone(),
+        environment: org.environment.as_str().to_owned(),
+        credit_balance: org.balance,
+        available_balance: ledger.state.available(&org.id),
+        held: org.held,
+        members,
+    })
+}
