@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bahi::agent_token::{JwkSet, SigningKey};
 use bahi::store::{EventStore, Store};
@@ -247,7 +247,7 @@ async fn forged_expired_and_malformed_tokens_are_401() {
 #[tokio::test]
 async fn an_embedded_token_dies_at_exp_give_or_take_five_seconds() {
     let database = TestDatabase::sqlite();
-    let server = TestServer::start(&database.url());
+    let server = TestServer::start_with(&database.url(), &common::with_test_clock());
     let client = client();
     let (_, key) = register(&client, &server, "Acme").await;
     let agent = create_agent(&client, &server, &key, json!({"name": "a", "scopes": ["account:read"]})).await;
@@ -270,9 +270,9 @@ async fn an_embedded_token_dies_at_exp_give_or_take_five_seconds() {
         client.get(server.url("/v1/auth/account")).bearer_auth(sign_raw(&real, &kid, &aged)).send().await.unwrap();
     assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
 
-    // And the real thing, with the clock: seven seconds after minting, the one-second token
-    // (verified and cached above) is refused.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // And the real thing, with the server's clock: seven seconds after minting, the
+    // one-second token (verified and cached above) is refused.
+    common::advance_clock(&client, &server, common::TEST_CLOCK_OPERATOR_KEY, 7).await;
     let response = client.get(server.url("/v1/auth/account")).bearer_auth(token).send().await.unwrap();
     assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
 }
@@ -571,18 +571,13 @@ async fn revocation_on_one_node_is_refused_on_another() {
     let agent_id = agent["id"].as_str().unwrap();
     let minted = mint(&client, &first, &key, agent_id, json!({})).await;
     let token = minted["access_token"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while account_with(&client, &second, token).await != 200 {
-        assert!(Instant::now() < deadline, "the second node never learned of the agent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let learned = common::eventually(|| async { account_with(&client, &second, token).await == 200 }).await;
+    assert!(learned, "the second node never learned of the agent");
     let response = post(&client, &first, &key, &format!("/me/agents/{agent_id}/revoke"), json!({})).await;
     assert_eq!(response.status(), 200);
     let revoked_at = Instant::now();
-    while account_with(&client, &second, token).await != 401 {
-        assert!(Instant::now() < deadline, "the second node still accepts a revoked agent's token");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let refused = common::eventually(|| async { account_with(&client, &second, token).await == 401 }).await;
+    assert!(refused, "the second node still accepts a revoked agent's token");
     eprintln!("revocation reached the second node in {:?}", revoked_at.elapsed());
 }
 

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bahi::store::{EventStore, Store};
 
@@ -187,7 +186,9 @@ async fn sigkill_during_load_loses_no_acknowledged_event() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Kill mid-load: once a few dozen registrations were acknowledged.
+        let loaded = common::eventually(|| async { acknowledged.lock().len() >= 50 }).await;
+        assert!(loaded, "{}: the load ran", database.engine());
         server.kill();
         for worker in workers {
             worker.await.unwrap();

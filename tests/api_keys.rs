@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestDatabase, TestServer, client, error_type, register};
+use common::{
+    TEST_CLOCK_OPERATOR_KEY, TestDatabase, TestServer, advance_clock, client, error_type, register, with_test_clock,
+};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
@@ -131,14 +131,14 @@ async fn create_list_revoke_delete_and_rotate() {
 #[tokio::test]
 async fn keys_expire_and_bad_settings_are_400() {
     let database = TestDatabase::sqlite();
-    let server = TestServer::start(&database.url());
+    let server = TestServer::start_with(&database.url(), &with_test_clock());
     let client = client();
     let (_, key) = register(&client, &server, "Acme").await;
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
     let expiring = create_key(&client, &server, &key, json!({"expires_at": soon})).await;
     let expiring = expiring["api_key"].as_str().unwrap().to_owned();
     assert_eq!(account_status(&client, &server, &expiring).await, 200);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    advance_clock(&client, &server, TEST_CLOCK_OPERATOR_KEY, 61).await;
     assert_eq!(account_status(&client, &server, &expiring).await, 401);
 
     let url = server.url("/v1/auth/account/api-keys");

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{TestDatabase, TestServer, run_cli};
@@ -26,6 +25,15 @@ struct Record {
     /// Call ids acknowledged by authorize -> the settled cost when usage was acknowledged.
     calls: BTreeMap<String, Option<String>>,
 }
+
+impl Record {
+    fn settled(&self) -> usize {
+        self.calls.values().filter(|cost| cost.is_some()).count()
+    }
+}
+
+/// Steps each worker takes at most in a round, should the kill never come.
+const MAX_STEPS: usize = 5_000;
 
 fn start(database: &TestDatabase) -> TestServer {
     TestServer::start_with(&database.url(), &[("BAHI_OPERATOR_KEY", OPERATOR_KEY)])
@@ -80,19 +88,15 @@ async fn settle(client: &Client, server_url: &str, call_id: &str) -> Option<Stri
     Some(response.json::<Value>().await.ok()?["cost"]["amount"].as_str()?.to_owned())
 }
 
-/// One round's load: each worker grants, authorizes and settles until told to stop.
+/// One round's load: each worker grants, authorizes and settles until the server is gone.
 async fn load(server_url: String, org_id: String, api_key: String, round: usize, record: Arc<Mutex<Record>>) {
-    let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..WORKERS)
         .map(|worker| {
-            let (server_url, org_id, api_key, record, stop) =
-                (server_url.clone(), org_id.clone(), api_key.clone(), record.clone(), stop.clone());
+            let (server_url, org_id, api_key, record) =
+                (server_url.clone(), org_id.clone(), api_key.clone(), record.clone());
             tokio::spawn(async move {
                 let client = client();
-                for step in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
+                for step in 0..MAX_STEPS {
                     let key = format!("round-{round}-worker-{worker}-step-{step}");
                     record.lock().grants.insert(key.clone(), None);
                     let granted = grant(&client, &server_url, &org_id, &key).await;
@@ -106,9 +110,7 @@ async fn load(server_url: String, org_id: String, api_key: String, round: usize,
             })
         })
         .collect();
-    // Killed from outside while these run; stop asking once the server is gone.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
+    // Killed from outside while these run: each worker stops at its first unanswered request.
     for worker in workers {
         worker.await.unwrap();
     }
@@ -131,35 +133,44 @@ async fn retry_unanswered(server_url: &str, org_id: &str, record: &Mutex<Record>
     }
 }
 
+/// Every event of the org, in log order.
+async fn all_org_events(server_url: &str, api_key: &str) -> Vec<Value> {
+    let client = client();
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value = client
+            .get(format!("{server_url}/v1/audit/events?after={after}&limit=1000"))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(next) if page["has_more"] == true => after = next,
+            _ => return events,
+        }
+    }
+}
+
 /// Every event of the org, in log order, once the projection has caught up with the log.
 async fn org_events(server_url: &str, api_key: &str, expected_grants: usize) -> Vec<Value> {
-    let client = client();
-    for _ in 0..300 {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            let page: Value = client
-                .get(format!("{server_url}/v1/audit/events?after={after}&limit=1000"))
-                .bearer_auth(api_key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            events.extend(page["data"].as_array().unwrap().iter().cloned());
-            match page["next_after"].as_i64() {
-                Some(next) if page["has_more"] == true => after = next,
-                _ => break,
-            }
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let caught_up = common::eventually(|| {
+        let events = events.clone();
+        async move {
+            let read = all_org_events(server_url, api_key).await;
+            let grants = read.iter().filter(|event| event["type"] == "CreditsGranted").count();
+            *events.lock() = read;
+            grants >= expected_grants
         }
-        let grants = events.iter().filter(|event| event["type"] == "CreditsGranted").count();
-        if grants >= expected_grants {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the audit projection did not catch up with the log");
+    })
+    .await;
+    assert!(caught_up, "the audit projection did not catch up with the log");
+    events.lock().clone()
 }
 
 #[tokio::test]
@@ -189,8 +200,10 @@ async fn kill_restart_verify_rounds_lose_nothing_and_bill_nothing_twice() {
         for round in 0..rounds {
             let running =
                 tokio::spawn(load(server.base_url.clone(), org_id.clone(), api_key.clone(), round, record.clone()));
-            // Kill mid-load: after a varying share of the round's three seconds.
-            tokio::time::sleep(Duration::from_millis(400 + 500 * round as u64 % 2_000)).await;
+            // Kill mid-load: once the round has settled a varying number of calls.
+            let target = record.lock().settled() + 30 + 30 * (round % 4);
+            let loaded = common::eventually(|| async { record.lock().settled() >= target }).await;
+            assert!(loaded, "{engine}: round {round}: the load settled fewer than {target} calls");
             server.kill();
             running.await.unwrap();
             let (code, stdout, stderr) = run_cli(&["verify", "--database", &database.url()]);

@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bahi::store::{EventStore, Store, StoredEvent};
 use bahi_domain::ids::{OrgId, TopupId, UserId};
@@ -208,16 +210,20 @@ async fn nodes_that_meet_an_unreadable_event_report_not_ready_naming_its_positio
     let position = append_unreadable_event(&database.url()).await;
 
     for server in [&first, &second] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let body = loop {
-            let (status, body) = health(&client, server, "/healthz").await;
-            if status == 503 {
-                break body;
+        let seen = Arc::new(Mutex::new(Value::Null));
+        let unready = common::eventually(|| {
+            let seen = seen.clone();
+            let client = client.clone();
+            async move {
+                let (status, body) = health(&client, server, "/healthz").await;
+                assert!(status == 200 || status == 503, "{body}");
+                *seen.lock() = body;
+                status == 503
             }
-            assert_eq!(status, 200, "{body}");
-            assert!(Instant::now() < deadline, "still {body} 10 s after an unreadable event landed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        })
+        .await;
+        let body = seen.lock().clone();
+        assert!(unready, "still {body} 10 s after an unreadable event landed");
         assert_eq!(body["status"], "not_ready");
         assert_eq!(body["unreadable_position"], position);
         assert_eq!(body["log_position"], position - 1);

@@ -611,9 +611,22 @@ async fn a_postgres_rebuild_waits_for_readers_only_so_long() {
 
     // A reader that is done within the rebuild's attempts only delays it.
     sqlx::raw_sql("SELECT count(*) FROM read_orgs").execute(&mut reader).await.unwrap();
+    let watcher = sqlx::PgPool::connect(&database.url()).await.unwrap();
     let release = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+        // Done once the rebuild is seen waiting for the reader's lock.
+        let waiting = common::eventually(|| async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await;
+        assert!(waiting, "the rebuild never waited for the reader");
         sqlx::raw_sql("ROLLBACK").execute(&mut reader).await.unwrap();
+        watcher.close().await;
     });
     assert_eq!(bahi::projector::rebuild_projections(&store).await.unwrap(), 6);
     release.await.unwrap();
@@ -926,10 +939,7 @@ async fn sqlite_appends_reach_the_database_file_through_the_checkpointer() {
         producer.await.unwrap();
     }
     // 2,400 events of about 700 bytes: far more than the database file held before.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while size() < before + 512 * 1024 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::eventually(|| async { size() >= before + 512 * 1024 }).await;
     assert!(size() >= before + 512 * 1024, "the database file stayed at {} bytes (was {before})", size());
     let store = running.stop().await;
     assert_eq!(verify_log(&store).await.unwrap(), Ok(2400));

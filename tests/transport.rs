@@ -137,6 +137,7 @@ async fn a_stalled_request_head_is_closed_after_the_header_read_timeout() {
             if trickle.write_all(&[*byte]).await.is_err() {
                 return;
             }
+            // sleep-ok: the client is slow on purpose; the server's timeout is what is tested.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })

@@ -238,3 +238,44 @@ pub async fn register(client: &reqwest::Client, server: &TestServer, org_name: &
     let body: serde_json::Value = response.json().await.unwrap();
     (body["org_id"].as_str().unwrap().to_owned(), body["api_key"].as_str().unwrap().to_owned())
 }
+
+/// The operator credential of servers started with `with_test_clock`.
+pub const TEST_CLOCK_OPERATOR_KEY: &str = "operator-key-for-the-test-clock-0123456789";
+
+/// The environment of a server whose clock a test moves forward (`--test-clock`), with its
+/// operator credential; a test that sets another operator key passes it to `advance_clock`.
+pub fn with_test_clock() -> [(&'static str, &'static str); 2] {
+    [("BAHI_TEST_CLOCK", "true"), ("BAHI_OPERATOR_KEY", TEST_CLOCK_OPERATOR_KEY)]
+}
+
+/// Moves a `--test-clock` server's time forward by `seconds`, instead of waiting for it.
+pub async fn advance_clock(client: &reqwest::Client, server: &TestServer, operator_key: &str, seconds: i64) {
+    let response = client
+        .post(server.url("/v1/admin/test-clock/advance"))
+        .bearer_auth(operator_key)
+        .json(&serde_json::json!({ "seconds": seconds }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "advancing the test clock: {}", response.text().await.unwrap());
+}
+
+/// Whether `condition` holds within ten seconds, looked at every 20 ms: for what another
+/// task or node does in its own time (a background expirer, a projection, a second node
+/// catching up). Time-driven behaviour moves the test clock instead (`advance_clock`).
+pub async fn eventually<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if condition().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
