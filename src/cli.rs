@@ -127,6 +127,4 @@ pub enum Command {
     Rebuild(DatabaseArgs),
     /// Print an org's INR statement for a period, read from the database (no server needed).
     Statement(StatementArgs),
-    /// Run a benchmark and print its figures beside a baseline measured in the same run.
-    Bench(crate::bench::BenchArgs),
 }

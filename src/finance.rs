@@ -134,36 +134,3 @@ async fn next_chunk(mut state: Formatting) -> Option<(Result<Vec<u8>, std::io::E
         }
     }
 }
-
-/// `bahi statement`: brings the read models up to the log's head (the server may have been
-/// stopped before its projections caught up), then writes the statement to stdout.
-pub async fn statement_command(args: &crate::cli::StatementArgs) -> anyhow::Result<std::process::ExitCode> {
-    use crate::store::EventStore;
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
-
-    let (from, to, period) = bahi_reports::statement_period(&args.from, &args.to)?;
-    let format = StatementFormat::parse(&args.format)?;
-    let org_id = bahi_domain::ids::OrgId::parse(&args.org)?;
-    let store = Store::open(&args.database.database_url).await?;
-    store.migrate().await?;
-    crate::projector::catch_up_projections(&store, None).await?;
-    if !store.org_exists(org_id.as_str()).await? {
-        anyhow::bail!("no such org {org_id}");
-    }
-    let chunks = statement_stream(&store, org_id.as_str(), from, to, period, format, String::new()).await?;
-    let mut chunks = std::pin::pin!(chunks);
-    let mut stdout = tokio::io::stdout();
-    while let Some(chunk) = chunks.next().await {
-        match chunk {
-            Ok(chunk) => stdout.write_all(&chunk).await?,
-            Err(error) => {
-                // What was written, the incomplete-statement row last, reaches stdout first.
-                stdout.flush().await?;
-                return Err(error.into());
-            }
-        }
-    }
-    stdout.flush().await?;
-    Ok(std::process::ExitCode::SUCCESS)
-}

@@ -5,10 +5,8 @@
 //! telemetry. The rules live in `bahi-domain`; see ARCHITECTURE.md for the map.
 
 pub mod agent_token;
+pub mod allocator;
 pub mod app;
-pub mod bench;
-pub mod bench_api;
-pub mod bench_reports;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -3,54 +3,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use bahi::cli::{Cli, Command, ServeArgs};
 use bahi::config::ServerConfig;
-use bahi::store::{EventStore, verify_log};
+use bahi::ledger::verify_log;
+use bahi::store::EventStore;
 use bahi_domain::credential::{Environment, KeyPrefix, SecretHash};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-
-// The writer, the fold and the HTTP path allocate many small, short-lived values across
-// threads; glibc's malloc spent about a sixth of the CPU of an authorize-and-usage load
-// (`malloc_consolidate`, `_int_malloc`, `_int_free`; BENCHMARKS.md has the A/B).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_decommits` in mimalloc's `mimalloc.h` (the sixth option, index 5, in the
-/// v2 and v3 headers alike; libmimalloc-sys names no constant for it).
-const MIMALLOC_OPTION_PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
-
-/// `mi_option_allow_thp` in the v3 `mimalloc.h` that libmimalloc-sys 0.1.49 builds by
-/// default (index 43; checked by compiling a program against that header).
-const MIMALLOC_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
-
-/// Makes mimalloc give freed memory back with `MADV_FREE` (reset) instead of decommitting it.
-/// The fold's hash maps double as the ledger grows; decommitted, the old tables' pages were
-/// faulted and zeroed afresh by the next allocations, and `clear_page_erms` took up to 60%
-/// of a replay's CPU. Reset pages stay mapped until the kernel needs them: replaying a
-/// million events into memory went from 0.24M to 0.44M events/s (BENCHMARKS.md).
-///
-/// And keeps the heap off transparent huge pages. Loading hands every event's bytes from
-/// the reader to the fold, which frees them on another thread; with huge pages each fault
-/// zeroed 2 MiB, and loading a million events from PostgreSQL spent 1.5-2.7 s of system
-/// time (`clear_page_erms` under `do_huge_pmd_anonymous_page`) against 0.8 s without, for a
-/// heap of under 500 MB (BENCHMARKS.md).
-#[allow(unsafe_code)]
-fn configure_allocator() {
-    // SAFETY: mi_option_set only stores an integer in mimalloc's option table. It is not
-    // thread-safe, so it runs first thing in `main`, before any other thread exists.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DECOMMITS, 0);
-        libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_ALLOW_THP, 0);
-    }
-    // mimalloc reserved its first memory before `main`, under the option's old value; this
-    // turns transparent huge pages off for the whole process, that memory included, as
-    // mimalloc itself does when the option is set from the environment. A kernel without
-    // the call leaves things as they were.
-    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and touches no memory.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
 
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -196,17 +153,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.analyze_read_models().await?;
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }
-        Command::Statement(args) => return bahi::finance::statement_command(&args).await,
-        Command::Bench(args) => {
-            init_tracing("pretty");
-            bahi::bench::run(args).await?;
-        }
+        Command::Statement(args) => return statement_command(&args).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
-    configure_allocator();
+    bahi::allocator::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -222,4 +175,38 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `bahi statement`: brings the read models up to the log's head (the server may have been
+/// stopped before its projections caught up), then writes the statement to stdout.
+async fn statement_command(args: &bahi::cli::StatementArgs) -> anyhow::Result<std::process::ExitCode> {
+    use bahi::store::{EventStore, Store};
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let (from, to, period) = bahi_reports::statement_period(&args.from, &args.to)?;
+    let format = bahi_reports::StatementFormat::parse(&args.format)?;
+    let org_id = bahi_domain::ids::OrgId::parse(&args.org)?;
+    let store = Store::open(&args.database.database_url).await?;
+    store.migrate().await?;
+    bahi::projector::catch_up_projections(&store, None).await?;
+    if !store.org_exists(org_id.as_str()).await? {
+        anyhow::bail!("no such org {org_id}");
+    }
+    let chunks =
+        bahi::finance::statement_stream(&store, org_id.as_str(), from, to, period, format, String::new()).await?;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut stdout = tokio::io::stdout();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) => stdout.write_all(&chunk).await?,
+            Err(error) => {
+                // What was written, the incomplete-statement row last, reaches stdout first.
+                stdout.flush().await?;
+                return Err(error.into());
+            }
+        }
+    }
+    stdout.flush().await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

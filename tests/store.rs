@@ -7,12 +7,13 @@ mod common;
 use std::sync::Arc;
 
 use bahi::clock::ManualClock;
+use bahi::ledger::verify_log;
 use bahi::ledger::{Idempotency, Ledger};
 use bahi::metrics::Metrics;
 use bahi::projection_feed::ProjectionFeed;
 use bahi::projector::{catch_up_projections, catch_up_projections_from_feed};
 use bahi::server::open_and_load;
-use bahi::store::{EventStore, Store, verify_log};
+use bahi::store::{EventStore, Store};
 use bahi::writer::{CommandContext, WriteError, Writer, writer};
 use bahi_domain::Command;
 use bahi_domain::command::NewKeyRecord;

@@ -1,4 +1,4 @@
-//! ES256 agent tokens (shared/api.md "Credentials", shared/design.md "Credentials").
+//! ES256 agent tokens (docs/api.md "Credentials", docs/design.md "Credentials").
 //!
 //! - [`SigningKey`]: the embedded issuer's P-256 key; `kid` is its RFC 7638 thumbprint;
 //!   [`SigningKey::sign`] mints a compact JWS of [`AgentClaims`].
@@ -8,9 +8,7 @@
 //!   ever holds them encrypted.
 //! - [`Verifier`]: offline verification against trusted issuer registrations, with a
 //!   bounded cache keyed by token hash that respects registration changes.
-//! - [`bench()`]: throughput figures for `bahi bench`.
 
-mod bench;
 mod cache;
 mod jwk;
 mod seal;
@@ -21,7 +19,6 @@ mod verifier;
 mod tests;
 
 pub use bahi_domain::claims::{AgentClaims, AgentMode};
-pub use bench::bench;
 pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
 pub use seal::{SealError, seal, unseal};
 pub use signing::{KeyError, SignError, SigningKey};

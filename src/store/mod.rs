@@ -375,40 +375,6 @@ impl Store {
     }
 }
 
-/// Re-hashes and decodes the whole log from position 1. `Ok(count)` when intact; otherwise
-/// the first position whose row does not match its chain, breaks contiguity, or does not
-/// decode (with the decoder loading uses: a node could not start on such a log), and why.
-pub async fn verify_log<S: EventStore>(store: &S) -> Result<Result<i64, (i64, String)>, StoreError> {
-    let mut previous_hash = bahi_domain::chain::GENESIS_HASH;
-    let mut position = 0;
-    loop {
-        let page = store.read_after(position, MAX_READ_PAGE).await?;
-        if page.is_empty() {
-            return Ok(Ok(position));
-        }
-        for event in &page {
-            if event.position != position + 1 {
-                return Ok(Err((
-                    position + 1,
-                    format!("position {} is missing (next stored is {})", position + 1, event.position),
-                )));
-            }
-            let expected = event.expected_hash(&previous_hash);
-            if expected != event.hash {
-                return Ok(Err((
-                    event.position,
-                    "hash does not match the row's contents and the previous hash".into(),
-                )));
-            }
-            if let Err(error) = crate::ledger::decode_stored(event) {
-                return Ok(Err((event.position, error.to_string())));
-            }
-            previous_hash = event.hash;
-            position = event.position;
-        }
-    }
-}
-
 /// Tables whose rows `dump_table` may read: read models only, never user input.
 pub fn is_dumpable_table(table: &str) -> bool {
     bahi_projections::PROJECTIONS.iter().any(|projection| projection.tables.contains(&table))

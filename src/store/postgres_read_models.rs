@@ -1,6 +1,5 @@
 //! PostgreSQL SQL of the audit read models: applying their row operations, and reading them.
 
-use bahi_projections::LedgerEntryRow;
 use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -183,44 +182,4 @@ pub async fn attribution(
             attribution_row(group_by, keys.into_iter(), sums)
         })
         .collect()
-}
-
-pub async fn insert_ledger_entries(pool: &PgPool, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
-    let mut transaction = pool.begin().await?;
-    for chunk in rows.chunks(10_000) {
-        let column = |get: fn(&LedgerEntryRow) -> Option<String>| chunk.iter().map(get).collect::<Vec<_>>();
-        let number = |get: fn(&LedgerEntryRow) -> Option<i64>| chunk.iter().map(get).collect::<Vec<_>>();
-        sqlx::query(
-            "INSERT INTO read_ledger_entries (org_id, position, entry_type, occurred_at, occurred_day, reference, description, \
-             call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
-             debit_micros, credit_micros, released_micros, balance_after_micros) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], \
-             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], \
-             $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[])",
-        )
-        .bind(column(|row| Some(row.org_id.clone())))
-        .bind(number(|row| Some(row.position)))
-        .bind(column(|row| Some(row.entry_type.to_owned())))
-        .bind(chunk.iter().map(|row| row.occurred_at).collect::<Vec<_>>())
-        .bind(column(|row| Some(row.occurred_day.clone())))
-        .bind(column(|row| Some(row.reference.clone())))
-        .bind(column(|row| row.description.clone()))
-        .bind(column(|row| row.call_id.clone()))
-        .bind(column(|row| row.credential_kind.clone()))
-        .bind(column(|row| row.credential_id.clone()))
-        .bind(column(|row| row.agent_id.clone()))
-        .bind(column(|row| row.agent_name.clone()))
-        .bind(column(|row| row.act_for.clone()))
-        .bind(column(|row| row.model.clone()))
-        .bind(number(|row| row.input_tokens))
-        .bind(number(|row| row.output_tokens))
-        .bind(number(|row| Some(row.debit_micros)))
-        .bind(number(|row| Some(row.credit_micros)))
-        .bind(number(|row| Some(row.released_micros)))
-        .bind(number(|row| Some(row.balance_after_micros.unwrap_or(0))))
-        .execute(&mut *transaction)
-        .await?;
-    }
-    transaction.commit().await?;
-    Ok(())
 }

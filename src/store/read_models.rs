@@ -2,7 +2,6 @@
 //! both engines. The SQL lives in `sqlite_read_models.rs` and `postgres_read_models.rs`.
 
 use bahi_domain::Money;
-use bahi_projections::LedgerEntryRow;
 use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -206,29 +205,5 @@ impl Store {
             ))
         });
         Ok(Some(rows))
-    }
-
-    /// Refreshes the planner's statistics of the ledger read model after a bulk fill, as
-    /// autovacuum would within a minute on PostgreSQL. Without them PostgreSQL estimates a
-    /// few rows, sorts a million on disk to group them, and attribution by agent takes 4 s
-    /// instead of 0.6 s. SQLite's plans here do not depend on statistics, so it runs nothing
-    /// there. For benchmarks; never used by the server.
-    pub async fn analyze_ledger_entries_for_bench(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(()),
-            Store::Postgres(store) => {
-                sqlx::query("ANALYZE read_ledger_entries").execute(store.pool()).await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Inserts ledger rows directly, many per statement: for benchmarks that need a large
-    /// read model quickly. Never used by the server.
-    pub async fn insert_ledger_entries_for_bench(&self, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::insert_ledger_entries(store.pool(), rows).await,
-            Store::Postgres(store) => postgres_read_models::insert_ledger_entries(store.pool(), rows).await,
-        }
     }
 }

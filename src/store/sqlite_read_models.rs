@@ -3,11 +3,10 @@
 //! time comparison.
 
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::LedgerEntryRow;
 use bahi_reports::{AttributionRow, GroupKey, Period};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqlitePool;
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money};
 use super::{StoreError, hash_from_bytes};
@@ -17,10 +16,6 @@ use super::sqlite::parse_time;
 fn optional_time(text: Option<&str>) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.map(parse_time).transpose()
 }
-
-const LEDGER_COLUMNS: &str = "org_id, position, entry_type, occurred_at, occurred_day, reference, description, call_id, \
-credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, \
-credit_micros, released_micros, balance_after_micros";
 
 pub async fn audit_call(pool: &SqlitePool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
     let row = sqlx::query(
@@ -183,49 +178,4 @@ pub async fn attribution(
             attribution_row(group_by, keys.into_iter(), sums)
         })
         .collect()
-}
-
-/// Rows per INSERT of the bulk loader (20 columns each; SQLite allows 32766 variables).
-const BULK_ROWS: usize = 1000;
-
-pub async fn insert_ledger_entries(pool: &SqlitePool, rows: &[LedgerEntryRow]) -> Result<(), StoreError> {
-    let mut transaction = pool.begin().await?;
-    for chunk in rows.chunks(BULK_ROWS) {
-        let mut builder: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO read_ledger_entries ({LEDGER_COLUMNS}) "));
-        builder.push_values(chunk, |mut values, row| {
-            values
-                .push_bind(row.org_id.clone())
-                .push_bind(row.position)
-                .push_bind(row.entry_type)
-                .push_bind(format_recorded_at(row.occurred_at))
-                .push_bind(row.occurred_day.clone())
-                .push_bind(row.reference.clone())
-                .push_bind(row.description.clone())
-                .push_bind(row.call_id.clone())
-                .push_bind(row.credential_kind.clone())
-                .push_bind(row.credential_id.clone())
-                .push_bind(row.agent_id.clone())
-                .push_bind(row.agent_name.clone())
-                .push_bind(row.act_for.clone())
-                .push_bind(row.model.clone())
-                .push_bind(row.input_tokens)
-                .push_bind(row.output_tokens)
-                .push_bind(row.debit_micros)
-                .push_bind(row.credit_micros)
-                .push_bind(row.released_micros)
-                .push_bind(row.balance_after_micros.unwrap_or(0));
-        });
-        builder.build().execute(&mut *transaction).await?;
-    }
-    transaction.commit().await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_column_list_has_every_column() {
-        assert_eq!(super::LEDGER_COLUMNS.split(',').count(), 20);
-    }
 }

@@ -17,8 +17,8 @@ use bahi_reports::{GroupKey, LedgerEntry, Period, StatementFormat, StatementHead
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures::StreamExt;
 
-use crate::bench::BenchArgs;
-use crate::store::{EventStore, Store};
+use crate::BenchArgs;
+use bahi::store::{EventStore, Store};
 
 const ORG: &str = "org_BenchFinance";
 const AGENTS: usize = 100;
@@ -120,10 +120,12 @@ async fn fill(args: &BenchArgs, label: &str) -> anyhow::Result<Fresh> {
     while index < args.events {
         let end = (index + FILL_BATCH as i64).min(args.events);
         let rows: Vec<LedgerEntryRow> = (index..end).map(|i| bench_row(i, args.events, &mut balance)).collect();
-        fresh.store.insert_ledger_entries_for_bench(&rows).await.context("filling the ledger read model")?;
+        crate::read_models::insert_ledger_entries(&fresh.store, &rows)
+            .await
+            .context("filling the ledger read model")?;
         index = end;
     }
-    fresh.store.analyze_ledger_entries_for_bench().await.context("analyzing the ledger read model")?;
+    crate::read_models::analyze_ledger_entries(&fresh.store).await.context("analyzing the ledger read model")?;
     println!(
         "engine: {}; {} ledger rows of one org filled in {:.1} s",
         fresh.store.engine(),
@@ -215,7 +217,7 @@ pub async fn statement(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut streamed = Counting::default();
     let chunks =
-        crate::finance::statement_stream(&fresh.store, ORG, from, to, period, StatementFormat::Csv, String::new())
+        bahi::finance::statement_stream(&fresh.store, ORG, from, to, period, StatementFormat::Csv, String::new())
             .await?;
     let mut chunks = std::pin::pin!(chunks);
     while let Some(chunk) = chunks.next().await {

@@ -1,8 +1,14 @@
-//! `bahi bench`: throughput figures beside a baseline measured in the same run, so a ratio
-//! (not an absolute number on a shared, noisy machine) is what we track.
+//! `bahi-bench`: throughput figures beside a baseline measured in the same run, so a ratio
+//! (not an absolute number on a shared, noisy machine) is what we track. The production
+//! crate holds no benchmark code; this binary drives it through its public API.
 
 // Rates and ratios are floats; no money is computed here.
 #![allow(clippy::float_arithmetic)]
+
+mod api;
+mod read_models;
+mod reports;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +22,16 @@ use bahi_domain::credential::{Environment, KeyPrefix, NewApiKey, Scope};
 use bahi_domain::event::CallAttribution;
 use bahi_domain::ids::{ApiKeyId, CallId, EventId, OrgId, TopupId};
 use bahi_domain::money::Money;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use parking_lot::RwLock;
 use rand::RngCore;
 use tokio::sync::watch;
 
-use crate::ledger::{CommittedEvent, Ledger};
-use crate::metrics::Metrics;
-use crate::server::open_and_load;
-use crate::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
-use crate::writer::{CommandContext, catch_up_shared, writer};
+use bahi::ledger::{CommittedEvent, Ledger};
+use bahi::metrics::Metrics;
+use bahi::server::open_and_load;
+use bahi::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
+use bahi::writer::{CommandContext, catch_up_shared, writer};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Benchmark {
@@ -54,7 +60,9 @@ pub enum Benchmark {
     Http,
 }
 
-#[derive(Debug, Args)]
+/// Throughput of bahi's hot paths, each beside a baseline measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "bahi-bench", version)]
 pub struct BenchArgs {
     #[arg(value_enum)]
     pub benchmark: Benchmark,
@@ -94,11 +102,11 @@ fn register_command(index: usize) -> Command {
     let key =
         NewApiKey::generate(&KeyPrefix::parse("bahi").unwrap_or_else(|_| unreachable!()), Environment::Live, random());
     Command::RegisterOrg {
-        org_id: OrgId::from_random(crate::identity::new_id_bytes()),
+        org_id: OrgId::from_random(bahi::identity::new_id_bytes()),
         display_name: format!("bench org {index}"),
         environment: Environment::Live,
         first_key: NewKeyRecord {
-            key_id: ApiKeyId::from_random(crate::identity::new_id_bytes()),
+            key_id: ApiKeyId::from_random(bahi::identity::new_id_bytes()),
             hash: key.hash,
             display_prefix: key.display_prefix,
             environment: Environment::Live,
@@ -358,7 +366,7 @@ async fn writer_rate(store: Store, pools: Vec<Vec<Command>>, duration: Duration)
     let position = shared.read().position;
     let (committed, _) = watch::channel(position);
     let metrics = Arc::new(Metrics::default());
-    let (handle, task) = writer(store, shared.clone(), metrics.clone(), committed, Arc::new(crate::clock::SystemClock));
+    let (handle, task) = writer(store, shared.clone(), metrics.clone(), committed, Arc::new(bahi::clock::SystemClock));
     let task = tokio::spawn(task.run());
     let cpu_before = process_cpu_seconds();
     let started = Instant::now();
@@ -460,10 +468,10 @@ pub async fn raw_authorizations(store: &Store, batch_rows: usize, duration: Dura
     let mut ledger = Ledger::new();
     ledger.position = position;
     ledger.head_hash = head_hash;
-    let org_id = OrgId::from_random(crate::identity::new_id_bytes());
+    let org_id = OrgId::from_random(bahi::identity::new_id_bytes());
     let attribution = CallAttribution {
         credential_kind: "api_key".into(),
-        credential_id: ApiKeyId::from_random(crate::identity::new_id_bytes()).to_string(),
+        credential_id: ApiKeyId::from_random(bahi::identity::new_id_bytes()).to_string(),
         agent_id: None,
         agent_name: None,
         act_for: org_id.to_string(),
@@ -479,7 +487,7 @@ pub async fn raw_authorizations(store: &Store, batch_rows: usize, duration: Dura
         let events = (0..batch_rows)
             .map(|_| {
                 bahi_domain::event::CallAuthorized {
-                    call_id: CallId::from_random(crate::identity::new_id_bytes()),
+                    call_id: CallId::from_random(bahi::identity::new_id_bytes()),
                     org_id: org_id.clone(),
                     attribution: attribution.clone(),
                     model: GATEWAY_MODEL.to_owned(),
@@ -507,16 +515,25 @@ pub async fn raw_authorizations(store: &Store, batch_rows: usize, duration: Dura
     Ok(appended as f64 / started.elapsed().as_secs_f64())
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    bahi::allocator::configure();
+    let args = BenchArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.benchmark {
         Benchmark::Append => append(&args).await,
         Benchmark::Sustained => sustained(&args).await,
         Benchmark::Replay => replay(&args).await,
         Benchmark::Load => load(&args).await,
-        Benchmark::Statement => crate::bench_reports::statement(&args).await,
-        Benchmark::Attribution => crate::bench_reports::attribution(&args).await,
-        Benchmark::Credentials => crate::bench_api::credentials(args.seconds),
-        Benchmark::Http => crate::bench_api::http(args.seconds, args.connections, args.database.clone()).await,
+        Benchmark::Statement => crate::reports::statement(&args).await,
+        Benchmark::Attribution => crate::reports::attribution(&args).await,
+        Benchmark::Credentials => crate::api::credentials(args.seconds),
+        Benchmark::Http => crate::api::http(args.seconds, args.connections, args.database.clone()).await,
     }
 }
 
@@ -652,13 +669,13 @@ async fn filled_log(
 /// blocking thread, which loading uses too; on PostgreSQL one binary COPY parsed into
 /// `StoredEvent`s), reading the whole log.
 async fn page_reader_rate(store: &Store) -> anyhow::Result<f64> {
-    reader_rate(|sender| store.spawn_page_reader(0, None, crate::store::MAX_READ_PAGE, sender), Vec::len).await
+    reader_rate(|sender| store.spawn_page_reader(0, None, bahi::store::MAX_READ_PAGE, sender), Vec::len).await
 }
 
 /// Rows per second through the reader that loading uses (`Store::spawn_load_reader`: on
 /// PostgreSQL the COPY's bytes, cut into pages of rows), reading the whole log.
 async fn load_reader_rate(store: &Store) -> anyhow::Result<f64> {
-    reader_rate(|sender| store.spawn_load_reader(0, crate::writer::DECODED_CHUNK, sender), LoadPage::len).await
+    reader_rate(|sender| store.spawn_load_reader(0, bahi::writer::DECODED_CHUNK, sender), LoadPage::len).await
 }
 
 /// Rows per second through the reader `spawn` starts, counting each page's rows by `rows`.
@@ -711,7 +728,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut position = 0;
     loop {
-        let page = store.read_after(position, crate::store::MAX_READ_PAGE).await?;
+        let page = store.read_after(position, bahi::store::MAX_READ_PAGE).await?;
         let Some(last) = page.last() else { break };
         position = last.position;
     }
@@ -725,7 +742,7 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<()> {
     drop(shared);
 
     let started = Instant::now();
-    crate::projector::rebuild_projections(&store).await?;
+    bahi::projector::rebuild_projections(&store).await?;
     let sql_rate = head as f64 / started.elapsed().as_secs_f64();
 
     let engine_rate = head as f64 / engine_copy_seconds(&store).await?;

@@ -8,9 +8,9 @@ use bahi_domain::claims::{AgentClaims, AgentMode};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::jwk::JwkSet;
-use super::signing::SigningKey;
-use super::verifier::{IssuerKind, TrustedIssuer, Verifier};
+use bahi::agent_token::JwkSet;
+use bahi::agent_token::SigningKey;
+use bahi::agent_token::{IssuerKind, TrustedIssuer, Verifier};
 
 /// Operations between clock reads, so reading the clock does not weigh on the figures.
 const BATCH: u64 = 64;

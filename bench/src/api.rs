@@ -15,8 +15,8 @@ use bahi_domain::{Command, State, evolve};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::ServerConfig;
-use crate::limits::RateLimiter;
+use bahi::config::ServerConfig;
+use bahi::limits::RateLimiter;
 
 fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
@@ -101,7 +101,7 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
 
     println!();
     println!("{:<52} {:>14} {:>8}", "agent tokens (one thread)", "per second", "ratio");
-    let figures = crate::agent_token::bench(duration);
+    let figures = crate::tokens::bench(duration);
     let baseline = figures.iter().find(|(name, _)| name.contains("baseline")).map_or(1.0, |(_, rate)| *rate);
     for (name, rate) in figures {
         println!("{name:<52} {rate:>14.0} {:>8.2}", rate / baseline);
@@ -210,7 +210,7 @@ const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop"
 pub async fn http(seconds: u64, connections: usize, database: Option<String>) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     let directory =
-        std::env::temp_dir().join(format!("bahi-bench-http-{}", hex::encode(crate::identity::random_bytes::<8>())));
+        std::env::temp_dir().join(format!("bahi-bench-http-{}", hex::encode(bahi::identity::random_bytes::<8>())));
     std::fs::create_dir_all(&directory)?;
     let database_url = database.unwrap_or_else(|| format!("sqlite://{}", directory.join("bench.db").display()));
 
@@ -232,15 +232,15 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         default_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
         anonymous_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
         secure_cookies: false,
-        key_encryption_key: crate::identity::random_bytes(),
-        transport: crate::transport::TransportLimits::default(),
-        token_rules: crate::agent_token::TokenRules::default(),
+        key_encryption_key: bahi::identity::random_bytes(),
+        transport: bahi::transport::TransportLimits::default(),
+        token_rules: bahi::agent_token::TokenRules::default(),
         test_clock: false,
     };
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();
     let server = tokio::spawn(async move {
-        crate::server::serve_on(listener, &url, config, async {
+        bahi::server::serve_on(listener, &url, config, async {
             let _ = stop_receiver.await;
         })
         .await
@@ -376,8 +376,8 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
     server.await??;
     // The engine alone writing the rows those authorizations wrote, in batches of the size
     // the writer forms at this many connections, on the same database.
-    let store = crate::store::Store::open(&database_url).await?;
-    let raw = crate::bench::raw_authorizations(&store, connections, duration).await?;
+    let store = bahi::store::Store::open(&database_url).await?;
+    let raw = crate::raw_authorizations(&store, connections, duration).await?;
     store.close().await;
     println!("{:<44} {raw:>12.0}", "raw batched insert of CallAuthorized rows");
     println!(

@@ -1,0 +1,273 @@
+//! The shape of the code, checked: the library's modules form no import cycle; each layer
+//! imports only from its own layer or below (surfaces → app → infrastructure → clock);
+//! HTTP handlers never reach the ledger, the store, the writer or the clock themselves;
+//! and tests move the clock or poll `common::eventually` instead of sleeping.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each top-level module of `src/` and its layer: a module may use modules of its own layer
+/// or lower, never higher.
+const LAYERS: &[(&str, u8)] = &[
+    ("allocator", 0),
+    ("clock", 0),
+    ("agent_token", 1),
+    ("config", 1),
+    ("finance", 1),
+    ("identity", 1),
+    ("ledger", 1),
+    ("limits", 1),
+    ("metrics", 1),
+    ("projection_feed", 1),
+    ("projector", 1),
+    ("store", 1),
+    ("tailer", 1),
+    ("transport", 1),
+    ("writer", 1),
+    ("app", 2),
+    ("http", 3),
+    ("cli", 4),
+    ("server", 4),
+];
+
+fn rust_files(directory: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The code of a file without its comments (a whole-line `//` comment, or the tail after
+/// ` // `), so that prose naming a module is not an import.
+fn code_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|line| match line.find("//") {
+            Some(index) if line[..index].matches('"').count() % 2 == 0 => &line[..index],
+            _ => line,
+        })
+        .collect()
+}
+
+/// The top-level module a file of `src/` belongs to (`None` for lib.rs and main.rs).
+fn module_of(root: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(root).unwrap();
+    let first = relative.components().next()?.as_os_str().to_str()?.to_owned();
+    let name = first.strip_suffix(".rs").unwrap_or(&first).to_owned();
+    (name != "lib" && name != "main").then_some(name)
+}
+
+/// The top-level modules a file's code names through `crate::`, including grouped imports
+/// such as `use crate::{ledger::Ledger, store::Store};`.
+fn referenced_modules(code: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = code;
+    while let Some(index) = rest.find("crate::") {
+        let after = &rest[index + "crate::".len()..];
+        if let Some(group) = after.strip_prefix('{') {
+            found.extend(group_heads(group));
+        } else {
+            let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+        rest = after;
+    }
+    found
+}
+
+/// The first name of each item of a `{...}` import group (`group` starts after its `{`),
+/// skipping nested groups.
+fn group_heads(group: &str) -> Vec<String> {
+    let mut heads = Vec::new();
+    let mut depth = 0;
+    let mut at_item_start = true;
+    let mut current = String::new();
+    for character in group.chars() {
+        match character {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => at_item_start = true,
+            c if depth == 0 && at_item_start && (c.is_alphanumeric() || c == '_') => current.push(c),
+            c if depth == 0 && at_item_start && !current.is_empty() && !c.is_whitespace() || c == ':' => {
+                at_item_start = false;
+            }
+            _ => {}
+        }
+        if !at_item_start && !current.is_empty() {
+            heads.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        heads.push(current);
+    }
+    heads
+}
+
+/// The library's module graph: module -> the modules it names.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(&root) {
+        let Some(module) = module_of(&root, &file) else { continue };
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = code_lines(&text).join("\n");
+        let edges = graph.entry(module.clone()).or_default();
+        edges.extend(referenced_modules(&code).into_iter().filter(|name| *name != module));
+    }
+    graph
+}
+
+/// A cycle of the graph, if it has one, as the path that closes it.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|seen| seen == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_library_has_no_import_cycle() {
+    let graph = module_graph();
+    assert!(graph.contains_key("app") && graph.contains_key("http"), "{graph:?}");
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import cycle: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn a_cycle_is_found_when_there_is_one() {
+    let mut graph = BTreeMap::new();
+    graph.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
+    graph.insert("b".to_owned(), BTreeSet::from(["c".to_owned()]));
+    graph.insert("c".to_owned(), BTreeSet::from(["a".to_owned()]));
+    assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
+    graph.get_mut("c").unwrap().clear();
+    assert_eq!(find_cycle(&graph), None);
+    assert_eq!(
+        referenced_modules("use crate::{ledger::Ledger, store::{Store, StoreError}};\nlet x = crate::clock::now();"),
+        BTreeSet::from(["clock".to_owned(), "ledger".to_owned(), "store".to_owned()])
+    );
+}
+
+#[test]
+fn each_layer_uses_only_its_own_layer_or_lower() {
+    let layers: BTreeMap<&str, u8> = LAYERS.iter().copied().collect();
+    let mut violations = Vec::new();
+    for (module, edges) in module_graph() {
+        let Some(&layer) = layers.get(module.as_str()) else {
+            violations.push(format!("{module} has no layer in tests/architecture.rs"));
+            continue;
+        };
+        for used in edges {
+            match layers.get(used.as_str()) {
+                Some(&used_layer) if used_layer > layer => {
+                    violations.push(format!("{module} (layer {layer}) uses {used} (layer {used_layer})"))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// What an HTTP handler may not touch: the node's state, its I/O and the time. It calls a
+/// use case of `crate::app` instead.
+const FORBIDDEN_IN_HTTP: &[&str] = &[
+    ".ledger",
+    ".store.",
+    ".writer.",
+    ".clock",
+    ".rate_limiter",
+    ".key_uses",
+    "Utc::now",
+    "SystemTime",
+    "crate::ledger",
+    "crate::store",
+    "crate::writer",
+    "crate::clock",
+    "crate::limits",
+];
+
+#[test]
+fn http_handlers_reach_state_and_time_only_through_the_services() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut violations = Vec::new();
+    for file in rust_files(&root) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in code_lines(&text).iter().enumerate() {
+            for forbidden in FORBIDDEN_IN_HTTP {
+                if line.contains(forbidden) {
+                    violations.push(format!("{}:{}: {forbidden}", file.display(), number + 1));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "handlers must call crate::app instead: {violations:#?}");
+}
+
+/// A `sleep(` in a test is allowed only with a `sleep-ok:` reason on the line before (a slow
+/// client on purpose); time-driven behaviour moves the test clock, and waiting for another
+/// task polls `common::eventually`.
+fn unexplained_sleeps(text: &str) -> Vec<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    (0..lines.len())
+        .filter(|&index| lines[index].contains("sleep("))
+        .filter(|&index| index == 0 || !lines[index - 1].contains("sleep-ok:"))
+        .map(|index| index + 1)
+        .collect()
+}
+
+#[test]
+fn tests_do_not_sleep_to_let_time_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut violations = Vec::new();
+    for file in rust_files(&root) {
+        if file.starts_with(root.join("common")) || file.ends_with("architecture.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        violations.extend(unexplained_sleeps(&text).into_iter().map(|line| format!("{}:{line}", file.display())));
+    }
+    assert!(
+        violations.is_empty(),
+        "move the clock (common::advance_clock) or poll (common::eventually): {violations:#?}"
+    );
+}
+
+#[test]
+fn a_sleep_without_a_reason_is_found() {
+    assert_eq!(unexplained_sleeps("a\n    tokio::time::sleep(d).await;\n"), [2]);
+    assert!(unexplained_sleeps("// sleep-ok: a slow client\ntokio::time::sleep(d).await;\n").is_empty());
+}
