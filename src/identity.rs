@@ -214,7 +214,15 @@ impl Identity {
                 continue;
             }
             let keys = match (&record.jwks, &record.jwks_uri) {
-                (Some(inline), _) => JwkSet::from_untrusted_value(inline).unwrap_or_default(),
+                (Some(inline), _) => match JwkSet::from_untrusted_value(inline) {
+                    Ok(keys) => keys,
+                    Err(error) => {
+                        // Accepted at registration, so only a rule tightened since refuses it:
+                        // the issuer then verifies nothing, and says why.
+                        tracing::error!(issuer = %record.id, %error, "a registered JWK set no longer parses");
+                        JwkSet::default()
+                    }
+                },
                 (None, Some(_)) => {
                     self.fetched.read().get(&record.id).map(|(keys, _)| keys.clone()).unwrap_or_default()
                 }

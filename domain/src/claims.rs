@@ -1,4 +1,4 @@
-//! Claims of a bahi agent token (shared/api.md, "Credentials").
+//! Claims of a bahi agent token (docs/api.md, "Credentials").
 //!
 //! Pure data and arithmetic: no clock, no randomness, no cryptography. Signing and
 //! verifying live in the root crate (`bahi::agent_token`); this module only says what a
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// How an agent acts (shared/api.md): on its own account, on behalf of a human, or both.
+/// How an agent acts (docs/api.md): on its own account, on behalf of a human, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentMode {
@@ -56,7 +56,7 @@ impl FromStr for AgentMode {
 }
 
 /// The claims of an agent token minted by bahi's embedded issuer, field for field as in
-/// shared/api.md. Times are epoch seconds (JWT NumericDate).
+/// docs/api.md. Times are epoch seconds (JWT NumericDate).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentClaims {
     /// The issuer, e.g. `https://bahi.example.com`.
@@ -102,7 +102,7 @@ impl AgentClaims {
         self.scope.split_ascii_whitespace()
     }
 
-    /// Checks the shape rules of shared/api.md that serde cannot express: id prefixes, the
+    /// Checks the shape rules of docs/api.md that serde cannot express: id prefixes, the
     /// `act_for` that each mode allows, ordered times and a non-empty scope. The issuer
     /// checks before signing and the verifier after, so a bug on either side is caught.
     pub fn check_shape(&self) -> Result<(), ClaimsError> {

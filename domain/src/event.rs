@@ -425,8 +425,9 @@ macro_rules! events {
             /// struct's declaration order, so the bytes are deterministic.
             pub fn payload_bytes(&self) -> Vec<u8> {
                 let encoded = match self { $(Event::$name(event) => serde_json::to_vec(event)),* };
-                // Serializing plain structs of strings, numbers and JSON values cannot fail.
-                encoded.unwrap_or_default()
+                // Serializing plain structs of strings, numbers and JSON values cannot fail;
+                // empty bytes in the log would be worse than stopping here.
+                encoded.unwrap_or_else(|error| panic!("an event failed to serialize: {error}"))
             }
 
             pub fn decode(event_type: &str, schema_version: i32, payload: &[u8]) -> Result<Event, DecodeError> {

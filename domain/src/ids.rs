@@ -34,7 +34,7 @@ pub fn base62(bytes: &[u8]) -> String {
             *digit = BASE62[(number % 62) as usize];
             number /= 62;
         }
-        return String::from_utf8(digits).unwrap_or_default();
+        return ascii_digits(digits);
     }
     long_base62(bytes, width)
 }
@@ -63,7 +63,12 @@ fn long_base62(bytes: &[u8], width: usize) -> String {
         }
     }
     digits.reverse();
-    String::from_utf8(digits).unwrap_or_default()
+    ascii_digits(digits)
+}
+
+/// Base-62 digits as text: they are ASCII by construction.
+fn ascii_digits(digits: Vec<u8>) -> String {
+    String::from_utf8(digits).unwrap_or_else(|error| unreachable!("base-62 digits are ASCII: {error}"))
 }
 
 /// The 16 bytes of a new id: milliseconds since the Unix epoch (48 bits, big-endian), then 80

@@ -256,7 +256,8 @@ impl TimeKey {
     pub fn time(self) -> DateTime<Utc> {
         let seconds = (self.0 >> (TIME_KEY_NANOSECOND_BITS + TIME_KEY_SERIAL_BITS)) as i64 - TIME_KEY_SECONDS_OFFSET;
         let nanoseconds = ((self.0 >> TIME_KEY_SERIAL_BITS) & ((1 << TIME_KEY_NANOSECOND_BITS) - 1)) as u32;
-        DateTime::from_timestamp(seconds, nanoseconds).unwrap_or_default()
+        DateTime::from_timestamp(seconds, nanoseconds)
+            .unwrap_or_else(|| panic!("a time key holds a time chrono made ({seconds} s, {nanoseconds} ns)"))
     }
 
     pub fn serial(self) -> u64 {

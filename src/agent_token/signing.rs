@@ -1,7 +1,7 @@
 //! The embedded issuer's ES256 signing key.
 //!
 //! `p256` turns caller-supplied random bytes into a key and gives its JWK coordinates;
-//! signing goes through jsonwebtoken's aws-lc-rs backend (shared/design.md, "Credentials").
+//! signing goes through jsonwebtoken's aws-lc-rs backend (docs/design.md, "Credentials").
 
 use std::fmt;
 
@@ -118,7 +118,7 @@ impl SigningKey {
     }
 
     /// Signs the claims as a compact JWS with header `{"typ":"JWT","alg":"ES256","kid":..}`.
-    /// Claims that break the rules of shared/api.md are refused, so a minting bug shows up
+    /// Claims that break the rules of docs/api.md are refused, so a minting bug shows up
     /// here rather than as tokens every verifier refuses.
     pub fn sign(&self, claims: &AgentClaims) -> Result<String, SignError> {
         claims.check_shape()?;

@@ -14,7 +14,7 @@
 //! - an external token's `iat` may not lie in the future beyond the leeway, and its
 //!   lifetime (`exp - iat`, or `exp - now` without `iat`) may not exceed the configured
 //!   maximum;
-//! - bahi's own tokens must carry every claim of shared/api.md in its shape; external
+//! - bahi's own tokens must carry every claim of docs/api.md in its shape; external
 //!   tokens must name an owner that the registration maps to an org.
 //!
 //! Revocation of agents and single tokens is the caller's check after verification; the
@@ -90,7 +90,7 @@ const SIGNATURE_SEGMENT_CHARS: usize = 86;
 /// How a registration's tokens map to bahi's agents, principals and orgs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IssuerKind {
-    /// bahi's embedded issuer: tokens carry the claims of shared/api.md exactly.
+    /// bahi's embedded issuer: tokens carry the claims of docs/api.md exactly.
     Embedded,
     /// A registered external issuer ("bring your own"). The org that pays is
     /// `owners[claims[owner_claim]]`; an owner value not in the map is refused.
