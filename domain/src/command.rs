@@ -20,6 +20,16 @@ use crate::money::{MAX_BALANCE_MICROS, Money};
 use crate::state::budget_subject;
 use crate::state::{Org, State, TimeKey, overshoot_of};
 
+mod agent;
+mod call;
+mod credit;
+mod issuer;
+mod key;
+mod org;
+mod price;
+#[cfg(test)]
+mod testing;
+
 /// A key's last use is written to the log at most this often.
 pub const KEY_USE_RECORD_INTERVAL_SECONDS: i64 = 60;
 /// Console sessions last this long.
@@ -236,6 +246,39 @@ pub enum Command {
 /// Tokens each way that a model's default hold covers when the operator set none: an
 /// authorization without `max_cost` holds what such a call would cost at the model's price.
 pub const DEFAULT_HOLD_TOKENS: u64 = 4_096;
+
+impl Command {
+    /// The command's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterOrg { .. } => "RegisterOrg",
+            Command::SignUp { .. } => "SignUp",
+            Command::LogIn { .. } => "LogIn",
+            Command::LogOut { .. } => "LogOut",
+            Command::LogOutEverywhere { .. } => "LogOutEverywhere",
+            Command::AddMember { .. } => "AddMember",
+            Command::CreateApiKey { .. } => "CreateApiKey",
+            Command::RevokeApiKey { .. } => "RevokeApiKey",
+            Command::RecordKeyUses { .. } => "RecordKeyUses",
+            Command::CreateAgent { .. } => "CreateAgent",
+            Command::RevokeAgent { .. } => "RevokeAgent",
+            Command::MintAgentToken { .. } => "MintAgentToken",
+            Command::RevokeAgentToken { .. } => "RevokeAgentToken",
+            Command::AddSigningKey { .. } => "AddSigningKey",
+            Command::RotateSigningKey { .. } => "RotateSigningKey",
+            Command::RegisterIssuer { .. } => "RegisterIssuer",
+            Command::RevokeIssuer { .. } => "RevokeIssuer",
+            Command::SetPrice { .. } => "SetPrice",
+            Command::TopUp { .. } => "TopUp",
+            Command::Grant { .. } => "Grant",
+            Command::Authorize { .. } => "Authorize",
+            Command::RecordUsage { .. } => "RecordUsage",
+            Command::ExpireHolds => "ExpireHolds",
+            Command::CreateGatewayKey { .. } => "CreateGatewayKey",
+            Command::RevokeGatewayKey { .. } => "RevokeGatewayKey",
+        }
+    }
+}
 
 /// What an authorization without `max_cost` holds: the operator's `default_hold` for the
 /// model (`set`), else the cost of `DEFAULT_HOLD_TOKENS` tokens each way at its price.
@@ -509,488 +552,29 @@ fn check_new_key(state: &State, key: &NewKeyRecord) -> Result<(), DomainError> {
 
 pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::RegisterOrg { org_id, display_name, environment, first_key } => {
-            check_name(display_name, "org_name")?;
-            if state.orgs.contains_key(org_id) {
-                return Err(DomainError::Conflict(format!("org {org_id} already exists")));
-            }
-            check_new_key(state, first_key)?;
-            let registered = OrgRegistered {
-                org_id: org_id.clone(),
-                display_name: display_name.clone(),
-                plan: "free".into(),
-                environment: *environment,
-                registered_at: now,
-            };
-            let key = key_created(org_id, first_key, now)?;
-            Ok(vec![registered.into(), key.into()])
-        }
-        Command::SignUp { org_id, org_name, environment, user_id, email, password_hash, session } => {
-            check_name(org_name, "org_name")?;
-            check_new_email(state, email)?;
-            check_new_session(state, session, now)?;
-            if state.orgs.contains_key(org_id) || state.users.contains_key(user_id) {
-                return Err(DomainError::Conflict("org or user already exists".into()));
-            }
-            Ok(vec![
-                OrgRegistered {
-                    org_id: org_id.clone(),
-                    display_name: org_name.clone(),
-                    plan: "free".into(),
-                    environment: *environment,
-                    registered_at: now,
-                }
-                .into(),
-                UserSignedUp {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    email: email.clone(),
-                    password_hash: password_hash.clone(),
-                    role: Role::Owner,
-                    signed_up_at: now,
-                }
-                .into(),
-                SessionStarted {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    session_hash: session.hash,
-                    started_at: now,
-                    expires_at: session.expires_at,
-                }
-                .into(),
-            ])
-        }
-        Command::LogIn { user_id, session } => {
-            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
-            check_new_session(state, session, now)?;
-            Ok(vec![
-                SessionStarted {
-                    user_id: user.id.clone(),
-                    org_id: user.org_id.clone(),
-                    session_hash: session.hash,
-                    started_at: now,
-                    expires_at: session.expires_at,
-                }
-                .into(),
-            ])
-        }
-        Command::LogOut { session_hash } => match state.sessions.get(session_hash) {
-            Some(session) if !session.ended => Ok(vec![
-                SessionEnded {
-                    user_id: session.user_id.clone(),
-                    org_id: session.org_id.clone(),
-                    session_hash: *session_hash,
-                    ended_at: now,
-                }
-                .into(),
-            ]),
-            _ => Ok(Vec::new()),
-        },
-        Command::LogOutEverywhere { user_id } => {
-            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
-            Ok(vec![UserSessionsEnded { user_id: user.id.clone(), org_id: user.org_id.clone(), ended_at: now }.into()])
-        }
-        Command::AddMember { org_id, added_by, user_id, email, password_hash, role } => {
-            let owner = state.users.get(added_by).filter(|user| &user.org_id == org_id);
-            if owner.is_none_or(|owner| owner.role != Role::Owner) {
-                return Err(DomainError::Forbidden("only an owner can add members".into()));
-            }
-            check_new_email(state, email)?;
-            if state.users.contains_key(user_id) {
-                return Err(DomainError::Conflict("user already exists".into()));
-            }
-            Ok(vec![
-                MemberAdded {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    email: email.clone(),
-                    password_hash: password_hash.clone(),
-                    role: *role,
-                    added_by: added_by.clone(),
-                    added_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::CreateApiKey { org_id, key } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            check_new_key(state, key)?;
-            Ok(vec![key_created(org_id, key, now)?.into()])
-        }
-        Command::RevokeApiKey { org_id, key_id, deleted } => {
-            let key = state
-                .api_keys
-                .get(key_id)
-                .filter(|key| &key.org_id == org_id && !key.deleted)
-                .ok_or(DomainError::NotFound("api key"))?;
-            if key.revoked_at.is_some() && !deleted {
-                return Ok(Vec::new());
-            }
-            Ok(vec![
-                ApiKeyRevoked { key_id: key.id.clone(), org_id: org_id.clone(), revoked_at: now, deleted: *deleted }
-                    .into(),
-            ])
-        }
-        Command::RecordKeyUses { uses } => Ok(uses
-            .iter()
-            .filter_map(|(key_id, used_at)| {
-                let key = state.api_keys.get(key_id)?;
-                let due = key.last_used_at.is_none_or(|recorded| {
-                    *used_at >= crate::state::shifted(recorded, KEY_USE_RECORD_INTERVAL_SECONDS)
-                });
-                (due && key.revoked_at.is_none() && *used_at <= now).then(|| {
-                    ApiKeyUsed { key_id: key_id.clone(), org_id: key.org_id.clone(), last_used_at: *used_at }.into()
-                })
-            })
-            .collect()),
-        Command::CreateAgent { org_id, agent_id, name, mode, act_for, scopes, budget, rate_limit } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            if state.agents.contains_key(agent_id) {
-                return Err(DomainError::Conflict("agent already exists".into()));
-            }
-            check_name(name, "agent name")?;
-            check_agent_act_for(state, org_id, *mode, act_for)?;
-            if scopes.is_empty() || scopes.iter().any(|scope| !scope.is_org_scope()) {
-                return Err(DomainError::invalid("an agent needs at least one scope, and only org scopes"));
-            }
-            if let Some(rate_limit) = rate_limit {
-                check_rate_limit(*rate_limit)?;
-            }
-            if budget.is_some_and(|budget| !budget.amount.is_positive()) {
-                return Err(DomainError::invalid("budget amount must be positive"));
-            }
-            Ok(vec![
-                AgentCreated {
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    name: name.clone(),
-                    mode: *mode,
-                    act_for: act_for.clone(),
-                    scopes: scopes.clone(),
-                    budget: *budget,
-                    rate_limit: *rate_limit,
-                    created_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::RevokeAgent { org_id, agent_id } => {
-            let agent = state
-                .agents
-                .get(agent_id)
-                .filter(|agent| &agent.org_id == org_id)
-                .ok_or(DomainError::NotFound("agent"))?;
-            if agent.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![AgentRevoked { agent_id: agent_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
-        }
-        Command::MintAgentToken { org_id, agent_id, token_id, key_id, scopes, ttl_seconds } => {
-            let agent = state
-                .agents
-                .get(agent_id)
-                .filter(|agent| &agent.org_id == org_id)
-                .ok_or(DomainError::NotFound("agent"))?;
-            if agent.revoked_at.is_some() {
-                return Err(DomainError::AgentRevoked);
-            }
-            if !(1..=MAX_TOKEN_TTL_SECONDS).contains(ttl_seconds) {
-                return Err(DomainError::invalid(format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}")));
-            }
-            if scopes.is_empty() || scopes.iter().any(|scope| !agent.scopes.contains(scope)) {
-                return Err(DomainError::Forbidden(
-                    "a token's scopes must be a non-empty subset of its agent's".into(),
-                ));
-            }
-            if state.current_signing_key().is_none_or(|current| &current.key_id != key_id) {
-                return Err(DomainError::Conflict("the signing key changed; retry".into()));
-            }
-            if state.tokens.contains_key(token_id) {
-                return Err(DomainError::Conflict("token id already used".into()));
-            }
-            Ok(vec![
-                AgentTokenMinted {
-                    token_id: token_id.clone(),
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    key_id: key_id.clone(),
-                    scopes: scopes.clone(),
-                    issued_at: now,
-                    expires_at: now + chrono::Duration::seconds(*ttl_seconds),
-                }
-                .into(),
-            ])
-        }
-        Command::RevokeAgentToken { org_id, agent_id, token_id } => {
-            let token = state
-                .tokens
-                .get(token_id)
-                .filter(|token| &token.org_id == org_id && &token.agent_id == agent_id)
-                .ok_or(DomainError::NotFound("token"))?;
-            if token.revoked {
-                return Ok(Vec::new());
-            }
-            Ok(vec![
-                AgentTokenRevoked {
-                    token_id: token_id.clone(),
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    revoked_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::AddSigningKey { key } => {
-            if state.current_signing_key().is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![signing_key_added(key, now)])
-        }
-        Command::RotateSigningKey { key } => {
-            if state.signing_keys.iter().any(|existing| existing.key_id == key.key_id) {
-                return Err(DomainError::Conflict("signing key already exists".into()));
-            }
-            let mut events = Vec::new();
-            if let Some(current) = state.current_signing_key() {
-                events.push(
-                    SigningKeyRetired {
-                        key_id: current.key_id.clone(),
-                        retired_at: now,
-                        verify_until: now + chrono::Duration::seconds(MAX_TOKEN_TTL_SECONDS + TOKEN_LEEWAY_SECONDS),
-                    }
-                    .into(),
-                );
-            }
-            events.push(signing_key_added(key, now));
-            Ok(events)
-        }
-        Command::RegisterIssuer { org_id, issuer_id, issuer, jwks, jwks_uri, audience, owner_claim, owners } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            if state.issuers.contains_key(issuer_id) {
-                return Err(DomainError::Conflict("issuer already exists".into()));
-            }
-            check_text(issuer, "issuer")?;
-            check_text(owner_claim, "owner_claim")?;
-            if let Some(audience) = audience {
-                check_text(audience, "audience")?;
-            }
-            match (jwks, jwks_uri) {
-                (Some(_), None) => {}
-                (None, Some(uri)) => {
-                    check_text(uri, "jwks_uri")?;
-                    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-                        return Err(DomainError::invalid("jwks_uri must be an http(s) URL"));
-                    }
-                }
-                _ => return Err(DomainError::invalid("give exactly one of jwks and jwks_uri")),
-            }
-            if owners.is_empty() || owners.len() > MAX_ISSUER_OWNERS {
-                return Err(DomainError::invalid(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
-            }
-            for (owner, mapped_org) in owners {
-                check_text(owner, "owner value")?;
-                if mapped_org != org_id {
-                    return Err(DomainError::Forbidden("owners may only map to your own org".into()));
-                }
-            }
-            // An (issuer, owner) pair pays for one org only: another org's live mapping of
-            // it stands (which org it is is not said).
-            let taken = state
-                .issuers
-                .values()
-                .filter(|record| record.revoked_at.is_none() && record.org_id != *org_id && record.issuer == *issuer)
-                .flat_map(|record| record.owners.keys())
-                .filter(|owner| owners.contains_key(*owner))
-                .min();
-            if let Some(owner) = taken {
-                return Err(DomainError::Conflict(format!(
-                    "owner {owner:?} of issuer {issuer:?} is already mapped by another org's registration"
-                )));
-            }
-            Ok(vec![
-                IssuerRegistered {
-                    issuer_id: issuer_id.clone(),
-                    org_id: org_id.clone(),
-                    issuer: issuer.clone(),
-                    jwks: jwks.clone(),
-                    jwks_uri: jwks_uri.clone(),
-                    audience: audience.clone(),
-                    owner_claim: owner_claim.clone(),
-                    owners: owners.clone(),
-                    registered_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::RevokeIssuer { org_id, issuer_id } => {
-            let issuer = state
-                .issuers
-                .get(issuer_id)
-                .filter(|issuer| &issuer.org_id == org_id)
-                .ok_or(DomainError::NotFound("issuer"))?;
-            if issuer.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
-        }
-        Command::SetPrice { model, price, default_hold } => {
-            check_model_name(model)?;
-            for amount in [price.input_per_million, price.output_per_million] {
-                if amount.is_negative() || amount.micros() > MAX_PRICE_PER_MILLION_MICROS {
-                    return Err(DomainError::invalid(
-                        "prices must be between 0 and 10000000 rupees per million tokens",
-                    ));
-                }
-            }
-            if let Some(hold) = default_hold {
-                check_amount(*hold, "default_hold")?;
-            }
-            Ok(vec![PriceSet { model: model.clone(), price: *price, default_hold: *default_hold, set_at: now }.into()])
-        }
-        Command::TopUp { org_id, topup_id, amount, payment_reference, user_id } => {
-            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            check_amount(*amount, "amount")?;
-            check_printable(payment_reference, "payment_reference", MAX_REFERENCE_LENGTH)?;
-            if let Some(existing) = state.topups.get(&(org_id.clone(), payment_reference.clone())) {
-                // The same payment again: nothing new happens; a different amount is a conflict.
-                return if existing.amount == *amount {
-                    Ok(Vec::new())
-                } else {
-                    Err(DomainError::Conflict("payment_reference was already used with a different amount".into()))
-                };
-            }
-            Ok(vec![
-                CreditsToppedUp {
-                    topup_id: topup_id.clone(),
-                    org_id: org_id.clone(),
-                    amount: *amount,
-                    payment_reference: payment_reference.clone(),
-                    user_id: user_id.clone(),
-                    balance_after: credited_balance(org, *amount)?,
-                    topped_up_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::Grant { org_id, grant_id, amount, reason } => {
-            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            check_amount(*amount, "amount")?;
-            check_printable(reason, "reason", MAX_REASON_LENGTH)?;
-            Ok(vec![
-                CreditsGranted {
-                    grant_id: grant_id.clone(),
-                    org_id: org_id.clone(),
-                    amount: *amount,
-                    reason: reason.clone(),
-                    balance_after: credited_balance(org, *amount)?,
-                    granted_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
-            if state.calls.contains_key(call_id) {
-                return Err(DomainError::Conflict("call id already used".into()));
-            }
-            let (price, hold) = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
-            Ok(vec![
-                CallAuthorized {
-                    call_id: call_id.clone(),
-                    org_id: org_id.clone(),
-                    attribution: attribution.clone(),
-                    model: model.clone(),
-                    price,
-                    hold,
-                    authorized_at: now,
-                    hold_expires_at: now + chrono::Duration::seconds(*hold_ttl_seconds),
-                }
-                .into(),
-            ])
-        }
-        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
-            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
-            if let Some(settlement) = &call.settlement {
-                return if &settlement.request_hash == request_hash {
-                    Ok(Vec::new())
-                } else {
-                    Err(DomainError::Conflict("this call's usage was already recorded with different content".into()))
-                };
-            }
-            if model != &call.model {
-                return Err(DomainError::invalid(format!(
-                    "model {model:?} does not match the authorized call's {:?}",
-                    call.model
-                )));
-            }
-            if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
-                return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
-            }
-            let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
-            let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
-            let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
-            let balance_after = debited_balance(org, cost)?;
-            check_usage_totals(state, org, &call.attribution, cost, hold_released)?;
-            let recorded = UsageRecorded {
-                call_id: call_id.clone(),
-                org_id: call.org_id.clone(),
-                attribution: call.attribution.clone(),
-                model: model.clone(),
-                input_tokens: *input_tokens,
-                output_tokens: *output_tokens,
-                status: status.as_str().to_owned(),
-                cost,
-                hold_released,
-                balance_after,
-                request_hash: request_hash.clone(),
-                settled_at: now,
-            };
-            Ok(vec![recorded.into()])
-        }
-        Command::ExpireHolds => Ok(state
-            .hold_expiries
-            .range(..=TimeKey::last_at(now))
-            .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
-            .filter_map(|(_, call_id)| state.calls.get(call_id))
-            .map(|call| {
-                HoldExpired {
-                    call_id: call.id.clone(),
-                    org_id: call.org_id.clone(),
-                    released: call.hold,
-                    expired_at: now,
-                }
-                .into()
-            })
-            .collect()),
-        Command::CreateGatewayKey { key_id, name, hash, display_prefix } => {
-            if let Some(name) = name {
-                check_name(name, "name")?;
-            }
-            if state.gateway_keys.contains_key(key_id) || state.gateway_keys_by_hash.contains_key(hash) {
-                return Err(DomainError::Conflict("key already exists".into()));
-            }
-            Ok(vec![
-                GatewayKeyCreated {
-                    key_id: key_id.clone(),
-                    name: name.clone(),
-                    key_hash: *hash,
-                    display_prefix: display_prefix.clone(),
-                    created_at: now,
-                }
-                .into(),
-            ])
-        }
-        Command::RevokeGatewayKey { key_id } => {
-            let key = state.gateway_keys.get(key_id).ok_or(DomainError::NotFound("gateway key"))?;
-            if key.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: now }.into()])
+        Command::RegisterOrg { .. }
+        | Command::SignUp { .. }
+        | Command::LogIn { .. }
+        | Command::LogOut { .. }
+        | Command::LogOutEverywhere { .. }
+        | Command::AddMember { .. } => org::decide(state, command, now),
+        Command::CreateApiKey { .. }
+        | Command::RevokeApiKey { .. }
+        | Command::RecordKeyUses { .. }
+        | Command::CreateGatewayKey { .. }
+        | Command::RevokeGatewayKey { .. } => key::decide(state, command, now),
+        Command::CreateAgent { .. }
+        | Command::RevokeAgent { .. }
+        | Command::MintAgentToken { .. }
+        | Command::RevokeAgentToken { .. } => agent::decide(state, command, now),
+        Command::AddSigningKey { .. }
+        | Command::RotateSigningKey { .. }
+        | Command::RegisterIssuer { .. }
+        | Command::RevokeIssuer { .. } => issuer::decide(state, command, now),
+        Command::SetPrice { .. } => price::decide(state, command, now),
+        Command::TopUp { .. } | Command::Grant { .. } => credit::decide(state, command, now),
+        Command::Authorize { .. } | Command::RecordUsage { .. } | Command::ExpireHolds => {
+            call::decide(state, command, now)
         }
     }
 }

@@ -1,0 +1,134 @@
+//! Calls: authorization (a hold through the writer), usage (settlement at the authorized price), hold expiry.
+
+use super::*;
+
+/// Decides one of this aggregate's commands.
+pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    match command {
+        Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
+            if state.calls.contains_key(call_id) {
+                return Err(DomainError::Conflict("call id already used".into()));
+            }
+            let (price, hold) = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
+            Ok(vec![
+                CallAuthorized {
+                    call_id: call_id.clone(),
+                    org_id: org_id.clone(),
+                    attribution: attribution.clone(),
+                    model: model.clone(),
+                    price,
+                    hold,
+                    authorized_at: now,
+                    hold_expires_at: now + chrono::Duration::seconds(*hold_ttl_seconds),
+                }
+                .into(),
+            ])
+        }
+        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
+            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
+            if let Some(settlement) = &call.settlement {
+                return if &settlement.request_hash == request_hash {
+                    Ok(Vec::new())
+                } else {
+                    Err(DomainError::Conflict("this call's usage was already recorded with different content".into()))
+                };
+            }
+            if model != &call.model {
+                return Err(DomainError::invalid(format!(
+                    "model {model:?} does not match the authorized call's {:?}",
+                    call.model
+                )));
+            }
+            if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
+                return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
+            }
+            let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
+            let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
+            let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
+            let balance_after = debited_balance(org, cost)?;
+            check_usage_totals(state, org, &call.attribution, cost, hold_released)?;
+            let recorded = UsageRecorded {
+                call_id: call_id.clone(),
+                org_id: call.org_id.clone(),
+                attribution: call.attribution.clone(),
+                model: model.clone(),
+                input_tokens: *input_tokens,
+                output_tokens: *output_tokens,
+                status: status.as_str().to_owned(),
+                cost,
+                hold_released,
+                balance_after,
+                request_hash: request_hash.clone(),
+                settled_at: now,
+            };
+            Ok(vec![recorded.into()])
+        }
+        Command::ExpireHolds => Ok(state
+            .hold_expiries
+            .range(..=TimeKey::last_at(now))
+            .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
+            .filter_map(|(_, call_id)| state.calls.get(call_id))
+            .map(|call| {
+                HoldExpired {
+                    call_id: call.id.clone(),
+                    org_id: call.org_id.clone(),
+                    released: call.hold,
+                    expired_at: now,
+                }
+                .into()
+            })
+            .collect()),
+        other => unreachable!("call::decide was given {}", other.name()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    fn funded() -> Given {
+        given(&[register_org(1), price("1000", "1000"), grant(1, "10")])
+    }
+
+    #[test]
+    fn an_authorization_holds_what_the_org_can_cover_for_a_priced_model() {
+        let past = funded();
+        assert_eq!(types(&past.when(&authorize(1, 1, Some("5"))).unwrap()), ["CallAuthorized"]);
+        let too_much = past.when(&authorize(1, 1, Some("11")));
+        assert!(matches!(too_much, Err(DomainError::InsufficientCredits { .. })), "{too_much:?}");
+        let mut unpriced = authorize(1, 1, Some("1"));
+        if let Command::Authorize { model, .. } = &mut unpriced {
+            *model = "unpriced".into();
+        }
+        assert!(matches!(past.when(&unpriced), Err(DomainError::UnknownModel(_))));
+        let mut past = past;
+        past.run(&authorize(1, 1, Some("5")));
+        let reused = past.when(&authorize(1, 1, Some("1")));
+        assert!(matches!(reused, Err(DomainError::Conflict(_))), "{reused:?}");
+    }
+
+    #[test]
+    fn usage_settles_a_call_once_and_the_same_usage_again_is_a_replay() {
+        let mut past = funded();
+        past.run(&authorize(1, 1, Some("5")));
+        assert_eq!(types(&past.when(&usage(1, 1000, 2000)).unwrap()), ["UsageRecorded"]);
+        past.run(&usage(1, 1000, 2000));
+        assert_eq!(past.when(&usage(1, 1000, 2000)).unwrap(), Vec::new());
+        let different = past.when(&usage(1, 1000, 3000));
+        assert!(matches!(different, Err(DomainError::Conflict(_))), "{different:?}");
+        assert_eq!(past.when(&usage(9, 1, 1)), Err(DomainError::NotFound("call")));
+        // 3,000 tokens at ₹1,000 a million: ₹3, from a balance of ₹10.
+        assert_eq!(past.state.org(&org(1)).unwrap().balance, money("7"));
+    }
+
+    #[test]
+    fn holds_expire_after_their_ttl_and_not_before() {
+        let mut past = funded();
+        past.run(&authorize(1, 1, Some("5")));
+        assert_eq!(past.when(&Command::ExpireHolds).unwrap(), Vec::new());
+        let past = past.later(601);
+        assert_eq!(types(&past.when(&Command::ExpireHolds).unwrap()), ["HoldExpired"]);
+    }
+}

@@ -1,0 +1,165 @@
+//! Token issuers: the embedded issuer's signing keys and their rotation, external issuers registered by an org.
+
+use super::*;
+
+/// Decides one of this aggregate's commands.
+pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    match command {
+        Command::AddSigningKey { key } => {
+            if state.current_signing_key().is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![signing_key_added(key, now)])
+        }
+        Command::RotateSigningKey { key } => {
+            if state.signing_keys.iter().any(|existing| existing.key_id == key.key_id) {
+                return Err(DomainError::Conflict("signing key already exists".into()));
+            }
+            let mut events = Vec::new();
+            if let Some(current) = state.current_signing_key() {
+                events.push(
+                    SigningKeyRetired {
+                        key_id: current.key_id.clone(),
+                        retired_at: now,
+                        verify_until: now + chrono::Duration::seconds(MAX_TOKEN_TTL_SECONDS + TOKEN_LEEWAY_SECONDS),
+                    }
+                    .into(),
+                );
+            }
+            events.push(signing_key_added(key, now));
+            Ok(events)
+        }
+        Command::RegisterIssuer { org_id, issuer_id, issuer, jwks, jwks_uri, audience, owner_claim, owners } => {
+            if !state.orgs.contains_key(org_id) {
+                return Err(DomainError::NotFound("org"));
+            }
+            if state.issuers.contains_key(issuer_id) {
+                return Err(DomainError::Conflict("issuer already exists".into()));
+            }
+            check_text(issuer, "issuer")?;
+            check_text(owner_claim, "owner_claim")?;
+            if let Some(audience) = audience {
+                check_text(audience, "audience")?;
+            }
+            match (jwks, jwks_uri) {
+                (Some(_), None) => {}
+                (None, Some(uri)) => {
+                    check_text(uri, "jwks_uri")?;
+                    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                        return Err(DomainError::invalid("jwks_uri must be an http(s) URL"));
+                    }
+                }
+                _ => return Err(DomainError::invalid("give exactly one of jwks and jwks_uri")),
+            }
+            if owners.is_empty() || owners.len() > MAX_ISSUER_OWNERS {
+                return Err(DomainError::invalid(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
+            }
+            for (owner, mapped_org) in owners {
+                check_text(owner, "owner value")?;
+                if mapped_org != org_id {
+                    return Err(DomainError::Forbidden("owners may only map to your own org".into()));
+                }
+            }
+            // An (issuer, owner) pair pays for one org only: another org's live mapping of
+            // it stands (which org it is is not said).
+            let taken = state
+                .issuers
+                .values()
+                .filter(|record| record.revoked_at.is_none() && record.org_id != *org_id && record.issuer == *issuer)
+                .flat_map(|record| record.owners.keys())
+                .filter(|owner| owners.contains_key(*owner))
+                .min();
+            if let Some(owner) = taken {
+                return Err(DomainError::Conflict(format!(
+                    "owner {owner:?} of issuer {issuer:?} is already mapped by another org's registration"
+                )));
+            }
+            Ok(vec![
+                IssuerRegistered {
+                    issuer_id: issuer_id.clone(),
+                    org_id: org_id.clone(),
+                    issuer: issuer.clone(),
+                    jwks: jwks.clone(),
+                    jwks_uri: jwks_uri.clone(),
+                    audience: audience.clone(),
+                    owner_claim: owner_claim.clone(),
+                    owners: owners.clone(),
+                    registered_at: now,
+                }
+                .into(),
+            ])
+        }
+        Command::RevokeIssuer { org_id, issuer_id } => {
+            let issuer = state
+                .issuers
+                .get(issuer_id)
+                .filter(|issuer| &issuer.org_id == org_id)
+                .ok_or(DomainError::NotFound("issuer"))?;
+            if issuer.revoked_at.is_some() {
+                return Ok(Vec::new());
+            }
+            Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
+        }
+        other => unreachable!("issuer::decide was given {}", other.name()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn the_first_signing_key_is_added_once() {
+        let add = Command::AddSigningKey { key: signing_key("k1") };
+        assert_eq!(types(&given(&[]).when(&add).unwrap()), ["SigningKeyAdded"]);
+        let second = Command::AddSigningKey { key: signing_key("k2") };
+        assert_eq!(given(&[add]).when(&second).unwrap(), Vec::new(), "a node restarting adds none");
+    }
+
+    #[test]
+    fn rotating_retires_the_current_key_and_refuses_a_known_one() {
+        let past = given(&[Command::AddSigningKey { key: signing_key("k1") }]);
+        let events = past.when(&Command::RotateSigningKey { key: signing_key("k2") }).unwrap();
+        assert_eq!(types(&events), ["SigningKeyRetired", "SigningKeyAdded"]);
+        let known = past.when(&Command::RotateSigningKey { key: signing_key("k1") });
+        assert!(matches!(known, Err(DomainError::Conflict(_))), "{known:?}");
+    }
+
+    fn register(org_seed: u8, seed: u8, owner_org: u8) -> Command {
+        Command::RegisterIssuer {
+            org_id: org(org_seed),
+            issuer_id: IssuerId::from_random([seed; 16]),
+            issuer: "https://idp.example".into(),
+            jwks: Some(serde_json::json!({"keys": []})),
+            jwks_uri: None,
+            audience: None,
+            owner_claim: "org".into(),
+            owners: BTreeMap::from([("acme".to_owned(), org(owner_org))]),
+        }
+    }
+
+    #[test]
+    fn an_issuer_is_registered_for_the_orgs_own_owners_with_one_key_source() {
+        let past = given(&[register_org(1)]);
+        assert_eq!(types(&past.when(&register(1, 9, 1)).unwrap()), ["IssuerRegistered"]);
+        let foreign = past.when(&register(1, 9, 2));
+        assert!(matches!(foreign, Err(DomainError::Forbidden(_))), "{foreign:?}");
+        let mut both = register(1, 9, 1);
+        if let Command::RegisterIssuer { jwks_uri, .. } = &mut both {
+            *jwks_uri = Some("https://idp.example/jwks".into());
+        }
+        assert!(matches!(past.when(&both), Err(DomainError::Invalid(_))));
+        assert_eq!(given(&[]).when(&register(1, 9, 1)), Err(DomainError::NotFound("org")));
+    }
+
+    #[test]
+    fn an_issuer_is_revoked_once() {
+        let revoke = Command::RevokeIssuer { org_id: org(1), issuer_id: IssuerId::from_random([9; 16]) };
+        let mut past = given(&[register_org(1), register(1, 9, 1)]);
+        assert_eq!(types(&past.when(&revoke).unwrap()), ["IssuerRevoked"]);
+        past.run(&revoke);
+        assert_eq!(past.when(&revoke).unwrap(), Vec::new());
+    }
+}

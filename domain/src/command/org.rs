@@ -1,0 +1,186 @@
+//! Orgs and the people in them: registering an org (by an agent or by a human's signup), sessions, members.
+
+use super::*;
+
+/// Decides one of this aggregate's commands.
+pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    match command {
+        Command::RegisterOrg { org_id, display_name, environment, first_key } => {
+            check_name(display_name, "org_name")?;
+            if state.orgs.contains_key(org_id) {
+                return Err(DomainError::Conflict(format!("org {org_id} already exists")));
+            }
+            check_new_key(state, first_key)?;
+            let registered = OrgRegistered {
+                org_id: org_id.clone(),
+                display_name: display_name.clone(),
+                plan: "free".into(),
+                environment: *environment,
+                registered_at: now,
+            };
+            let key = key_created(org_id, first_key, now)?;
+            Ok(vec![registered.into(), key.into()])
+        }
+        Command::SignUp { org_id, org_name, environment, user_id, email, password_hash, session } => {
+            check_name(org_name, "org_name")?;
+            check_new_email(state, email)?;
+            check_new_session(state, session, now)?;
+            if state.orgs.contains_key(org_id) || state.users.contains_key(user_id) {
+                return Err(DomainError::Conflict("org or user already exists".into()));
+            }
+            Ok(vec![
+                OrgRegistered {
+                    org_id: org_id.clone(),
+                    display_name: org_name.clone(),
+                    plan: "free".into(),
+                    environment: *environment,
+                    registered_at: now,
+                }
+                .into(),
+                UserSignedUp {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    role: Role::Owner,
+                    signed_up_at: now,
+                }
+                .into(),
+                SessionStarted {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    session_hash: session.hash,
+                    started_at: now,
+                    expires_at: session.expires_at,
+                }
+                .into(),
+            ])
+        }
+        Command::LogIn { user_id, session } => {
+            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+            check_new_session(state, session, now)?;
+            Ok(vec![
+                SessionStarted {
+                    user_id: user.id.clone(),
+                    org_id: user.org_id.clone(),
+                    session_hash: session.hash,
+                    started_at: now,
+                    expires_at: session.expires_at,
+                }
+                .into(),
+            ])
+        }
+        Command::LogOut { session_hash } => match state.sessions.get(session_hash) {
+            Some(session) if !session.ended => Ok(vec![
+                SessionEnded {
+                    user_id: session.user_id.clone(),
+                    org_id: session.org_id.clone(),
+                    session_hash: *session_hash,
+                    ended_at: now,
+                }
+                .into(),
+            ]),
+            _ => Ok(Vec::new()),
+        },
+        Command::LogOutEverywhere { user_id } => {
+            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+            Ok(vec![UserSessionsEnded { user_id: user.id.clone(), org_id: user.org_id.clone(), ended_at: now }.into()])
+        }
+        Command::AddMember { org_id, added_by, user_id, email, password_hash, role } => {
+            let owner = state.users.get(added_by).filter(|user| &user.org_id == org_id);
+            if owner.is_none_or(|owner| owner.role != Role::Owner) {
+                return Err(DomainError::Forbidden("only an owner can add members".into()));
+            }
+            check_new_email(state, email)?;
+            if state.users.contains_key(user_id) {
+                return Err(DomainError::Conflict("user already exists".into()));
+            }
+            Ok(vec![
+                MemberAdded {
+                    user_id: user_id.clone(),
+                    org_id: org_id.clone(),
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    role: *role,
+                    added_by: added_by.clone(),
+                    added_at: now,
+                }
+                .into(),
+            ])
+        }
+        other => unreachable!("org::decide was given {}", other.name()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn registering_an_org_records_it_and_its_first_key_once() {
+        let events = given(&[]).when(&register_org(1)).unwrap();
+        assert_eq!(types(&events), ["OrgRegistered", "ApiKeyCreated"]);
+        let again = given(&[register_org(1)]).when(&register_org(1));
+        assert!(matches!(again, Err(DomainError::Conflict(_))), "{again:?}");
+    }
+
+    #[test]
+    fn signing_up_makes_an_org_its_owner_and_a_session_and_an_email_signs_up_once() {
+        let events = given(&[]).when(&sign_up(1)).unwrap();
+        assert_eq!(types(&events), ["OrgRegistered", "UserSignedUp", "SessionStarted"]);
+        let mut same_email = sign_up(2);
+        if let Command::SignUp { email, .. } = &mut same_email {
+            *email = "owner1@example.com".into();
+        }
+        assert!(matches!(given(&[sign_up(1)]).when(&same_email), Err(DomainError::Conflict(_))));
+    }
+
+    #[test]
+    fn logging_in_starts_a_session_for_a_known_user_only() {
+        let events = given(&[sign_up(1)]).when(&Command::LogIn { user_id: user(1), session: session(2) }).unwrap();
+        assert_eq!(types(&events), ["SessionStarted"]);
+        let unknown = given(&[]).when(&Command::LogIn { user_id: user(9), session: session(2) });
+        assert_eq!(unknown, Err(DomainError::NotFound("user")));
+    }
+
+    #[test]
+    fn logging_out_ends_a_live_session_once() {
+        let log_out = Command::LogOut { session_hash: session(1).hash };
+        let mut past = given(&[sign_up(1)]);
+        assert_eq!(types(&past.when(&log_out).unwrap()), ["SessionEnded"]);
+        past.run(&log_out);
+        assert_eq!(past.when(&log_out).unwrap(), Vec::new(), "an ended session ends no more");
+    }
+
+    #[test]
+    fn logging_out_everywhere_ends_every_session_of_a_known_user() {
+        let events = given(&[sign_up(1)]).when(&Command::LogOutEverywhere { user_id: user(1) }).unwrap();
+        assert_eq!(types(&events), ["UserSessionsEnded"]);
+        let unknown = given(&[]).when(&Command::LogOutEverywhere { user_id: user(1) });
+        assert_eq!(unknown, Err(DomainError::NotFound("user")));
+    }
+
+    fn add_member(added_by: UserId, seed: u8, email: &str) -> Command {
+        Command::AddMember {
+            org_id: org(1),
+            added_by,
+            user_id: user(seed),
+            email: email.into(),
+            password_hash: "argon2 hash".into(),
+            role: Role::Finance,
+        }
+    }
+
+    #[test]
+    fn only_an_owner_adds_members_and_an_email_is_taken_once() {
+        let mut past = given(&[sign_up(1)]);
+        assert_eq!(types(&past.when(&add_member(user(1), 2, "finance@example.com")).unwrap()), ["MemberAdded"]);
+        past.run(&add_member(user(1), 2, "finance@example.com"));
+        let by_member = past.when(&add_member(user(2), 3, "other@example.com"));
+        assert!(matches!(by_member, Err(DomainError::Forbidden(_))), "{by_member:?}");
+        let taken = past.when(&add_member(user(1), 4, "finance@example.com"));
+        assert!(matches!(taken, Err(DomainError::Conflict(_))), "{taken:?}");
+    }
+}
