@@ -10,7 +10,7 @@ use bahi_reports::{StatementFormat, StatementHeader, StatementWriter};
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::store::{EntrySender, Store, StoreError};
+use crate::store::{EntrySender, ReadModels, Store, StoreError};
 
 /// Batches of entries in flight between the reader task and the formatter.
 const BATCHES_IN_FLIGHT: usize = 4;

@@ -180,7 +180,7 @@ fn main() -> ExitCode {
 /// `bahi statement`: brings the read models up to the log's head (the server may have been
 /// stopped before its projections caught up), then writes the statement to stdout.
 async fn statement_command(args: &bahi::cli::StatementArgs) -> anyhow::Result<std::process::ExitCode> {
-    use bahi::store::{EventStore, Store};
+    use bahi::store::{EventStore, ReadModels, Store};
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
 

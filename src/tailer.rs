@@ -22,7 +22,24 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// fails every time, and each commit elsewhere would otherwise wake another attempt.
 pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
-pub async fn run(
+/// Starts the tailer when other nodes may append to this node's log (PostgreSQL); an SQLite
+/// file has one writer, this node's, so there is nothing to tail.
+pub fn spawn(
+    store: &Store,
+    shared: SharedLedger,
+    committed: watch::Sender<i64>,
+    appended: Arc<AtomicI64>,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match store {
+        Store::Postgres(postgres) => {
+            Some(tokio::spawn(run(postgres.clone(), store.clone(), shared, committed, appended, shutdown)))
+        }
+        Store::Sqlite(_) => None,
+    }
+}
+
+async fn run(
     postgres: PostgresStore,
     store: Store,
     shared: SharedLedger,

@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures::StreamExt;
 
 use crate::BenchArgs;
-use bahi::store::{EventStore, Store};
+use bahi::store::{EventStore, ReadModels, Store};
 
 const ORG: &str = "org_BenchFinance";
 const AGENTS: usize = 100;

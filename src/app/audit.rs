@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppResult, Reader, Services};
+use crate::store::ReadModels;
 
 /// Default and largest page of the event log.
 pub const DEFAULT_EVENTS_PAGE: i64 = 100;

@@ -6,16 +6,8 @@
 
 mod migrate;
 mod postgres;
-mod postgres_batch;
-mod postgres_bulk;
-mod postgres_read_models;
 mod read_models;
 mod sqlite;
-mod sqlite_append;
-mod sqlite_batch;
-mod sqlite_bulk;
-mod sqlite_read_models;
-mod sqlite_statement;
 
 use std::future::Future;
 
@@ -24,7 +16,7 @@ use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
-pub use read_models::{AuditEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUPS, STATEMENT_BATCH};
+pub use read_models::{AuditEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUPS, ReadModels, STATEMENT_BATCH};
 
 pub fn postgres_notify_channel() -> &'static str {
     postgres::NOTIFY_CHANNEL
@@ -179,13 +171,6 @@ impl Store {
         }
     }
 
-    pub fn postgres(&self) -> Option<&PostgresStore> {
-        match self {
-            Store::Postgres(store) => Some(store),
-            Store::Sqlite(_) => None,
-        }
-    }
-
     /// Refreshes the planner's statistics of every read-model table. After a bulk load
     /// (`bahi rebuild`) PostgreSQL otherwise plans attribution for a table it believes is
     /// nearly empty until autovacuum gets to it (measured: 2.36 s instead of 0.24 s grouped
@@ -253,7 +238,7 @@ impl EventStore for Store {
 /// A page of the log, or the error that ended the reading.
 pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
 
-pub use postgres_bulk::{CopiedRows, RowRef};
+pub use postgres::bulk::{CopiedRows, RowRef};
 
 /// A page of the log as loading reads it (`Store::spawn_load_reader`).
 #[derive(Debug)]
@@ -280,11 +265,11 @@ impl LoadPage {
 
 pub type LoadPageSender = tokio::sync::mpsc::Sender<Result<LoadPage, StoreError>>;
 
-/// On SQLite, pages at least this large are read in bulk (see `sqlite_bulk`): loading,
+/// On SQLite, pages at least this large are read in bulk (see `sqlite::bulk`): loading,
 /// rebuilding and the live projection runner's pages of 1,000.
 const BULK_PAGE_EVENTS: i64 = 1_000;
 
-/// On PostgreSQL, only pages this large are read in bulk (see `postgres_bulk`): loading and
+/// On PostgreSQL, only pages this large are read in bulk (see `postgres::bulk`): loading and
 /// rebuilding. A bulk reading closes its connection when it ends (a COPY cannot be abandoned
 /// on a pooled connection), which is nothing once per load but would be a new backend for
 /// each of the live runner's frequent reads; those keep `read_after`.
@@ -302,7 +287,7 @@ impl Store {
         sender: LoadPageSender,
     ) -> tokio::task::JoinHandle<()> {
         if let Store::Postgres(postgres) = self {
-            return tokio::spawn(postgres_bulk::read_copied_pages(
+            return tokio::spawn(postgres::bulk::read_copied_pages(
                 postgres.pool().clone(),
                 after,
                 copied_page_events,
@@ -339,7 +324,7 @@ impl Store {
             let path = sqlite.path().to_path_buf();
             let page_events = usize::try_from(page_events).unwrap_or(1);
             return tokio::task::spawn_blocking(move || {
-                sqlite_bulk::read_pages(path, after, until, page_events, sender)
+                sqlite::bulk::read_pages(path, after, until, page_events, sender)
             });
         }
         if let Store::Postgres(postgres) = self
@@ -347,7 +332,7 @@ impl Store {
         {
             let pool = postgres.pool().clone();
             let page_events = usize::try_from(page_events).unwrap_or(1);
-            return tokio::spawn(postgres_bulk::read_pages(pool, after, until, page_events, sender));
+            return tokio::spawn(postgres::bulk::read_pages(pool, after, until, page_events, sender));
         }
         let store = self.clone();
         tokio::spawn(async move {

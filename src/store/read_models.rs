@@ -1,12 +1,36 @@
-//! Reads of the audit read models (ledger entries, calls, each org's events), the same on
-//! both engines. The SQL lives in `sqlite_read_models.rs` and `postgres_read_models.rs`.
+//! Reads of the audit read models (ledger entries, calls, each org's events): the
+//! `ReadModels` trait, which both engines implement (`sqlite/read_models.rs`,
+//! `postgres/read_models.rs`), and what the two share.
 
 use bahi_domain::Money;
 use bahi_reports::{AttributionRow, GroupKey, LedgerEntry, Period};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use super::{Store, StoreError, postgres_read_models, sqlite_read_models, sqlite_statement};
+use std::future::Future;
+
+use super::{Store, StoreError};
+
+/// SQL the two engines share: written once with `$n` placeholders, which PostgreSQL takes
+/// as positions and SQLite as names bound in order of first appearance (each query names
+/// them in ascending order). Engine-specific SQL stays in the engine's module.
+pub(crate) mod sql {
+    /// A call's audit row (bound: call id).
+    pub const AUDIT_CALL: &str = "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
+         authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = $1";
+    /// A call's events in log order (bound: call id).
+    pub const CALL_EVENTS: &str = "SELECT e.position, e.event_type, e.hash FROM read_calls c \
+         JOIN events e ON e.position IN (c.authorized_position, c.settled_position, c.expired_position) \
+         WHERE c.call_id = $1 ORDER BY e.position";
+    /// An org's events after a position, in log order (bound: org, after, limit).
+    pub const ORG_EVENTS: &str = "SELECT e.position, e.event_type, e.recorded_at, e.payload, e.hash FROM read_org_events o \
+         JOIN events e ON e.position = o.position WHERE o.org_id = $1 AND o.position > $2 ORDER BY o.position LIMIT $3";
+    /// Whether an org is in the directory (bound: org).
+    pub const ORG_EXISTS: &str = "SELECT 1 FROM read_orgs WHERE org_id = $1";
+    /// The balance after the org's last entry before a time (bound: org, time).
+    pub const BALANCE_BEFORE: &str = "SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = $1 AND occurred_at < $2 \
+         ORDER BY occurred_at DESC, position DESC LIMIT 1";
+}
 
 /// Ledger entries per message of a statement stream: large enough that the channel costs
 /// nothing per row, small enough that memory stays flat.
@@ -104,80 +128,93 @@ pub(crate) fn attribution_sql(group_by: &[GroupKey], condition: &str) -> String 
     )
 }
 
-impl Store {
-    pub async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::audit_call(store.pool(), call_id).await,
-            Store::Postgres(store) => postgres_read_models::audit_call(store.pool(), call_id).await,
-        }
-    }
-
+/// What both engines read from the audit read models.
+pub trait ReadModels: Send + Sync {
+    fn audit_call(&self, call_id: &str) -> impl Future<Output = Result<Option<CallRecord>, StoreError>> + Send;
     /// The events of a call in log order: (position, type, hash).
-    pub async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::call_events(store.pool(), call_id).await,
-            Store::Postgres(store) => postgres_read_models::call_events(store.pool(), call_id).await,
-        }
-    }
-
+    fn call_events(
+        &self,
+        call_id: &str,
+    ) -> impl Future<Output = Result<Vec<(i64, String, [u8; 32])>, StoreError>> + Send;
     /// An org's events after `after`, in log order, at most `limit`.
-    pub async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::org_events(store.pool(), org_id, after, limit).await,
-            Store::Postgres(store) => postgres_read_models::org_events(store.pool(), org_id, after, limit).await,
-        }
-    }
-
+    fn org_events(
+        &self,
+        org_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
     /// Whether the org exists in the directory read model.
-    pub async fn org_exists(&self, org_id: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::org_exists(store.pool(), org_id).await,
-            Store::Postgres(store) => postgres_read_models::org_exists(store.pool(), org_id).await,
-        }
-    }
-
+    fn org_exists(&self, org_id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// The org's balance after its last ledger entry before `before` (zero if none).
-    pub async fn balance_before(&self, org_id: &str, before: DateTime<Utc>) -> Result<Money, StoreError> {
-        match self {
-            Store::Sqlite(store) => sqlite_read_models::balance_before(store.pool(), org_id, before).await,
-            Store::Postgres(store) => postgres_read_models::balance_before(store.pool(), org_id, before).await,
-        }
-    }
-
+    fn balance_before(
+        &self,
+        org_id: &str,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Money, StoreError>> + Send;
     /// Sends the org's ledger entries in `[from, until)` in log order, in batches, until done
     /// or the receiver goes away. A failure is sent as the stream's last message.
-    pub async fn stream_ledger_entries(
+    fn stream_ledger_entries(
+        &self,
+        org_id: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sender: EntrySender,
+    ) -> impl Future<Output = ()> + Send;
+    /// Settled usage of the org in `period` grouped by `group_by`, in any order, at most
+    /// MAX_ATTRIBUTION_GROUPS + 1 groups.
+    fn attribution_rows(
+        &self,
+        org_id: &str,
+        period: Period,
+        group_by: &[GroupKey],
+    ) -> impl Future<Output = Result<Vec<AttributionRow>, StoreError>> + Send;
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($store) => $call.await,
+            Store::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl ReadModels for Store {
+    async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        delegate!(self, store => store.audit_call(call_id))
+    }
+    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+        delegate!(self, store => store.call_events(call_id))
+    }
+    async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        delegate!(self, store => store.org_events(org_id, after, limit))
+    }
+    async fn org_exists(&self, org_id: &str) -> Result<bool, StoreError> {
+        delegate!(self, store => store.org_exists(org_id))
+    }
+    async fn balance_before(&self, org_id: &str, before: DateTime<Utc>) -> Result<Money, StoreError> {
+        delegate!(self, store => store.balance_before(org_id, before))
+    }
+    async fn stream_ledger_entries(
         &self,
         org_id: &str,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
         sender: EntrySender,
     ) {
-        match self {
-            Store::Sqlite(store) => {
-                let path = store.read_models_path().to_path_buf();
-                let org_id = org_id.to_owned();
-                // Kept here so that a reader that panics ends the stream with an error, not
-                // with a closing balance as if every row had been read.
-                let on_failure = sender.clone();
-                let reader = tokio::task::spawn_blocking(move || {
-                    sqlite_statement::stream_ledger_entries(&path, &org_id, from, until, &sender);
-                });
-                if let Err(error) = reader.await {
-                    tracing::error!(%error, "the statement reader thread failed");
-                    let _ = on_failure.send(Err(StoreError::Corrupt("the statement reader failed".into()))).await;
-                }
-            }
-            Store::Postgres(store) => {
-                let result =
-                    postgres_read_models::stream_ledger_entries(store.pool(), org_id, from, until, &sender).await;
-                if let Err(error) = result {
-                    let _ = sender.send(Err(error)).await;
-                }
-            }
-        }
+        delegate!(self, store => store.stream_ledger_entries(org_id, from, until, sender))
     }
+    async fn attribution_rows(
+        &self,
+        org_id: &str,
+        period: Period,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        delegate!(self, store => store.attribution_rows(org_id, period, group_by))
+    }
+}
 
+impl Store {
     /// Settled usage of the org in `period` grouped by `group_by`, sorted by the group keys.
     /// More than MAX_ATTRIBUTION_GROUPS groups is `Ok(None)`.
     pub async fn attribution(
@@ -186,10 +223,7 @@ impl Store {
         period: Period,
         group_by: &[GroupKey],
     ) -> Result<Option<Vec<AttributionRow>>, StoreError> {
-        let mut rows = match self {
-            Store::Sqlite(store) => sqlite_read_models::attribution(store.pool(), org_id, period, group_by).await?,
-            Store::Postgres(store) => postgres_read_models::attribution(store.pool(), org_id, period, group_by).await?,
-        };
+        let mut rows = self.attribution_rows(org_id, period, group_by).await?;
         if rows.len() > MAX_ATTRIBUTION_GROUPS {
             return Ok(None);
         }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::Transaction;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Rows per statement. A chunk always takes the largest size that fits, so only these few
 /// distinct statements exist per table and each is prepared once and cached. 512 rows of the

@@ -18,10 +18,10 @@ use bahi_reports::LedgerEntry;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
-use super::StoreError;
-use super::read_models::{EntrySender, STATEMENT_BATCH, money};
-use super::sqlite::parse_time;
-use super::sqlite_read_models::{FIRST_POSITION, LAST_POSITION, LEDGER_ENTRIES_IN_RANGE};
+use crate::store::StoreError;
+use crate::store::read_models::{EntrySender, STATEMENT_BATCH, money};
+use crate::store::sqlite::parse_time;
+use crate::store::sqlite::read_models::{FIRST_POSITION, LAST_POSITION, LEDGER_ENTRIES_IN_RANGE};
 
 /// Opens a read-only connection to the SQLite database at `path`, for reads too large for
 /// sqlx's row-by-row hand-over. It never creates the file: a missing database is an error.

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PageSender, StoreError, StoredEvent};
+use crate::store::{PageSender, StoreError, StoredEvent};
 
 fn error(message: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("reading the SQLite log: {message}"))
@@ -31,7 +31,7 @@ fn read_pages_inner(
     page_events: usize,
     sender: &PageSender,
 ) -> Result<(), StoreError> {
-    let connection = super::sqlite_statement::open_read_only(path)?;
+    let connection = crate::store::sqlite::statement::open_read_only(path)?;
     let mut statement = connection
         .prepare(
             "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash \
@@ -51,11 +51,11 @@ fn read_pages_inner(
             event_id: row.get(3).map_err(error)?,
             event_type: row.get(4).map_err(error)?,
             schema_version: row.get(5).map_err(error)?,
-            recorded_at: super::sqlite::parse_time(recorded_at)?,
+            recorded_at: crate::store::sqlite::parse_time(recorded_at)?,
             payload: row.get(7).map_err(error)?,
             metadata: row.get(8).map_err(error)?,
-            hash: super::hash_from_bytes(hash)?,
+            hash: crate::store::hash_from_bytes(hash)?,
         })
     };
-    super::sqlite_statement::send_in_batches(&mut rows, page_events, decode, error, sender)
+    crate::store::sqlite::statement::send_in_batches(&mut rows, page_events, decode, error, sender)
 }

@@ -6,19 +6,13 @@ use futures::TryStreamExt;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::read_models::{
-    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money,
+use crate::store::read_models::{
+    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money, sql,
 };
-use super::{StoreError, hash_from_bytes};
+use crate::store::{StoreError, hash_from_bytes};
 
 pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
-         authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = $1",
-    )
-    .bind(call_id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(sql::AUDIT_CALL).bind(call_id).fetch_optional(pool).await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(CallRecord {
         call_id: row.try_get(0)?,
@@ -40,29 +34,14 @@ pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecor
 }
 
 pub async fn call_events(pool: &PgPool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.event_type, e.hash FROM read_calls c \
-         JOIN events e ON e.position IN (c.authorized_position, c.settled_position, c.expired_position) \
-         WHERE c.call_id = $1 ORDER BY e.position",
-    )
-    .bind(call_id)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sql::CALL_EVENTS).bind(call_id).fetch_all(pool).await?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
         .collect()
 }
 
 pub async fn org_events(pool: &PgPool, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.event_type, e.recorded_at, e.payload, e.hash FROM read_org_events o \
-         JOIN events e ON e.position = o.position WHERE o.org_id = $1 AND o.position > $2 ORDER BY o.position LIMIT $3",
-    )
-    .bind(org_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sql::ORG_EVENTS).bind(org_id).bind(after).bind(limit).fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             Ok(AuditEvent {
@@ -77,8 +56,7 @@ pub async fn org_events(pool: &PgPool, org_id: &str, after: i64, limit: i64) -> 
 }
 
 pub async fn org_exists(pool: &PgPool, org_id: &str) -> Result<bool, StoreError> {
-    let found: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM read_orgs WHERE org_id = $1").bind(org_id).fetch_optional(pool).await?;
+    let found: Option<i32> = sqlx::query_scalar(sql::ORG_EXISTS).bind(org_id).fetch_optional(pool).await?;
     Ok(found.is_some())
 }
 
@@ -87,14 +65,8 @@ pub async fn balance_before(
     org_id: &str,
     before: DateTime<Utc>,
 ) -> Result<bahi_domain::Money, StoreError> {
-    let micros: Option<i64> = sqlx::query_scalar(
-        "SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = $1 AND occurred_at < $2 \
-         ORDER BY occurred_at DESC, position DESC LIMIT 1",
-    )
-    .bind(org_id)
-    .bind(before)
-    .fetch_optional(pool)
-    .await?;
+    let micros: Option<i64> =
+        sqlx::query_scalar(sql::BALANCE_BEFORE).bind(org_id).bind(before).fetch_optional(pool).await?;
     money(micros.unwrap_or(0))
 }
 
@@ -168,7 +140,7 @@ pub async fn attribution(
     );
     let rows =
         sqlx::query(AssertSqlSafe(sql)).bind(org_id).bind(period.from).bind(period.until).fetch_all(pool).await?;
-    let key_count: usize = group_by.iter().map(|key| super::read_models::group_columns(*key).len()).sum();
+    let key_count: usize = group_by.iter().map(|key| crate::store::read_models::group_columns(*key).len()).sum();
     rows.iter()
         .map(|row| {
             let keys =
@@ -182,4 +154,41 @@ pub async fn attribution(
             attribution_row(group_by, keys.into_iter(), sums)
         })
         .collect()
+}
+
+impl crate::store::ReadModels for super::PostgresStore {
+    async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        audit_call(self.pool(), call_id).await
+    }
+    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+        call_events(self.pool(), call_id).await
+    }
+    async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        org_events(self.pool(), org_id, after, limit).await
+    }
+    async fn org_exists(&self, org_id: &str) -> Result<bool, StoreError> {
+        org_exists(self.pool(), org_id).await
+    }
+    async fn balance_before(&self, org_id: &str, before: DateTime<Utc>) -> Result<bahi_domain::Money, StoreError> {
+        balance_before(self.pool(), org_id, before).await
+    }
+    async fn stream_ledger_entries(
+        &self,
+        org_id: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sender: crate::store::EntrySender,
+    ) {
+        if let Err(error) = stream_ledger_entries(self.pool(), org_id, from, until, &sender).await {
+            let _ = sender.send(Err(error)).await;
+        }
+    }
+    async fn attribution_rows(
+        &self,
+        org_id: &str,
+        period: Period,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        attribution(self.pool(), org_id, period, group_by).await
+    }
 }

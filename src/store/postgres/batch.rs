@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use sqlx::postgres::PgCopyIn;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Rows per statement, whatever a batch holds. PostgreSQL materializes a multi-array UNNEST
 /// before inserting it, and past `work_mem` it spills to disk (a whole run of a million
@@ -243,7 +243,7 @@ impl CopyRows {
     fn new() -> Self {
         let mut bytes = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
         // The signature, the flags (no OIDs) and the header extension's length.
-        bytes.extend_from_slice(super::postgres_bulk::SIGNATURE);
+        bytes.extend_from_slice(crate::store::postgres::bulk::SIGNATURE);
         bytes.extend_from_slice(&0_i32.to_be_bytes());
         bytes.extend_from_slice(&0_i32.to_be_bytes());
         Self { bytes, rows: 0 }

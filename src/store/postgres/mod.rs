@@ -3,6 +3,10 @@
 //! positions stay gapless), then inserts the batch with one UNNEST statement, then notifies
 //! other nodes once per commit.
 
+pub(crate) mod batch;
+pub(crate) mod bulk;
+pub(crate) mod read_models;
+
 use std::time::Duration;
 
 use bahi_projections::batch::{PlannedPage, RowBatch};
@@ -87,7 +91,7 @@ impl PostgresStore {
         while let Some(page) = pages.recv().await {
             let page = page?;
             for batch in &page.batches {
-                super::postgres_batch::write(&mut transaction, batch).await?;
+                batch::write(&mut transaction, batch).await?;
             }
             position = page.last_position;
         }
@@ -265,7 +269,7 @@ async fn swap_in_rebuilt(
 /// PostgreSQL's SQLSTATE for a lock timeout.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
-/// The projection tables whose rows `postgres_batch::write` inserts without looking for an
+/// The projection tables whose rows `postgres::batch::write` inserts without looking for an
 /// existing key (no `ON CONFLICT`, no `UPDATE`, no lookup of an earlier row: a rebuild's
 /// planner fills every balance itself), so a rebuild may write them without their primary
 /// keys. The new `read_calls` has its key from the start: its settlements and expiries
@@ -443,7 +447,7 @@ impl EventStore for PostgresStore {
             }
         }
         for batch in &batches {
-            super::postgres_batch::write(&mut transaction, batch).await?;
+            batch::write(&mut transaction, batch).await?;
         }
         sqlx::query("UPDATE projection_checkpoints SET position = $2 WHERE name = ANY($1)")
             .bind(projections)

@@ -2,6 +2,12 @@
 //! under `synchronous=FULL` in WAL mode (an acknowledged commit survives power loss), and a
 //! separate pool for reads and read-model writes.
 
+pub(crate) mod append;
+pub(crate) mod batch;
+pub(crate) mod bulk;
+pub(crate) mod read_models;
+pub(crate) mod statement;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -58,10 +64,10 @@ pub struct SqliteStore {
     /// The one connection that writes projection pages: rusqlite on the read-model file
     /// alone, used from a blocking thread. Its transactions never wait for an append.
     projection_writer: Arc<std::sync::Mutex<rusqlite::Connection>>,
-    /// The one connection that appends to the log (see `sqlite_append`).
+    /// The one connection that appends to the log (see `sqlite::append`).
     appender: Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// Checkpoints the write-ahead log after appends, off the appending thread.
-    checkpointer: Arc<super::sqlite_append::Checkpointer>,
+    checkpointer: Arc<append::Checkpointer>,
     pool: SqlitePool,
     insert_statements: Arc<Vec<(usize, String)>>,
 }
@@ -216,8 +222,8 @@ impl SqliteStore {
             .connect_with(options.pragma("cache_size", READER_CACHE))
             .await?;
         let insert_statements = INSERT_CHUNK_SIZES.iter().map(|&rows| (rows, insert_statement(rows))).collect();
-        let appender = Arc::new(std::sync::Mutex::new(super::sqlite_append::open_appender(&path)?));
-        let checkpointer = Arc::new(super::sqlite_append::Checkpointer::spawn(&path)?);
+        let appender = Arc::new(std::sync::Mutex::new(append::open_appender(&path)?));
+        let checkpointer = Arc::new(append::Checkpointer::spawn(&path)?);
         Ok(SqliteStore {
             path,
             read_models_path,
@@ -306,7 +312,7 @@ fn rebuild_on(
     while let Some(page) = pages.blocking_recv() {
         let page = page?;
         for batch in &page.batches {
-            super::sqlite_batch::write(&transaction, batch)?;
+            batch::write(&transaction, batch)?;
         }
         position = page.last_position;
     }
@@ -419,7 +425,7 @@ impl EventStore for SqliteStore {
         let events = events.to_vec();
         let checkpointer = self.checkpointer.clone();
         on_blocking_thread(appender, "append", move |connection| {
-            let appended = super::sqlite_append::append(connection, &statements, expected_head, &events);
+            let appended = append::append(connection, &statements, expected_head, &events);
             checkpointer.committed();
             appended
         })
@@ -542,7 +548,7 @@ fn apply_on(
         }
     }
     for batch in batches {
-        super::sqlite_batch::write(&transaction, batch)?;
+        batch::write(&transaction, batch)?;
     }
     for projection in projections {
         transaction.execute(

@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::postgres::PgPool;
 
-use super::{LoadPage, LoadPageSender, PageSender, StoreError, StoredEvent, hash_from_bytes};
+use crate::store::{LoadPage, LoadPageSender, PageSender, StoreError, StoredEvent, hash_from_bytes};
 
 /// The signature that opens every binary COPY stream (PostgreSQL's "COPY" page), read here
-/// and written by the projections' COPYs (`postgres_batch.rs`).
+/// and written by the projections' COPYs (`postgres::batch.rs`).
 pub(super) const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
 /// The columns in the order `parse_row` reads them.

@@ -8,23 +8,17 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money};
-use super::{StoreError, hash_from_bytes};
+use crate::store::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money, sql};
+use crate::store::{StoreError, hash_from_bytes};
 
-use super::sqlite::parse_time;
+use crate::store::sqlite::parse_time;
 
 fn optional_time(text: Option<&str>) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.map(parse_time).transpose()
 }
 
 pub async fn audit_call(pool: &SqlitePool, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
-         authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = ?",
-    )
-    .bind(call_id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(sql::AUDIT_CALL).bind(call_id).fetch_optional(pool).await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(CallRecord {
         call_id: row.try_get(0)?,
@@ -46,14 +40,7 @@ pub async fn audit_call(pool: &SqlitePool, call_id: &str) -> Result<Option<CallR
 }
 
 pub async fn call_events(pool: &SqlitePool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.event_type, e.hash FROM read_calls c \
-         JOIN events e ON e.position IN (c.authorized_position, c.settled_position, c.expired_position) \
-         WHERE c.call_id = ? ORDER BY e.position",
-    )
-    .bind(call_id)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sql::CALL_EVENTS).bind(call_id).fetch_all(pool).await?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
         .collect()
@@ -65,15 +52,7 @@ pub async fn org_events(
     after: i64,
     limit: i64,
 ) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.event_type, e.recorded_at, e.payload, e.hash FROM read_org_events o \
-         JOIN events e ON e.position = o.position WHERE o.org_id = ? AND o.position > ? ORDER BY o.position LIMIT ?",
-    )
-    .bind(org_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sql::ORG_EVENTS).bind(org_id).bind(after).bind(limit).fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
             Ok(AuditEvent {
@@ -88,8 +67,7 @@ pub async fn org_events(
 }
 
 pub async fn org_exists(pool: &SqlitePool, org_id: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM read_orgs WHERE org_id = ?").bind(org_id).fetch_optional(pool).await?;
+    let found: Option<i64> = sqlx::query_scalar(sql::ORG_EXISTS).bind(org_id).fetch_optional(pool).await?;
     Ok(found.is_some())
 }
 
@@ -98,14 +76,11 @@ pub async fn balance_before(
     org_id: &str,
     before: DateTime<Utc>,
 ) -> Result<bahi_domain::Money, StoreError> {
-    let micros: Option<i64> = sqlx::query_scalar(
-        "SELECT balance_after_micros FROM read_ledger_entries WHERE org_id = ? AND occurred_at < ? \
-         ORDER BY occurred_at DESC, position DESC LIMIT 1",
-    )
-    .bind(org_id)
-    .bind(format_recorded_at(before))
-    .fetch_optional(pool)
-    .await?;
+    let micros: Option<i64> = sqlx::query_scalar(sql::BALANCE_BEFORE)
+        .bind(org_id)
+        .bind(format_recorded_at(before))
+        .fetch_optional(pool)
+        .await?;
     money(micros.unwrap_or(0))
 }
 
@@ -164,7 +139,7 @@ pub async fn attribution(
         .bind(period.until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned()))
         .fetch_all(pool)
         .await?;
-    let key_count: usize = group_by.iter().map(|key| super::read_models::group_columns(*key).len()).sum();
+    let key_count: usize = group_by.iter().map(|key| crate::store::read_models::group_columns(*key).len()).sum();
     rows.iter()
         .map(|row| {
             let keys =
@@ -178,4 +153,51 @@ pub async fn attribution(
             attribution_row(group_by, keys.into_iter(), sums)
         })
         .collect()
+}
+
+impl crate::store::ReadModels for super::SqliteStore {
+    async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        audit_call(self.pool(), call_id).await
+    }
+    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+        call_events(self.pool(), call_id).await
+    }
+    async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        org_events(self.pool(), org_id, after, limit).await
+    }
+    async fn org_exists(&self, org_id: &str) -> Result<bool, StoreError> {
+        org_exists(self.pool(), org_id).await
+    }
+    async fn balance_before(&self, org_id: &str, before: DateTime<Utc>) -> Result<bahi_domain::Money, StoreError> {
+        balance_before(self.pool(), org_id, before).await
+    }
+    /// Read with rusqlite on a blocking thread of its own (`statement.rs`).
+    async fn stream_ledger_entries(
+        &self,
+        org_id: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sender: crate::store::EntrySender,
+    ) {
+        let path = self.read_models_path().to_path_buf();
+        let org_id = org_id.to_owned();
+        // Kept here so that a reader that panics ends the stream with an error, not with a
+        // closing balance as if every row had been read.
+        let on_failure = sender.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            super::statement::stream_ledger_entries(&path, &org_id, from, until, &sender);
+        });
+        if let Err(error) = reader.await {
+            tracing::error!(%error, "the statement reader thread failed");
+            let _ = on_failure.send(Err(StoreError::Corrupt("the statement reader failed".into()))).await;
+        }
+    }
+    async fn attribution_rows(
+        &self,
+        org_id: &str,
+        period: Period,
+        group_by: &[GroupKey],
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        attribution(self.pool(), org_id, period, group_by).await
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bahi_domain::chain::format_recorded_at;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use super::{StoreError, StoredEvent};
+use crate::store::{StoreError, StoredEvent};
 
 /// Opens the appending connection on a database that sqlx already created and migrated,
 /// with the writer's settings: WAL, `synchronous=FULL` (an acknowledged commit survives
