@@ -18,15 +18,15 @@ use crate::event::{
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::{MAX_BALANCE_MICROS, Money};
 use crate::state::budget_subject;
-use crate::state::{Org, State, TimeKey, overshoot_of};
+use crate::state::{Org, State, overshoot_of};
 
-mod agent;
-mod call;
-mod credit;
-mod issuer;
-mod key;
-mod org;
-mod price;
+pub(crate) mod agent;
+pub(crate) mod call;
+pub(crate) mod credit;
+pub(crate) mod issuer;
+pub(crate) mod key;
+pub(crate) mod org;
+pub(crate) mod price;
 #[cfg(test)]
 mod testing;
 

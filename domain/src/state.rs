@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::billing::{Price, period_key};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash};
-use crate::event::{ApiKeyCreated, Budget, CallAuthorized, Event, OrgRegistered, RateLimit, UsageRecorded};
+use crate::event::{Budget, CallAuthorized, Event, RateLimit, UsageRecorded};
 use crate::event::{BudgetPeriod, CallAttribution};
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
@@ -170,12 +170,12 @@ impl BudgetUsage {
 /// fold's sums (amounts and balances are bounded, usage checks the lifetime totals it adds
 /// to, a hold is at most the available credit), so an overflow here comes from an event
 /// this code's writer never records: stop rather than fold a wrong amount.
-fn fold_sum(total: Money, amount: Money) -> Money {
+pub(crate) fn fold_sum(total: Money, amount: Money) -> Money {
     total.checked_add(amount).expect("a sum in the fold overflowed, which decide refuses")
 }
 
 /// A difference in the fold; see `fold_sum`.
-fn fold_difference(total: Money, amount: Money) -> Money {
+pub(crate) fn fold_difference(total: Money, amount: Money) -> Money {
     total.checked_sub(amount).expect("a difference in the fold overflowed, which decide refuses")
 }
 
@@ -198,7 +198,7 @@ pub fn budget_subject(attribution: &CallAttribution) -> Option<&str> {
 /// Applies `change` to the budget usage of `subject`, adding it on first use. The subject's
 /// text is copied only then: every call's events reach here, and an `entry` needed an owned
 /// key each time.
-fn change_budget_usage(
+pub(crate) fn change_budget_usage(
     budget_usage: &mut FastMap<String, BudgetUsage>,
     subject: &str,
     change: impl FnOnce(&mut BudgetUsage),
@@ -268,7 +268,7 @@ impl TimeKey {
 /// Releases the hold of `call`, if still open, from the indexes and totals that count it.
 /// Takes the fields it changes rather than the state, so that a caller holding the call
 /// from `State::calls` need not look it up again.
-fn release_open_hold(
+pub(crate) fn release_open_hold(
     call: &mut Call,
     amount: Money,
     hold_expiries: &mut BTreeMap<TimeKey, CallId>,
@@ -304,12 +304,12 @@ impl Call {
     // place so that what releases or settles the call removes exactly what was inserted.
 
     /// The call's key in `State::hold_expiries` while its hold is open.
-    fn expiry_key(hold_expires_at: DateTime<Utc>, serial: u64) -> TimeKey {
+    pub(crate) fn expiry_key(hold_expires_at: DateTime<Utc>, serial: u64) -> TimeKey {
         TimeKey::new(hold_expires_at, serial)
     }
 
     /// The call's key in `State::call_retention` until it is settled.
-    fn unsettled_retention_key(authorized_at: DateTime<Utc>, serial: u64) -> TimeKey {
+    pub(crate) fn unsettled_retention_key(authorized_at: DateTime<Utc>, serial: u64) -> TimeKey {
         TimeKey::new(shifted(authorized_at, UNSETTLED_CALL_RETENTION_SECONDS), serial)
     }
 }
@@ -453,14 +453,14 @@ impl State {
         self.orgs.get(org_id).map_or(Money::ZERO, |org| fold_difference(org.balance, org.held))
     }
 
-    fn credit(&mut self, org_id: &OrgId, amount: Money) {
+    pub(crate) fn credit(&mut self, org_id: &OrgId, amount: Money) {
         if let Some(org) = self.orgs.get_mut(org_id) {
             org.credits = fold_sum(org.credits, amount);
             org.balance = fold_sum(org.balance, amount);
         }
     }
 
-    fn release_hold(&mut self, call_id: &CallId, amount: Money) {
+    pub(crate) fn release_hold(&mut self, call_id: &CallId, amount: Money) {
         if let Some(call) = self.calls.get_mut(call_id) {
             release_open_hold(call, amount, &mut self.hold_expiries, &mut self.orgs, &mut self.budget_usage);
         }
@@ -471,7 +471,7 @@ impl State {
         self.signing_keys.iter().rev().find(|key| key.retired_at.is_none())
     }
 
-    fn forget_old_calls(&mut self, now: DateTime<Utc>) {
+    pub(crate) fn forget_old_calls(&mut self, now: DateTime<Utc>) {
         let horizon = TimeKey::last_at(now);
         while let Some(entry) = self.call_retention.first_entry() {
             if *entry.key() > horizon {
@@ -485,7 +485,7 @@ impl State {
         }
     }
 
-    fn forget_expired_tokens(&mut self, now: DateTime<Utc>) {
+    pub(crate) fn forget_expired_tokens(&mut self, now: DateTime<Utc>) {
         let horizon = shifted(now, -TOKEN_FORGET_AFTER_SECONDS);
         while let Some((expires_at, token_id)) = self.token_expiries.first().cloned() {
             if expires_at >= horizon {
@@ -496,7 +496,7 @@ impl State {
         }
     }
 
-    fn add_user(&mut self, user: User) {
+    pub(crate) fn add_user(&mut self, user: User) {
         if let Some(org) = self.orgs.get_mut(&user.org_id) {
             org.members.push(user.id.clone());
         }
@@ -509,239 +509,28 @@ impl State {
 /// was decided is applied without further checks, because the log is the truth.
 pub fn evolve(state: &mut State, event: &Event) {
     match event {
-        Event::OrgRegistered(OrgRegistered { org_id, display_name, plan, environment, registered_at }) => {
-            state.orgs.insert(
-                org_id.clone(),
-                Box::new(Org {
-                    id: org_id.clone(),
-                    display_name: display_name.clone(),
-                    plan: plan.clone(),
-                    environment: *environment,
-                    registered_at: *registered_at,
-                    balance: Money::ZERO,
-                    credits: Money::ZERO,
-                    debits: Money::ZERO,
-                    held: Money::ZERO,
-                    overshoot: Money::ZERO,
-                    api_keys: Vec::new(),
-                    members: Vec::new(),
-                    agents: Vec::new(),
-                }),
-            );
+        Event::OrgRegistered(_)
+        | Event::UserSignedUp(_)
+        | Event::MemberAdded(_)
+        | Event::SessionStarted(_)
+        | Event::SessionEnded(_)
+        | Event::UserSessionsEnded(_) => crate::command::org::evolve(state, event),
+        Event::ApiKeyCreated(_)
+        | Event::ApiKeyRevoked(_)
+        | Event::ApiKeyUsed(_)
+        | Event::GatewayKeyCreated(_)
+        | Event::GatewayKeyRevoked(_) => crate::command::key::evolve(state, event),
+        Event::AgentCreated(_) | Event::AgentRevoked(_) | Event::AgentTokenMinted(_) | Event::AgentTokenRevoked(_) => {
+            crate::command::agent::evolve(state, event)
         }
-        Event::ApiKeyCreated(created) => {
-            let ApiKeyCreated { key_id, org_id, key_hash, .. } = created;
-            if let Some(org) = state.orgs.get_mut(org_id) {
-                org.api_keys.push(key_id.clone());
-            }
-            state.api_keys_by_hash.insert(*key_hash, key_id.clone());
-            state.api_keys.insert(
-                key_id.clone(),
-                Box::new(ApiKey {
-                    id: key_id.clone(),
-                    org_id: org_id.clone(),
-                    name: created.name.clone(),
-                    hash: *key_hash,
-                    display_prefix: created.display_prefix.clone(),
-                    environment: created.environment,
-                    scopes: created.scopes.clone(),
-                    created_at: created.created_at,
-                    expires_at: created.expires_at,
-                    revoked_at: None,
-                    rate_limit: created.rate_limit,
-                    budget: created.budget,
-                    metadata: created.metadata.clone(),
-                    last_used_at: None,
-                    deleted: false,
-                    usage_calls: 0,
-                    usage_cost: Money::ZERO,
-                }),
-            );
-        }
-        Event::UserSignedUp(signed_up) => state.add_user(User {
-            id: signed_up.user_id.clone(),
-            org_id: signed_up.org_id.clone(),
-            email: signed_up.email.clone(),
-            password_hash: signed_up.password_hash.clone(),
-            role: signed_up.role,
-            session_epoch: 0,
-        }),
-        Event::MemberAdded(added) => state.add_user(User {
-            id: added.user_id.clone(),
-            org_id: added.org_id.clone(),
-            email: added.email.clone(),
-            password_hash: added.password_hash.clone(),
-            role: added.role,
-            session_epoch: 0,
-        }),
-        Event::SessionStarted(started) => {
-            let epoch = state.users.get(&started.user_id).map_or(0, |user| user.session_epoch);
-            state.sessions.insert(
-                started.session_hash,
-                Session {
-                    user_id: started.user_id.clone(),
-                    org_id: started.org_id.clone(),
-                    started_at: started.started_at,
-                    expires_at: started.expires_at,
-                    epoch,
-                    ended: false,
-                },
-            );
-        }
-        Event::SessionEnded(ended) => {
-            if let Some(session) = state.sessions.get_mut(&ended.session_hash) {
-                session.ended = true;
-            }
-        }
-        Event::UserSessionsEnded(ended) => {
-            if let Some(user) = state.users.get_mut(&ended.user_id) {
-                user.session_epoch += 1;
-            }
-            // Ended sessions can never come back, so they need not be kept.
-            state.sessions.retain(|_, session| session.user_id != ended.user_id);
-        }
-        Event::ApiKeyRevoked(revoked) => {
-            if let Some(key) = state.api_keys.get_mut(&revoked.key_id) {
-                key.revoked_at.get_or_insert(revoked.revoked_at);
-                key.deleted |= revoked.deleted;
-            }
-        }
-        Event::ApiKeyUsed(used) => {
-            if let Some(key) = state.api_keys.get_mut(&used.key_id) {
-                key.last_used_at = Some(used.last_used_at);
-            }
-        }
-        Event::AgentCreated(created) => {
-            if let Some(org) = state.orgs.get_mut(&created.org_id) {
-                org.agents.push(created.agent_id.clone());
-            }
-            state.agents.insert(
-                created.agent_id.clone(),
-                Agent {
-                    id: created.agent_id.clone(),
-                    org_id: created.org_id.clone(),
-                    name: created.name.clone(),
-                    mode: created.mode,
-                    act_for: created.act_for.clone(),
-                    scopes: created.scopes.clone(),
-                    budget: created.budget,
-                    rate_limit: created.rate_limit,
-                    created_at: created.created_at,
-                    revoked_at: None,
-                    usage_calls: 0,
-                    usage_cost: Money::ZERO,
-                },
-            );
-        }
-        Event::AgentRevoked(revoked) => {
-            if let Some(agent) = state.agents.get_mut(&revoked.agent_id) {
-                agent.revoked_at.get_or_insert(revoked.revoked_at);
-            }
-        }
-        Event::AgentTokenMinted(minted) => {
-            state.forget_expired_tokens(minted.issued_at);
-            state.token_expiries.insert((minted.expires_at, minted.token_id.clone()));
-            state.tokens.insert(
-                minted.token_id.clone(),
-                MintedToken {
-                    agent_id: minted.agent_id.clone(),
-                    org_id: minted.org_id.clone(),
-                    expires_at: minted.expires_at,
-                    revoked: false,
-                },
-            );
-        }
-        Event::AgentTokenRevoked(revoked) => {
-            if let Some(token) = state.tokens.get_mut(&revoked.token_id) {
-                token.revoked = true;
-            }
-        }
-        Event::SigningKeyAdded(added) => {
-            state.signing_keys.push(SigningKeyRecord {
-                key_id: added.key_id.clone(),
-                public_jwk: added.public_jwk.clone(),
-                sealed_private_key: added.sealed_private_key.clone(),
-                added_at: added.added_at,
-                retired_at: None,
-                verify_until: None,
-            });
-            state.credentials_generation += 1;
-        }
-        Event::SigningKeyRetired(retired) => {
-            if let Some(key) = state.signing_keys.iter_mut().find(|key| key.key_id == retired.key_id) {
-                key.retired_at = Some(retired.retired_at);
-                key.verify_until = Some(retired.verify_until);
-            }
-            state.credentials_generation += 1;
-        }
-        Event::IssuerRegistered(registered) => {
-            state.issuers.insert(
-                registered.issuer_id.clone(),
-                IssuerRecord {
-                    id: registered.issuer_id.clone(),
-                    org_id: registered.org_id.clone(),
-                    issuer: registered.issuer.clone(),
-                    jwks: registered.jwks.clone(),
-                    jwks_uri: registered.jwks_uri.clone(),
-                    audience: registered.audience.clone(),
-                    owner_claim: registered.owner_claim.clone(),
-                    owners: registered.owners.clone(),
-                    registered_at: registered.registered_at,
-                    revoked_at: None,
-                },
-            );
-            state.credentials_generation += 1;
-        }
-        Event::IssuerRevoked(revoked) => {
-            if let Some(issuer) = state.issuers.get_mut(&revoked.issuer_id) {
-                issuer.revoked_at.get_or_insert(revoked.revoked_at);
-            }
-            state.credentials_generation += 1;
-        }
-        Event::PriceSet(set) => {
-            state.prices.insert(set.model.clone(), set.price);
-            // Each price set replaces the whole price, its default hold included.
-            match set.default_hold {
-                Some(hold) => state.default_holds.insert(set.model.clone(), hold),
-                None => state.default_holds.remove(&set.model),
-            };
-        }
-        Event::CreditsToppedUp(topped_up) => {
-            state.credit(&topped_up.org_id, topped_up.amount);
-            state.topups.insert(
-                (topped_up.org_id.clone(), topped_up.payment_reference.clone()),
-                TopupRecord {
-                    topup_id: topped_up.topup_id.clone(),
-                    amount: topped_up.amount,
-                    balance_after: topped_up.balance_after,
-                },
-            );
-        }
-        Event::CreditsGranted(granted) => state.credit(&granted.org_id, granted.amount),
-        Event::CallAuthorized(authorized) => {
-            fold_call_authorized(state, authorized, authorized.attribution.clone(), authorized.model.clone());
-        }
-        Event::UsageRecorded(recorded) => {
-            fold_usage_recorded(state, recorded, recorded.status.clone(), recorded.request_hash.clone());
-        }
-        Event::HoldExpired(expired) => state.release_hold(&expired.call_id, expired.released),
-        Event::GatewayKeyCreated(created) => {
-            state.gateway_keys_by_hash.insert(created.key_hash, created.key_id.clone());
-            state.gateway_keys.insert(
-                created.key_id.clone(),
-                GatewayKey {
-                    id: created.key_id.clone(),
-                    name: created.name.clone(),
-                    display_prefix: created.display_prefix.clone(),
-                    created_at: created.created_at,
-                    revoked_at: None,
-                },
-            );
-        }
-        Event::GatewayKeyRevoked(revoked) => {
-            if let Some(key) = state.gateway_keys.get_mut(&revoked.key_id) {
-                key.revoked_at.get_or_insert(revoked.revoked_at);
-            }
+        Event::SigningKeyAdded(_)
+        | Event::SigningKeyRetired(_)
+        | Event::IssuerRegistered(_)
+        | Event::IssuerRevoked(_) => crate::command::issuer::evolve(state, event),
+        Event::PriceSet(_) => crate::command::price::evolve(state, event),
+        Event::CreditsToppedUp(_) | Event::CreditsGranted(_) => crate::command::credit::evolve(state, event),
+        Event::CallAuthorized(_) | Event::UsageRecorded(_) | Event::HoldExpired(_) => {
+            crate::command::call::evolve(state, event)
         }
     }
 }
@@ -767,7 +556,12 @@ pub fn evolve_taking(state: &mut State, event: &mut Event) {
 
 /// Folds a call's authorization; `attribution` and `model` are the event's own, copied or
 /// taken by the caller, and are read here in place of the event's.
-fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribution: CallAttribution, model: String) {
+pub(crate) fn fold_call_authorized(
+    state: &mut State,
+    authorized: &CallAuthorized,
+    attribution: CallAttribution,
+    model: String,
+) {
     let serial = state.calls_folded;
     state.calls_folded += 1;
     let hold_open = authorized.hold.is_positive();
@@ -806,7 +600,7 @@ fn fold_call_authorized(state: &mut State, authorized: &CallAuthorized, attribut
 
 /// Folds a call's usage; `status` and `request_hash` are the event's own, copied or taken by
 /// the caller.
-fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: String, request_hash: String) {
+pub(crate) fn fold_usage_recorded(state: &mut State, recorded: &UsageRecorded, status: String, request_hash: String) {
     // The call is looked up once, for its hold, its retention and its settlement.
     let mut call = state.calls.get_mut(&recorded.call_id);
     if let Some(call) = call.as_deref_mut() {

@@ -1,6 +1,7 @@
 //! Agents and their minutes-long tokens: creation, token minting and revocation, revoking the agent.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -105,6 +106,58 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             ])
         }
         other => unreachable!("agent::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::AgentCreated(created) => {
+            if let Some(org) = state.orgs.get_mut(&created.org_id) {
+                org.agents.push(created.agent_id.clone());
+            }
+            state.agents.insert(
+                created.agent_id.clone(),
+                Agent {
+                    id: created.agent_id.clone(),
+                    org_id: created.org_id.clone(),
+                    name: created.name.clone(),
+                    mode: created.mode,
+                    act_for: created.act_for.clone(),
+                    scopes: created.scopes.clone(),
+                    budget: created.budget,
+                    rate_limit: created.rate_limit,
+                    created_at: created.created_at,
+                    revoked_at: None,
+                    usage_calls: 0,
+                    usage_cost: Money::ZERO,
+                },
+            );
+        }
+        Event::AgentRevoked(revoked) => {
+            if let Some(agent) = state.agents.get_mut(&revoked.agent_id) {
+                agent.revoked_at.get_or_insert(revoked.revoked_at);
+            }
+        }
+        Event::AgentTokenMinted(minted) => {
+            state.forget_expired_tokens(minted.issued_at);
+            state.token_expiries.insert((minted.expires_at, minted.token_id.clone()));
+            state.tokens.insert(
+                minted.token_id.clone(),
+                MintedToken {
+                    agent_id: minted.agent_id.clone(),
+                    org_id: minted.org_id.clone(),
+                    expires_at: minted.expires_at,
+                    revoked: false,
+                },
+            );
+        }
+        Event::AgentTokenRevoked(revoked) => {
+            if let Some(token) = state.tokens.get_mut(&revoked.token_id) {
+                token.revoked = true;
+            }
+        }
+        other => unreachable!("agent::evolve was given {}", other.event_type()),
     }
 }
 

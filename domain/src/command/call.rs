@@ -1,6 +1,7 @@
 //! Calls: authorization (a hold through the writer), usage (settlement at the authorized price), hold expiry.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -79,6 +80,20 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             })
             .collect()),
         other => unreachable!("call::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::CallAuthorized(authorized) => {
+            fold_call_authorized(state, authorized, authorized.attribution.clone(), authorized.model.clone());
+        }
+        Event::UsageRecorded(recorded) => {
+            fold_usage_recorded(state, recorded, recorded.status.clone(), recorded.request_hash.clone());
+        }
+        Event::HoldExpired(expired) => state.release_hold(&expired.call_id, expired.released),
+        other => unreachable!("call::evolve was given {}", other.event_type()),
     }
 }
 

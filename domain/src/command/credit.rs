@@ -1,6 +1,7 @@
 //! Money in: top-ups by a human, grants by the operator.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -47,6 +48,25 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             ])
         }
         other => unreachable!("credit::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::CreditsToppedUp(topped_up) => {
+            state.credit(&topped_up.org_id, topped_up.amount);
+            state.topups.insert(
+                (topped_up.org_id.clone(), topped_up.payment_reference.clone()),
+                TopupRecord {
+                    topup_id: topped_up.topup_id.clone(),
+                    amount: topped_up.amount,
+                    balance_after: topped_up.balance_after,
+                },
+            );
+        }
+        Event::CreditsGranted(granted) => state.credit(&granted.org_id, granted.amount),
+        other => unreachable!("credit::evolve was given {}", other.event_type()),
     }
 }
 

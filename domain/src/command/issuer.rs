@@ -1,6 +1,7 @@
 //! Token issuers: the embedded issuer's signing keys and their rotation, external issuers registered by an org.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -101,6 +102,55 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
         }
         other => unreachable!("issuer::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::SigningKeyAdded(added) => {
+            state.signing_keys.push(SigningKeyRecord {
+                key_id: added.key_id.clone(),
+                public_jwk: added.public_jwk.clone(),
+                sealed_private_key: added.sealed_private_key.clone(),
+                added_at: added.added_at,
+                retired_at: None,
+                verify_until: None,
+            });
+            state.credentials_generation += 1;
+        }
+        Event::SigningKeyRetired(retired) => {
+            if let Some(key) = state.signing_keys.iter_mut().find(|key| key.key_id == retired.key_id) {
+                key.retired_at = Some(retired.retired_at);
+                key.verify_until = Some(retired.verify_until);
+            }
+            state.credentials_generation += 1;
+        }
+        Event::IssuerRegistered(registered) => {
+            state.issuers.insert(
+                registered.issuer_id.clone(),
+                IssuerRecord {
+                    id: registered.issuer_id.clone(),
+                    org_id: registered.org_id.clone(),
+                    issuer: registered.issuer.clone(),
+                    jwks: registered.jwks.clone(),
+                    jwks_uri: registered.jwks_uri.clone(),
+                    audience: registered.audience.clone(),
+                    owner_claim: registered.owner_claim.clone(),
+                    owners: registered.owners.clone(),
+                    registered_at: registered.registered_at,
+                    revoked_at: None,
+                },
+            );
+            state.credentials_generation += 1;
+        }
+        Event::IssuerRevoked(revoked) => {
+            if let Some(issuer) = state.issuers.get_mut(&revoked.issuer_id) {
+                issuer.revoked_at.get_or_insert(revoked.revoked_at);
+            }
+            state.credentials_generation += 1;
+        }
+        other => unreachable!("issuer::evolve was given {}", other.event_type()),
     }
 }
 

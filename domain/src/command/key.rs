@@ -1,6 +1,7 @@
 //! API keys (an org's) and gateway keys (the operator's): creation, revocation, recorded last uses.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -64,6 +65,71 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             Ok(vec![GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: now }.into()])
         }
         other => unreachable!("key::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::ApiKeyCreated(created) => {
+            let ApiKeyCreated { key_id, org_id, key_hash, .. } = created;
+            if let Some(org) = state.orgs.get_mut(org_id) {
+                org.api_keys.push(key_id.clone());
+            }
+            state.api_keys_by_hash.insert(*key_hash, key_id.clone());
+            state.api_keys.insert(
+                key_id.clone(),
+                Box::new(ApiKey {
+                    id: key_id.clone(),
+                    org_id: org_id.clone(),
+                    name: created.name.clone(),
+                    hash: *key_hash,
+                    display_prefix: created.display_prefix.clone(),
+                    environment: created.environment,
+                    scopes: created.scopes.clone(),
+                    created_at: created.created_at,
+                    expires_at: created.expires_at,
+                    revoked_at: None,
+                    rate_limit: created.rate_limit,
+                    budget: created.budget,
+                    metadata: created.metadata.clone(),
+                    last_used_at: None,
+                    deleted: false,
+                    usage_calls: 0,
+                    usage_cost: Money::ZERO,
+                }),
+            );
+        }
+        Event::ApiKeyRevoked(revoked) => {
+            if let Some(key) = state.api_keys.get_mut(&revoked.key_id) {
+                key.revoked_at.get_or_insert(revoked.revoked_at);
+                key.deleted |= revoked.deleted;
+            }
+        }
+        Event::ApiKeyUsed(used) => {
+            if let Some(key) = state.api_keys.get_mut(&used.key_id) {
+                key.last_used_at = Some(used.last_used_at);
+            }
+        }
+        Event::GatewayKeyCreated(created) => {
+            state.gateway_keys_by_hash.insert(created.key_hash, created.key_id.clone());
+            state.gateway_keys.insert(
+                created.key_id.clone(),
+                GatewayKey {
+                    id: created.key_id.clone(),
+                    name: created.name.clone(),
+                    display_prefix: created.display_prefix.clone(),
+                    created_at: created.created_at,
+                    revoked_at: None,
+                },
+            );
+        }
+        Event::GatewayKeyRevoked(revoked) => {
+            if let Some(key) = state.gateway_keys.get_mut(&revoked.key_id) {
+                key.revoked_at.get_or_insert(revoked.revoked_at);
+            }
+        }
+        other => unreachable!("key::evolve was given {}", other.event_type()),
     }
 }
 

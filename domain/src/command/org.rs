@@ -1,6 +1,7 @@
 //! Orgs and the people in them: registering an org (by an agent or by a human's signup), sessions, members.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -109,6 +110,75 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
             ])
         }
         other => unreachable!("org::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::OrgRegistered(OrgRegistered { org_id, display_name, plan, environment, registered_at }) => {
+            state.orgs.insert(
+                org_id.clone(),
+                Box::new(Org {
+                    id: org_id.clone(),
+                    display_name: display_name.clone(),
+                    plan: plan.clone(),
+                    environment: *environment,
+                    registered_at: *registered_at,
+                    balance: Money::ZERO,
+                    credits: Money::ZERO,
+                    debits: Money::ZERO,
+                    held: Money::ZERO,
+                    overshoot: Money::ZERO,
+                    api_keys: Vec::new(),
+                    members: Vec::new(),
+                    agents: Vec::new(),
+                }),
+            );
+        }
+        Event::UserSignedUp(signed_up) => state.add_user(User {
+            id: signed_up.user_id.clone(),
+            org_id: signed_up.org_id.clone(),
+            email: signed_up.email.clone(),
+            password_hash: signed_up.password_hash.clone(),
+            role: signed_up.role,
+            session_epoch: 0,
+        }),
+        Event::MemberAdded(added) => state.add_user(User {
+            id: added.user_id.clone(),
+            org_id: added.org_id.clone(),
+            email: added.email.clone(),
+            password_hash: added.password_hash.clone(),
+            role: added.role,
+            session_epoch: 0,
+        }),
+        Event::SessionStarted(started) => {
+            let epoch = state.users.get(&started.user_id).map_or(0, |user| user.session_epoch);
+            state.sessions.insert(
+                started.session_hash,
+                Session {
+                    user_id: started.user_id.clone(),
+                    org_id: started.org_id.clone(),
+                    started_at: started.started_at,
+                    expires_at: started.expires_at,
+                    epoch,
+                    ended: false,
+                },
+            );
+        }
+        Event::SessionEnded(ended) => {
+            if let Some(session) = state.sessions.get_mut(&ended.session_hash) {
+                session.ended = true;
+            }
+        }
+        Event::UserSessionsEnded(ended) => {
+            if let Some(user) = state.users.get_mut(&ended.user_id) {
+                user.session_epoch += 1;
+            }
+            // Ended sessions can never come back, so they need not be kept.
+            state.sessions.retain(|_, session| session.user_id != ended.user_id);
+        }
+        other => unreachable!("org::evolve was given {}", other.event_type()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Model prices, and the default hold of an authorization without `max_cost`.
 
 use super::*;
+use crate::state::*;
 
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(_state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
@@ -20,6 +21,21 @@ pub(crate) fn decide(_state: &State, command: &Command, now: DateTime<Utc>) -> R
             Ok(vec![PriceSet { model: model.clone(), price: *price, default_hold: *default_hold, set_at: now }.into()])
         }
         other => unreachable!("price::decide was given {}", other.name()),
+    }
+}
+
+/// Folds one of this aggregate's events into the state (see `crate::evolve`).
+pub(crate) fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::PriceSet(set) => {
+            state.prices.insert(set.model.clone(), set.price);
+            // Each price set replaces the whole price, its default hold included.
+            match set.default_hold {
+                Some(hold) => state.default_holds.insert(set.model.clone(), hold),
+                None => state.default_holds.remove(&set.model),
+            };
+        }
+        other => unreachable!("price::evolve was given {}", other.event_type()),
     }
 }
 
