@@ -260,6 +260,14 @@ impl Identity {
 
     /// Fetches an external issuer's JWK set (bounded in time and size) and stores it.
     pub async fn fetch_jwks(&self, issuer_id: &IssuerId, uri: &str) -> Result<JwkSet, String> {
+        let keys = self.download_jwks(uri).await?;
+        self.remember_jwks(issuer_id, keys.clone());
+        Ok(keys)
+    }
+
+    /// Fetches a JWK set (bounded in time and size) without keeping it: a registration
+    /// checks its proofs against it first, and only an accepted one is remembered.
+    pub async fn download_jwks(&self, uri: &str) -> Result<JwkSet, String> {
         let response = self.http.get(uri).send().await.map_err(|error| format!("fetching jwks_uri failed: {error}"))?;
         if !response.status().is_success() {
             return Err(format!("jwks_uri answered {}", response.status()));
@@ -272,11 +280,18 @@ impl Identity {
             return Err(format!("jwks_uri document is larger than {MAX_JWKS_BYTES} bytes"));
         }
         let text = std::str::from_utf8(&body).map_err(|_| "jwks_uri document is not UTF-8".to_owned())?;
-        let keys = JwkSet::from_untrusted_json(text).map_err(|error| error.to_string())?;
-        self.fetched.write().insert(issuer_id.clone(), (keys.clone(), self.clock.now().timestamp()));
-        // Force the next sync to pick the keys up.
+        JwkSet::from_untrusted_json(text).map_err(|error| error.to_string())
+    }
+
+    /// Keeps a fetched JWK set for a registration, and has the next sync pick it up.
+    pub fn remember_jwks(&self, issuer_id: &IssuerId, keys: JwkSet) {
+        self.fetched.write().insert(issuer_id.clone(), (keys, self.clock.now().timestamp()));
         self.synced_generation.store(u64::MAX, Ordering::Release);
-        Ok(keys)
+    }
+
+    /// The time rules every token is held to on this node (proofs of ownership included).
+    pub fn token_rules(&self) -> crate::agent_token::TokenRules {
+        self.verifier.rules()
     }
 
     /// Verifies a token; on an unknown `kid` from an issuer with a `jwks_uri`, refetches

@@ -682,3 +682,33 @@ async fn another_org_cannot_squat_an_issuer_owner() {
         assert_eq!(account_with(&client, &server, &token_a).await, 401, "{engine}");
     }
 }
+
+/// A proof is a token the server would accept: held to the same external-token rules the
+/// server was started with (here a one-hour lifetime), not to the verifier's defaults.
+#[tokio::test]
+async fn owner_proofs_are_held_to_the_servers_external_token_rules() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start_with(&database.url(), &[("BAHI_EXTERNAL_TOKEN_MAX_LIFETIME_SECONDS", "3600")]);
+    let client = client();
+    let (cookie, org_id) = sign_up(&client, &server, "a@acme.example", "Acme").await;
+    let idp = SigningKey::from_random_bytes([45; 32]).unwrap();
+    let jwks = serde_json::to_value(JwkSet { keys: vec![idp.public_jwk()] }).unwrap();
+    const IDP: &str = "https://rules.example";
+    let now = chrono::Utc::now().timestamp();
+    let proof_lasting = |seconds: i64| {
+        sign_raw(&idp, idp.kid(), &json!({"iss": IDP, "sub": "admin", "org": "acme", "iat": now, "exp": now + seconds}))
+    };
+    let register = |proof: String| {
+        client
+            .post(server.url("/me/issuers"))
+            .header("cookie", cookie.clone())
+            .json(&json!({"issuer": IDP, "jwks": jwks, "owners": {"acme": org_id}, "proofs": {"acme": proof}}))
+            .send()
+    };
+    let two_hours = register(proof_lasting(7200)).await.unwrap();
+    assert_eq!(two_hours.status(), 400, "a proof living longer than the server allows is refused");
+    let body = two_hours.text().await.unwrap();
+    assert!(body.contains("proof of owner"), "{body}");
+    let ten_minutes = register(proof_lasting(600)).await.unwrap();
+    assert_eq!(ten_minutes.status(), 201, "{}", ten_minutes.text().await.unwrap());
+}

@@ -300,6 +300,11 @@ impl Verifier {
         self
     }
 
+    /// The time rules this verifier holds tokens to.
+    pub fn rules(&self) -> TokenRules {
+        self.rules
+    }
+
     /// Adds a registration, or replaces the one with the same `registration_id`. Tokens
     /// cached under the previous state are verified again on their next use.
     pub fn upsert_issuer(&self, issuer: TrustedIssuer) -> Result<(), IssuerError> {

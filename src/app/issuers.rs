@@ -101,7 +101,7 @@ fn owned_owners(principal: &Principal, request: &RegisterIssuer) -> AppResult<BT
 
 /// The registration's keys: inline, or fetched from `jwks_uri` now (a registration that can
 /// never verify is an error).
-async fn registration_keys(services: &Services, issuer_id: &IssuerId, request: &RegisterIssuer) -> AppResult<JwkSet> {
+async fn registration_keys(services: &Services, request: &RegisterIssuer) -> AppResult<JwkSet> {
     match (&request.jwks, &request.jwks_uri) {
         (Some(inline), None) => {
             JwkSet::from_untrusted_value(inline).map_err(|error| AppError::invalid_request(format!("jwks: {error}")))
@@ -112,7 +112,7 @@ async fn registration_keys(services: &Services, issuer_id: &IssuerId, request: &
             }
             services
                 .identity
-                .fetch_jwks(issuer_id, uri)
+                .download_jwks(uri)
                 .await
                 .map_err(|error| AppError::invalid_request(format!("jwks_uri: {error}")))
         }
@@ -127,7 +127,7 @@ pub async fn register(services: &Services, principal: &Principal, request: Regis
     }
     let owners = owned_owners(principal, &request)?;
     let issuer_id = IssuerId::from_random(new_id_bytes());
-    let keys = registration_keys(services, &issuer_id, &request).await?;
+    let keys = registration_keys(services, &request).await?;
     let owner_claim = request.owner_claim.clone().unwrap_or_else(|| "org".to_owned());
     let now = services.now().timestamp();
     for (owner, org_id) in &owners {
@@ -147,9 +147,10 @@ pub async fn register(services: &Services, principal: &Principal, request: Regis
             },
             keys: keys.clone(),
         };
-        verify_owner_proof(registration, token, now)
+        verify_owner_proof(registration, services.identity.token_rules(), token, now)
             .map_err(|reason| AppError::invalid_request(format!("proof of owner {owner:?} refused: {reason}")))?;
     }
+    let fetched = request.jwks_uri.is_some();
     let command = Command::RegisterIssuer {
         org_id: principal.org_id.clone(),
         issuer_id: issuer_id.clone(),
@@ -161,15 +162,25 @@ pub async fn register(services: &Services, principal: &Principal, request: Regis
         owners,
     };
     services.submit(command, principal.actor()).await?;
+    // Keys fetched from jwks_uri are kept only for a registration the log accepted.
+    if fetched {
+        services.identity.remember_jwks(&issuer_id, keys);
+    }
     view_of(services, &issuer_id).map_err(|_| AppError::internal("issuer not in the read model"))
 }
 
-/// Checks one owner's proof with the verifier that authorizes requests (a fresh one holding
-/// only the registration being made, mapping only that owner, with no cache): the token
-/// must be of that issuer, signed by a key of the set, current, for the audience if one is
-/// registered, and carry exactly that owner.
-fn verify_owner_proof(registration: TrustedIssuer, token: &str, now_epoch_seconds: i64) -> Result<(), String> {
-    let verifier = Verifier::with_cache_capacity(0);
+/// Checks one owner's proof as the verifier that authorizes requests would (a fresh one
+/// under this node's token rules, holding only the registration being made, mapping only
+/// that owner, with no cache): the token must be of that issuer, signed by a key of the set,
+/// current, within the allowed lifetime, for the audience if one is registered, and carry
+/// exactly that owner.
+fn verify_owner_proof(
+    registration: TrustedIssuer,
+    rules: crate::agent_token::TokenRules,
+    token: &str,
+    now_epoch_seconds: i64,
+) -> Result<(), String> {
+    let verifier = Verifier::with_cache_capacity(0).with_rules(rules);
     verifier.upsert_issuer(registration).map_err(|error| error.to_string())?;
     verifier.verify(token, now_epoch_seconds).map(|_| ()).map_err(|error| error.to_string())
 }
