@@ -133,16 +133,26 @@ pub async fn record_usage(services: &Services, operator: &Operator, request: Rec
         status: request.status,
         request_hash: hex::encode(Sha256::digest(body.as_bytes())),
     };
-    services.submit(command, operator.actor()).await?;
-    // New or replayed, the answer is the settlement as recorded: the same body gets the
-    // same answer, byte for byte. A replay records no event, so the read model answers.
+    let outcome = services.submit(command, operator.actor()).await?;
+    if let Some(Event::UsageRecorded(recorded)) = outcome.events.first().map(|committed| &committed.event) {
+        return Ok(Settled {
+            call_id,
+            cost: recorded.cost,
+            balance: recorded.balance_after,
+            input_tokens: recorded.input_tokens,
+            output_tokens: recorded.output_tokens,
+            settled_at: recorded.settled_at,
+        });
+    }
+    // A replay records nothing: the same body gets the answer of the settlement as recorded,
+    // byte for byte.
     let ledger = services.ledger.read();
     let settlement = ledger
         .state
         .calls
         .get(&call_id)
         .and_then(|call| call.settlement.clone())
-        .ok_or_else(|| AppError::internal("settled call not in the read model"))?;
+        .ok_or_else(|| AppError::internal("a replayed settlement is not in the read model"))?;
     Ok(Settled {
         call_id,
         cost: settlement.cost,
@@ -218,14 +228,22 @@ pub async fn top_up(services: &Services, principal: &Principal, request: TopUp) 
         payment_reference: request.payment_reference.clone(),
         user_id,
     };
-    services.submit(command, principal.actor()).await?;
-    // New or replayed, answer with the top-up recorded for this payment reference.
+    let outcome = services.submit(command, principal.actor()).await?;
+    if let Some(Event::CreditsToppedUp(topped_up)) = outcome.events.first().map(|committed| &committed.event) {
+        return Ok(ToppedUp {
+            topup_id: topped_up.topup_id.clone(),
+            amount: topped_up.amount,
+            payment_reference: topped_up.payment_reference.clone(),
+            balance: topped_up.balance_after,
+        });
+    }
+    // The same payment again records nothing: answer with the top-up recorded for it.
     let ledger = services.ledger.read();
     let record = ledger
         .state
         .topups
         .get(&(principal.org_id.clone(), request.payment_reference.clone()))
-        .ok_or_else(|| AppError::internal("top-up not in the read model"))?;
+        .ok_or_else(|| AppError::internal("a replayed top-up is not in the read model"))?;
     Ok(ToppedUp {
         topup_id: record.topup_id.clone(),
         amount: record.amount,
