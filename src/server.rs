@@ -46,7 +46,7 @@ pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> an
 }
 
 /// Runs a node on a bound listener until `stop` completes, then shuts down gracefully.
-/// (`bahi bench` runs nodes in-process through this.)
+/// (`bahi-bench` runs nodes in-process through this.)
 pub async fn serve_on(
     listener: TcpListener,
     database_url: &str,

@@ -87,42 +87,86 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
 /// The first name of each item of a `{...}` import group (`group` starts after its `{`),
 /// skipping nested groups.
 fn group_heads(group: &str) -> Vec<String> {
-    let mut heads = Vec::new();
+    let mut items = vec![String::new()];
     let mut depth = 0;
-    let mut at_item_start = true;
-    let mut current = String::new();
     for character in group.chars() {
         match character {
-            '{' => depth += 1,
             '}' if depth == 0 => break,
-            '}' => depth -= 1,
-            ',' if depth == 0 => at_item_start = true,
-            c if depth == 0 && at_item_start && (c.is_alphanumeric() || c == '_') => current.push(c),
-            c if depth == 0 && at_item_start && !current.is_empty() && !c.is_whitespace() || c == ':' => {
-                at_item_start = false;
+            ',' if depth == 0 => items.push(String::new()),
+            _ => {
+                depth += match character {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                if let Some(item) = items.last_mut() {
+                    item.push(character);
+                }
             }
-            _ => {}
-        }
-        if !at_item_start && !current.is_empty() {
-            heads.push(std::mem::take(&mut current));
         }
     }
-    if !current.is_empty() {
-        heads.push(current);
-    }
-    heads
+    items
+        .iter()
+        .map(|item| item.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>())
+        .filter(|head| !head.is_empty())
+        .collect()
 }
 
-/// The library's module graph: module -> the modules it names.
+/// How deep a file's module sits below the crate root: `src/a.rs` and `src/a/mod.rs` are
+/// one, `src/a/b.rs` two. A `super::` chain at least this long reaches the crate root.
+fn module_depth(root: &Path, file: &Path) -> usize {
+    let relative = file.strip_prefix(root).unwrap();
+    let components = relative.components().count();
+    if relative.ends_with("mod.rs") { components - 1 } else { components }
+}
+
+/// The names a file's code reaches through `super::` chains that climb to the crate root
+/// (`super::super::ledger::Ledger` in `src/app/keys.rs` names `ledger`). Chains that stay
+/// inside the file's own top-level module name a sibling, not another module. An inline
+/// `mod tests` adds a level this does not see; `module_graph` keeps only real module names,
+/// so such a miscount cannot invent an edge to something that is not a module.
+fn super_references(code: &str, depth: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = code;
+    while let Some(index) = rest.find("super::") {
+        let starts_a_path =
+            rest[..index].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'));
+        let mut after = &rest[index..];
+        let mut levels = 0;
+        while let Some(tail) = after.strip_prefix("super::") {
+            levels += 1;
+            after = tail;
+        }
+        if starts_a_path && levels >= depth {
+            if let Some(group) = after.strip_prefix('{') {
+                found.extend(group_heads(group));
+            } else {
+                let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        }
+        rest = after;
+    }
+    found
+}
+
+/// The library's module graph: module -> the modules it names, through `crate::` paths,
+/// `use crate::{...}` groups and `super::` chains that reach the crate root.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files = rust_files(&root);
+    let modules: BTreeSet<String> = files.iter().filter_map(|file| module_of(&root, file)).collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in rust_files(&root) {
-        let Some(module) = module_of(&root, &file) else { continue };
-        let text = std::fs::read_to_string(&file).unwrap();
+    for file in &files {
+        let Some(module) = module_of(&root, file) else { continue };
+        let text = std::fs::read_to_string(file).unwrap();
         let code = code_lines(&text).join("\n");
+        let mut names = referenced_modules(&code);
+        names.extend(super_references(&code, module_depth(&root, file)));
         let edges = graph.entry(module.clone()).or_default();
-        edges.extend(referenced_modules(&code).into_iter().filter(|name| *name != module));
+        edges.extend(names.into_iter().filter(|name| *name != module && modules.contains(name)));
     }
     graph
 }
@@ -179,6 +223,17 @@ fn a_cycle_is_found_when_there_is_one() {
         referenced_modules("use crate::{ledger::Ledger, store::{Store, StoreError}};\nlet x = crate::clock::now();"),
         BTreeSet::from(["clock".to_owned(), "ledger".to_owned(), "store".to_owned()])
     );
+    assert_eq!(
+        referenced_modules("use crate::{\n    clock as _,\n    writer,\n    store::{self, Store},\n};"),
+        BTreeSet::from(["clock".to_owned(), "store".to_owned(), "writer".to_owned()])
+    );
+    // In src/app/keys.rs (depth two): two levels reach the root, one stays in app.
+    assert_eq!(
+        super_references("use super::super::{ledger::Ledger, store};\nuse super::principal::Principal;", 2),
+        BTreeSet::from(["ledger".to_owned(), "store".to_owned()])
+    );
+    // In src/finance.rs (depth one): one level reaches the root.
+    assert_eq!(super_references("use super::cli::Command;", 1), BTreeSet::from(["cli".to_owned()]));
 }
 
 #[test]
