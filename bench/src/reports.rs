@@ -1,4 +1,4 @@
-//! `bahi bench statement` and `bahi bench attribution`: the finance read paths at a million
+//! `bahi-bench statement` and `bahi-bench attribution`: the finance read paths at a million
 //! rows, each beside a baseline measured in the same run.
 //!
 //! The read model is filled directly with prebuilt ledger rows (the benchmarks measure

@@ -1,4 +1,4 @@
-//! Throughput of the agent-token hot paths, for `bahi bench`.
+//! Throughput of the agent-token hot paths, for `bahi-bench credentials`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

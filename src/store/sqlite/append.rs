@@ -4,7 +4,7 @@
 //! thread (BEGIN, the head check, the INSERT, COMMIT), and each waits for a runtime worker
 //! to poll the append again. Under load the runtime's workers are busy deciding the next
 //! batch, so a 64-event append took 2.2 ms against 1.5 ms for a raw append of twice the
-//! rows (measured with `bahi bench append`). Here the whole transaction is one synchronous
+//! rows (measured with `bahi-bench append`). Here the whole transaction is one synchronous
 //! call on a blocking thread. rusqlite links the same libsqlite3-sys as sqlx.
 
 use std::path::Path;
@@ -69,7 +69,7 @@ const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// With SQLite's automatic checkpoint, the commit that takes the log past 1,000 pages copies
 /// them and syncs the database file before it returns: 9% of the appending thread's time
-/// in a profile of `bahi bench append`, and a commit that took several times the usual
+/// in a profile of `bahi-bench append`, and a commit that took several times the usual
 /// latency. Here the appender only says that it committed; a PASSIVE checkpoint never
 /// blocks an append or a reader. The thread ends when the last handle is dropped.
 pub struct Checkpointer {
