@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied to {}", store.engine());
         }
         Command::Verify(args) => {
-            let store = bahi::store::Store::open(&args.database_url).await?;
+            let store = bahi::store::Store::open_existing(&args.database_url).await?;
             store.migrate().await?;
             match verify_log(&store).await? {
                 Ok(count) => println!("log intact: {count} events verified"),
@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rebuild(args) => {
             init_tracing("pretty");
-            let store = bahi::store::Store::open(&args.database_url).await?;
+            let store = bahi::store::Store::open_existing(&args.database_url).await?;
             store.migrate().await?;
             let position = bahi::projector::rebuild_projections(&store).await?;
             store.analyze_read_models().await?;
@@ -187,7 +187,7 @@ async fn statement_command(args: &bahi::cli::StatementArgs) -> anyhow::Result<st
     let (from, to, period) = bahi_reports::statement_period(&args.from, &args.to)?;
     let format = bahi_reports::StatementFormat::parse(&args.format)?;
     let org_id = bahi_domain::ids::OrgId::parse(&args.org)?;
-    let store = Store::open(&args.database.database_url).await?;
+    let store = Store::open_existing(&args.database.database_url).await?;
     store.migrate().await?;
     bahi::projector::catch_up_projections(&store, None).await?;
     if !store.org_exists(org_id.as_str()).await? {

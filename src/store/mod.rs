@@ -94,6 +94,10 @@ pub enum StoreError {
     HeadMoved { expected: i64, actual: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "no ledger at {0}: check the path (offline commands read an existing database; `bahi serve` or `bahi migrate` creates one)"
+    )]
+    NoDatabase(String),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("migration error: {0}")]
@@ -149,6 +153,16 @@ impl Store {
             Ok(Store::Postgres(PostgresStore::open(url).await?))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Opens an existing database only (an SQLite file that is missing is an error, not a
+    /// new empty ledger): for offline commands, where a typo must not pass as an empty log.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::open_existing(url).await?))
+        } else {
+            Store::open(url).await
         }
     }
 

@@ -188,9 +188,19 @@ fn open_projection_writer(read_models_path: &Path) -> Result<rusqlite::Connectio
 }
 
 impl SqliteStore {
+    /// Opens the file, creating it when missing.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, true).await
+    }
+
+    /// Opens the file only if it exists: offline commands read a ledger, they never start one.
+    pub async fn open_existing(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
@@ -206,6 +216,9 @@ impl SqliteStore {
             )));
         }
         let path = filename.to_path_buf();
+        if !create && !path.exists() {
+            return Err(StoreError::NoDatabase(path.display().to_string()));
+        }
         let read_models_path = read_models_path(&path);
         // Migrations of the log's file need no read-model file: migration 4 names `main`.
         let migrator = SqliteConnection::connect_with(&options).await?;
