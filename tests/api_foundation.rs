@@ -15,10 +15,13 @@ async fn assert_error(response: reqwest::Response, status: u16, error_type: &str
     assert_eq!(response.status().as_u16(), status);
     let request_id =
         response.headers().get("x-request-id").expect("x-request-id on every response").to_str().unwrap().to_owned();
+    // The Anthropic SDK reads `request-id`; OpenAI's and most tools `x-request-id`.
+    assert_eq!(response.headers().get("request-id").expect("request-id on every response"), request_id.as_str());
     assert_eq!(response.headers().get("content-type").unwrap(), "application/json");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], error_type, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()));
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty() && !message.contains("Failed to"), "framework wording: {message}");
     assert_eq!(body["error"]["request_id"], request_id.as_str());
     body
 }
@@ -99,10 +102,18 @@ async fn bad_requests_get_the_json_error_body() {
     assert_error(wrong_type, 415, "unsupported_media_type").await;
 
     let unknown_field = client.post(&register_url).json(&json!({"org_nmae": "typo"})).send().await.unwrap();
-    assert_error(unknown_field, 400, "invalid_request").await;
+    let body = assert_error(unknown_field, 400, "invalid_request").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().starts_with("invalid request body: org_nmae: unknown field"),
+        "{body}"
+    );
 
     let wrong_field_type = client.post(&register_url).json(&json!({"org_name": 42})).send().await.unwrap();
-    assert_error(wrong_field_type, 400, "invalid_request").await;
+    let body = assert_error(wrong_field_type, 400, "invalid_request").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().starts_with("invalid request body: org_name: invalid type"),
+        "{body}"
+    );
 
     let blank_name = client.post(&register_url).json(&json!({"org_name": "  "})).send().await.unwrap();
     assert_error(blank_name, 400, "invalid_request").await;

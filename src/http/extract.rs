@@ -35,9 +35,28 @@ fn map_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as JSON with content-type: application/json",
         ),
-        StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid_request(rejection.body_text()),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", rejection.body_text()),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::invalid_request(format!("invalid request body: {}", cause(&rejection)))
+        }
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {}", cause(&rejection)),
+        ),
     }
+}
+
+/// What serde said about a body or query string, with the field's path when it names one,
+/// without the framework's preamble: axum wraps serde's error in "Failed to ..." errors.
+fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while current.to_string().starts_with("Failed to") {
+        match current.source() {
+            Some(source) => current = source,
+            None => break,
+        }
+    }
+    current.to_string()
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -83,6 +102,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| ApiQuery(value))
-            .map_err(|rejection| ApiError::invalid_request(rejection.body_text()))
+            .map_err(|rejection| ApiError::invalid_request(format!("invalid query string: {}", cause(&rejection))))
     }
 }

@@ -99,7 +99,7 @@ fn new_request_id() -> String {
 }
 
 /// Gives every request an id (the client's, when well-formed), a tracing span, and the
-/// `x-request-id` response header; counts responses by status class.
+/// `x-request-id` and `request-id` response headers; counts responses by status class.
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = request_id_for(&request);
     // A debug span: nothing inside a request logs at info, and the one error it can log
@@ -113,6 +113,8 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
     state.metrics.record_status(status);
     span.in_scope(|| tracing::debug!(status, elapsed_micros = started.elapsed().as_micros() as u64, "response"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
+        // `request-id` too: the Anthropic SDK reads that name, OpenAI's and most tools `x-request-id`.
+        response.headers_mut().insert("request-id", value.clone());
         response.headers_mut().insert("x-request-id", value);
     }
     response
