@@ -11,7 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: escape codes in a redirected log file are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
     } else {
@@ -125,8 +129,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing(&args.log_format);
+            let listener = bahi::server::bind(&args.listen).await?;
             let config = server_config(&args)?;
-            bahi::server::serve(&args.listen, &args.database.database_url, config).await?;
+            bahi::server::serve(listener, &args.database.database_url, config).await?;
         }
         Command::Migrate(args) => {
             init_tracing("pretty");

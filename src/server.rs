@@ -40,8 +40,14 @@ pub async fn open_and_load(database_url: &str) -> anyhow::Result<(Store, SharedL
     Ok((store, shared))
 }
 
-pub async fn serve(listen: &str, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+/// Binds the listen address: first thing at start, so that a busy port stops `bahi serve`
+/// before it creates anything (a database, a key file).
+pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))
+}
+
+/// Serves on a bound listener until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(listener: TcpListener, database_url: &str, config: ServerConfig) -> anyhow::Result<()> {
     serve_on(listener, database_url, config, shutdown_signal()).await
 }
 

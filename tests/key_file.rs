@@ -61,3 +61,46 @@ fn a_key_file_beside_the_database_is_warned_about_at_start() {
     let warnings = warnings_at_start(&third_database, &[("BAHI_KEY_ENCRYPTION_KEY", &"7e".repeat(32))]);
     assert!(!warnings.iter().any(|line| line.contains("key-encryption key")), "{warnings:?}");
 }
+
+/// A start that fails because the port is busy leaves nothing behind: no key file, no
+/// database, and logs without colour codes when stderr is not a terminal.
+#[test]
+fn a_start_on_a_busy_port_creates_nothing_and_says_why_plainly() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let directory = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", directory.path().join("bahi.db").display());
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", &address, "--database", &database_url])
+        .env("RUST_LOG", "info")
+        .env_remove("BAHI_KEY_ENCRYPTION_KEY")
+        .env_remove("BAHI_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("binding {address}")), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a failed start left {left:?}");
+
+    // A start that works logs its pretty lines without colour codes into a pipe.
+    drop(busy);
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &database_url])
+        .env("RUST_LOG", "info")
+        .env_remove("BAHI_KEY_ENCRYPTION_KEY")
+        .env_remove("BAHI_KEY_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let listening =
+        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.starts_with("bahi listening on "));
+    assert!(listening);
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in a redirected log: {stderr:?}");
+}
