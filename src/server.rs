@@ -112,6 +112,12 @@ pub async fn serve_on(
         clock,
         test_clock,
     });
+    if state.config.operator_key_hash.is_none() {
+        tracing::warn!(
+            "no operator key: operator endpoints (prices, grants, gateway keys, key rotation) answer 401 \
+             until the server is started with BAHI_OPERATOR_KEY"
+        );
+    }
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("bahi listening on http://{address}");
     tracing::info!(%address, "listening");

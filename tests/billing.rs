@@ -777,3 +777,24 @@ async fn usage_status_is_one_of_three_and_each_bills_its_tokens() {
         assert_eq!(amount(&settled["cost"]), "1.00", "{status}: 1,000 tokens at ₹1,000/M");
     }
 }
+
+/// A server started without an operator key says so on every operator endpoint, whatever is
+/// presented (the README's first walk-through got "malformed API key" for its price step).
+#[tokio::test]
+async fn operator_endpoints_without_an_operator_key_say_why() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start(&database.url());
+    let client = client();
+    let price = json!({"input_per_million": "1", "output_per_million": "1"});
+    for credential in [Some("operator-secret-for-tests-0123456789abcdef"), Some("not-a-key"), None] {
+        let mut request = client.put(server.url("/v1/admin/prices/m")).json(&price);
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{credential:?}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("BAHI_OPERATOR_KEY"), "{credential:?}: {message}");
+    }
+}

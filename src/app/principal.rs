@@ -369,9 +369,6 @@ pub async fn resolve_operator(services: &Services, presented: &Presented) -> App
     }
     match resolve(services, presented).await {
         Ok(_) => Err(AppError::forbidden("operator_only", "this endpoint is for the operator credential")),
-        Err(_) if services.config.operator_key_hash.is_none() && presented.credential.is_none() => {
-            Err(AppError::unauthorized("no operator credential is configured (BAHI_OPERATOR_KEY)"))
-        }
         // `resolve` caught up with the log before refusing: a gateway key made on another
         // node a moment ago is in the read model now.
         Err(error) => {
@@ -381,6 +378,11 @@ pub async fn resolve_operator(services: &Services, presented: &Presented) -> App
                 .and_then(|credential| gateway_key(services, &SecretHash::of(credential)))
             {
                 Some(operator) => operator,
+                // Say why plainly: without an operator key nothing presented could pass.
+                None if services.config.operator_key_hash.is_none() => Err(AppError::unauthorized(
+                    "operator endpoints are disabled: this server was started without an operator key \
+                     (set BAHI_OPERATOR_KEY to a secret of 32+ characters, then send it as Bearer)",
+                )),
                 None => Err(error),
             }
         }
