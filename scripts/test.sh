@@ -28,6 +28,15 @@ else
     echo "$skipped_postgres"
 fi
 
+# The README walk-through test drives the server with curl and jq. In CI they are installed
+# when missing; elsewhere the test says plainly that it did not run without them.
+for tool in curl jq; do
+    if ! command -v "$tool" > /dev/null && [ -n "${CI:-}" ]; then
+        echo "test.sh: installing $tool for the README walk-through test"
+        apt-get install -y -qq "$tool" > /dev/null 2>&1 || { apt-get update -qq > /dev/null && apt-get install -y -qq "$tool" > /dev/null; }
+    fi
+done
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
