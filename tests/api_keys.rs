@@ -345,6 +345,12 @@ async fn signup_login_logout_and_logout_everywhere() {
             .await
             .unwrap();
         assert_eq!(error_type(weak).await.0, 400);
+        // Length, not composition: a passphrase passes, a well-known password does not.
+        let signup = |email: &'static str, password: &'static str| {
+            client.post(server.url("/me/signup")).json(&json!({"email": email, "password": password})).send()
+        };
+        assert_eq!(signup("c@example.com", "correct horse battery staple").await.unwrap().status(), 201);
+        assert_eq!(error_type(signup("d@example.com", "Password1234").await.unwrap()).await.0, 400);
 
         let login = |password: &'static str| {
             client
