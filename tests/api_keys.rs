@@ -53,7 +53,13 @@ async fn create_list_revoke_delete_and_rotate() {
         let key_id = created["api_key_id"].as_str().unwrap().to_owned();
         assert!(secret.starts_with("bahi_live_"));
         assert_eq!(created["name"], "production-worker");
-        assert_eq!(created["expires_at"], "2099-01-01T00:00:00Z");
+        // Every time is answered with microseconds, as stored, whatever its value.
+        assert_eq!(created["expires_at"], "2099-01-01T00:00:00.000000Z");
+        let created_at = created["created_at"].as_str().unwrap();
+        assert!(
+            created_at.len() == 27 && created_at.ends_with('Z') && created_at.as_bytes()[19] == b'.',
+            "{created_at}"
+        );
         assert_eq!(created["scopes"], json!(["inference", "account:read"]));
         assert_eq!(created["status"], "active");
         assert!(secret.starts_with(created["prefix"].as_str().unwrap()));

@@ -40,7 +40,9 @@ pub struct AgentView {
     pub scopes: Vec<Scope>,
     pub budget: Option<BudgetView>,
     pub rate_limit: Option<RateLimit>,
+    #[serde(serialize_with = "super::time::micros")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub revoked_at: Option<DateTime<Utc>>,
     pub usage: Usage,
 }
@@ -63,6 +65,7 @@ pub struct MintedToken {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: i64,
+    #[serde(serialize_with = "super::time::micros")]
     pub expires_at: DateTime<Utc>,
     pub jti: TokenId,
 }

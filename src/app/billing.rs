@@ -58,6 +58,7 @@ pub struct Authorized {
     pub scopes: Vec<bahi_domain::credential::Scope>,
     pub model: String,
     pub hold: Money,
+    #[serde(serialize_with = "super::time::micros")]
     pub hold_expires_at: DateTime<Utc>,
 }
 
@@ -118,6 +119,7 @@ pub struct Settled {
     pub balance: Money,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[serde(serialize_with = "super::time::micros")]
     pub settled_at: DateTime<Utc>,
 }
 
@@ -178,6 +180,7 @@ pub struct PriceView {
     pub output_per_million: Money,
     /// What an authorization without `max_cost` holds: the operator's, or the default.
     pub default_hold: Money,
+    #[serde(serialize_with = "super::time::micros")]
     pub set_at: DateTime<Utc>,
 }
 

@@ -43,6 +43,7 @@ pub struct SessionView {
     pub org_id: OrgId,
     pub email: String,
     pub role: Role,
+    #[serde(serialize_with = "super::time::micros")]
     pub session_expires_at: DateTime<Utc>,
 }
 

@@ -40,7 +40,9 @@ pub struct IssuerView {
     pub owners: BTreeMap<String, OrgId>,
     pub jwks_uri: Option<String>,
     pub status: &'static str,
+    #[serde(serialize_with = "super::time::micros")]
     pub registered_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -53,6 +55,7 @@ pub struct IssuerList {
 pub struct Rotated {
     pub key_id: String,
     pub retired_key_id: Option<String>,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub retired_key_verifies_until: Option<DateTime<Utc>>,
 }
 

@@ -40,8 +40,11 @@ pub struct KeyView {
     pub api_key_id: ApiKeyId,
     pub name: Option<String>,
     pub prefix: String,
+    #[serde(serialize_with = "super::time::micros")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub expires_at: Option<DateTime<Utc>>,
     pub status: &'static str,
     pub scopes: Vec<Scope>,
@@ -58,6 +61,7 @@ pub struct BudgetView {
     pub period: BudgetPeriod,
     pub spent: Money,
     pub held: Money,
+    #[serde(serialize_with = "super::time::optional_micros")]
     pub resets_at: Option<DateTime<Utc>>,
 }
 

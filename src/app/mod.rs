@@ -18,6 +18,7 @@ pub mod issuers;
 pub mod keys;
 pub mod principal;
 pub mod statements;
+pub mod time;
 
 use std::sync::Arc;
 
@@ -64,8 +65,10 @@ pub struct Services {
 }
 
 impl Services {
+    /// The time, to the microsecond: what the log keeps, so that what a caller is told is
+    /// what is stored and read back.
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        bahi_domain::chain::truncate_to_micros(self.clock.now())
     }
 
     /// Submits a command on behalf of `actor`, under the current request's id.

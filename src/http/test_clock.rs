@@ -28,6 +28,7 @@ struct Advance {
 
 #[derive(Serialize)]
 struct Advanced {
+    #[serde(serialize_with = "crate::app::time::micros")]
     now: DateTime<Utc>,
 }
 
