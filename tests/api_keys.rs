@@ -62,6 +62,15 @@ async fn create_list_revoke_delete_and_rotate() {
         );
         assert_eq!(created["scopes"], json!(["inference", "account:read"]));
         assert_eq!(created["status"], "active");
+        // What goes in comes out the same way: the money object an answer shows is accepted
+        // as input (a bare decimal string is accepted too), and settings read back as sent.
+        let money = json!({"currency": "inr", "amount": "500.00"});
+        assert_eq!(created["budget"]["amount"], money);
+        assert_eq!(created["rate_limit"], json!({"requests": 100, "interval_seconds": 60}));
+        let (_, other_org_key) = register(&client, &server, "Shapes").await;
+        let same_shape =
+            create_key(&client, &server, &other_org_key, json!({"budget": {"amount": money, "period": "month"}})).await;
+        assert_eq!(same_shape["budget"]["amount"], money);
         assert!(secret.starts_with(created["prefix"].as_str().unwrap()));
 
         // The new key works with both headers.
