@@ -287,7 +287,9 @@ impl StatementWriter {
                 let _ = write!(
                     out,
                     ",{},closing_balance,{},,,,,,,,,,,,,,{}\r\n",
-                    period_bound(self.header.period.until),
+                    // The period's last microsecond, so that a statement to 31 December closes
+                    // on 31 December (its bound, the next midnight, is the next period's).
+                    period_bound(self.header.period.until.map(|until| until - chrono::TimeDelta::microseconds(1))),
                     self.header.org_id,
                     totals.closing_balance
                 );
@@ -371,7 +373,7 @@ mod tests {
         assert!(lines[2].ends_with(",7,,0.00,42.50,0.00,52.50"), "{}", lines[2]);
         assert!(lines[3].contains(",\"'=HYPERLINK(1)\","), "{}", lines[3]);
         assert!(lines[3].ends_with(",0.000001,0.00,0.00,52.499999"), "{}", lines[3]);
-        assert_eq!(lines[4], ",2026-02-01T00:00:00.000000Z,closing_balance,org_A,,,,,,,,,,,,,,52.499999");
+        assert_eq!(lines[4], ",2026-01-31T23:59:59.999999Z,closing_balance,org_A,,,,,,,,,,,,,,52.499999");
         assert_eq!(lines[5], "");
         assert_eq!(totals.closing_balance, money("52.499999"));
         assert_eq!(
