@@ -1,4 +1,4 @@
-//! The README's walk-through, run as written against a fresh server: every command in its
+//! The README's first-hour walk-through, run as written against a fresh server: every command in its
 //! `sh` block runs in one bash session, and every `# …` line after a command is the shape its
 //! output must have. A README whose commands or answers drift from the server fails here.
 //!
@@ -19,12 +19,12 @@ struct Step {
     expected: Option<String>,
 }
 
-/// The `sh` block under README's "## Walk-through", cut into commands (a line ending in `\`
+/// The `sh` block under README's "## The first hour", cut into commands (a line ending in `\`
 /// continues) each followed by its expected answer (a `#` line that is not prose: it starts
 /// with `{` or names a fixed text such as `log intact:`).
 fn walkthrough_steps() -> Vec<Step> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = &readme[readme.find("## Walk-through").expect("README has a walk-through")..];
+    let section = &readme[readme.find("## The first hour").expect("README has its first-hour walk-through")..];
     let block_start = section.find("```sh\n").unwrap() + "```sh\n".len();
     let block = &section[block_start..block_start + section[block_start..].find("```").unwrap()];
     let mut steps: Vec<Step> = Vec::new();
