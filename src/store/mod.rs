@@ -336,7 +336,7 @@ impl Store {
             && page_events >= BULK_PAGE_EVENTS
         {
             let path = sqlite.path().to_path_buf();
-            let page_events = usize::try_from(page_events).unwrap_or(1);
+            let page_events = usize::try_from(page_events).expect("a bulk page holds a positive number of events");
             return tokio::task::spawn_blocking(move || {
                 sqlite::bulk::read_pages(path, after, until, page_events, sender)
             });
@@ -345,7 +345,7 @@ impl Store {
             && page_events >= POSTGRES_BULK_PAGE_EVENTS
         {
             let pool = postgres.pool().clone();
-            let page_events = usize::try_from(page_events).unwrap_or(1);
+            let page_events = usize::try_from(page_events).expect("a bulk page holds a positive number of events");
             return tokio::spawn(postgres::bulk::read_pages(pool, after, until, page_events, sender));
         }
         let store = self.clone();
