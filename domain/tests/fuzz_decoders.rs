@@ -695,3 +695,25 @@ fn every_field_of_every_event_takes_every_hostile_value() {
     // reached the fold, not only the decoder's refusals.
     assert!(decoded > 100, "{decoded}");
 }
+
+/// Events are a stored, hash-chained API: the bytes bahi writes for each event type are
+/// pinned here, so a refactor that changes one byte of any payload fails before it ships.
+/// Regenerate only for a deliberate, versioned format change: `BAHI_BLESS_GOLDEN=1`.
+#[test]
+fn every_event_type_serializes_to_its_golden_bytes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden_events.txt");
+    let mut written = String::new();
+    for (event_type, bytes) in STORED.iter() {
+        let payload = std::str::from_utf8(bytes).expect("payloads are UTF-8");
+        written.push_str(&format!("{event_type}\t{payload}\n"));
+    }
+    if std::env::var_os("BAHI_BLESS_GOLDEN").is_some() {
+        std::fs::write(&path, &written).expect("the golden file is writable");
+    }
+    let golden = std::fs::read_to_string(&path).expect("tests/golden_events.txt exists");
+    for (written_line, golden_line) in written.lines().zip(golden.lines()) {
+        assert_eq!(written_line, golden_line, "an event's stored bytes changed");
+    }
+    assert_eq!(written.lines().count(), golden.lines().count(), "an event type was added or removed");
+    assert_eq!(written.lines().count(), Event::TYPES.len());
+}
