@@ -51,7 +51,11 @@ pub fn format_recorded_at(time: DateTime<Utc>) -> String {
 /// Truncates a clock reading to what the log keeps (microseconds), so that the time a caller
 /// is told equals the time that is stored and re-read.
 pub fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+    // Truncating only moves a time towards the epoch within its second, so the result lies
+    // in chrono's range whenever `time` does; a fallback to the untruncated time would store
+    // one text and answer another.
+    DateTime::from_timestamp_micros(time.timestamp_micros())
+        .unwrap_or_else(|| panic!("a time truncated to microseconds left chrono's range: {time}"))
 }
 
 #[cfg(test)]
