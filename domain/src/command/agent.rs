@@ -7,106 +7,145 @@ use crate::state::*;
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
         Command::CreateAgent { org_id, agent_id, name, mode, act_for, scopes, budget, rate_limit } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            if state.agents.contains_key(agent_id) {
-                return Err(DomainError::Conflict("agent already exists".into()));
-            }
-            check_name(name, "agent name")?;
-            check_agent_act_for(state, org_id, *mode, act_for)?;
-            if scopes.is_empty() || scopes.iter().any(|scope| !scope.is_org_scope()) {
-                return Err(DomainError::invalid("an agent needs at least one scope, and only org scopes"));
-            }
-            if let Some(rate_limit) = rate_limit {
-                check_rate_limit(*rate_limit)?;
-            }
-            if budget.is_some_and(|budget| !budget.amount.is_positive()) {
-                return Err(DomainError::invalid("budget amount must be positive"));
-            }
-            Ok(vec![
-                AgentCreated {
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    name: name.clone(),
-                    mode: *mode,
-                    act_for: act_for.clone(),
-                    scopes: scopes.clone(),
-                    budget: *budget,
-                    rate_limit: *rate_limit,
-                    created_at: now,
-                }
-                .into(),
-            ])
+            decide_create_agent(state, org_id, agent_id, name, mode, act_for, scopes, budget, rate_limit, now)
         }
-        Command::RevokeAgent { org_id, agent_id } => {
-            let agent = state
-                .agents
-                .get(agent_id)
-                .filter(|agent| &agent.org_id == org_id)
-                .ok_or(DomainError::NotFound("agent"))?;
-            if agent.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![AgentRevoked { agent_id: agent_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
-        }
+        Command::RevokeAgent { org_id, agent_id } => decide_revoke_agent(state, org_id, agent_id, now),
         Command::MintAgentToken { org_id, agent_id, token_id, key_id, scopes, ttl_seconds } => {
-            let agent = state
-                .agents
-                .get(agent_id)
-                .filter(|agent| &agent.org_id == org_id)
-                .ok_or(DomainError::NotFound("agent"))?;
-            if agent.revoked_at.is_some() {
-                return Err(DomainError::AgentRevoked);
-            }
-            if !(1..=MAX_TOKEN_TTL_SECONDS).contains(ttl_seconds) {
-                return Err(DomainError::invalid(format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}")));
-            }
-            if scopes.is_empty() || scopes.iter().any(|scope| !agent.scopes.contains(scope)) {
-                return Err(DomainError::Forbidden(
-                    "a token's scopes must be a non-empty subset of its agent's".into(),
-                ));
-            }
-            if state.current_signing_key().is_none_or(|current| &current.key_id != key_id) {
-                return Err(DomainError::Conflict("the signing key changed; retry".into()));
-            }
-            if state.tokens.contains_key(token_id) {
-                return Err(DomainError::Conflict("token id already used".into()));
-            }
-            Ok(vec![
-                AgentTokenMinted {
-                    token_id: token_id.clone(),
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    key_id: key_id.clone(),
-                    scopes: scopes.clone(),
-                    issued_at: now,
-                    expires_at: now + chrono::Duration::seconds(*ttl_seconds),
-                }
-                .into(),
-            ])
+            decide_mint_agent_token(state, org_id, agent_id, token_id, key_id, scopes, ttl_seconds, now)
         }
         Command::RevokeAgentToken { org_id, agent_id, token_id } => {
-            let token = state
-                .tokens
-                .get(token_id)
-                .filter(|token| &token.org_id == org_id && &token.agent_id == agent_id)
-                .ok_or(DomainError::NotFound("token"))?;
-            if token.revoked {
-                return Ok(Vec::new());
-            }
-            Ok(vec![
-                AgentTokenRevoked {
-                    token_id: token_id.clone(),
-                    agent_id: agent_id.clone(),
-                    org_id: org_id.clone(),
-                    revoked_at: now,
-                }
-                .into(),
-            ])
+            decide_revoke_agent_token(state, org_id, agent_id, token_id, now)
         }
         other => unreachable!("agent::decide was given {}", other.name()),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_create_agent(
+    state: &State,
+    org_id: &OrgId,
+    agent_id: &AgentId,
+    name: &str,
+    mode: &AgentMode,
+    act_for: &str,
+    scopes: &[Scope],
+    budget: &Option<Budget>,
+    rate_limit: &Option<RateLimit>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if !state.orgs.contains_key(org_id) {
+        return Err(DomainError::NotFound("org"));
+    }
+    if state.agents.contains_key(agent_id) {
+        return Err(DomainError::Conflict("agent already exists".into()));
+    }
+    check_name(name, "agent name")?;
+    check_agent_act_for(state, org_id, *mode, act_for)?;
+    if scopes.is_empty() || scopes.iter().any(|scope| !scope.is_org_scope()) {
+        return Err(DomainError::invalid("an agent needs at least one scope, and only org scopes"));
+    }
+    if let Some(rate_limit) = rate_limit {
+        check_rate_limit(*rate_limit)?;
+    }
+    if budget.is_some_and(|budget| !budget.amount.is_positive()) {
+        return Err(DomainError::invalid("budget amount must be positive"));
+    }
+    Ok(vec![
+        AgentCreated {
+            agent_id: agent_id.clone(),
+            org_id: org_id.clone(),
+            name: name.to_owned(),
+            mode: *mode,
+            act_for: act_for.to_owned(),
+            scopes: scopes.to_owned(),
+            budget: *budget,
+            rate_limit: *rate_limit,
+            created_at: now,
+        }
+        .into(),
+    ])
+}
+
+fn decide_revoke_agent(
+    state: &State,
+    org_id: &OrgId,
+    agent_id: &AgentId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let agent =
+        state.agents.get(agent_id).filter(|agent| &agent.org_id == org_id).ok_or(DomainError::NotFound("agent"))?;
+    if agent.revoked_at.is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![AgentRevoked { agent_id: agent_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_mint_agent_token(
+    state: &State,
+    org_id: &OrgId,
+    agent_id: &AgentId,
+    token_id: &TokenId,
+    key_id: &str,
+    scopes: &[Scope],
+    ttl_seconds: &i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let agent =
+        state.agents.get(agent_id).filter(|agent| &agent.org_id == org_id).ok_or(DomainError::NotFound("agent"))?;
+    if agent.revoked_at.is_some() {
+        return Err(DomainError::AgentRevoked);
+    }
+    if !(1..=MAX_TOKEN_TTL_SECONDS).contains(ttl_seconds) {
+        return Err(DomainError::invalid(format!("ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}")));
+    }
+    if scopes.is_empty() || scopes.iter().any(|scope| !agent.scopes.contains(scope)) {
+        return Err(DomainError::Forbidden("a token's scopes must be a non-empty subset of its agent's".into()));
+    }
+    if state.current_signing_key().is_none_or(|current| current.key_id != key_id) {
+        return Err(DomainError::Conflict("the signing key changed; retry".into()));
+    }
+    if state.tokens.contains_key(token_id) {
+        return Err(DomainError::Conflict("token id already used".into()));
+    }
+    Ok(vec![
+        AgentTokenMinted {
+            token_id: token_id.clone(),
+            agent_id: agent_id.clone(),
+            org_id: org_id.clone(),
+            key_id: key_id.to_owned(),
+            scopes: scopes.to_owned(),
+            issued_at: now,
+            expires_at: now + chrono::Duration::seconds(*ttl_seconds),
+        }
+        .into(),
+    ])
+}
+
+fn decide_revoke_agent_token(
+    state: &State,
+    org_id: &OrgId,
+    agent_id: &AgentId,
+    token_id: &TokenId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let token = state
+        .tokens
+        .get(token_id)
+        .filter(|token| &token.org_id == org_id && &token.agent_id == agent_id)
+        .ok_or(DomainError::NotFound("token"))?;
+    if token.revoked {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        AgentTokenRevoked {
+            token_id: token_id.clone(),
+            agent_id: agent_id.clone(),
+            org_id: org_id.clone(),
+            revoked_at: now,
+        }
+        .into(),
+    ])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
@@ -121,10 +160,10 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                 Agent {
                     id: created.agent_id.clone(),
                     org_id: created.org_id.clone(),
-                    name: created.name.clone(),
+                    name: created.name.to_owned(),
                     mode: created.mode,
-                    act_for: created.act_for.clone(),
-                    scopes: created.scopes.clone(),
+                    act_for: created.act_for.to_owned(),
+                    scopes: created.scopes.to_owned(),
                     budget: created.budget,
                     rate_limit: created.rate_limit,
                     created_at: created.created_at,

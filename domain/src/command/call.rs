@@ -7,90 +7,117 @@ use crate::state::*;
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
         Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
-            if state.calls.contains_key(call_id) {
-                return Err(DomainError::Conflict("call id already used".into()));
-            }
-            let (price, hold) = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
-            Ok(vec![
-                CallAuthorized {
-                    call_id: call_id.clone(),
-                    org_id: org_id.clone(),
-                    attribution: attribution.clone(),
-                    model: model.clone(),
-                    price,
-                    hold,
-                    authorized_at: now,
-                    hold_expires_at: now + chrono::Duration::seconds(*hold_ttl_seconds),
-                }
-                .into(),
-            ])
+            decide_authorize(state, call_id, org_id, attribution, model, max_cost, hold_ttl_seconds, now)
         }
         Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
-            let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
-            if let Some(settlement) = &call.settlement {
-                return if &settlement.request_hash == request_hash {
-                    Ok(Vec::new())
-                } else {
-                    Err(DomainError::Conflict("this call's usage was already recorded with different content".into()))
-                };
-            }
-            if model != &call.model {
-                return Err(DomainError::invalid(format!(
-                    "model {model:?} does not match the authorized call's {:?}",
-                    call.model
-                )));
-            }
-            if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
-                return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
-            }
-            let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
-            let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
-            let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
-            let balance_after = debited_balance(org, cost)?;
-            check_usage_totals(state, org, &call.attribution, cost, hold_released)?;
-            let recorded = UsageRecorded {
-                call_id: call_id.clone(),
-                org_id: call.org_id.clone(),
-                attribution: call.attribution.clone(),
-                model: model.clone(),
-                input_tokens: *input_tokens,
-                output_tokens: *output_tokens,
-                status: status.as_str().to_owned(),
-                cost,
-                hold_released,
-                balance_after,
-                request_hash: request_hash.clone(),
-                settled_at: now,
-            };
-            Ok(vec![recorded.into()])
+            decide_record_usage(state, call_id, model, input_tokens, output_tokens, status, request_hash, now)
         }
-        Command::ExpireHolds => Ok(state
-            .hold_expiries
-            .range(..=TimeKey::last_at(now))
-            .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
-            .filter_map(|(_, call_id)| state.calls.get(call_id))
-            .map(|call| {
-                HoldExpired {
-                    call_id: call.id.clone(),
-                    org_id: call.org_id.clone(),
-                    released: call.hold,
-                    expired_at: now,
-                }
-                .into()
-            })
-            .collect()),
+        Command::ExpireHolds => decide_expire_holds(state, now),
         other => unreachable!("call::decide was given {}", other.name()),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_authorize(
+    state: &State,
+    call_id: &CallId,
+    org_id: &OrgId,
+    attribution: &CallAttribution,
+    model: &str,
+    max_cost: &Option<Money>,
+    hold_ttl_seconds: &i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if state.calls.contains_key(call_id) {
+        return Err(DomainError::Conflict("call id already used".into()));
+    }
+    let (price, hold) = check_authorization(state, org_id, attribution, model, *max_cost, now)?;
+    Ok(vec![
+        CallAuthorized {
+            call_id: call_id.clone(),
+            org_id: org_id.clone(),
+            attribution: attribution.clone(),
+            model: model.to_owned(),
+            price,
+            hold,
+            authorized_at: now,
+            hold_expires_at: now + chrono::Duration::seconds(*hold_ttl_seconds),
+        }
+        .into(),
+    ])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_record_usage(
+    state: &State,
+    call_id: &CallId,
+    model: &str,
+    input_tokens: &u64,
+    output_tokens: &u64,
+    status: &UsageStatus,
+    request_hash: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
+    if let Some(settlement) = &call.settlement {
+        return if settlement.request_hash == request_hash {
+            Ok(Vec::new())
+        } else {
+            Err(DomainError::Conflict("this call's usage was already recorded with different content".into()))
+        };
+    }
+    if model != call.model {
+        return Err(DomainError::invalid(format!(
+            "model {model:?} does not match the authorized call's {:?}",
+            call.model
+        )));
+    }
+    if *input_tokens > MAX_TOKENS_PER_CALL || *output_tokens > MAX_TOKENS_PER_CALL {
+        return Err(DomainError::invalid(format!("token counts must be at most {MAX_TOKENS_PER_CALL}")));
+    }
+    let cost = call_cost(&call.price, *input_tokens, *output_tokens)?;
+    let org = state.orgs.get(&call.org_id).ok_or(DomainError::NotFound("org"))?;
+    let hold_released = if call.hold_open { call.hold } else { Money::ZERO };
+    let balance_after = debited_balance(org, cost)?;
+    check_usage_totals(state, org, &call.attribution, cost, hold_released)?;
+    let recorded = UsageRecorded {
+        call_id: call_id.clone(),
+        org_id: call.org_id.clone(),
+        attribution: call.attribution.clone(),
+        model: model.to_owned(),
+        input_tokens: *input_tokens,
+        output_tokens: *output_tokens,
+        status: status.as_str().to_owned(),
+        cost,
+        hold_released,
+        balance_after,
+        request_hash: request_hash.to_owned(),
+        settled_at: now,
+    };
+    Ok(vec![recorded.into()])
+}
+
+fn decide_expire_holds(state: &State, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    Ok(state
+        .hold_expiries
+        .range(..=TimeKey::last_at(now))
+        .take(MAX_HOLDS_EXPIRED_PER_COMMAND)
+        .filter_map(|(_, call_id)| state.calls.get(call_id))
+        .map(|call| {
+            HoldExpired { call_id: call.id.clone(), org_id: call.org_id.clone(), released: call.hold, expired_at: now }
+                .into()
+        })
+        .collect())
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
 pub(crate) fn evolve(state: &mut State, event: &Event) {
     match event {
         Event::CallAuthorized(authorized) => {
-            fold_call_authorized(state, authorized, authorized.attribution.clone(), authorized.model.clone());
+            fold_call_authorized(state, authorized, authorized.attribution.clone(), authorized.model.to_owned());
         }
         Event::UsageRecorded(recorded) => {
-            fold_usage_recorded(state, recorded, recorded.status.clone(), recorded.request_hash.clone());
+            fold_usage_recorded(state, recorded, recorded.status.clone(), recorded.request_hash.to_owned());
         }
         Event::HoldExpired(expired) => state.release_hold(&expired.call_id, expired.released),
         other => unreachable!("call::evolve was given {}", other.event_type()),

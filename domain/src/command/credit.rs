@@ -7,48 +7,71 @@ use crate::state::*;
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
         Command::TopUp { org_id, topup_id, amount, payment_reference, user_id } => {
-            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            check_amount(*amount, "amount")?;
-            check_printable(payment_reference, "payment_reference", MAX_REFERENCE_LENGTH)?;
-            if let Some(existing) = state.topups.get(&(org_id.clone(), payment_reference.clone())) {
-                // The same payment again: nothing new happens; a different amount is a conflict.
-                return if existing.amount == *amount {
-                    Ok(Vec::new())
-                } else {
-                    Err(DomainError::Conflict("payment_reference was already used with a different amount".into()))
-                };
-            }
-            Ok(vec![
-                CreditsToppedUp {
-                    topup_id: topup_id.clone(),
-                    org_id: org_id.clone(),
-                    amount: *amount,
-                    payment_reference: payment_reference.clone(),
-                    user_id: user_id.clone(),
-                    balance_after: credited_balance(org, *amount)?,
-                    topped_up_at: now,
-                }
-                .into(),
-            ])
+            decide_top_up(state, org_id, topup_id, amount, payment_reference, user_id, now)
         }
         Command::Grant { org_id, grant_id, amount, reason } => {
-            let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
-            check_amount(*amount, "amount")?;
-            check_printable(reason, "reason", MAX_REASON_LENGTH)?;
-            Ok(vec![
-                CreditsGranted {
-                    grant_id: grant_id.clone(),
-                    org_id: org_id.clone(),
-                    amount: *amount,
-                    reason: reason.clone(),
-                    balance_after: credited_balance(org, *amount)?,
-                    granted_at: now,
-                }
-                .into(),
-            ])
+            decide_grant(state, org_id, grant_id, amount, reason, now)
         }
         other => unreachable!("credit::decide was given {}", other.name()),
     }
+}
+
+fn decide_top_up(
+    state: &State,
+    org_id: &OrgId,
+    topup_id: &TopupId,
+    amount: &Money,
+    payment_reference: &str,
+    user_id: &UserId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
+    check_amount(*amount, "amount")?;
+    check_printable(payment_reference, "payment_reference", MAX_REFERENCE_LENGTH)?;
+    if let Some(existing) = state.topups.get(&(org_id.clone(), payment_reference.to_owned())) {
+        // The same payment again: nothing new happens; a different amount is a conflict.
+        return if existing.amount == *amount {
+            Ok(Vec::new())
+        } else {
+            Err(DomainError::Conflict("payment_reference was already used with a different amount".into()))
+        };
+    }
+    Ok(vec![
+        CreditsToppedUp {
+            topup_id: topup_id.clone(),
+            org_id: org_id.clone(),
+            amount: *amount,
+            payment_reference: payment_reference.to_owned(),
+            user_id: user_id.clone(),
+            balance_after: credited_balance(org, *amount)?,
+            topped_up_at: now,
+        }
+        .into(),
+    ])
+}
+
+fn decide_grant(
+    state: &State,
+    org_id: &OrgId,
+    grant_id: &TopupId,
+    amount: &Money,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let org = state.orgs.get(org_id).ok_or(DomainError::NotFound("org"))?;
+    check_amount(*amount, "amount")?;
+    check_printable(reason, "reason", MAX_REASON_LENGTH)?;
+    Ok(vec![
+        CreditsGranted {
+            grant_id: grant_id.clone(),
+            org_id: org_id.clone(),
+            amount: *amount,
+            reason: reason.to_owned(),
+            balance_after: credited_balance(org, *amount)?,
+            granted_at: now,
+        }
+        .into(),
+    ])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
@@ -57,7 +80,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
         Event::CreditsToppedUp(topped_up) => {
             state.credit(&topped_up.org_id, topped_up.amount);
             state.topups.insert(
-                (topped_up.org_id.clone(), topped_up.payment_reference.clone()),
+                (topped_up.org_id.clone(), topped_up.payment_reference.to_owned()),
                 TopupRecord {
                     topup_id: topped_up.topup_id.clone(),
                     amount: topped_up.amount,

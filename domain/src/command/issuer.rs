@@ -6,103 +6,134 @@ use crate::state::*;
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::AddSigningKey { key } => {
-            if state.current_signing_key().is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![signing_key_added(key, now)])
-        }
-        Command::RotateSigningKey { key } => {
-            if state.signing_keys.iter().any(|existing| existing.key_id == key.key_id) {
-                return Err(DomainError::Conflict("signing key already exists".into()));
-            }
-            let mut events = Vec::new();
-            if let Some(current) = state.current_signing_key() {
-                events.push(
-                    SigningKeyRetired {
-                        key_id: current.key_id.clone(),
-                        retired_at: now,
-                        verify_until: now + chrono::Duration::seconds(MAX_TOKEN_TTL_SECONDS + TOKEN_LEEWAY_SECONDS),
-                    }
-                    .into(),
-                );
-            }
-            events.push(signing_key_added(key, now));
-            Ok(events)
-        }
+        Command::AddSigningKey { key } => decide_add_signing_key(state, key, now),
+        Command::RotateSigningKey { key } => decide_rotate_signing_key(state, key, now),
         Command::RegisterIssuer { org_id, issuer_id, issuer, jwks, jwks_uri, audience, owner_claim, owners } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            if state.issuers.contains_key(issuer_id) {
-                return Err(DomainError::Conflict("issuer already exists".into()));
-            }
-            check_text(issuer, "issuer")?;
-            check_text(owner_claim, "owner_claim")?;
-            if let Some(audience) = audience {
-                check_text(audience, "audience")?;
-            }
-            match (jwks, jwks_uri) {
-                (Some(_), None) => {}
-                (None, Some(uri)) => {
-                    check_text(uri, "jwks_uri")?;
-                    if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-                        return Err(DomainError::invalid("jwks_uri must be an http(s) URL"));
-                    }
-                }
-                _ => return Err(DomainError::invalid("give exactly one of jwks and jwks_uri")),
-            }
-            if owners.is_empty() || owners.len() > MAX_ISSUER_OWNERS {
-                return Err(DomainError::invalid(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
-            }
-            for (owner, mapped_org) in owners {
-                check_text(owner, "owner value")?;
-                if mapped_org != org_id {
-                    return Err(DomainError::Forbidden("owners may only map to your own org".into()));
-                }
-            }
-            // An (issuer, owner) pair pays for one org only: another org's live mapping of
-            // it stands (which org it is is not said).
-            let taken = state
-                .issuers
-                .values()
-                .filter(|record| record.revoked_at.is_none() && record.org_id != *org_id && record.issuer == *issuer)
-                .flat_map(|record| record.owners.keys())
-                .filter(|owner| owners.contains_key(*owner))
-                .min();
-            if let Some(owner) = taken {
-                return Err(DomainError::Conflict(format!(
-                    "owner {owner:?} of issuer {issuer:?} is already mapped by another org's registration"
-                )));
-            }
-            Ok(vec![
-                IssuerRegistered {
-                    issuer_id: issuer_id.clone(),
-                    org_id: org_id.clone(),
-                    issuer: issuer.clone(),
-                    jwks: jwks.clone(),
-                    jwks_uri: jwks_uri.clone(),
-                    audience: audience.clone(),
-                    owner_claim: owner_claim.clone(),
-                    owners: owners.clone(),
-                    registered_at: now,
-                }
-                .into(),
-            ])
+            decide_register_issuer(state, org_id, issuer_id, issuer, jwks, jwks_uri, audience, owner_claim, owners, now)
         }
-        Command::RevokeIssuer { org_id, issuer_id } => {
-            let issuer = state
-                .issuers
-                .get(issuer_id)
-                .filter(|issuer| &issuer.org_id == org_id)
-                .ok_or(DomainError::NotFound("issuer"))?;
-            if issuer.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
-        }
+        Command::RevokeIssuer { org_id, issuer_id } => decide_revoke_issuer(state, org_id, issuer_id, now),
         other => unreachable!("issuer::decide was given {}", other.name()),
     }
+}
+
+fn decide_add_signing_key(state: &State, key: &NewSigningKey, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    if state.current_signing_key().is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![signing_key_added(key, now)])
+}
+
+fn decide_rotate_signing_key(
+    state: &State,
+    key: &NewSigningKey,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if state.signing_keys.iter().any(|existing| existing.key_id == key.key_id) {
+        return Err(DomainError::Conflict("signing key already exists".into()));
+    }
+    let mut events = Vec::new();
+    if let Some(current) = state.current_signing_key() {
+        events.push(
+            SigningKeyRetired {
+                key_id: current.key_id.clone(),
+                retired_at: now,
+                verify_until: now + chrono::Duration::seconds(MAX_TOKEN_TTL_SECONDS + TOKEN_LEEWAY_SECONDS),
+            }
+            .into(),
+        );
+    }
+    events.push(signing_key_added(key, now));
+    Ok(events)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_register_issuer(
+    state: &State,
+    org_id: &OrgId,
+    issuer_id: &IssuerId,
+    issuer: &str,
+    jwks: &Option<serde_json::Value>,
+    jwks_uri: &Option<String>,
+    audience: &Option<String>,
+    owner_claim: &str,
+    owners: &BTreeMap<String, OrgId>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if !state.orgs.contains_key(org_id) {
+        return Err(DomainError::NotFound("org"));
+    }
+    if state.issuers.contains_key(issuer_id) {
+        return Err(DomainError::Conflict("issuer already exists".into()));
+    }
+    check_text(issuer, "issuer")?;
+    check_text(owner_claim, "owner_claim")?;
+    if let Some(audience) = audience {
+        check_text(audience, "audience")?;
+    }
+    match (jwks, jwks_uri) {
+        (Some(_), None) => {}
+        (None, Some(uri)) => {
+            check_text(uri, "jwks_uri")?;
+            if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                return Err(DomainError::invalid("jwks_uri must be an http(s) URL"));
+            }
+        }
+        _ => return Err(DomainError::invalid("give exactly one of jwks and jwks_uri")),
+    }
+    if owners.is_empty() || owners.len() > MAX_ISSUER_OWNERS {
+        return Err(DomainError::invalid(format!("owners must map 1 to {MAX_ISSUER_OWNERS} owner values")));
+    }
+    for (owner, mapped_org) in owners {
+        check_text(owner, "owner value")?;
+        if mapped_org != org_id {
+            return Err(DomainError::Forbidden("owners may only map to your own org".into()));
+        }
+    }
+    // An (issuer, owner) pair pays for one org only: another org's live mapping of
+    // it stands (which org it is is not said).
+    let taken = state
+        .issuers
+        .values()
+        .filter(|record| record.revoked_at.is_none() && record.org_id != *org_id && record.issuer == *issuer)
+        .flat_map(|record| record.owners.keys())
+        .filter(|owner| owners.contains_key(*owner))
+        .min();
+    if let Some(owner) = taken {
+        return Err(DomainError::Conflict(format!(
+            "owner {owner:?} of issuer {issuer:?} is already mapped by another org's registration"
+        )));
+    }
+    Ok(vec![
+        IssuerRegistered {
+            issuer_id: issuer_id.clone(),
+            org_id: org_id.clone(),
+            issuer: issuer.to_owned(),
+            jwks: jwks.clone(),
+            jwks_uri: jwks_uri.clone(),
+            audience: audience.clone(),
+            owner_claim: owner_claim.to_owned(),
+            owners: owners.clone(),
+            registered_at: now,
+        }
+        .into(),
+    ])
+}
+
+fn decide_revoke_issuer(
+    state: &State,
+    org_id: &OrgId,
+    issuer_id: &IssuerId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let issuer = state
+        .issuers
+        .get(issuer_id)
+        .filter(|issuer| &issuer.org_id == org_id)
+        .ok_or(DomainError::NotFound("issuer"))?;
+    if issuer.revoked_at.is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![IssuerRevoked { issuer_id: issuer_id.clone(), org_id: org_id.clone(), revoked_at: now }.into()])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
@@ -132,11 +163,11 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                 IssuerRecord {
                     id: registered.issuer_id.clone(),
                     org_id: registered.org_id.clone(),
-                    issuer: registered.issuer.clone(),
+                    issuer: registered.issuer.to_owned(),
                     jwks: registered.jwks.clone(),
                     jwks_uri: registered.jwks_uri.clone(),
                     audience: registered.audience.clone(),
-                    owner_claim: registered.owner_claim.clone(),
+                    owner_claim: registered.owner_claim.to_owned(),
                     owners: registered.owners.clone(),
                     registered_at: registered.registered_at,
                     revoked_at: None,

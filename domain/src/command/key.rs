@@ -6,66 +6,101 @@ use crate::state::*;
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::CreateApiKey { org_id, key } => {
-            if !state.orgs.contains_key(org_id) {
-                return Err(DomainError::NotFound("org"));
-            }
-            check_new_key(state, key)?;
-            Ok(vec![key_created(org_id, key, now)?.into()])
-        }
-        Command::RevokeApiKey { org_id, key_id, deleted } => {
-            let key = state
-                .api_keys
-                .get(key_id)
-                .filter(|key| &key.org_id == org_id && !key.deleted)
-                .ok_or(DomainError::NotFound("api key"))?;
-            if key.revoked_at.is_some() && !deleted {
-                return Ok(Vec::new());
-            }
-            Ok(vec![
-                ApiKeyRevoked { key_id: key.id.clone(), org_id: org_id.clone(), revoked_at: now, deleted: *deleted }
-                    .into(),
-            ])
-        }
-        Command::RecordKeyUses { uses } => Ok(uses
-            .iter()
-            .filter_map(|(key_id, used_at)| {
-                let key = state.api_keys.get(key_id)?;
-                let due = key.last_used_at.is_none_or(|recorded| {
-                    *used_at >= crate::state::shifted(recorded, KEY_USE_RECORD_INTERVAL_SECONDS)
-                });
-                (due && key.revoked_at.is_none() && *used_at <= now).then(|| {
-                    ApiKeyUsed { key_id: key_id.clone(), org_id: key.org_id.clone(), last_used_at: *used_at }.into()
-                })
-            })
-            .collect()),
+        Command::CreateApiKey { org_id, key } => decide_create_api_key(state, org_id, key, now),
+        Command::RevokeApiKey { org_id, key_id, deleted } => decide_revoke_api_key(state, org_id, key_id, deleted, now),
+        Command::RecordKeyUses { uses } => decide_record_key_uses(state, uses, now),
         Command::CreateGatewayKey { key_id, name, hash, display_prefix } => {
-            if let Some(name) = name {
-                check_name(name, "name")?;
-            }
-            if state.gateway_keys.contains_key(key_id) || state.gateway_keys_by_hash.contains_key(hash) {
-                return Err(DomainError::Conflict("key already exists".into()));
-            }
-            Ok(vec![
-                GatewayKeyCreated {
-                    key_id: key_id.clone(),
-                    name: name.clone(),
-                    key_hash: *hash,
-                    display_prefix: display_prefix.clone(),
-                    created_at: now,
-                }
-                .into(),
-            ])
+            decide_create_gateway_key(state, key_id, name, hash, display_prefix, now)
         }
-        Command::RevokeGatewayKey { key_id } => {
-            let key = state.gateway_keys.get(key_id).ok_or(DomainError::NotFound("gateway key"))?;
-            if key.revoked_at.is_some() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: now }.into()])
-        }
+        Command::RevokeGatewayKey { key_id } => decide_revoke_gateway_key(state, key_id, now),
         other => unreachable!("key::decide was given {}", other.name()),
     }
+}
+
+fn decide_create_api_key(
+    state: &State,
+    org_id: &OrgId,
+    key: &NewKeyRecord,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if !state.orgs.contains_key(org_id) {
+        return Err(DomainError::NotFound("org"));
+    }
+    check_new_key(state, key)?;
+    Ok(vec![key_created(org_id, key, now)?.into()])
+}
+
+fn decide_revoke_api_key(
+    state: &State,
+    org_id: &OrgId,
+    key_id: &ApiKeyId,
+    deleted: &bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let key = state
+        .api_keys
+        .get(key_id)
+        .filter(|key| &key.org_id == org_id && !key.deleted)
+        .ok_or(DomainError::NotFound("api key"))?;
+    if key.revoked_at.is_some() && !deleted {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        ApiKeyRevoked { key_id: key.id.clone(), org_id: org_id.clone(), revoked_at: now, deleted: *deleted }.into(),
+    ])
+}
+
+fn decide_record_key_uses(
+    state: &State,
+    uses: &[(ApiKeyId, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    Ok(uses
+        .iter()
+        .filter_map(|(key_id, used_at)| {
+            let key = state.api_keys.get(key_id)?;
+            let due = key
+                .last_used_at
+                .is_none_or(|recorded| *used_at >= crate::state::shifted(recorded, KEY_USE_RECORD_INTERVAL_SECONDS));
+            (due && key.revoked_at.is_none() && *used_at <= now).then(|| {
+                ApiKeyUsed { key_id: key_id.clone(), org_id: key.org_id.clone(), last_used_at: *used_at }.into()
+            })
+        })
+        .collect())
+}
+
+fn decide_create_gateway_key(
+    state: &State,
+    key_id: &ApiKeyId,
+    name: &Option<String>,
+    hash: &SecretHash,
+    display_prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if let Some(name) = name {
+        check_name(name, "name")?;
+    }
+    if state.gateway_keys.contains_key(key_id) || state.gateway_keys_by_hash.contains_key(hash) {
+        return Err(DomainError::Conflict("key already exists".into()));
+    }
+    Ok(vec![
+        GatewayKeyCreated {
+            key_id: key_id.clone(),
+            name: name.clone(),
+            key_hash: *hash,
+            display_prefix: display_prefix.to_owned(),
+            created_at: now,
+        }
+        .into(),
+    ])
+}
+
+fn decide_revoke_gateway_key(state: &State, key_id: &ApiKeyId, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    let key = state.gateway_keys.get(key_id).ok_or(DomainError::NotFound("gateway key"))?;
+    if key.revoked_at.is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: now }.into()])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
@@ -84,7 +119,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                     org_id: org_id.clone(),
                     name: created.name.clone(),
                     hash: *key_hash,
-                    display_prefix: created.display_prefix.clone(),
+                    display_prefix: created.display_prefix.to_owned(),
                     environment: created.environment,
                     scopes: created.scopes.clone(),
                     created_at: created.created_at,
@@ -118,7 +153,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                 GatewayKey {
                     id: created.key_id.clone(),
                     name: created.name.clone(),
-                    display_prefix: created.display_prefix.clone(),
+                    display_prefix: created.display_prefix.to_owned(),
                     created_at: created.created_at,
                     revoked_at: None,
                 },

@@ -7,110 +7,163 @@ use crate::state::*;
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
         Command::RegisterOrg { org_id, display_name, environment, first_key } => {
-            check_name(display_name, "org_name")?;
-            if state.orgs.contains_key(org_id) {
-                return Err(DomainError::Conflict(format!("org {org_id} already exists")));
-            }
-            check_new_key(state, first_key)?;
-            let registered = OrgRegistered {
-                org_id: org_id.clone(),
-                display_name: display_name.clone(),
-                plan: "free".into(),
-                environment: *environment,
-                registered_at: now,
-            };
-            let key = key_created(org_id, first_key, now)?;
-            Ok(vec![registered.into(), key.into()])
+            decide_register_org(state, org_id, display_name, environment, first_key, now)
         }
         Command::SignUp { org_id, org_name, environment, user_id, email, password_hash, session } => {
-            check_name(org_name, "org_name")?;
-            check_new_email(state, email)?;
-            check_new_session(state, session, now)?;
-            if state.orgs.contains_key(org_id) || state.users.contains_key(user_id) {
-                return Err(DomainError::Conflict("org or user already exists".into()));
-            }
-            Ok(vec![
-                OrgRegistered {
-                    org_id: org_id.clone(),
-                    display_name: org_name.clone(),
-                    plan: "free".into(),
-                    environment: *environment,
-                    registered_at: now,
-                }
-                .into(),
-                UserSignedUp {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    email: email.clone(),
-                    password_hash: password_hash.clone(),
-                    role: Role::Owner,
-                    signed_up_at: now,
-                }
-                .into(),
-                SessionStarted {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    session_hash: session.hash,
-                    started_at: now,
-                    expires_at: session.expires_at,
-                }
-                .into(),
-            ])
+            decide_sign_up(state, org_id, org_name, environment, user_id, email, password_hash, session, now)
         }
-        Command::LogIn { user_id, session } => {
-            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
-            check_new_session(state, session, now)?;
-            Ok(vec![
-                SessionStarted {
-                    user_id: user.id.clone(),
-                    org_id: user.org_id.clone(),
-                    session_hash: session.hash,
-                    started_at: now,
-                    expires_at: session.expires_at,
-                }
-                .into(),
-            ])
-        }
-        Command::LogOut { session_hash } => match state.sessions.get(session_hash) {
-            Some(session) if !session.ended => Ok(vec![
-                SessionEnded {
-                    user_id: session.user_id.clone(),
-                    org_id: session.org_id.clone(),
-                    session_hash: *session_hash,
-                    ended_at: now,
-                }
-                .into(),
-            ]),
-            _ => Ok(Vec::new()),
-        },
-        Command::LogOutEverywhere { user_id } => {
-            let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
-            Ok(vec![UserSessionsEnded { user_id: user.id.clone(), org_id: user.org_id.clone(), ended_at: now }.into()])
-        }
+        Command::LogIn { user_id, session } => decide_log_in(state, user_id, session, now),
+        Command::LogOut { session_hash } => decide_log_out(state, session_hash, now),
+        Command::LogOutEverywhere { user_id } => decide_log_out_everywhere(state, user_id, now),
         Command::AddMember { org_id, added_by, user_id, email, password_hash, role } => {
-            let owner = state.users.get(added_by).filter(|user| &user.org_id == org_id);
-            if owner.is_none_or(|owner| owner.role != Role::Owner) {
-                return Err(DomainError::Forbidden("only an owner can add members".into()));
-            }
-            check_new_email(state, email)?;
-            if state.users.contains_key(user_id) {
-                return Err(DomainError::Conflict("user already exists".into()));
-            }
-            Ok(vec![
-                MemberAdded {
-                    user_id: user_id.clone(),
-                    org_id: org_id.clone(),
-                    email: email.clone(),
-                    password_hash: password_hash.clone(),
-                    role: *role,
-                    added_by: added_by.clone(),
-                    added_at: now,
-                }
-                .into(),
-            ])
+            decide_add_member(state, org_id, added_by, user_id, email, password_hash, role, now)
         }
         other => unreachable!("org::decide was given {}", other.name()),
     }
+}
+
+fn decide_register_org(
+    state: &State,
+    org_id: &OrgId,
+    display_name: &str,
+    environment: &Environment,
+    first_key: &NewKeyRecord,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    check_name(display_name, "org_name")?;
+    if state.orgs.contains_key(org_id) {
+        return Err(DomainError::Conflict(format!("org {org_id} already exists")));
+    }
+    check_new_key(state, first_key)?;
+    let registered = OrgRegistered {
+        org_id: org_id.clone(),
+        display_name: display_name.to_owned(),
+        plan: "free".into(),
+        environment: *environment,
+        registered_at: now,
+    };
+    let key = key_created(org_id, first_key, now)?;
+    Ok(vec![registered.into(), key.into()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_sign_up(
+    state: &State,
+    org_id: &OrgId,
+    org_name: &str,
+    environment: &Environment,
+    user_id: &UserId,
+    email: &str,
+    password_hash: &str,
+    session: &NewSession,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    check_name(org_name, "org_name")?;
+    check_new_email(state, email)?;
+    check_new_session(state, session, now)?;
+    if state.orgs.contains_key(org_id) || state.users.contains_key(user_id) {
+        return Err(DomainError::Conflict("org or user already exists".into()));
+    }
+    Ok(vec![
+        OrgRegistered {
+            org_id: org_id.clone(),
+            display_name: org_name.to_owned(),
+            plan: "free".into(),
+            environment: *environment,
+            registered_at: now,
+        }
+        .into(),
+        UserSignedUp {
+            user_id: user_id.clone(),
+            org_id: org_id.clone(),
+            email: email.to_owned(),
+            password_hash: password_hash.to_owned(),
+            role: Role::Owner,
+            signed_up_at: now,
+        }
+        .into(),
+        SessionStarted {
+            user_id: user_id.clone(),
+            org_id: org_id.clone(),
+            session_hash: session.hash,
+            started_at: now,
+            expires_at: session.expires_at,
+        }
+        .into(),
+    ])
+}
+
+fn decide_log_in(
+    state: &State,
+    user_id: &UserId,
+    session: &NewSession,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+    check_new_session(state, session, now)?;
+    Ok(vec![
+        SessionStarted {
+            user_id: user.id.clone(),
+            org_id: user.org_id.clone(),
+            session_hash: session.hash,
+            started_at: now,
+            expires_at: session.expires_at,
+        }
+        .into(),
+    ])
+}
+
+fn decide_log_out(state: &State, session_hash: &SecretHash, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    match state.sessions.get(session_hash) {
+        Some(session) if !session.ended => Ok(vec![
+            SessionEnded {
+                user_id: session.user_id.clone(),
+                org_id: session.org_id.clone(),
+                session_hash: *session_hash,
+                ended_at: now,
+            }
+            .into(),
+        ]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn decide_log_out_everywhere(state: &State, user_id: &UserId, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
+    let user = state.users.get(user_id).ok_or(DomainError::NotFound("user"))?;
+    Ok(vec![UserSessionsEnded { user_id: user.id.clone(), org_id: user.org_id.clone(), ended_at: now }.into()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_add_member(
+    state: &State,
+    org_id: &OrgId,
+    added_by: &UserId,
+    user_id: &UserId,
+    email: &str,
+    password_hash: &str,
+    role: &Role,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    let owner = state.users.get(added_by).filter(|user| &user.org_id == org_id);
+    if owner.is_none_or(|owner| owner.role != Role::Owner) {
+        return Err(DomainError::Forbidden("only an owner can add members".into()));
+    }
+    check_new_email(state, email)?;
+    if state.users.contains_key(user_id) {
+        return Err(DomainError::Conflict("user already exists".into()));
+    }
+    Ok(vec![
+        MemberAdded {
+            user_id: user_id.clone(),
+            org_id: org_id.clone(),
+            email: email.to_owned(),
+            password_hash: password_hash.to_owned(),
+            role: *role,
+            added_by: added_by.clone(),
+            added_at: now,
+        }
+        .into(),
+    ])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
@@ -121,7 +174,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                 org_id.clone(),
                 Box::new(Org {
                     id: org_id.clone(),
-                    display_name: display_name.clone(),
+                    display_name: display_name.to_owned(),
                     plan: plan.clone(),
                     environment: *environment,
                     registered_at: *registered_at,
@@ -139,16 +192,16 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
         Event::UserSignedUp(signed_up) => state.add_user(User {
             id: signed_up.user_id.clone(),
             org_id: signed_up.org_id.clone(),
-            email: signed_up.email.clone(),
-            password_hash: signed_up.password_hash.clone(),
+            email: signed_up.email.to_owned(),
+            password_hash: signed_up.password_hash.to_owned(),
             role: signed_up.role,
             session_epoch: 0,
         }),
         Event::MemberAdded(added) => state.add_user(User {
             id: added.user_id.clone(),
             org_id: added.org_id.clone(),
-            email: added.email.clone(),
-            password_hash: added.password_hash.clone(),
+            email: added.email.to_owned(),
+            password_hash: added.password_hash.to_owned(),
             role: added.role,
             session_epoch: 0,
         }),

@@ -6,32 +6,37 @@ use crate::state::*;
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(_state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::SetPrice { model, price, default_hold } => {
-            check_model_name(model)?;
-            for amount in [price.input_per_million, price.output_per_million] {
-                if amount.is_negative() || amount.micros() > MAX_PRICE_PER_MILLION_MICROS {
-                    return Err(DomainError::invalid(
-                        "prices must be between 0 and 10000000 rupees per million tokens",
-                    ));
-                }
-            }
-            if let Some(hold) = default_hold {
-                check_amount(*hold, "default_hold")?;
-            }
-            Ok(vec![PriceSet { model: model.clone(), price: *price, default_hold: *default_hold, set_at: now }.into()])
-        }
+        Command::SetPrice { model, price, default_hold } => decide_set_price(model, price, default_hold, now),
         other => unreachable!("price::decide was given {}", other.name()),
     }
+}
+
+fn decide_set_price(
+    model: &str,
+    price: &Price,
+    default_hold: &Option<Money>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    check_model_name(model)?;
+    for amount in [price.input_per_million, price.output_per_million] {
+        if amount.is_negative() || amount.micros() > MAX_PRICE_PER_MILLION_MICROS {
+            return Err(DomainError::invalid("prices must be between 0 and 10000000 rupees per million tokens"));
+        }
+    }
+    if let Some(hold) = default_hold {
+        check_amount(*hold, "default_hold")?;
+    }
+    Ok(vec![PriceSet { model: model.to_owned(), price: *price, default_hold: *default_hold, set_at: now }.into()])
 }
 
 /// Folds one of this aggregate's events into the state (see `crate::evolve`).
 pub(crate) fn evolve(state: &mut State, event: &Event) {
     match event {
         Event::PriceSet(set) => {
-            state.prices.insert(set.model.clone(), set.price);
+            state.prices.insert(set.model.to_owned(), set.price);
             // Each price set replaces the whole price, its default hold included.
             match set.default_hold {
-                Some(hold) => state.default_holds.insert(set.model.clone(), hold),
+                Some(hold) => state.default_holds.insert(set.model.to_owned(), hold),
                 None => state.default_holds.remove(&set.model),
             };
         }
