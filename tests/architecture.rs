@@ -71,17 +71,20 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
     let mut rest = code;
     while let Some(index) = rest.find("crate::") {
         let after = &rest[index + "crate::".len()..];
-        if let Some(group) = after.strip_prefix('{') {
-            found.extend(group_heads(group));
-        } else {
-            let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-            if !name.is_empty() {
-                found.insert(name);
-            }
-        }
+        found.extend(path_heads(after));
         rest = after;
     }
     found
+}
+
+/// The module names a path names right after its `crate::` or root-reaching `super::`
+/// prefix: one name, or the first name of each item of a `{...}` group.
+fn path_heads(after: &str) -> Vec<String> {
+    if let Some(group) = after.strip_prefix('{') {
+        return group_heads(group);
+    }
+    let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    if name.is_empty() { Vec::new() } else { vec![name] }
 }
 
 /// The first name of each item of a `{...}` import group (`group` starts after its `{`),
@@ -138,14 +141,7 @@ fn super_references(code: &str, depth: usize) -> BTreeSet<String> {
             after = tail;
         }
         if starts_a_path && levels >= depth {
-            if let Some(group) = after.strip_prefix('{') {
-                found.extend(group_heads(group));
-            } else {
-                let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                if !name.is_empty() {
-                    found.insert(name);
-                }
-            }
+            found.extend(path_heads(after));
         }
         rest = after;
     }
