@@ -712,3 +712,81 @@ async fn owner_proofs_are_held_to_the_servers_external_token_rules() {
     let ten_minutes = register(proof_lasting(600)).await.unwrap();
     assert_eq!(ten_minutes.status(), 201, "{}", ten_minutes.text().await.unwrap());
 }
+
+/// Agent-first onboarding: agent-register with `agent_name` creates that agent, and the key it
+/// returns speaks for it: the key's calls are the agent's in the audit, and the key dies with
+/// the agent. Without a name, the key is the org's own, as before.
+#[tokio::test]
+async fn agent_register_creates_the_named_agent_and_its_key_speaks_for_it() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start_with(&database.url(), &[("BAHI_OPERATOR_KEY", OPERATOR_KEY)]);
+    let client = client();
+    let registered: Value = client
+        .post(server.url("/v1/auth/agent-register"))
+        .json(&json!({"agent_name": "ingest-pipeline"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (org_id, key) = (registered["org_id"].as_str().unwrap(), registered["api_key"].as_str().unwrap());
+    let agent_id = registered["agent_id"].as_str().expect("agent_id when agent_name is given");
+    let agent: Value = client
+        .get(server.url(&format!("/me/agents/{agent_id}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (agent["name"].as_str(), agent["mode"].as_str(), agent["act_for"].as_str()),
+        (Some("ingest-pipeline"), Some("autonomous"), Some(org_id))
+    );
+
+    let price = client
+        .put(server.url("/v1/admin/prices/m"))
+        .bearer_auth(OPERATOR_KEY)
+        .json(&json!({"input_per_million": "1", "output_per_million": "2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(price.status(), 200);
+    let grant = post(
+        &client,
+        &server,
+        OPERATOR_KEY,
+        "/v1/admin/credits/grants",
+        json!({"org_id": org_id, "amount": "10", "reason": "trial"}),
+    )
+    .await;
+    assert_eq!(grant.status(), 201);
+    let authorized: Value =
+        post(&client, &server, key, "/v1/authorize", json!({"model": "m"})).await.json().await.unwrap();
+    let call_id = authorized["call_id"].as_str().unwrap();
+    let call: Value = client
+        .get(server.url(&format!("/v1/audit/calls/{call_id}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(call["agent"]["id"], agent_id, "{call}");
+    assert_eq!(call["agent"]["name"], "ingest-pipeline", "{call}");
+
+    // Revoking the agent (with the key itself: it holds agents:write) ends the key too.
+    let response = post(&client, &server, key, &format!("/me/agents/{agent_id}/revoke"), json!({})).await;
+    assert_eq!(response.status(), 200);
+    let refused = client.get(server.url("/v1/auth/account")).bearer_auth(key).send().await.unwrap();
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["message"], "this API key's agent was revoked", "{refused}");
+
+    // Without a name there is no agent, and the key acts for the org.
+    let plain: Value =
+        client.post(server.url("/v1/auth/agent-register")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    assert!(plain.get("agent_id").is_none(), "{plain}");
+}

@@ -226,6 +226,7 @@ async fn build_scenario(database: &TestDatabase) -> Scenario {
             display_name: "Other Org".into(),
             environment: Environment::Live,
             first_key: key_b_record,
+            first_agent: None,
         })
         .await;
 

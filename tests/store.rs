@@ -44,6 +44,7 @@ fn register_command(name: &str) -> Command {
             budget: None,
             metadata: Some(serde_json::json!({"team": name})),
         },
+        first_agent: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
                 budget: None,
                 metadata: None,
             },
+            first_agent: None,
         };
         for event in bahi_domain::decide(&state, &command, now).map_err(|error| anyhow::anyhow!("{error}"))? {
             evolve(&mut state, &event);

@@ -117,6 +117,7 @@ fn register_command(index: usize) -> Command {
             budget: None,
             metadata: None,
         },
+        first_agent: None,
     }
 }
 

@@ -10,10 +10,10 @@ use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
 use crate::event::{
-    AgentCreated, AgentRevoked, AgentTokenMinted, AgentTokenRevoked, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, Budget,
-    CallAttribution, CallAuthorized, CreditsGranted, CreditsToppedUp, Event, GatewayKeyCreated, GatewayKeyRevoked,
-    HoldExpired, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, PriceSet, RateLimit, SessionEnded,
-    SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded, UserSessionsEnded, UserSignedUp,
+    AgentCreated, AgentRevoked, AgentTokenMinted, AgentTokenRevoked, ApiKeyBoundToAgent, ApiKeyCreated, ApiKeyRevoked,
+    ApiKeyUsed, Budget, CallAttribution, CallAuthorized, CreditsGranted, CreditsToppedUp, Event, GatewayKeyCreated,
+    GatewayKeyRevoked, HoldExpired, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, PriceSet, RateLimit,
+    SessionEnded, SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded, UserSessionsEnded, UserSignedUp,
 };
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::{MAX_BALANCE_MICROS, Money};
@@ -81,6 +81,13 @@ pub struct NewKeyRecord {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// The agent an agent-register names: created with the org, its first key bound to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstAgent {
+    pub agent_id: AgentId,
+    pub name: String,
+}
+
 /// A new console session: the cookie value was generated outside; only its hash comes in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSession {
@@ -90,12 +97,14 @@ pub struct NewSession {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// `POST /v1/auth/agent-register`: a new org and its first key in one step.
+    /// `POST /v1/auth/agent-register`: a new org and its first key in one step; with
+    /// `first_agent`, also that agent (autonomous, acting for the org) with the key bound to it.
     RegisterOrg {
         org_id: OrgId,
         display_name: String,
         environment: Environment,
         first_key: NewKeyRecord,
+        first_agent: Option<FirstAgent>,
     },
     /// `POST /me/signup`: a new org, its owner, and the owner's first session.
     SignUp {

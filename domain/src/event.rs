@@ -142,6 +142,18 @@ pub struct ApiKeyUsed {
     pub last_used_at: DateTime<Utc>,
 }
 
+/// A key now speaks for an agent: its calls are attributed to the agent (and spend the
+/// agent's budget), and it stops working when the agent is revoked. Agent-register binds
+/// the org's first key to the agent it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyBoundToAgent {
+    pub key_id: ApiKeyId,
+    pub agent_id: AgentId,
+    pub org_id: OrgId,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
+    pub bound_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentCreated {
     pub agent_id: AgentId,
@@ -498,6 +510,7 @@ events! {
     HoldExpired => org_id,
     GatewayKeyCreated => key_id,
     GatewayKeyRevoked => key_id,
+    ApiKeyBoundToAgent => key_id,
 }
 
 impl Event {
@@ -529,6 +542,7 @@ impl Event {
             Event::CallAuthorized(event) => Some(&event.org_id),
             Event::UsageRecorded(event) => Some(&event.org_id),
             Event::HoldExpired(event) => Some(&event.org_id),
+            Event::ApiKeyBoundToAgent(event) => Some(&event.org_id),
             Event::SigningKeyAdded(_)
             | Event::SigningKeyRetired(_)
             | Event::PriceSet(_)

@@ -350,6 +350,8 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Deleted keys are revoked and hidden from listings.
     pub deleted: bool,
+    /// The agent the key speaks for (`ApiKeyBoundToAgent`), if any.
+    pub agent_id: Option<AgentId>,
     /// Settled calls made with this key and what they cost (folded from usage events).
     pub usage_calls: u64,
     pub usage_cost: Money,
@@ -519,7 +521,8 @@ pub fn evolve(state: &mut State, event: &Event) {
         | Event::ApiKeyRevoked(_)
         | Event::ApiKeyUsed(_)
         | Event::GatewayKeyCreated(_)
-        | Event::GatewayKeyRevoked(_) => crate::command::key::evolve(state, event),
+        | Event::GatewayKeyRevoked(_)
+        | Event::ApiKeyBoundToAgent(_) => crate::command::key::evolve(state, event),
         Event::AgentCreated(_) | Event::AgentRevoked(_) | Event::AgentTokenMinted(_) | Event::AgentTokenRevoked(_) => {
             crate::command::agent::evolve(state, event)
         }

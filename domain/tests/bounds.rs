@@ -50,6 +50,7 @@ impl Ledger {
                     budget: None,
                     metadata: None,
                 },
+                first_agent: None,
             })
             .unwrap();
         (ledger, org_id, key_id)

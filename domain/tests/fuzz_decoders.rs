@@ -158,6 +158,7 @@ static SAMPLES: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
             ),
         ),
         ("GatewayKeyRevoked", format!(r#"{{"key_id":"key_Gateway1","revoked_at":{TIME}}}"#)),
+        ("ApiKeyBoundToAgent", format!(r#"{{"key_id":{KEY},"agent_id":{AGENT},"org_id":{ORG},"bound_at":{TIME}}}"#)),
     ]
 });
 

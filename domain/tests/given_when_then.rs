@@ -52,6 +52,7 @@ fn register(seed: u8, name: &str) -> Command {
         display_name: name.into(),
         environment: Environment::Live,
         first_key: key_record(seed),
+        first_agent: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn the_same_org_or_key_twice_is_a_conflict() {
         display_name: "Other".into(),
         environment: Environment::Live,
         first_key,
+        first_agent: None,
     };
     assert!(matches!(given(&history).when(&same_key), Err(DomainError::Conflict(_))));
 }
@@ -105,6 +107,7 @@ fn bad_names_and_key_settings_are_refused() {
             display_name: "A".into(),
             environment: Environment::Live,
             first_key: key,
+            first_agent: None,
         }
     };
     let refusals: [&dyn Fn(&mut NewKeyRecord); 6] = [

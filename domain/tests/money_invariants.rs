@@ -98,6 +98,7 @@ impl World {
                         budget,
                         metadata: None,
                     },
+                    first_agent: None,
                 })
                 .unwrap();
             world.orgs.push(org_id);

@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
-use bahi_domain::command::NewKeyRecord;
+use bahi_domain::command::{FirstAgent, NewKeyRecord};
 use bahi_domain::credential::{NewApiKey, Scope};
-use bahi_domain::ids::{ApiKeyId, OrgId};
+use bahi_domain::ids::{AgentId, ApiKeyId, OrgId};
 use bahi_domain::{Command, Money};
 use serde::{Deserialize, Serialize};
 
@@ -26,9 +26,14 @@ pub struct Registered {
     pub org_id: OrgId,
     pub api_key: String,
     pub api_key_id: ApiKeyId,
+    /// The agent named by `agent_name`, whose calls the key makes; absent without a name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
 }
 
 /// A new org with its first API key, for a client at `client` (rate limited per address).
+/// With `agent_name`, the agent is created too (autonomous, acting for the org) and the key
+/// is bound to it: the key's calls are attributed to the agent.
 pub async fn agent_register(services: &Services, client: IpAddr, request: AgentRegister) -> AppResult<Registered> {
     check_client_rate(services, client)?;
     let config = &services.config;
@@ -40,6 +45,9 @@ pub async fn agent_register(services: &Services, client: IpAddr, request: AgentR
         (None, Some(agent_name)) => format!("{agent_name}'s org"),
         (None, None) => "Agent org".to_owned(),
     };
+    let first_agent =
+        request.agent_name.clone().map(|name| FirstAgent { agent_id: AgentId::from_random(new_id_bytes()), name });
+    let agent_id = first_agent.as_ref().map(|agent| agent.agent_id.clone());
     let command = Command::RegisterOrg {
         org_id: org_id.clone(),
         display_name,
@@ -56,9 +64,10 @@ pub async fn agent_register(services: &Services, client: IpAddr, request: AgentR
             budget: None,
             metadata: None,
         },
+        first_agent,
     };
     services.submit(command, Actor::anonymous(client.to_string())).await?;
-    Ok(Registered { org_id, api_key: new_key.secret, api_key_id: key_id })
+    Ok(Registered { org_id, api_key: new_key.secret, api_key_id: key_id, agent_id })
 }
 
 #[derive(Debug, Serialize)]

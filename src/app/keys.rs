@@ -3,7 +3,7 @@
 use bahi_domain::command::NewKeyRecord;
 use bahi_domain::credential::{NewApiKey, Scope};
 use bahi_domain::event::{Budget, BudgetPeriod, RateLimit};
-use bahi_domain::ids::ApiKeyId;
+use bahi_domain::ids::{AgentId, ApiKeyId};
 use bahi_domain::state::ApiKey;
 use bahi_domain::{Command, Money};
 use chrono::{DateTime, Utc};
@@ -51,6 +51,9 @@ pub struct KeyView {
     pub rate_limit: Option<RateLimit>,
     pub budget: Option<BudgetView>,
     pub metadata: Option<serde_json::Value>,
+    /// The agent the key speaks for (agent-register's key), when it is bound to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
     pub usage: Usage,
 }
 
@@ -120,6 +123,7 @@ fn key_view(services: &Services, state: &bahi_domain::State, key: &ApiKey, now: 
         rate_limit: key.rate_limit,
         budget: budget_view(state, key.id.as_str(), key.budget, now),
         metadata: key.metadata.clone(),
+        agent_id: key.agent_id.clone(),
         usage: Usage { calls: key.usage_calls, cost: key.usage_cost },
     }
 }

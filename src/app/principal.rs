@@ -8,6 +8,7 @@ use bahi_domain::credential::{Role, Scope, SecretHash, parse_api_key};
 use bahi_domain::event::RateLimit;
 use bahi_domain::ids::{AgentId, ApiKeyId, IssuerId, OrgId, TokenId, UserId};
 use bahi_domain::rate_limit::RateDecision;
+use bahi_domain::state::Agent;
 
 use super::{AppError, AppResult, Services};
 use crate::ledger::Actor;
@@ -151,19 +152,42 @@ fn resolve_api_key(services: &Services, credential: &str) -> AppResult<Principal
     if key.expires_at.is_some_and(|expires_at| expires_at <= now) {
         return Err(AppError::unauthorized("this API key has expired"));
     }
+    let bound_agent = match &key.agent_id {
+        None => None,
+        Some(agent_id) => Some(bound_agent(&ledger.state, agent_id)?),
+    };
     services.key_uses.touch(&key.id, now);
     Ok(Principal {
         org_id: key.org_id.clone(),
         credential_kind: CredentialKind::ApiKey,
         credential_id: key.id.to_string(),
-        agent: None,
-        act_for: key.org_id.to_string(),
-        scopes: key.scopes.clone(),
+        act_for: bound_agent.map_or_else(|| key.org_id.to_string(), |agent| agent.act_for.clone()),
+        // A bound key narrows to its agent's scopes, as the agent's tokens do.
+        scopes: key
+            .scopes
+            .iter()
+            .filter(|scope| bound_agent.is_none_or(|agent| agent.scopes.contains(scope)))
+            .copied()
+            .collect(),
+        agent: bound_agent.map(|agent| AgentRef {
+            id: agent.id.to_string(),
+            name: Some(agent.name.clone()),
+            external_issuer: None,
+        }),
         user: None,
         session_hash: None,
         rate_subject: key.id.to_string(),
         rate_limit: key.rate_limit.unwrap_or(services.config.default_rate_limit),
     })
+}
+
+/// The agent a key is bound to; the key stops working when the agent is revoked.
+fn bound_agent<'state>(state: &'state bahi_domain::State, agent_id: &AgentId) -> AppResult<&'state Agent> {
+    let agent = state.agents.get(agent_id).ok_or_else(|| AppError::unauthorized("this API key's agent is unknown"))?;
+    if agent.revoked_at.is_some() {
+        return Err(AppError::unauthorized("this API key's agent was revoked"));
+    }
+    Ok(agent)
 }
 
 fn resolve_session(services: &Services, cookie: &str) -> AppResult<Principal> {

@@ -130,6 +130,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
                     metadata: created.metadata.clone(),
                     last_used_at: None,
                     deleted: false,
+                    agent_id: None,
                     usage_calls: 0,
                     usage_cost: Money::ZERO,
                 }),
@@ -139,6 +140,11 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
             if let Some(key) = state.api_keys.get_mut(&revoked.key_id) {
                 key.revoked_at.get_or_insert(revoked.revoked_at);
                 key.deleted |= revoked.deleted;
+            }
+        }
+        Event::ApiKeyBoundToAgent(bound) => {
+            if let Some(key) = state.api_keys.get_mut(&bound.key_id) {
+                key.agent_id = Some(bound.agent_id.clone());
             }
         }
         Event::ApiKeyUsed(used) => {

@@ -6,8 +6,8 @@ use crate::state::*;
 /// Decides one of this aggregate's commands.
 pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Vec<Event>, DomainError> {
     match command {
-        Command::RegisterOrg { org_id, display_name, environment, first_key } => {
-            decide_register_org(state, org_id, display_name, environment, first_key, now)
+        Command::RegisterOrg { org_id, display_name, environment, first_key, first_agent } => {
+            decide_register_org(state, org_id, display_name, environment, first_key, first_agent.as_ref(), now)
         }
         Command::SignUp { org_id, org_name, environment, user_id, email, password_hash, session } => {
             decide_sign_up(state, org_id, org_name, environment, user_id, email, password_hash, session, now)
@@ -28,6 +28,7 @@ fn decide_register_org(
     display_name: &str,
     environment: &Environment,
     first_key: &NewKeyRecord,
+    first_agent: Option<&FirstAgent>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     check_name(display_name, "org_name")?;
@@ -43,7 +44,44 @@ fn decide_register_org(
         registered_at: now,
     };
     let key = key_created(org_id, first_key, now)?;
-    Ok(vec![registered.into(), key.into()])
+    let mut events = vec![registered.into(), key.into()];
+    if let Some(agent) = first_agent {
+        events.extend(first_agent_events(state, org_id, first_key, agent, now)?);
+    }
+    Ok(events)
+}
+
+/// The agent an agent-register names: autonomous, acting for the org, with the first key's
+/// scopes, and the key bound to it so that the key's calls are the agent's.
+fn first_agent_events(
+    state: &State,
+    org_id: &OrgId,
+    first_key: &NewKeyRecord,
+    agent: &FirstAgent,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    check_name(&agent.name, "agent_name")?;
+    if state.agents.contains_key(&agent.agent_id) {
+        return Err(DomainError::Conflict(format!("agent {} already exists", agent.agent_id)));
+    }
+    let created = AgentCreated {
+        agent_id: agent.agent_id.clone(),
+        org_id: org_id.clone(),
+        name: agent.name.clone(),
+        mode: AgentMode::Autonomous,
+        act_for: org_id.to_string(),
+        scopes: first_key.scopes.clone(),
+        budget: None,
+        rate_limit: None,
+        created_at: now,
+    };
+    let bound = ApiKeyBoundToAgent {
+        key_id: first_key.key_id.clone(),
+        agent_id: agent.agent_id.clone(),
+        org_id: org_id.clone(),
+        bound_at: now,
+    };
+    Ok(vec![created.into(), bound.into()])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -247,6 +285,32 @@ mod tests {
         assert_eq!(types(&events), ["OrgRegistered", "ApiKeyCreated"]);
         let again = given(&[register_org(1)]).when(&register_org(1));
         assert!(matches!(again, Err(DomainError::Conflict(_))), "{again:?}");
+    }
+
+    #[test]
+    fn registering_with_an_agent_name_creates_the_agent_and_binds_the_first_key_to_it() {
+        let mut command = register_org(1);
+        let Command::RegisterOrg { first_agent, first_key, org_id, .. } = &mut command else { unreachable!() };
+        let agent_id = AgentId::from_random([7; 16]);
+        *first_agent = Some(FirstAgent { agent_id: agent_id.clone(), name: "research-bot".into() });
+        let (key_id, org_id) = (first_key.key_id.clone(), org_id.clone());
+        let mut past = given(&[]);
+        assert_eq!(
+            types(&past.when(&command).unwrap()),
+            ["OrgRegistered", "ApiKeyCreated", "AgentCreated", "ApiKeyBoundToAgent"]
+        );
+        past.run(&command);
+        let agent = &past.state.agents[&agent_id];
+        assert_eq!((agent.mode, agent.act_for.as_str()), (AgentMode::Autonomous, org_id.as_str()));
+        assert_eq!(past.state.api_keys[&key_id].agent_id, Some(agent_id));
+    }
+
+    #[test]
+    fn an_agent_name_is_checked_like_any_name_and_nothing_is_half_registered() {
+        let mut command = register_org(1);
+        let Command::RegisterOrg { first_agent, .. } = &mut command else { unreachable!() };
+        *first_agent = Some(FirstAgent { agent_id: AgentId::from_random([7; 16]), name: "tab\tname".into() });
+        assert!(matches!(given(&[]).when(&command), Err(DomainError::Invalid(_))));
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn register_org(seed: u8) -> Command {
         display_name: format!("org {seed}"),
         environment: Environment::Live,
         first_key: key_record(seed),
+        first_agent: None,
     }
 }
 

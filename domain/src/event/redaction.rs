@@ -187,7 +187,7 @@ mod tests {
                 expires_at: at(),
             }
             .into(),
-            AgentTokenRevoked { token_id, agent_id, org_id: org_id.clone(), revoked_at: at() }.into(),
+            AgentTokenRevoked { token_id, agent_id: agent_id.clone(), org_id: org_id.clone(), revoked_at: at() }.into(),
             SigningKeyAdded {
                 key_id: "k1".into(),
                 public_jwk: public_jwk.clone(),
@@ -255,7 +255,7 @@ mod tests {
                 settled_at: at(),
             }
             .into(),
-            HoldExpired { call_id, org_id, released: money("1"), expired_at: at() }.into(),
+            HoldExpired { call_id, org_id: org_id.clone(), released: money("1"), expired_at: at() }.into(),
             GatewayKeyCreated {
                 key_id: key_id.clone(),
                 name: Some("gateway".into()),
@@ -264,7 +264,8 @@ mod tests {
                 created_at: at(),
             }
             .into(),
-            GatewayKeyRevoked { key_id, revoked_at: at() }.into(),
+            GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: at() }.into(),
+            ApiKeyBoundToAgent { key_id, agent_id, org_id, bound_at: at() }.into(),
         ]
     }
 
