@@ -607,6 +607,13 @@ async fn statements_reconcile_with_the_balance_and_with_attribution() {
         assert_eq!(release["call_id"], scenario.call_expired.as_str());
         assert_eq!((amount(&release["debit"]), amount(&release["credit"])), (Money::ZERO, Money::ZERO));
         assert_eq!(amount(&release["hold_released"]), money("1.00"));
+        // The release says whose call it was, as the call's other rows do.
+        assert_eq!(release["credential"], json!({"kind": "api_key", "id": scenario.key_a_id.as_str()}), "{engine}");
+        assert_eq!(
+            (&release["model"], &release["act_for"]),
+            (&json!(GPT), &json!(scenario.org_a.as_str())),
+            "{engine}"
+        );
         let usage = &rows[2];
         assert_eq!(usage["call_id"], scenario.call_by_key.as_str());
         assert_eq!(usage["credential"], json!({"kind": "api_key", "id": scenario.key_a_id.as_str()}));

@@ -15,6 +15,45 @@ use super::{Store, StoreError};
 /// as positions and SQLite as names bound in order of first appearance (each query names
 /// them in ascending order). Engine-specific SQL stays in the engine's module.
 pub(crate) mod sql {
+    /// A ledger entry's attribution column; a hold release (whose event names only the call)
+    /// takes it from the call's row, so that every statement row says whose call it was.
+    /// The sub-select runs for hold releases only.
+    macro_rules! attributed {
+        ($column:literal) => {
+            concat!(
+                "CASE WHEN e.entry_type = 'hold_release' THEN (SELECT c.",
+                $column,
+                " FROM read_calls c WHERE c.call_id = e.call_id) ELSE e.",
+                $column,
+                " END"
+            )
+        };
+    }
+
+    /// The select list of a statement's ledger entries (`read_ledger_entries e`), in
+    /// `LedgerEntry` order.
+    macro_rules! statement_columns {
+        () => {
+            concat!(
+                "e.position, e.entry_type, e.occurred_at, e.reference, e.description, e.call_id, ",
+                $crate::store::read_models::sql::attributed!("credential_kind"),
+                ", ",
+                $crate::store::read_models::sql::attributed!("credential_id"),
+                ", ",
+                $crate::store::read_models::sql::attributed!("agent_id"),
+                ", ",
+                $crate::store::read_models::sql::attributed!("agent_name"),
+                ", ",
+                $crate::store::read_models::sql::attributed!("act_for"),
+                ", ",
+                $crate::store::read_models::sql::attributed!("model"),
+                ", e.input_tokens, e.output_tokens, e.debit_micros, e.credit_micros, e.released_micros, \
+                 e.balance_after_micros FROM read_ledger_entries e"
+            )
+        };
+    }
+    pub(crate) use {attributed, statement_columns};
+
     /// A call's audit row (bound: call id).
     pub const AUDIT_CALL: &str = "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
          authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = $1";

@@ -100,12 +100,11 @@ pub async fn stream_ledger_entries(
     until: DateTime<Utc>,
     sender: &EntrySender,
 ) -> Result<(), StoreError> {
-    let mut rows = sqlx::query(
-        "SELECT position, entry_type, occurred_at, reference, description, call_id, credential_kind, credential_id, \
-         agent_id, agent_name, act_for, model, input_tokens, output_tokens, debit_micros, credit_micros, \
-         released_micros, balance_after_micros FROM read_ledger_entries \
-         WHERE org_id = $1 AND occurred_at >= $2 AND occurred_at < $3 ORDER BY position",
-    )
+    let mut rows = sqlx::query(concat!(
+        "SELECT ",
+        sql::statement_columns!(),
+        " WHERE e.org_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3 ORDER BY e.position"
+    ))
     .bind(org_id)
     .bind(from)
     .bind(until)

@@ -97,10 +97,12 @@ WHERE org_id = ? AND occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at D
 /// org, first and last position, from, until). `+occurred_at` keeps SQLite on the
 /// primary-key range (rows arrive in position order, no sort) instead of the time index; the
 /// time test still drops rows outside the period. The columns are `LedgerEntry`'s, in order.
-pub(super) const LEDGER_ENTRIES_IN_RANGE: &str = "SELECT position, entry_type, occurred_at, reference, description, \
-call_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, input_tokens, output_tokens, \
-debit_micros, credit_micros, released_micros, balance_after_micros FROM read_ledger_entries \
-WHERE org_id = ? AND position >= ? AND position <= ? AND +occurred_at >= ? AND +occurred_at < ? ORDER BY position";
+pub(super) const LEDGER_ENTRIES_IN_RANGE: &str = concat!(
+    "SELECT ",
+    sql::statement_columns!(),
+    " WHERE e.org_id = ? AND e.position >= ? AND e.position <= ? AND +e.occurred_at >= ? AND +e.occurred_at < ? \
+     ORDER BY e.position"
+);
 
 /// The first and last positions of the org's entries in `[from, until)`.
 async fn position_bounds(
