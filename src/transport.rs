@@ -454,6 +454,23 @@ fn automatic_error_response(buffer: &[u8]) -> Option<(usize, u16)> {
     Some((start, status))
 }
 
+/// The error class of a status: the body's `type`, named as OpenAI's and Anthropic's APIs
+/// name theirs, so that their SDKs and the tools built for them read bahi's errors. The
+/// precise reason is the body's `code` (docs/api.md has both tables).
+pub fn error_class(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
 /// The contract's error for hyper's bare `status`, keeping hyper's `date`.
 fn json_error_response(head: &[u8], status: u16) -> (u16, Vec<u8>) {
     let (reason, error_type, message) = match status {
@@ -471,7 +488,7 @@ fn json_error_response(head: &[u8], status: u16) -> (u16, Vec<u8>) {
     };
     let request_id = format!("req_{}", bahi_domain::ids::base62(&crate::identity::random_bytes::<12>()));
     let body = serde_json::json!({
-        "error": { "type": error_type, "message": message, "request_id": request_id }
+        "error": { "type": error_class(status), "code": error_type, "message": message, "request_id": request_id }
     })
     .to_string();
     let date = std::str::from_utf8(head)
@@ -614,7 +631,8 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
         assert!(head.contains("\r\ndate: D"), "{head}");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(body["error"]["type"], "request_header_fields_too_large");
+        assert_eq!(body["error"]["code"], "request_header_fields_too_large");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
         let request_id = body["error"]["request_id"].as_str().unwrap();
         assert!(head.contains(&format!("x-request-id: {request_id}")), "{head}");
         assert!(head.contains(&format!("content-length: {}", text.len() - head.len() - 4)), "{head}");

@@ -12,7 +12,7 @@ use bahi::agent_token::{JwkSet, SigningKey};
 use bahi::store::{EventStore, Store};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{TestDatabase, TestServer, client, error_type, register};
+use common::{TestDatabase, TestServer, client, error_code, register};
 use p256::ecdsa::signature::Verifier as _;
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
@@ -146,7 +146,7 @@ async fn a_minted_token_verifies_independently_and_carries_the_contract_claims()
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(response).await, (403, "insufficient_scope".to_owned()));
 
     // Bad minting requests.
     for (body, expected) in [
@@ -160,7 +160,7 @@ async fn a_minted_token_verifies_independently_and_carries_the_contract_claims()
         assert_eq!(response.status().as_u16(), expected, "{body}");
     }
     let response = post(&client, &server, &key, "/me/agents/agt_nope-/token", json!({})).await;
-    assert_eq!(error_type(response).await, (400, "invalid_id".to_owned()));
+    assert_eq!(error_code(response).await, (400, "invalid_id".to_owned()));
 }
 
 #[tokio::test]
@@ -232,7 +232,7 @@ async fn forged_expired_and_malformed_tokens_are_401() {
 
     for (what, forged) in forgeries {
         let response = client.get(server.url("/v1/auth/account")).bearer_auth(&forged).send().await.unwrap();
-        assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()), "{what}");
+        assert_eq!(error_code(response).await, (401, "unauthorized".to_owned()), "{what}");
     }
     // Within the few seconds of leeway, a token expiring now is still accepted (clock skew
     // between nodes).
@@ -268,13 +268,13 @@ async fn an_embedded_token_dies_at_exp_give_or_take_five_seconds() {
     aged["exp"] = json!(now - 6);
     let response =
         client.get(server.url("/v1/auth/account")).bearer_auth(sign_raw(&real, &kid, &aged)).send().await.unwrap();
-    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+    assert_eq!(error_code(response).await, (401, "unauthorized".to_owned()));
 
     // And the real thing, with the server's clock: seven seconds after minting, the
     // one-second token (verified and cached above) is refused.
     common::advance_clock(&client, &server, common::TEST_CLOCK_OPERATOR_KEY, 7).await;
     let response = client.get(server.url("/v1/auth/account")).bearer_auth(token).send().await.unwrap();
-    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+    assert_eq!(error_code(response).await, (401, "unauthorized".to_owned()));
 }
 
 #[tokio::test]
@@ -289,12 +289,12 @@ async fn an_agent_token_in_x_api_key_is_401() {
     assert_eq!(account_with(&client, &server, token).await, 200, "as Bearer it works");
     let response = client.get(server.url("/v1/auth/account")).header("x-api-key", token).send().await.unwrap();
     let (status, body) = (response.status().as_u16(), response.json::<Value>().await.unwrap());
-    assert_eq!((status, body["error"]["type"].as_str()), (401, Some("unauthorized")), "{body}");
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("x-api-key"), "{body}");
     // Both headers, the same token: still refused, the token is in x-api-key.
     let response =
         client.get(server.url("/v1/auth/account")).bearer_auth(token).header("x-api-key", token).send().await.unwrap();
-    assert_eq!(error_type(response).await, (401, "unauthorized".to_owned()));
+    assert_eq!(error_code(response).await, (401, "unauthorized".to_owned()));
     // An API key there is fine.
     let response = client.get(server.url("/v1/auth/account")).header("x-api-key", &key).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -319,11 +319,11 @@ async fn revoking_an_agent_or_one_token_is_401_at_once_and_other_orgs_get_404() 
     let (_, other_key) = register(&client, &server, "Other").await;
     for path in [format!("/me/agents/{agent_id}/token"), format!("/me/agents/{agent_id}/revoke")] {
         let response = post(&client, &server, &other_key, &path, json!({})).await;
-        assert_eq!(error_type(response).await, (404, "not_found".to_owned()), "{path}");
+        assert_eq!(error_code(response).await, (404, "not_found".to_owned()), "{path}");
     }
     let response =
         client.get(server.url(&format!("/me/agents/{agent_id}"))).bearer_auth(&other_key).send().await.unwrap();
-    assert_eq!(error_type(response).await, (404, "not_found".to_owned()));
+    assert_eq!(error_code(response).await, (404, "not_found".to_owned()));
     let listed: Value =
         client.get(server.url("/me/agents")).bearer_auth(&other_key).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["data"], json!([]));
@@ -342,7 +342,7 @@ async fn revoking_an_agent_or_one_token_is_401_at_once_and_other_orgs_get_404() 
     assert_eq!(body["status"], "revoked");
     assert_eq!(account_with(&client, &server, second_token).await, 401);
     let response = post(&client, &server, &key, &format!("/me/agents/{agent_id}/token"), json!({})).await;
-    assert_eq!(error_type(response).await, (409, "agent_revoked".to_owned()));
+    assert_eq!(error_code(response).await, (409, "agent_revoked".to_owned()));
 
     // After a restart the revocations hold (folded from the log).
     drop(server);
@@ -403,7 +403,7 @@ async fn delegated_agents_act_for_a_member() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 400);
+    assert_eq!(error_code(response).await.0, 400);
 }
 
 /// A tiny JWKS server on 127.0.0.1:0 for `jwks_uri` registrations.
@@ -480,11 +480,11 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
     let response = register_issuer(json!({"issuer": "https://x.example", "jwks": jwks, "owners": {"o": other_org}}))
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 403);
+    assert_eq!(error_code(response).await.0, 403);
     let response = register_issuer(json!({"issuer": "https://x.example", "jwks": {"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}, "owners": {"o": org_id}}))
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 400);
+    assert_eq!(error_code(response).await.0, 400);
     let response = post(
         &client,
         &server,
@@ -493,7 +493,7 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
         json!({"issuer": "https://y.example", "jwks": jwks, "owners": {"o": other_org}}),
     )
     .await;
-    assert_eq!(error_type(response).await, (403, "human_only".to_owned()));
+    assert_eq!(error_code(response).await, (403, "human_only".to_owned()));
 
     // Revoking the issuer kills every one of its tokens.
     let response = client
@@ -523,7 +523,7 @@ async fn bring_your_own_issuer_with_and_without_act_and_its_revocation() {
     let response = register_issuer(json!({"issuer": "https://dead.example", "jwks_uri": "http://127.0.0.1:9/jwks.json", "owners": {"fleet-owner": org_id}}))
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 400);
+    assert_eq!(error_code(response).await.0, 400);
 }
 
 #[tokio::test]
@@ -539,7 +539,7 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let old_kid = decode_segment(old_token.split('.').next().unwrap())["kid"].clone();
 
     let response = post(&client, &server, &key, "/v1/admin/signing-keys/rotate", json!({})).await;
-    assert_eq!(error_type(response).await, (403, "operator_only".to_owned()));
+    assert_eq!(error_code(response).await, (403, "operator_only".to_owned()));
     let response = post(&client, &server, OPERATOR_KEY, "/v1/admin/signing-keys/rotate", json!({})).await;
     assert_eq!(response.status(), 200);
     let rotated: Value = response.json().await.unwrap();
@@ -660,16 +660,16 @@ async fn another_org_cannot_squat_an_issuer_owner() {
             ("other iss", other_issuer),
         ] {
             let response = register_as(&cookie_b, squat(json!({"acme": token}))).await.unwrap();
-            let (status, kind) = error_type(response).await;
+            let (status, kind) = error_code(response).await;
             assert_eq!((status, kind.as_str()), (400, "invalid_request"), "{engine}: {what}");
         }
         // A registered audience must be in the proof.
         let mut with_audience = squat(json!({"acme": proof(&idp, IDP, None, "acme")}));
         with_audience["audience"] = json!("bahi");
-        assert_eq!(error_type(register_as(&cookie_b, with_audience).await.unwrap()).await.0, 400, "{engine}");
+        assert_eq!(error_code(register_as(&cookie_b, with_audience).await.unwrap()).await.0, 400, "{engine}");
         // Even a genuine proof cannot take an owner another org's live registration maps.
         let genuine = squat(json!({"acme": proof(&idp, IDP, None, "acme")}));
-        let (status, kind) = error_type(register_as(&cookie_b, genuine).await.unwrap()).await;
+        let (status, kind) = error_code(register_as(&cookie_b, genuine).await.unwrap()).await;
         assert_eq!((status, kind.as_str()), (409, "conflict"), "{engine}");
         assert_eq!(org_of(token_a.clone()).await, org_a, "{engine}: A's tokens still pay as A");
 
@@ -678,7 +678,7 @@ async fn another_org_cannot_squat_an_issuer_owner() {
         let revoke_path = format!("/me/issuers/{}/revoke", registration_a["id"].as_str().unwrap());
         let revoked = client.post(server.url(&revoke_path)).header("cookie", &cookie_a).send().await.unwrap();
         assert_eq!(revoked.status(), 200);
-        assert_eq!(error_type(register_as(&cookie_b, squat(json!({}))).await.unwrap()).await.0, 400, "{engine}");
+        assert_eq!(error_code(register_as(&cookie_b, squat(json!({}))).await.unwrap()).await.0, 400, "{engine}");
         assert_eq!(account_with(&client, &server, &token_a).await, 401, "{engine}");
     }
 }

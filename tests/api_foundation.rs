@@ -19,7 +19,8 @@ async fn assert_error(response: reqwest::Response, status: u16, error_type: &str
     assert_eq!(response.headers().get("request-id").expect("request-id on every response"), request_id.as_str());
     assert_eq!(response.headers().get("content-type").unwrap(), "application/json");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["type"], error_type, "{body}");
+    assert_eq!(body["error"]["code"], error_type, "{body}");
+    assert_eq!(body["error"]["type"], bahi::transport::error_class(status), "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty() && !message.contains("Failed to"), "framework wording: {message}");
     assert_eq!(body["error"]["request_id"], request_id.as_str());

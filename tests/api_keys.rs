@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    TEST_CLOCK_OPERATOR_KEY, TestDatabase, TestServer, advance_clock, client, error_type, register, with_test_clock,
+    TEST_CLOCK_OPERATOR_KEY, TestDatabase, TestServer, advance_clock, client, error_code, register, with_test_clock,
 };
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
@@ -171,13 +171,13 @@ async fn keys_expire_and_bad_settings_are_400() {
         (json!({"nmae": "typo"}), "invalid_request"),
     ] {
         let response = client.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
-        assert_eq!(error_type(response).await, (400, expected.to_owned()), "{body}");
+        assert_eq!(error_code(response).await, (400, expected.to_owned()), "{body}");
     }
     let response = client.get(server.url("/v1/auth/account/api-keys?limit=0")).bearer_auth(&key).send().await.unwrap();
-    assert_eq!(error_type(response).await.0, 400);
+    assert_eq!(error_code(response).await.0, 400);
     let response =
         client.post(server.url("/v1/auth/account/api-keys/not-an-id/revoke")).bearer_auth(&key).send().await.unwrap();
-    assert_eq!(error_type(response).await, (400, "invalid_id".to_owned()));
+    assert_eq!(error_code(response).await, (400, "invalid_id".to_owned()));
 }
 
 #[tokio::test]
@@ -196,7 +196,7 @@ async fn scopes_are_enforced_and_other_orgs_are_404() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(response).await, (403, "insufficient_scope".to_owned()));
     let inference_only = create_key(&client, &server, &owner_key, json!({"scopes": ["inference", "keys:write"]})).await;
     let inference_only = inference_only["api_key"].as_str().unwrap();
     // A key cannot grant a scope it does not hold, nor an operator scope.
@@ -207,7 +207,7 @@ async fn scopes_are_enforced_and_other_orgs_are_404() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(response).await, (403, "insufficient_scope".to_owned()));
     let response = client
         .post(server.url("/v1/auth/account/api-keys"))
         .bearer_auth(&owner_key)
@@ -215,9 +215,9 @@ async fn scopes_are_enforced_and_other_orgs_are_404() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 403);
+    assert_eq!(error_code(response).await.0, 403);
     let response = client.get(server.url("/v1/auth/account")).bearer_auth(inference_only).send().await.unwrap();
-    assert_eq!(error_type(response).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(response).await, (403, "insufficient_scope".to_owned()));
 
     // Another org can neither see, revoke nor delete my key: 404, as if it did not exist.
     let (_, other_key) = register(&client, &server, "Other").await;
@@ -229,7 +229,7 @@ async fn scopes_are_enforced_and_other_orgs_are_404() {
         client.get(server.url(&format!("/v1/auth/account/api-keys/{my_key_id}"))),
     ] {
         let response = request.bearer_auth(&other_key).send().await.unwrap();
-        assert_eq!(error_type(response).await, (404, "not_found".to_owned()));
+        assert_eq!(error_code(response).await, (404, "not_found".to_owned()));
     }
     let unknown = "key_0000000000000000000000";
     let response = client
@@ -238,7 +238,7 @@ async fn scopes_are_enforced_and_other_orgs_are_404() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (404, "not_found".to_owned()));
+    assert_eq!(error_code(response).await, (404, "not_found".to_owned()));
     assert_eq!(list_keys(&client, &server, &other_key).await.len(), 1);
     assert_eq!(account_status(&client, &server, &owner_key).await, 200);
 }
@@ -265,7 +265,7 @@ async fn rate_limits_carry_headers_and_refuse_with_429() {
     let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry_after), "one token per 20 s: {retry_after}");
     assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
-    assert_eq!(error_type(refused).await, (429, "rate_limited".to_owned()));
+    assert_eq!(error_code(refused).await, (429, "rate_limited".to_owned()));
     // Other keys have their own buckets; every authenticated answer carries the headers.
     let response = client.get(server.url("/v1/auth/account")).bearer_auth(&owner_key).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -283,7 +283,7 @@ async fn agent_register_is_rate_limited_per_client_address() {
     }
     let refused = client.post(server.url("/v1/auth/agent-register")).json(&json!({})).send().await.unwrap();
     assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(error_type(refused).await, (429, "rate_limited".to_owned()));
+    assert_eq!(error_code(refused).await, (429, "rate_limited".to_owned()));
 }
 
 fn session_cookie(response: &Response) -> String {
@@ -338,34 +338,34 @@ async fn signup_login_logout_and_logout_everywhere() {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(again).await, (409, "email_taken".to_owned()));
+        assert_eq!(error_code(again).await, (409, "email_taken".to_owned()));
         let wrong = client
             .post(server.url("/me/login"))
             .json(&json!({"email": "asha@example.com", "password": "Wrong-Horse-9"}))
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(wrong).await, (401, "unauthorized".to_owned()));
+        assert_eq!(error_code(wrong).await, (401, "unauthorized".to_owned()));
         let nobody = client
             .post(server.url("/me/login"))
             .json(&json!({"email": "nobody@example.com", "password": "Wrong-Horse-9"}))
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(nobody).await, (401, "unauthorized".to_owned()));
+        assert_eq!(error_code(nobody).await, (401, "unauthorized".to_owned()));
         let weak = client
             .post(server.url("/me/signup"))
             .json(&json!({"email": "b@example.com", "password": "short"}))
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(weak).await.0, 400);
+        assert_eq!(error_code(weak).await.0, 400);
         // Length, not composition: a passphrase passes, a well-known password does not.
         let signup = |email: &'static str, password: &'static str| {
             client.post(server.url("/me/signup")).json(&json!({"email": email, "password": password})).send()
         };
         assert_eq!(signup("c@example.com", "correct horse battery staple").await.unwrap().status(), 201);
-        assert_eq!(error_type(signup("d@example.com", "Password1234").await.unwrap()).await.0, 400);
+        assert_eq!(error_code(signup("d@example.com", "Password1234").await.unwrap()).await.0, 400);
 
         let login = |password: &'static str| {
             client
@@ -403,7 +403,7 @@ async fn signup_login_logout_and_logout_everywhere() {
         // An API key cannot log out (there is no session to end).
         let (_, key) = register(&client, &server, "Keyed").await;
         let response = client.post(server.url("/me/logout")).bearer_auth(&key).send().await.unwrap();
-        assert_eq!(error_type(response).await, (403, "human_only".to_owned()));
+        assert_eq!(error_code(response).await, (403, "human_only".to_owned()));
     }
 }
 
@@ -434,7 +434,7 @@ async fn an_owner_adds_members_whose_roles_limit_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(bad_role).await.0, 400);
+    assert_eq!(error_code(bad_role).await.0, 400);
 
     let finance = client
         .post(server.url("/me/login"))
@@ -466,7 +466,7 @@ async fn an_owner_adds_members_whose_roles_limit_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(response).await, (403, "insufficient_scope".to_owned()));
     let response = client
         .post(server.url("/v1/auth/account/members"))
         .header("cookie", &finance)
@@ -474,7 +474,7 @@ async fn an_owner_adds_members_whose_roles_limit_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await.0, 403);
+    assert_eq!(error_code(response).await.0, 403);
     let response = client
         .post(server.url("/v1/auth/account/api-keys"))
         .header("cookie", &owner)
@@ -492,7 +492,7 @@ async fn an_owner_adds_members_whose_roles_limit_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_type(response).await, (403, "human_only".to_owned()));
+    assert_eq!(error_code(response).await, (403, "human_only".to_owned()));
 }
 
 #[tokio::test]

@@ -353,7 +353,7 @@ async fn status_and_type(client: &Client, server: &TestServer, credential: &str,
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert!(body["error"]["request_id"].is_string(), "{path}: error body shape: {body}");
-    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
 }
 
 fn amount(value: &Value) -> Money {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestDatabase, TestServer, client, error_type, register};
+use common::{TestDatabase, TestServer, client, error_code, register};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
@@ -187,7 +187,7 @@ async fn exact_rupee_arithmetic_on_hand_computed_calls() {
 
         // Unpriced models are 400 unknown_model.
         let response = authorize(&client, &server, &key, json!({"model": "no-such-model"})).await;
-        assert_eq!(error_type(response).await, (400, "unknown_model".to_owned()));
+        assert_eq!(error_code(response).await, (400, "unknown_model".to_owned()));
     }
 }
 
@@ -231,7 +231,7 @@ async fn forty_concurrent_holds_of_one_against_ten_yield_exactly_ten() {
 }
 
 async fn error_type_or_ok(response: Response) -> (u16, String) {
-    if response.status() == 200 { (200, String::new()) } else { error_type(response).await }
+    if response.status() == 200 { (200, String::new()) } else { error_code(response).await }
 }
 
 #[tokio::test]
@@ -253,25 +253,25 @@ async fn usage_is_idempotent_on_call_id_and_conflicts_on_other_content() {
     let replay: Value = replay.json().await.unwrap();
     assert_eq!(replay, first, "same body again: same answer");
     let conflict = usage(&client, &server, call_id, "m", 1000, 1001).await;
-    assert_eq!(error_type(conflict).await, (409, "conflict".to_owned()));
+    assert_eq!(error_code(conflict).await, (409, "conflict".to_owned()));
     let balance = account(&client, &server, &key).await;
     assert_eq!(amount(&balance["credit_balance"]), "4.965", "billed once: 5 - 0.03 - 0.005");
 
     let unknown = usage(&client, &server, "call_0000000000000000000000", "m", 1, 1).await;
-    assert_eq!(error_type(unknown).await, (404, "not_found".to_owned()));
+    assert_eq!(error_code(unknown).await, (404, "not_found".to_owned()));
     let malformed = usage(&client, &server, "not-a-call", "m", 1, 1).await;
-    assert_eq!(error_type(malformed).await, (400, "invalid_id".to_owned()));
+    assert_eq!(error_code(malformed).await, (400, "invalid_id".to_owned()));
     let fresh: Value = authorize(&client, &server, &key, json!({"model": "m"})).await.json().await.unwrap();
     let wrong_model = usage(&client, &server, fresh["call_id"].as_str().unwrap(), "other-model", 1, 1).await;
-    assert_eq!(error_type(wrong_model).await.0, 400);
+    assert_eq!(error_code(wrong_model).await.0, 400);
     let negative = send(&client, &server, reqwest::Method::POST, "/v1/usage", OPERATOR_KEY,
         json!({"call_id": fresh["call_id"], "model": "m", "input_tokens": -1, "output_tokens": 1, "status": "succeeded"})).await;
-    assert_eq!(error_type(negative).await.0, 400);
+    assert_eq!(error_code(negative).await.0, 400);
 
     // Only the operator or a gateway key reports usage.
     let by_org_key = send(&client, &server, reqwest::Method::POST, "/v1/usage", &key,
         json!({"call_id": fresh["call_id"], "model": "m", "input_tokens": 1, "output_tokens": 1, "status": "succeeded"})).await;
-    assert_eq!(error_type(by_org_key).await, (403, "operator_only".to_owned()));
+    assert_eq!(error_code(by_org_key).await, (403, "operator_only".to_owned()));
     let gateway: Value = send(
         &client,
         &server,
@@ -298,9 +298,9 @@ async fn usage_is_idempotent_on_call_id_and_conflicts_on_other_content() {
         json!({"input_per_million": "1", "output_per_million": "1"}),
     )
     .await;
-    assert_eq!(error_type(price_by_gateway).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(price_by_gateway).await, (403, "insufficient_scope".to_owned()));
     let nobody = client.post(server.url("/v1/usage")).json(&json!({})).send().await.unwrap();
-    assert_eq!(error_type(nobody).await.0, 401);
+    assert_eq!(error_code(nobody).await.0, 401);
 }
 
 #[tokio::test]
@@ -314,7 +314,7 @@ async fn holds_expire_and_release_credit_and_late_usage_is_still_billed() {
     let held: Value =
         authorize(&client, &server, &key, json!({"model": "m", "max_cost": "5"})).await.json().await.unwrap();
     let refused = authorize(&client, &server, &key, json!({"model": "m", "max_cost": "1"})).await;
-    assert_eq!(error_type(refused).await, (402, "insufficient_credits".to_owned()));
+    assert_eq!(error_code(refused).await, (402, "insufficient_credits".to_owned()));
     // A minute later the hold has expired; the node's expirer releases its credit.
     common::advance_clock(&client, &server, OPERATOR_KEY, 61).await;
     let released =
@@ -365,7 +365,7 @@ async fn budgets_of_keys_and_agents_are_enforced() {
         assert_eq!(settled.status(), 200);
     }
     let refused = authorize(&client, &server, limited_key, json!({"model": "m"})).await;
-    assert_eq!(error_type(refused).await, (402, "budget_exceeded".to_owned()));
+    assert_eq!(error_code(refused).await, (402, "budget_exceeded".to_owned()));
     let keys: Value = client
         .get(server.url("/v1/auth/account/api-keys"))
         .bearer_auth(&owner_key)
@@ -413,7 +413,7 @@ async fn budgets_of_keys_and_agents_are_enforced() {
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["agent_id"], agent["id"]);
     let second = authorize(&client, &server, token, json!({"model": "m", "max_cost": "1.5"})).await;
-    assert_eq!(error_type(second).await, (402, "budget_exceeded".to_owned()));
+    assert_eq!(error_code(second).await, (402, "budget_exceeded".to_owned()));
     // Settling the first (cost 0.5) frees the rest of its hold.
     usage(&client, &server, first["call_id"].as_str().unwrap(), "m", 5000, 0).await;
     let third = authorize(&client, &server, token, json!({"model": "m", "max_cost": "1.5"})).await;
@@ -451,7 +451,7 @@ async fn top_ups_are_human_only_idempotent_and_amounts_are_exact() {
         assert_eq!(again["topup_id"], first["topup_id"]);
         assert_eq!(again["balance"], first["balance"]);
         let conflict = topup(owner.clone(), json!({"amount": "300", "payment_reference": "pay_001"})).await;
-        assert_eq!(error_type(conflict).await.0, 409);
+        assert_eq!(error_code(conflict).await.0, 409);
         let second: Value = topup(
             owner.clone(),
             json!({"amount": {"currency": "inr", "amount": "0.000001"}, "payment_reference": "pay_002"}),
@@ -474,7 +474,7 @@ async fn top_ups_are_human_only_idempotent_and_amounts_are_exact() {
             json!("1e3"),
         ] {
             let response = topup(owner.clone(), json!({"amount": bad, "payment_reference": "pay_bad"})).await;
-            assert_eq!(error_type(response).await.0, 400, "{bad}");
+            assert_eq!(error_code(response).await.0, 400, "{bad}");
         }
 
         // Keys and agent tokens are 403 human_only, whatever their scopes.
@@ -496,7 +496,7 @@ async fn top_ups_are_human_only_idempotent_and_amounts_are_exact() {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(by_key).await, (403, "human_only".to_owned()));
+        assert_eq!(error_code(by_key).await, (403, "human_only".to_owned()));
         let agent: Value = send(&client, &server, reqwest::Method::POST, "/me/agents", key, json!({"name": "a"}))
             .await
             .json()
@@ -521,7 +521,7 @@ async fn top_ups_are_human_only_idempotent_and_amounts_are_exact() {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_type(by_token).await, (403, "human_only".to_owned()));
+        assert_eq!(error_code(by_token).await, (403, "human_only".to_owned()));
 
         // Finance may top up; an auditor may not.
         for (email, role, expected) in [("fin@example.com", "finance", 201), ("aud@example.com", "auditor", 403)] {
@@ -565,7 +565,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
     assert_eq!(first["grant_id"], again["grant_id"]);
     assert_eq!(amount(&account(&client, &server, &key).await["credit_balance"]), "10.00", "granted once");
     let conflict = grant_with_key("grant-1", "11").await.unwrap();
-    assert_eq!(error_type(conflict).await, (409, "idempotency_conflict".to_owned()));
+    assert_eq!(error_code(conflict).await, (409, "idempotency_conflict".to_owned()));
 
     let by_org = send(
         &client,
@@ -576,7 +576,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
         json!({"org_id": org_id, "amount": "1", "reason": "x"}),
     )
     .await;
-    assert_eq!(error_type(by_org).await, (403, "operator_only".to_owned()));
+    assert_eq!(error_code(by_org).await, (403, "operator_only".to_owned()));
     let unknown_org = send(
         &client,
         &server,
@@ -586,7 +586,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
         json!({"org_id": "org_0000000000000000000000", "amount": "1", "reason": "x"}),
     )
     .await;
-    assert_eq!(error_type(unknown_org).await, (404, "not_found".to_owned()));
+    assert_eq!(error_code(unknown_org).await, (404, "not_found".to_owned()));
     let bad_price = send(
         &client,
         &server,
@@ -596,7 +596,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
         json!({"input_per_million": "-1", "output_per_million": "1"}),
     )
     .await;
-    assert_eq!(error_type(bad_price).await.0, 400);
+    assert_eq!(error_code(bad_price).await.0, 400);
     let bad_model = send(
         &client,
         &server,
@@ -606,7 +606,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
         json!({"input_per_million": "1", "output_per_million": "1"}),
     )
     .await;
-    assert_eq!(error_type(bad_model).await.0, 400);
+    assert_eq!(error_code(bad_model).await.0, 400);
     let no_scope: Value = send(
         &client,
         &server,
@@ -620,7 +620,7 @@ async fn grants_take_an_idempotency_key_and_operators_are_checked() {
     .await
     .unwrap();
     let refused = authorize(&client, &server, no_scope["api_key"].as_str().unwrap(), json!({"model": "m"})).await;
-    assert_eq!(error_type(refused).await, (403, "insufficient_scope".to_owned()));
+    assert_eq!(error_code(refused).await, (403, "insufficient_scope".to_owned()));
 }
 
 /// The whole path over HTTP: an agent token authorizes, the gateway reports usage, and the
@@ -695,7 +695,7 @@ async fn concurrent_calls_without_max_cost_hold_the_default_and_never_overspend(
             let (status, body) = attempt.unwrap();
             match status {
                 200 => authorized.push(body),
-                402 => assert_eq!(body["error"]["type"], "insufficient_credits", "{engine}: {body}"),
+                402 => assert_eq!(body["error"]["code"], "insufficient_credits", "{engine}: {body}"),
                 other => panic!("{engine}: unexpected {other}: {body}"),
             }
         }
@@ -711,7 +711,7 @@ async fn concurrent_calls_without_max_cost_hold_the_default_and_never_overspend(
         let balance = account(&client, &server, &key).await;
         assert_eq!(amount(&balance["credit_balance"]), "0.00", "{engine}: never below zero");
         let refused = authorize(&client, &server, &key, json!({"model": "m"})).await;
-        assert_eq!(error_type(refused).await, (402, "insufficient_credits".to_owned()), "{engine}");
+        assert_eq!(error_code(refused).await, (402, "insufficient_credits".to_owned()), "{engine}");
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestDatabase, TestServer, client, error_type, register};
+use common::{TestDatabase, TestServer, client, error_code, register};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
@@ -231,7 +231,7 @@ async fn refusals_see_what_the_other_node_did() {
     // The second node's writer appends once, so that it knows the org and the price.
     set_price(&client, &second, "m").await;
     let response = authorize(&client, &second, &key, "1").await;
-    assert_eq!(error_type(response).await, (402, "insufficient_credits".to_owned()));
+    assert_eq!(error_code(response).await, (402, "insufficient_credits".to_owned()));
 
     grant(&client, &first, &org_id, "10").await;
     let response = authorize(&client, &second, &key, "1").await;
@@ -240,5 +240,5 @@ async fn refusals_see_what_the_other_node_did() {
     let response = authorize(&client, &first, &key, "9").await;
     assert_eq!(response.status(), 200);
     let response = authorize(&client, &second, &key, "1").await;
-    assert_eq!(error_type(response).await, (402, "insufficient_credits".to_owned()));
+    assert_eq!(error_code(response).await, (402, "insufficient_credits".to_owned()));
 }

@@ -108,7 +108,8 @@ fn assert_json_error(response: &RawResponse, status: u16, error_type: &str) {
         response.head
     );
     let body: Value = serde_json::from_slice(&response.body).unwrap();
-    assert_eq!(body["error"]["type"], error_type, "{body}");
+    assert_eq!(body["error"]["code"], error_type, "{body}");
+    assert_eq!(body["error"]["type"], bahi::transport::error_class(status), "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
     let request_id = body["error"]["request_id"].as_str().unwrap();
     assert!(!request_id.is_empty());

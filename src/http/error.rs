@@ -1,5 +1,6 @@
-//! One error type for the HTTP surface: a stable table of error types and statuses, and
-//! the one body shape of docs/api.md for every one of them.
+//! One error type for the HTTP surface: a stable table of error codes and statuses, and
+//! the one body shape of docs/api.md for every one of them: `type` is the status's class in
+//! OpenAI's and Anthropic's words, `code` bahi's precise reason.
 
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -14,14 +15,15 @@ pub use crate::app::{REQUEST_ID, current_request_id};
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub error_type: &'static str,
+    /// The precise, stable reason (`insufficient_credits`); the body's `code`.
+    pub code: &'static str,
     pub message: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, error_type, message: message.into(), headers: Vec::new() }
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
@@ -60,7 +62,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({
             "error": {
-                "type": self.error_type,
+                "type": crate::transport::error_class(self.status.as_u16()),
+                "code": self.code,
                 "message": self.message,
                 "request_id": current_request_id(),
             }

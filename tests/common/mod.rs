@@ -19,10 +19,11 @@ pub fn random16() -> [u8; 16] {
 }
 
 /// The status and the `error.type` of an error answer; its body must be JSON.
-pub async fn error_type(response: reqwest::Response) -> (u16, String) {
+pub async fn error_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap();
-    (status, body["error"]["type"].as_str().unwrap_or_default().to_owned())
+    assert_eq!(body["error"]["type"], bahi::transport::error_class(status), "the type is the status's class: {body}");
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The PostgreSQL server tests may use, from `BAHI_TEST_POSTGRES_URL`. In CI it must be set
