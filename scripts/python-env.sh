@@ -26,6 +26,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 # Latest SDKs: the point is to catch a new SDK release that expects something bahi does not do.
+# Checked 2026-12-05: openai 3.63.0, anthropic 2.17.0 (both on httpx2). That anthropic sends
+# its api_key as `Authorization: Bearer`, not x-api-key, with anthropic-version 2026-10-21.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade openai anthropic \
     || fail "pip could not install openai and anthropic into $venv (is the package index reachable?)"
 
