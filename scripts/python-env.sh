@@ -13,8 +13,8 @@ python="${PYTHON:-python3}"
 fail() { echo "python-env.sh: $*" >&2; exit 1; }
 
 command -v "$python" >/dev/null || fail "no $python on PATH: install Python 3.11 or newer"
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
-    || fail "$python is older than 3.8, which the openai and anthropic SDKs need"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || fail "$python does not run or is older than 3.10, which openai 3.x and anthropic 2.x need"
 
 if [ ! -x "$venv/bin/python" ]; then
     # Debian's python3 lacks ensurepip unless python3-venv is installed; say so plainly.
