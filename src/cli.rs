@@ -91,6 +91,22 @@ pub struct ServeArgs {
     /// `iat`), in seconds; longer-lived tokens are refused.
     #[arg(long, env = "BAHI_EXTERNAL_TOKEN_MAX_LIFETIME_SECONDS", default_value_t = crate::agent_token::DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS)]
     pub external_token_max_lifetime_seconds: u64,
+    /// Largest request body of a proxied call (`/v1/chat/completions`, `/v1/embeddings`,
+    /// `/v1/messages`), in bytes; larger is 413.
+    #[arg(long, env = "BAHI_PROXY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub proxy_max_body_bytes: usize,
+    /// Seconds to connect to a model's upstream before the call is refused (502).
+    #[arg(long, env = "BAHI_UPSTREAM_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub upstream_connect_timeout_seconds: u64,
+    /// Longest wait, in seconds, for an upstream's next bytes (its first ones included).
+    #[arg(long, env = "BAHI_UPSTREAM_READ_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub upstream_read_timeout_seconds: u64,
+    /// Proxied calls in flight on this node at once; one more is 503 before anything is held.
+    #[arg(long, env = "BAHI_MAX_UPSTREAM_STREAMS", default_value_t = 4096)]
+    pub max_upstream_streams: usize,
+    /// Seconds an upstream is still read after its client left, to learn the call's usage.
+    #[arg(long, env = "BAHI_UPSTREAM_DRAIN_SECONDS", default_value_t = 30)]
+    pub upstream_drain_seconds: u64,
     /// Log format: `pretty` or `json` (levels come from RUST_LOG, default info).
     #[arg(long, env = "BAHI_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

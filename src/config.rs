@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub token_rules: crate::agent_token::TokenRules,
     /// Whether the operator may move the clock forward (tests only).
     pub test_clock: bool,
+    /// Body cap, upstream timeouts and the cap on calls in flight of the inference proxy.
+    pub proxy: crate::app::proxy::ProxyLimits,
 }
 
 /// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.

@@ -80,6 +80,32 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         transport,
         token_rules,
         test_clock: args.test_clock,
+        proxy: proxy_limits(args)?,
+    })
+}
+
+/// Largest proxied request body accepted as a setting.
+const MAX_PROXY_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+fn proxy_limits(args: &ServeArgs) -> anyhow::Result<bahi::app::proxy::ProxyLimits> {
+    let seconds = |value: u64, name: &str| -> anyhow::Result<std::time::Duration> {
+        if value == 0 || value > MAX_TRANSPORT_TIMEOUT_SECONDS {
+            bail!("{name} must be between 1 and {MAX_TRANSPORT_TIMEOUT_SECONDS}");
+        }
+        Ok(std::time::Duration::from_secs(value))
+    };
+    if args.proxy_max_body_bytes == 0 || args.proxy_max_body_bytes > MAX_PROXY_BODY_BYTES {
+        bail!("BAHI_PROXY_MAX_BODY_BYTES must be between 1 and {MAX_PROXY_BODY_BYTES}");
+    }
+    if args.max_upstream_streams == 0 || args.max_upstream_streams > 1_000_000 {
+        bail!("BAHI_MAX_UPSTREAM_STREAMS must be between 1 and 1000000");
+    }
+    Ok(bahi::app::proxy::ProxyLimits {
+        max_body_bytes: args.proxy_max_body_bytes,
+        connect_timeout: seconds(args.upstream_connect_timeout_seconds, "BAHI_UPSTREAM_CONNECT_TIMEOUT_SECONDS")?,
+        read_timeout: seconds(args.upstream_read_timeout_seconds, "BAHI_UPSTREAM_READ_TIMEOUT_SECONDS")?,
+        max_streams: args.max_upstream_streams,
+        drain_timeout: seconds(args.upstream_drain_seconds, "BAHI_UPSTREAM_DRAIN_SECONDS")?,
     })
 }
 

@@ -100,6 +100,7 @@ pub async fn serve_on(
     let expirer_join =
         tokio::spawn(expire_holds(shared.clone(), writer_handle.clone(), clock.clone(), stop_flusher.clone()));
     let transport = config.transport;
+    let proxy = Arc::new(crate::app::proxy::ProxyRuntime::new(config.proxy).context("the proxy's HTTP client")?);
     let state = AppState::new(Services {
         writer: writer_handle,
         ledger: shared,
@@ -111,6 +112,7 @@ pub async fn serve_on(
         identity,
         clock,
         test_clock,
+        proxy,
     });
     if state.config.operator_key_hash.is_none() {
         tracing::warn!(

@@ -39,6 +39,31 @@ impl UsageStatus {
     }
 }
 
+/// Whose API a model's upstream speaks: it decides the path bahi calls and the shape of
+/// requests, usage and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// `upstream_base_url` includes the version (`https://api.openai.com/v1`); bahi appends
+    /// `/chat/completions` or `/embeddings`.
+    OpenAi,
+    /// `upstream_base_url` has no version (`https://api.anthropic.com`); bahi appends `/v1/messages`.
+    Anthropic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// Output tokens an authorization holds for when a request names no `max_tokens` and the
+/// operator set no `max_output_tokens` for the model.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Price {
     pub input_per_million: Money,

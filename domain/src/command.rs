@@ -5,15 +5,16 @@ use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
 
-use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, UsageStatus, call_cost};
+use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, Provider, UsageStatus, call_cost};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
 use crate::event::{
     AgentCreated, AgentRevoked, AgentTokenMinted, AgentTokenRevoked, ApiKeyBoundToAgent, ApiKeyCreated, ApiKeyRevoked,
     ApiKeyUsed, Budget, CallAttribution, CallAuthorized, CreditsGranted, CreditsToppedUp, Event, GatewayKeyCreated,
-    GatewayKeyRevoked, HoldExpired, IssuerRegistered, IssuerRevoked, MemberAdded, OrgRegistered, PriceSet, RateLimit,
-    SessionEnded, SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded, UserSessionsEnded, UserSignedUp,
+    GatewayKeyRevoked, HoldExpired, IssuerRegistered, IssuerRevoked, MemberAdded, ModelConfigured, OrgRegistered,
+    PriceSet, RateLimit, SessionEnded, SessionStarted, SigningKeyAdded, SigningKeyRetired, UsageRecorded,
+    UserSessionsEnded, UserSignedUp,
 };
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::{MAX_BALANCE_MICROS, Money};
@@ -207,6 +208,18 @@ pub enum Command {
         /// What an authorization without `max_cost` holds; `None`: `default_hold`'s default.
         default_hold: Option<Money>,
     },
+    /// `PUT /v1/admin/models/{model}`: a model bahi proxies, with its price.
+    ConfigureModel {
+        model: String,
+        provider: Provider,
+        upstream_base_url: String,
+        /// base64url of the upstream key, sealed outside (the domain holds no key material).
+        sealed_upstream_api_key: String,
+        upstream_model: Option<String>,
+        price: Price,
+        default_hold: Option<Money>,
+        max_output_tokens: Option<u64>,
+    },
     TopUp {
         org_id: OrgId,
         topup_id: TopupId,
@@ -278,6 +291,7 @@ impl Command {
             Command::RegisterIssuer { .. } => "RegisterIssuer",
             Command::RevokeIssuer { .. } => "RevokeIssuer",
             Command::SetPrice { .. } => "SetPrice",
+            Command::ConfigureModel { .. } => "ConfigureModel",
             Command::TopUp { .. } => "TopUp",
             Command::Grant { .. } => "Grant",
             Command::Authorize { .. } => "Authorize",
@@ -580,7 +594,7 @@ pub fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Result<Ve
         | Command::RotateSigningKey { .. }
         | Command::RegisterIssuer { .. }
         | Command::RevokeIssuer { .. } => issuer::decide(state, command, now),
-        Command::SetPrice { .. } => price::decide(state, command, now),
+        Command::SetPrice { .. } | Command::ConfigureModel { .. } => price::decide(state, command, now),
         Command::TopUp { .. } | Command::Grant { .. } => credit::decide(state, command, now),
         Command::Authorize { .. } | Command::RecordUsage { .. } | Command::ExpireHolds => {
             call::decide(state, command, now)

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use std::collections::BTreeMap;
 
-use crate::billing::Price;
+use crate::billing::{Price, Provider};
 use crate::claims::AgentMode;
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
@@ -250,6 +250,25 @@ pub struct IssuerRevoked {
 }
 
 /// The operator set a model's price; calls authorized from now on are billed at it.
+/// A model bahi proxies, and its price. The upstream API key is sealed (AES-256-GCM under
+/// the key-encryption key, bound to the model's name); the log never holds it in clear.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfigured {
+    pub model: String,
+    pub provider: Provider,
+    pub upstream_base_url: String,
+    /// base64url of the sealed upstream API key.
+    pub sealed_upstream_api_key: String,
+    /// The model's name at the upstream, when it differs from bahi's.
+    pub upstream_model: Option<String>,
+    pub price: Price,
+    pub default_hold: Option<Money>,
+    /// Output tokens a request without `max_tokens` is held for (and capped at).
+    pub max_output_tokens: Option<u64>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize")]
+    pub configured_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriceSet {
     pub model: String,
@@ -406,6 +425,23 @@ impl std::fmt::Debug for SigningKeyAdded {
     }
 }
 
+impl std::fmt::Debug for ModelConfigured {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ModelConfigured")
+            .field("model", &self.model)
+            .field("provider", &self.provider)
+            .field("upstream_base_url", &self.upstream_base_url)
+            .field("sealed_upstream_api_key", &REDACTED)
+            .field("upstream_model", &self.upstream_model)
+            .field("price", &self.price)
+            .field("default_hold", &self.default_hold)
+            .field("max_output_tokens", &self.max_output_tokens)
+            .field("configured_at", &self.configured_at)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown event type {event_type} version {schema_version}")]
@@ -511,6 +547,7 @@ events! {
     GatewayKeyCreated => key_id,
     GatewayKeyRevoked => key_id,
     ApiKeyBoundToAgent => key_id,
+    ModelConfigured => model,
 }
 
 impl Event {
@@ -546,6 +583,7 @@ impl Event {
             Event::SigningKeyAdded(_)
             | Event::SigningKeyRetired(_)
             | Event::PriceSet(_)
+            | Event::ModelConfigured(_)
             | Event::GatewayKeyCreated(_)
             | Event::GatewayKeyRevoked(_) => None,
         }

@@ -12,7 +12,7 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use chrono::{DateTime, Utc};
 
-use crate::billing::{Price, period_key};
+use crate::billing::{Price, Provider, period_key};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use crate::event::{Budget, CallAuthorized, Event, RateLimit, UsageRecorded};
@@ -357,6 +357,17 @@ pub struct ApiKey {
     pub usage_cost: Money,
 }
 
+/// Where a proxied model's calls go (`ModelConfigured`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelUpstream {
+    pub provider: Provider,
+    pub upstream_base_url: String,
+    pub sealed_upstream_api_key: String,
+    pub upstream_model: Option<String>,
+    pub max_output_tokens: Option<u64>,
+    pub configured_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub id: UserId,
@@ -410,6 +421,8 @@ pub struct State {
     pub prices: FastMap<String, Price>,
     /// The operator's default hold per model, where one was set with its price.
     pub default_holds: FastMap<String, Money>,
+    /// The models bahi proxies, by bahi's model name.
+    pub models: FastMap<String, ModelUpstream>,
     pub calls: FastMap<CallId, Box<Call>>,
     /// Calls folded so far: the next call's `serial`.
     pub calls_folded: u64,
@@ -530,7 +543,7 @@ pub fn evolve(state: &mut State, event: &Event) {
         | Event::SigningKeyRetired(_)
         | Event::IssuerRegistered(_)
         | Event::IssuerRevoked(_) => crate::command::issuer::evolve(state, event),
-        Event::PriceSet(_) => crate::command::price::evolve(state, event),
+        Event::PriceSet(_) | Event::ModelConfigured(_) => crate::command::price::evolve(state, event),
         Event::CreditsToppedUp(_) | Event::CreditsGranted(_) => crate::command::credit::evolve(state, event),
         Event::CallAuthorized(_) | Event::UsageRecorded(_) | Event::HoldExpired(_) => {
             crate::command::call::evolve(state, event)

@@ -158,6 +158,12 @@ static SAMPLES: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
             ),
         ),
         ("GatewayKeyRevoked", format!(r#"{{"key_id":"key_Gateway1","revoked_at":{TIME}}}"#)),
+        (
+            "ModelConfigured",
+            format!(
+                r#"{{"model":"gpt-4o","provider":"openai","upstream_base_url":"https://api.openai.com/v1","sealed_upstream_api_key":"AAAA","upstream_model":null,"price":{PRICE},"default_hold":null,"max_output_tokens":4096,"configured_at":{TIME}}}"#
+            ),
+        ),
         ("ApiKeyBoundToAgent", format!(r#"{{"key_id":{KEY},"agent_id":{AGENT},"org_id":{ORG},"bound_at":{TIME}}}"#)),
     ]
 });

@@ -20,7 +20,7 @@ mod tests;
 
 pub use bahi_domain::claims::{AgentClaims, AgentMode};
 pub use jwk::{Jwk, JwkError, JwkSet, MAX_KEY_ID_CHARS, MAX_KEYS_PER_SET};
-pub use seal::{SealError, seal, unseal};
+pub use seal::{SealError, UPSTREAM_KEY_DOMAIN, seal, seal_in_domain, unseal, unseal_in_domain};
 pub use signing::{KeyError, SignError, SigningKey};
 pub use verifier::{
     DEFAULT_CACHE_CAPACITY, DEFAULT_EXTERNAL_LEEWAY_SECONDS, DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS,

@@ -18,6 +18,10 @@ const SEAL_FORMAT_VERSION: u8 = 1;
 /// Separates these associated data from any other use of the same key-encryption key.
 const ASSOCIATED_DATA_DOMAIN: &[u8] = b"bahi/agent-signing-key/v1\0";
 
+/// The domain of a model's sealed upstream API key (bound to the model's name), so that
+/// neither kind of sealed secret can be replayed as the other.
+pub const UPSTREAM_KEY_DOMAIN: &[u8] = b"bahi/upstream-api-key/v1\0";
+
 const TAG_BYTES: usize = 16;
 
 /// Why sealing or unsealing failed. Unsealing cannot tell a wrong key from a wrong kid
@@ -42,6 +46,17 @@ pub fn seal(
     nonce: [u8; NONCE_LEN],
     kid: &str,
 ) -> Result<Vec<u8>, SealError> {
+    seal_in_domain(ASSOCIATED_DATA_DOMAIN, private_pkcs8, key_encryption_key, nonce, kid)
+}
+
+/// [`seal`] for another kind of secret: `domain` names the kind, `name` the one secret.
+pub fn seal_in_domain(
+    domain: &[u8],
+    private_pkcs8: &[u8],
+    key_encryption_key: &[u8; 32],
+    nonce: [u8; NONCE_LEN],
+    kid: &str,
+) -> Result<Vec<u8>, SealError> {
     let key = aead_key(key_encryption_key)?;
     let mut sealed = Vec::with_capacity(1 + NONCE_LEN + private_pkcs8.len() + TAG_BYTES);
     sealed.push(SEAL_FORMAT_VERSION);
@@ -53,7 +68,7 @@ pub fn seal(
     in_out.extend_from_slice(private_pkcs8);
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
-        Aad::from(associated_data(SEAL_FORMAT_VERSION, kid)),
+        Aad::from(associated_data(domain, SEAL_FORMAT_VERSION, kid)),
         &mut *in_out,
     )
     .map_err(|_| SealError::Encrypt)?;
@@ -64,6 +79,16 @@ pub fn seal(
 /// Decrypts what [`seal`] produced for the same `kid`. The plain key is wiped from
 /// memory when the returned buffer drops.
 pub fn unseal(sealed: &[u8], key_encryption_key: &[u8; 32], kid: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    unseal_in_domain(ASSOCIATED_DATA_DOMAIN, sealed, key_encryption_key, kid)
+}
+
+/// [`unseal`] of what [`seal_in_domain`] sealed in `domain`.
+pub fn unseal_in_domain(
+    domain: &[u8],
+    sealed: &[u8],
+    key_encryption_key: &[u8; 32],
+    kid: &str,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let Some((&version, rest)) = sealed.split_first() else {
         return Err(SealError::TooShort);
     };
@@ -78,7 +103,7 @@ pub fn unseal(sealed: &[u8], key_encryption_key: &[u8; 32], kid: &str) -> Result
     let key = aead_key(key_encryption_key)?;
     let mut in_out = Zeroizing::new(ciphertext.to_vec());
     let plain_length = key
-        .open_in_place(nonce, Aad::from(associated_data(version, kid)), &mut in_out)
+        .open_in_place(nonce, Aad::from(associated_data(domain, version, kid)), &mut in_out)
         .map_err(|_| SealError::Open)?
         .len();
     in_out.truncate(plain_length);
@@ -90,9 +115,9 @@ fn aead_key(key_encryption_key: &[u8; 32]) -> Result<LessSafeKey, SealError> {
     Ok(LessSafeKey::new(unbound))
 }
 
-fn associated_data(version: u8, kid: &str) -> Vec<u8> {
-    let mut data = Vec::with_capacity(ASSOCIATED_DATA_DOMAIN.len() + 1 + kid.len());
-    data.extend_from_slice(ASSOCIATED_DATA_DOMAIN);
+fn associated_data(domain: &[u8], version: u8, kid: &str) -> Vec<u8> {
+    let mut data = Vec::with_capacity(domain.len() + 1 + kid.len());
+    data.extend_from_slice(domain);
     data.push(version);
     data.extend_from_slice(kid.as_bytes());
     data
@@ -114,6 +139,14 @@ mod tests {
         assert_eq!(sealed.len(), 1 + 12 + SECRET.len() + 16);
         assert!(!sealed.windows(8).any(|window| SECRET.windows(8).any(|part| part == window)));
         let opened = unseal(&sealed, &KEY_ENCRYPTION_KEY, "kid-1").unwrap();
+        assert_eq!(opened.as_slice(), SECRET);
+    }
+
+    #[test]
+    fn a_secret_sealed_in_one_domain_does_not_open_in_another() {
+        let sealed = seal_in_domain(UPSTREAM_KEY_DOMAIN, SECRET, &KEY_ENCRYPTION_KEY, NONCE, "gpt-4o").unwrap();
+        assert_eq!(unseal(&sealed, &KEY_ENCRYPTION_KEY, "gpt-4o"), Err(SealError::Open));
+        let opened = unseal_in_domain(UPSTREAM_KEY_DOMAIN, &sealed, &KEY_ENCRYPTION_KEY, "gpt-4o").unwrap();
         assert_eq!(opened.as_slice(), SECRET);
     }
 

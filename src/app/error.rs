@@ -33,6 +33,9 @@ pub enum AppError {
     /// The node cannot take it now (503); `retry_after_seconds` when a retry soon may work.
     #[error("{message}")]
     Unavailable { message: String, retry_after_seconds: Option<u64> },
+    /// A proxied call's upstream could not be reached or did not answer in time (502).
+    #[error("{0}")]
+    Upstream(String),
     /// A bug or a failing database: the detail is logged by the surface, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +79,7 @@ impl AppError {
             AppError::NotFound(_) => "not_found",
             AppError::RateLimited(_) => "rate_limited",
             AppError::Unavailable { .. } => "unavailable",
+            AppError::Upstream(_) => "upstream_unavailable",
             AppError::Internal(_) => "internal_error",
         }
     }

@@ -16,7 +16,9 @@ pub mod health;
 pub mod humans;
 pub mod issuers;
 pub mod keys;
+pub mod models;
 pub mod principal;
+pub mod proxy;
 pub mod statements;
 pub mod time;
 
@@ -62,6 +64,8 @@ pub struct Services {
     pub clock: SharedClock,
     /// Set only under `bahi serve --test-clock`: the clock a test moves forward.
     pub test_clock: Option<Arc<OffsetClock>>,
+    /// The inference proxy's upstream client and limits.
+    pub proxy: Arc<proxy::ProxyRuntime>,
 }
 
 impl Services {

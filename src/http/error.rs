@@ -96,6 +96,7 @@ impl From<AppError> for ApiError {
                     None => error,
                 }
             }
+            AppError::Upstream(message) => ApiError::new(StatusCode::BAD_GATEWAY, error_type, message),
             AppError::Internal(detail) => ApiError::internal(detail),
         }
     }

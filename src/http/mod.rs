@@ -13,6 +13,8 @@ pub mod health;
 pub mod humans;
 pub mod issuers;
 pub mod keys;
+pub mod models;
+pub mod proxy;
 pub mod statements;
 pub mod test_clock;
 
@@ -42,6 +44,14 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The services behind the state, for a use case that outlives the request (the proxy's
+    /// upstream task).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.0
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Services;
 
@@ -61,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router(&state))
         .merge(statements::router(&state))
         .merge(billing::router(&state))
+        .merge(models::router(&state))
+        .merge(proxy::router())
         .merge(test_clock::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

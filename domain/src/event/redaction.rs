@@ -265,6 +265,18 @@ mod tests {
             }
             .into(),
             GatewayKeyRevoked { key_id: key_id.clone(), revoked_at: at() }.into(),
+            ModelConfigured {
+                model: "m".into(),
+                provider: crate::billing::Provider::Anthropic,
+                upstream_base_url: "https://api.anthropic.com".into(),
+                sealed_upstream_api_key: SEALED.into(),
+                upstream_model: None,
+                price,
+                default_hold: None,
+                max_output_tokens: None,
+                configured_at: at(),
+            }
+            .into(),
             ApiKeyBoundToAgent { key_id, agent_id, org_id, bound_at: at() }.into(),
         ]
     }

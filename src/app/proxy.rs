@@ -1,0 +1,646 @@
+//! The inference proxy: a client's OpenAI or Anthropic request, with a bahi key or agent
+//! token, is authenticated, rate limited, held for (budget and credit), forwarded to the
+//! model's upstream, relayed back as it arrives, and settled exactly once from the
+//! upstream's own usage.
+//!
+//! The upstream is driven by a task of its own (`pump`), never by the client's response:
+//! a client that leaves mid-stream drops only its end of a channel, and the task goes on
+//! reading the upstream (for at most the drain time) to learn the usage, then settles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bahi_domain::billing::{Provider, UsageStatus, call_cost};
+use bahi_domain::credential::Scope;
+use bahi_domain::event::{CallAttribution, Event};
+use bahi_domain::ids::CallId;
+use bahi_domain::rate_limit::RateDecision;
+use bahi_domain::{Command, Money};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::models::{self, Upstream};
+use super::principal::{self, Presented, Principal};
+use super::{AppError, AppResult, REQUEST_ID, Services};
+use crate::identity::new_id_bytes;
+use crate::ledger::Actor;
+
+/// Limits of the proxy (`bahi serve --help`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// Largest request body a client may send to a proxied endpoint.
+    pub max_body_bytes: usize,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's next bytes (its answer head included).
+    pub read_timeout: Duration,
+    /// Upstream calls in flight at once; one more is 503 before anything is held.
+    pub max_streams: usize,
+    /// How long a call whose client left is still read, to learn the upstream's usage.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> ProxyLimits {
+        ProxyLimits {
+            max_body_bytes: 4 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+            max_streams: 4096,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The node's proxy: one upstream HTTP client (connection pools per upstream), and the cap
+/// on calls in flight.
+pub struct ProxyRuntime {
+    pub limits: ProxyLimits,
+    client: reqwest::Client,
+    streams: Arc<Semaphore>,
+}
+
+impl ProxyRuntime {
+    pub fn new(limits: ProxyLimits) -> anyhow::Result<ProxyRuntime> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(limits.connect_timeout)
+            .read_timeout(limits.read_timeout)
+            // bahi relays bytes as they come; decompressing would make it buffer.
+            .no_gzip()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(ProxyRuntime { limits, client, streams: Arc::new(Semaphore::new(limits.max_streams)) })
+    }
+}
+
+/// Which provider endpoint a client called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    ChatCompletions,
+    Embeddings,
+    Messages,
+}
+
+impl Route {
+    pub fn provider(self) -> Provider {
+        match self {
+            Route::ChatCompletions | Route::Embeddings => Provider::OpenAi,
+            Route::Messages => Provider::Anthropic,
+        }
+    }
+
+    fn upstream_path(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "/chat/completions",
+            Route::Embeddings => "/embeddings",
+            Route::Messages => "/v1/messages",
+        }
+    }
+
+    fn client_path(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Embeddings => "/v1/embeddings",
+            Route::Messages => "/v1/messages",
+        }
+    }
+}
+
+/// What the client gets: the upstream's status and content type, then the body as it comes.
+pub struct Proxied {
+    pub call_id: CallId,
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: mpsc::Receiver<Bytes>,
+    pub rate: RateDecision,
+}
+
+/// A refusal before anything was forwarded, with the rate decision when one was taken.
+pub struct Refused {
+    pub error: AppError,
+    pub rate: Option<RateDecision>,
+}
+
+impl From<AppError> for Refused {
+    fn from(error: AppError) -> Refused {
+        Refused { error, rate: None }
+    }
+}
+
+/// Proxies one call. Refusals come before anything is held or forwarded, except an
+/// upstream that cannot be reached, whose hold is released at once.
+pub async fn proxy(
+    services: &Arc<Services>,
+    presented: &Presented,
+    route: Route,
+    body: Bytes,
+) -> Result<Proxied, Refused> {
+    let principal = principal::resolve(services, presented).await?;
+    let rate = principal::take_rate(services, &principal)?;
+    let with_rate = |error: AppError| Refused { error, rate: Some(rate) };
+    principal.require(Scope::Inference).map_err(with_rate)?;
+    let request = ClientRequest::parse(&body, route).map_err(with_rate)?;
+    let upstream = models::upstream(services, &request.model).map_err(with_rate)?;
+    if upstream.provider != route.provider() {
+        return Err(with_rate(AppError::invalid_request(format!(
+            "model {:?} is served by the {} API: call it at {}",
+            request.model,
+            upstream.provider.as_str(),
+            if upstream.provider == Provider::Anthropic { "/v1/messages" } else { "/v1/chat/completions" }
+        ))));
+    }
+    let permit = services.proxy.streams.clone().try_acquire_owned().map_err(|_| {
+        with_rate(AppError::Unavailable {
+            message: "too many proxied calls in flight on this node; retry shortly".into(),
+            retry_after_seconds: Some(1),
+        })
+    })?;
+    let hold = request.hold(&upstream).map_err(with_rate)?;
+    let (model, streaming) = (request.model.clone(), request.streaming);
+    let strip_usage_chunk = streaming && route == Route::ChatCompletions && !request.client_wants_usage;
+    let forwarded = request.forwarded_body(&upstream).map_err(with_rate)?;
+    // Last of the checks: nothing is held for a call that is refused before it leaves.
+    let call_id = authorize(services, &principal, &model, hold).await.map_err(with_rate)?;
+    let call = Call {
+        services: services.clone(),
+        call_id: call_id.clone(),
+        model,
+        route,
+        streaming,
+        strip_usage_chunk,
+        estimated_input_tokens: estimate_tokens(body.len()),
+        request_id: REQUEST_ID.try_with(Clone::clone).unwrap_or_default(),
+    };
+    let (head_sender, head) = oneshot::channel();
+    let (body_sender, body_receiver) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+    tokio::spawn(pump(call, upstream, forwarded, permit, head_sender, body_sender));
+    match head.await {
+        Ok(Ok((status, content_type))) => Ok(Proxied { call_id, status, content_type, body: body_receiver, rate }),
+        Ok(Err(error)) => Err(with_rate(error)),
+        Err(_) => Err(with_rate(AppError::internal("the proxy task ended before the upstream answered"))),
+    }
+}
+
+/// Chunks buffered between the upstream task and the client: the memory of a slow reader
+/// is bounded by this many chunks.
+const BODY_CHANNEL_CHUNKS: usize = 16;
+/// Most bytes of a non-streamed answer (or one SSE event) kept to read its usage; past it,
+/// the bytes are still relayed and the usage is estimated.
+const MAX_PARSED_BYTES: usize = 16 * 1024 * 1024;
+
+/// What bahi needs from the client's body.
+struct ClientRequest {
+    value: Map<String, Value>,
+    model: String,
+    streaming: bool,
+    client_wants_usage: bool,
+    max_tokens: Option<u64>,
+    body_bytes: usize,
+    route: Route,
+}
+
+impl ClientRequest {
+    fn parse(body: &[u8], route: Route) -> AppResult<ClientRequest> {
+        let value: Value = serde_json::from_slice(body).map_err(|error| AppError::Invalid {
+            error_type: "invalid_json",
+            message: format!("the body is not valid JSON: {error}"),
+        })?;
+        let Value::Object(value) = value else {
+            return Err(AppError::invalid_request("invalid request body: the body must be a JSON object"));
+        };
+        let model = match value.get("model") {
+            Some(Value::String(model)) => model.clone(),
+            _ => return Err(AppError::invalid_request("invalid request body: model: a model name is required")),
+        };
+        bahi_domain::command::check_model_name(&model)?;
+        let streaming = match value.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(streaming)) => *streaming,
+            Some(_) => return Err(AppError::invalid_request("invalid request body: stream: must be true or false")),
+        };
+        let client_wants_usage =
+            value.get("stream_options").and_then(|options| options.get("include_usage")) == Some(&Value::Bool(true));
+        let max_tokens = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .filter_map(|field| value.get(*field).filter(|tokens| !tokens.is_null()).map(|tokens| (field, tokens)))
+            .map(|(field, tokens)| {
+                tokens.as_u64().filter(|tokens| *tokens > 0).ok_or_else(|| {
+                    AppError::invalid_request(format!("invalid request body: {field}: must be a positive integer"))
+                })
+            })
+            .try_fold(None, |largest: Option<u64>, tokens| {
+                tokens.map(|tokens| Some(largest.map_or(tokens, |l| l.max(tokens))))
+            })?;
+        Ok(ClientRequest { value, model, streaming, client_wants_usage, max_tokens, body_bytes: body.len(), route })
+    }
+
+    /// The hold: the body's bytes as input tokens (never fewer than the tokens they encode)
+    /// plus `max_tokens`, or the model's cap, as output tokens, at the model's price.
+    fn hold(&self, upstream: &Upstream) -> AppResult<Money> {
+        let output_tokens = match (self.route, self.max_tokens) {
+            (Route::Embeddings, _) => 0,
+            (_, Some(tokens)) if tokens > upstream.max_output_tokens => {
+                return Err(AppError::invalid_request(format!(
+                    "invalid request body: max_tokens: {tokens} is more than this model's cap of {}",
+                    upstream.max_output_tokens
+                )));
+            }
+            (_, Some(tokens)) => tokens,
+            (_, None) => upstream.max_output_tokens,
+        };
+        let input_tokens = u64::try_from(self.body_bytes).map_err(AppError::internal)?;
+        let cost = call_cost(&upstream.price, input_tokens, output_tokens).map_err(bahi_domain::DomainError::from)?;
+        // A free model still holds one micro-rupee: an authorization always holds something.
+        Ok(cost.max(Money::from_micros(1).map_err(bahi_domain::DomainError::from)?))
+    }
+
+    /// The body sent upstream: the upstream's model name, and for an OpenAI stream a request
+    /// for the usage chunk (stripped again when the client did not ask for it).
+    fn forwarded_body(mut self, upstream: &Upstream) -> AppResult<Bytes> {
+        if let Some(name) = &upstream.upstream_model {
+            self.value.insert("model".into(), Value::String(name.clone()));
+        }
+        if self.streaming && self.route == Route::ChatCompletions {
+            let options = self.value.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(options) = options else {
+                return Err(AppError::invalid_request("invalid request body: stream_options: must be an object"));
+            };
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+        if self.route != Route::Embeddings && self.max_tokens.is_none() && self.route == Route::Messages {
+            // Anthropic requires max_tokens; the model's cap is what was held for.
+            self.value.insert("max_tokens".into(), Value::from(upstream.max_output_tokens));
+        }
+        serde_json::to_vec(&self.value).map(Bytes::from).map_err(AppError::internal)
+    }
+}
+
+/// A rough token count of `bytes` of text (four bytes a token), for estimates only.
+fn estimate_tokens(bytes: usize) -> u64 {
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX).max(1)
+}
+
+/// Places the call's hold through the writer, as `POST /v1/authorize` does.
+async fn authorize(services: &Services, principal: &Principal, model: &str, hold: Money) -> AppResult<CallId> {
+    let attribution = CallAttribution {
+        credential_kind: principal.credential_kind.as_str().to_owned(),
+        credential_id: principal.credential_id.clone(),
+        agent_id: principal.agent.as_ref().map(|agent| agent.id.clone()),
+        agent_name: principal.agent.as_ref().and_then(|agent| agent.name.clone()),
+        act_for: principal.act_for.clone(),
+    };
+    let call_id = CallId::from_random(new_id_bytes());
+    let command = Command::Authorize {
+        call_id: call_id.clone(),
+        org_id: principal.org_id.clone(),
+        attribution,
+        model: model.to_owned(),
+        max_cost: Some(hold),
+        hold_ttl_seconds: i64::try_from(services.config.hold_ttl_seconds)
+            .map_err(|_| AppError::internal("the hold TTL does not fit in seconds"))?,
+    };
+    let outcome = services.submit(command, principal.actor()).await?;
+    match outcome.events.first().map(|committed| &committed.event) {
+        Some(Event::CallAuthorized(_)) => Ok(call_id),
+        _ => Err(AppError::internal("a proxied authorization recorded no CallAuthorized")),
+    }
+}
+
+/// One proxied call, as its upstream task knows it.
+struct Call {
+    services: Arc<Services>,
+    call_id: CallId,
+    model: String,
+    route: Route,
+    streaming: bool,
+    strip_usage_chunk: bool,
+    estimated_input_tokens: u64,
+    request_id: String,
+}
+
+/// Usage as read so far from the upstream's answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Usage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// Drives the upstream for one call, relays its answer, and settles the call once.
+async fn pump(
+    call: Call,
+    upstream: Upstream,
+    body: Bytes,
+    permit: OwnedSemaphorePermit,
+    head: oneshot::Sender<AppResult<(u16, Option<String>)>>,
+    sender: mpsc::Sender<Bytes>,
+) {
+    let url = format!("{}{}", upstream.base_url, call.route.upstream_path());
+    let request = call.services.proxy.client.post(&url).header("content-type", "application/json").body(body);
+    let request = match upstream.provider {
+        Provider::OpenAi => request.bearer_auth(upstream.api_key.as_str()),
+        Provider::Anthropic => {
+            request.header("x-api-key", upstream.api_key.as_str()).header("anthropic-version", ANTHROPIC_VERSION)
+        }
+    };
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(call_id = %call.call_id, %error, "upstream unreachable");
+            let _ = head
+                .send(Err(AppError::Upstream(format!("the model's upstream did not answer: {}", describe(&error)))));
+            call.settle(Usage { input_tokens: Some(0), output_tokens: Some(0) }, UsageStatus::Failed, false).await;
+            drop(permit);
+            return;
+        }
+    };
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let client_present = head.send(Ok((status, content_type))).is_ok();
+    let relay = Relay::new(&call, sender, client_present);
+    let (usage, relayed_bytes, completed) = relay.run(response, call.services.proxy.limits.drain_timeout).await;
+    let status = match (status < 400, completed) {
+        (true, true) => UsageStatus::Succeeded,
+        (true, false) => UsageStatus::Cancelled,
+        (false, _) => UsageStatus::Failed,
+    };
+    let estimated_output =
+        if status == UsageStatus::Succeeded || relayed_bytes > 0 { estimate_tokens(relayed_bytes) } else { 0 };
+    let (usage, estimated) = match (usage.input_tokens, usage.output_tokens) {
+        (Some(input), Some(output)) => (Usage { input_tokens: Some(input), output_tokens: Some(output) }, false),
+        // An upstream error without usage served nothing.
+        _ if status == UsageStatus::Failed && relayed_bytes == 0 => {
+            (Usage { input_tokens: Some(0), output_tokens: Some(0) }, false)
+        }
+        (input, output) => (
+            Usage {
+                input_tokens: Some(input.unwrap_or(call.estimated_input_tokens)),
+                output_tokens: Some(output.unwrap_or(estimated_output)),
+            },
+            true,
+        ),
+    };
+    call.settle(usage, status, estimated).await;
+    drop(permit);
+}
+
+/// The `anthropic-version` bahi speaks to Anthropic upstreams.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An upstream error without the URL (which the client has no business seeing).
+fn describe(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection refused or failed"
+    } else {
+        "request failed"
+    }
+}
+
+/// Relays the upstream's body to the client while reading the usage out of it.
+struct Relay<'call> {
+    call: &'call Call,
+    sender: mpsc::Sender<Bytes>,
+    client_present: bool,
+    usage: Usage,
+    /// A streamed answer's bytes not yet ending an SSE event; a whole answer otherwise.
+    pending: BytesMut,
+    relayed_bytes: usize,
+    oversized: bool,
+}
+
+impl<'call> Relay<'call> {
+    fn new(call: &'call Call, sender: mpsc::Sender<Bytes>, client_present: bool) -> Relay<'call> {
+        Relay {
+            call,
+            sender,
+            client_present,
+            usage: Usage::default(),
+            pending: BytesMut::new(),
+            relayed_bytes: 0,
+            oversized: false,
+        }
+    }
+
+    /// Reads the upstream to its end (or, once the client left, until the drain time is
+    /// up): the usage found, the bytes relayed, and whether the upstream's answer ended.
+    async fn run(mut self, response: reqwest::Response, drain_timeout: Duration) -> (Usage, usize, bool) {
+        let mut stream = response.bytes_stream();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match drain_deadline {
+                None => stream.next().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return (self.usage, self.relayed_bytes, false),
+                },
+            };
+            match next {
+                None => break,
+                Some(Err(error)) => {
+                    tracing::warn!(call_id = %self.call.call_id, %error, "upstream stream broke");
+                    return (self.usage, self.relayed_bytes, false);
+                }
+                Some(Ok(chunk)) => {
+                    self.take(chunk).await;
+                    if !self.client_present && drain_deadline.is_none() {
+                        drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
+                    }
+                }
+            }
+        }
+        if !self.call.streaming {
+            self.read_whole_answer_usage();
+        } else if !self.pending.is_empty() {
+            let rest = self.pending.split().freeze();
+            self.event(rest).await;
+        }
+        (self.usage, self.relayed_bytes, true)
+    }
+
+    async fn take(&mut self, chunk: Bytes) {
+        if !self.call.streaming {
+            if self.pending.len() + chunk.len() <= MAX_PARSED_BYTES {
+                self.pending.extend_from_slice(&chunk);
+            } else {
+                self.oversized = true;
+            }
+            self.send(chunk).await;
+            return;
+        }
+        self.pending.extend_from_slice(&chunk);
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end).freeze();
+            self.event(event).await;
+        }
+        if self.pending.len() > MAX_PARSED_BYTES {
+            // One event this large is not one bahi reads; relay it as it is.
+            self.oversized = true;
+            let bytes = self.pending.split().freeze();
+            self.send(bytes).await;
+        }
+    }
+
+    /// One whole SSE event (with its blank line): read its usage, and relay it unless it is
+    /// the usage chunk bahi asked for on the client's behalf.
+    async fn event(&mut self, event: Bytes) {
+        let data = sse_data(&event);
+        let parsed: Option<Value> = data.and_then(|data| serde_json::from_slice(data).ok());
+        if let Some(parsed) = &parsed {
+            self.read_event_usage(parsed);
+            if self.call.strip_usage_chunk && is_usage_only_chunk(parsed) {
+                return;
+            }
+        }
+        self.send(event).await;
+    }
+
+    fn read_event_usage(&mut self, event: &Value) {
+        match self.call.route.provider() {
+            Provider::OpenAi => {
+                if let Some(usage) = event.get("usage").filter(|usage| usage.is_object()) {
+                    self.usage.input_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+                    self.usage.output_tokens =
+                        Some(usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0));
+                }
+            }
+            Provider::Anthropic => match event.get("type").and_then(Value::as_str) {
+                Some("message_start") => {
+                    if let Some(usage) = event.get("message").and_then(|message| message.get("usage")) {
+                        self.read_anthropic_usage(usage);
+                    }
+                }
+                Some("message_delta") => {
+                    if let Some(usage) = event.get("usage") {
+                        self.read_anthropic_usage(usage);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// Anthropic's usage: input counts every input token kind; output is a running total.
+    fn read_anthropic_usage(&mut self, usage: &Value) {
+        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+        if field("input_tokens").is_some() {
+            let parts = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"];
+            self.usage.input_tokens = Some(parts.iter().filter_map(|name| field(name)).fold(0, u64::saturating_add));
+        }
+        if let Some(output) = field("output_tokens") {
+            self.usage.output_tokens = Some(output);
+        }
+    }
+
+    fn read_whole_answer_usage(&mut self) {
+        if self.oversized {
+            return;
+        }
+        let Ok(answer) = serde_json::from_slice::<Value>(&self.pending) else { return };
+        let Some(usage) = answer.get("usage").filter(|usage| usage.is_object()) else { return };
+        match self.call.route.provider() {
+            Provider::OpenAi => {
+                self.usage.input_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+                self.usage.output_tokens = Some(usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0));
+            }
+            Provider::Anthropic => {
+                let usage = usage.clone();
+                self.read_anthropic_usage(&usage);
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes) {
+        self.relayed_bytes += bytes.len();
+        if self.client_present && self.sender.send(bytes).await.is_err() {
+            // The client left: keep reading the upstream for its usage, sending nothing.
+            self.client_present = false;
+        }
+    }
+}
+
+/// The end (exclusive) of the first whole SSE event in `buffer`: after its blank line.
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let lf = buffer.windows(2).position(|window| window == b"\n\n").map(|at| at + 2);
+    let crlf = buffer.windows(4).position(|window| window == b"\r\n\r\n").map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(lf), Some(crlf)) => Some(lf.min(crlf)),
+        (found, None) | (None, found) => found,
+    }
+}
+
+/// The `data:` payload of one SSE event (bahi's upstreams send one data line per event).
+fn sse_data(event: &[u8]) -> Option<&[u8]> {
+    event.split(|byte| *byte == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let data = line.strip_prefix(b"data:")?;
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        (data != b"[DONE]").then_some(data)
+    })
+}
+
+/// OpenAI's closing usage chunk: no choices, only usage.
+fn is_usage_only_chunk(chunk: &Value) -> bool {
+    chunk.get("usage").is_some_and(Value::is_object)
+        && chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty)
+}
+
+impl Call {
+    /// Records the call's usage once; a refusal is logged (the hold then expires by itself).
+    async fn settle(&self, usage: Usage, status: UsageStatus, estimated: bool) {
+        let input_tokens = usage.input_tokens.unwrap_or(0);
+        let output_tokens = usage.output_tokens.unwrap_or(0);
+        let source = if estimated { "estimated" } else { "upstream" };
+        let command = Command::RecordUsage {
+            call_id: self.call_id.clone(),
+            model: self.model.clone(),
+            input_tokens,
+            output_tokens,
+            status,
+            request_hash: hex::encode(Sha256::digest(
+                format!("proxy {} {input_tokens} {output_tokens} {} {source}", self.call_id, status.as_str())
+                    .as_bytes(),
+            )),
+        };
+        let submitted = REQUEST_ID
+            .scope(
+                self.request_id.clone(),
+                self.services.submit(command, Actor::new("proxy", self.route.client_path())),
+            )
+            .await;
+        match submitted {
+            Ok(_) => {
+                tracing::debug!(call_id = %self.call_id, input_tokens, output_tokens, source, "proxied call settled")
+            }
+            Err(error) => {
+                tracing::error!(call_id = %self.call_id, %error, "a proxied call could not be settled; its hold will expire")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn sse_events_split_at_blank_lines_of_either_ending() {
+        assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
+        assert_eq!(event_end(b"data: 1\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: 1\n"), None);
+        assert_eq!(sse_data(b"event: x\ndata: {\"a\":1}\n\n"), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(sse_data(b"data: [DONE]\n\n"), None);
+    }
+
+    #[test]
+    fn only_the_closing_usage_chunk_is_usage_only() {
+        let usage = serde_json::json!({"choices": [], "usage": {"prompt_tokens": 1}});
+        let content = serde_json::json!({"choices": [{"delta": {}}], "usage": null});
+        assert!(is_usage_only_chunk(&usage));
+        assert!(!is_usage_only_chunk(&content));
+    }
+}
