@@ -153,6 +153,7 @@ async fn call(running: &Running, org: &OrgId, who: CallAttribution, model: &str,
                 output_tokens,
                 status: bahi_domain::billing::UsageStatus::Succeeded,
                 request_hash: hex::encode(random16()),
+                usage_source: None,
             })
             .await;
     }

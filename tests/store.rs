@@ -797,6 +797,7 @@ fn usage(call_id: &bahi_domain::ids::CallId, tokens: u64) -> Command {
         output_tokens: tokens * 10,
         status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: hex::encode(random16()),
+        usage_source: None,
     }
 }
 

@@ -220,6 +220,7 @@ impl GatewayLog {
                     output_tokens: 50 + (index % 700) as u64,
                     status: UsageStatus::Succeeded,
                     request_hash: hex::encode(random::<16>()),
+                    usage_source: None,
                 });
                 continue;
             }

@@ -39,6 +39,24 @@ impl UsageStatus {
     }
 }
 
+/// Where a settlement's token counts came from, when not from the gateway's report:
+/// the upstream's own usage, or bahi's estimate when the upstream gave none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    Upstream,
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Upstream => "upstream",
+            UsageSource::Estimated => "estimated",
+        }
+    }
+}
+
 /// Whose API a model's upstream speaks: it decides the path bahi calls and the shape of
 /// requests, usage and errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
 
-use crate::billing::{MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, Provider, UsageStatus, call_cost};
+use crate::billing::{
+    MAX_PRICE_PER_MILLION_MICROS, MAX_TOKENS_PER_CALL, Price, Provider, UsageSource, UsageStatus, call_cost,
+};
 use crate::claims::AgentMode;
 use crate::credential::{Environment, Role, Scope, SecretHash, normalize_email};
 use crate::error::DomainError;
@@ -251,6 +253,8 @@ pub enum Command {
         output_tokens: u64,
         status: UsageStatus,
         request_hash: String,
+        /// The proxy's: the upstream's usage or bahi's estimate; `None` for a gateway's report.
+        usage_source: Option<UsageSource>,
     },
     /// Release every hold whose expiry has passed (at most MAX_HOLDS_EXPIRED_PER_COMMAND).
     ExpireHolds,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{Environment, Role, Scope, SecretHash};
 use std::collections::BTreeMap;
 
-use crate::billing::{Price, Provider};
+use crate::billing::{Price, Provider, UsageSource};
 use crate::claims::AgentMode;
 use crate::ids::{AgentId, ApiKeyId, CallId, IssuerId, OrgId, TokenId, TopupId, UserId};
 use crate::money::Money;
@@ -353,6 +353,10 @@ pub struct UsageRecorded {
     pub request_hash: String,
     #[serde(deserialize_with = "crate::timestamp::deserialize")]
     pub settled_at: DateTime<Utc>,
+    /// Set by the proxy: the upstream's usage, or bahi's estimate. Absent for usage a
+    /// gateway reported (`POST /v1/usage`), and in logs older than the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_source: Option<UsageSource>,
 }
 
 /// An unsettled hold reached its expiry and released its credit.

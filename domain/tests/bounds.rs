@@ -229,6 +229,7 @@ fn prices_and_token_counts_bound_a_call_cost_which_never_takes_a_balance_past_it
         output_tokens: tokens,
         status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: "h".into(),
+        usage_source: None,
     };
     let message = invalid_message(ledger.when(&usage(&calls[0], MAX_TOKENS_PER_CALL + 1)));
     assert_eq!(message, format!("token counts must be at most {MAX_TOKENS_PER_CALL}"));

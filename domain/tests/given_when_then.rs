@@ -199,6 +199,7 @@ fn settled_calls_leave_memory_after_a_day_and_unsettled_ones_after_a_week() {
         output_tokens: 10,
         status: bahi_domain::billing::UsageStatus::Succeeded,
         request_hash: "h".into(),
+        usage_source: None,
     };
     run(&mut state, &authorize(1), at);
     run(&mut state, &authorize(2), at);
@@ -268,6 +269,7 @@ fn an_authorization_without_max_cost_holds_the_models_default_hold_and_never_ove
         output_tokens: 100_000,
         status: UsageStatus::Cancelled,
         request_hash: "h".into(),
+        usage_source: None,
     };
     let events = run(&mut state, &usage, at);
     let [Event::UsageRecorded(recorded)] = events.as_slice() else { panic!("{events:?}") };

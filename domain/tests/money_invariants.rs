@@ -137,6 +137,7 @@ impl World {
             output_tokens: output,
             status: UsageStatus::Succeeded,
             request_hash: format!("{input}/{output}"),
+            usage_source: None,
         }
     }
 

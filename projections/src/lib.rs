@@ -241,6 +241,15 @@ fn with_attribution(mut row: LedgerEntryRow, attribution: &CallAttribution) -> L
     row
 }
 
+/// A usage row's description: the call's status, and whether bahi estimated its tokens
+/// (a proxied call whose upstream gave no usage).
+fn usage_description(recorded: &bahi_domain::event::UsageRecorded) -> String {
+    match recorded.usage_source {
+        Some(bahi_domain::billing::UsageSource::Estimated) => format!("{}, usage estimated", recorded.status),
+        _ => recorded.status.clone(),
+    }
+}
+
 /// One ledger entry per money event of an org: credits, debits, and released holds.
 pub fn ledger_entries(event: &Event, position: i64) -> Vec<SqlOperation> {
     let row = match event {
@@ -275,7 +284,7 @@ pub fn ledger_entries(event: &Event, position: i64) -> Vec<SqlOperation> {
                 entry_type::USAGE,
                 recorded.settled_at,
                 recorded.call_id.to_string(),
-                Some(recorded.status.clone()),
+                Some(usage_description(recorded)),
             );
             LedgerEntryRow {
                 call_id: Some(recorded.call_id.to_string()),
@@ -374,6 +383,7 @@ mod tests {
             balance_after: Money::parse("9.5").unwrap(),
             request_hash: "h".into(),
             settled_at: "2026-03-04T23:59:59Z".parse().unwrap(),
+            usage_source: None,
         }
         .into()
     }

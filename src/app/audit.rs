@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use bahi_domain::billing::UsageSource;
 use bahi_domain::chain::format_recorded_at;
 use bahi_domain::credential::Scope;
 use bahi_domain::ids::CallId;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppResult, Reader, Services};
+use crate::store::CallEvent;
 use crate::store::ReadModels;
 
 /// Default and largest page of the event log.
@@ -61,11 +63,10 @@ pub async fn call(services: &Services, reader: &Reader, call_id: &str) -> AppRes
         _ => return Err(AppError::not_found("call")),
     };
     let events = services.store.call_events(call_id.as_str()).await?;
+    let usage_source = events.iter().find(|event| event.event_type == "UsageRecorded").map(usage_source_of);
     let events: Vec<Value> = events
         .into_iter()
-        .map(
-            |(position, event_type, hash)| json!({"position": position, "type": event_type, "hash": hex::encode(hash)}),
-        )
+        .map(|event| json!({"position": event.position, "type": event.event_type, "hash": hex::encode(event.hash)}))
         .collect();
     let agent = match &record.agent_id {
         Some(id) => json!({"id": id, "name": record.agent_name}),
@@ -82,11 +83,25 @@ pub async fn call(services: &Services, reader: &Reader, call_id: &str) -> AppRes
         "output_tokens": record.output_tokens,
         "cost": record.cost,
         "status": record.status,
+        "usage_source": usage_source,
         "hold": record.hold,
         "authorized_at": format_recorded_at(record.authorized_at),
         "settled_at": record.settled_at.map(format_recorded_at),
         "events": events,
     }))
+}
+
+/// Where a settlement's tokens came from: `reported` by a gateway (`POST /v1/usage`), or,
+/// for a proxied call, the `upstream`'s usage or bahi's `estimated` one.
+fn usage_source_of(settlement: &CallEvent) -> &'static str {
+    #[derive(Deserialize)]
+    struct Source {
+        usage_source: Option<UsageSource>,
+    }
+    match serde_json::from_slice::<Source>(&settlement.payload) {
+        Ok(Source { usage_source: Some(source) }) => source.as_str(),
+        _ => "reported",
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -134,6 +134,7 @@ pub async fn record_usage(services: &Services, operator: &Operator, request: Rec
         output_tokens: request.output_tokens,
         status: request.status,
         request_hash: hex::encode(Sha256::digest(body.as_bytes())),
+        usage_source: None,
     };
     let outcome = services.submit(command, operator.actor()).await?;
     if let Some(Event::UsageRecorded(recorded)) = outcome.events.first().map(|committed| &committed.event) {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bahi_domain::billing::{Provider, UsageStatus, call_cost};
+use bahi_domain::billing::{Provider, UsageSource, UsageStatus, call_cost};
 use bahi_domain::credential::Scope;
 use bahi_domain::event::{CallAttribution, Event};
 use bahi_domain::ids::CallId;
@@ -365,24 +365,29 @@ async fn pump(
         (true, false) => UsageStatus::Cancelled,
         (false, _) => UsageStatus::Failed,
     };
-    let estimated_output =
-        if status == UsageStatus::Succeeded || relayed_bytes > 0 { estimate_tokens(relayed_bytes) } else { 0 };
-    let (usage, estimated) = match (usage.input_tokens, usage.output_tokens) {
-        (Some(input), Some(output)) => (Usage { input_tokens: Some(input), output_tokens: Some(output) }, false),
-        // An upstream error without usage served nothing.
-        _ if status == UsageStatus::Failed && relayed_bytes == 0 => {
-            (Usage { input_tokens: Some(0), output_tokens: Some(0) }, false)
-        }
-        (input, output) => (
-            Usage {
-                input_tokens: Some(input.unwrap_or(call.estimated_input_tokens)),
-                output_tokens: Some(output.unwrap_or(estimated_output)),
-            },
-            true,
-        ),
-    };
+    let (usage, estimated) = settled_usage(usage, status, relayed_bytes, call.estimated_input_tokens);
     call.settle(usage, status, estimated).await;
     drop(permit);
+}
+
+/// The tokens a call is billed: the upstream's usage when it gave it; none for an upstream's
+/// error answer (an error status served no tokens); else an estimate from the bytes relayed
+/// (a stream that stopped, or an upstream that reports no usage). The flag says estimated.
+fn settled_usage(
+    usage: Usage,
+    status: UsageStatus,
+    relayed_bytes: usize,
+    estimated_input_tokens: u64,
+) -> (Usage, bool) {
+    match (usage.input_tokens, usage.output_tokens) {
+        (Some(input), Some(output)) => (Usage { input_tokens: Some(input), output_tokens: Some(output) }, false),
+        _ if status == UsageStatus::Failed => (Usage { input_tokens: Some(0), output_tokens: Some(0) }, false),
+        (input, output) => {
+            let input_tokens = input.unwrap_or(estimated_input_tokens);
+            let output_tokens = output.unwrap_or(if relayed_bytes == 0 { 0 } else { estimate_tokens(relayed_bytes) });
+            (Usage { input_tokens: Some(input_tokens), output_tokens: Some(output_tokens) }, true)
+        }
+    }
 }
 
 /// The `anthropic-version` bahi speaks to Anthropic upstreams.
@@ -603,6 +608,7 @@ impl Call {
                 format!("proxy {} {input_tokens} {output_tokens} {} {source}", self.call_id, status.as_str())
                     .as_bytes(),
             )),
+            usage_source: Some(if estimated { UsageSource::Estimated } else { UsageSource::Upstream }),
         };
         let submitted = REQUEST_ID
             .scope(
@@ -634,6 +640,28 @@ mod tests {
         assert_eq!(event_end(b"data: 1\n"), None);
         assert_eq!(sse_data(b"event: x\ndata: {\"a\":1}\n\n"), Some(&b"{\"a\":1}"[..]));
         assert_eq!(sse_data(b"data: [DONE]\n\n"), None);
+    }
+
+    #[test]
+    fn the_upstreams_usage_wins_an_error_answer_is_free_and_anything_else_is_estimated() {
+        let reported = Usage { input_tokens: Some(3), output_tokens: Some(8) };
+        assert_eq!(settled_usage(reported, UsageStatus::Cancelled, 10, 99), (reported, false));
+        let none = Usage::default();
+        let free = Usage { input_tokens: Some(0), output_tokens: Some(0) };
+        assert_eq!(
+            settled_usage(none, UsageStatus::Failed, 500, 99),
+            (free, false),
+            "an upstream 429's body is no tokens"
+        );
+        let estimate = Usage { input_tokens: Some(99), output_tokens: Some(3) };
+        assert_eq!(settled_usage(none, UsageStatus::Succeeded, 12, 99), (estimate, true));
+        let input_only = Usage { input_tokens: Some(5), output_tokens: None };
+        let cut = Usage { input_tokens: Some(5), output_tokens: Some(3) };
+        assert_eq!(
+            settled_usage(input_only, UsageStatus::Cancelled, 12, 99),
+            (cut, true),
+            "a cut stream bills what it served"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ use bahi_projections::batch::RowBatch;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
-pub use read_models::{AuditEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUPS, ReadModels, STATEMENT_BATCH};
+pub use read_models::{
+    AuditEvent, CallEvent, CallRecord, EntrySender, MAX_ATTRIBUTION_GROUPS, ReadModels, STATEMENT_BATCH,
+};
 
 pub fn postgres_notify_channel() -> &'static str {
     postgres::NOTIFY_CHANNEL

@@ -58,7 +58,7 @@ pub(crate) mod sql {
     pub const AUDIT_CALL: &str = "SELECT call_id, org_id, credential_kind, credential_id, agent_id, agent_name, act_for, model, hold_micros, \
          authorized_at, input_tokens, output_tokens, cost_micros, status, settled_at FROM read_calls WHERE call_id = $1";
     /// A call's events in log order (bound: call id).
-    pub const CALL_EVENTS: &str = "SELECT e.position, e.event_type, e.hash FROM read_calls c \
+    pub const CALL_EVENTS: &str = "SELECT e.position, e.event_type, e.hash, e.payload FROM read_calls c \
          JOIN events e ON e.position IN (c.authorized_position, c.settled_position, c.expired_position) \
          WHERE c.call_id = $1 ORDER BY e.position";
     /// An org's events after a position, in log order (bound: org, after, limit).
@@ -95,6 +95,15 @@ pub struct CallRecord {
     pub cost: Option<Money>,
     pub status: Option<String>,
     pub settled_at: Option<DateTime<Utc>>,
+}
+
+/// One of a call's events: its position, type, hash and stored payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEvent {
+    pub position: i64,
+    pub event_type: String,
+    pub hash: [u8; 32],
+    pub payload: Vec<u8>,
 }
 
 /// An event of the log as shown to auditors: its position, type, time, payload and hash.
@@ -170,11 +179,8 @@ pub(crate) fn attribution_sql(group_by: &[GroupKey], condition: &str) -> String 
 /// What both engines read from the audit read models.
 pub trait ReadModels: Send + Sync {
     fn audit_call(&self, call_id: &str) -> impl Future<Output = Result<Option<CallRecord>, StoreError>> + Send;
-    /// The events of a call in log order: (position, type, hash).
-    fn call_events(
-        &self,
-        call_id: &str,
-    ) -> impl Future<Output = Result<Vec<(i64, String, [u8; 32])>, StoreError>> + Send;
+    /// The events of a call in log order: (position, type, hash, payload).
+    fn call_events(&self, call_id: &str) -> impl Future<Output = Result<Vec<CallEvent>, StoreError>> + Send;
     /// An org's events after `after`, in log order, at most `limit`.
     fn org_events(
         &self,
@@ -222,7 +228,7 @@ impl ReadModels for Store {
     async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
         delegate!(self, store => store.audit_call(call_id))
     }
-    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+    async fn call_events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
         delegate!(self, store => store.call_events(call_id))
     }
     async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {

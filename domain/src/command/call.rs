@@ -9,8 +9,9 @@ pub(crate) fn decide(state: &State, command: &Command, now: DateTime<Utc>) -> Re
         Command::Authorize { call_id, org_id, attribution, model, max_cost, hold_ttl_seconds } => {
             decide_authorize(state, call_id, org_id, attribution, model, max_cost, hold_ttl_seconds, now)
         }
-        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash } => {
-            decide_record_usage(state, call_id, model, input_tokens, output_tokens, status, request_hash, now)
+        Command::RecordUsage { call_id, model, input_tokens, output_tokens, status, request_hash, usage_source } => {
+            let usage = (*input_tokens, *output_tokens, *usage_source);
+            decide_record_usage(state, call_id, model, usage, status, request_hash, now)
         }
         Command::ExpireHolds => decide_expire_holds(state, now),
         other => unreachable!("call::decide was given {}", other.name()),
@@ -52,12 +53,12 @@ fn decide_record_usage(
     state: &State,
     call_id: &CallId,
     model: &str,
-    input_tokens: &u64,
-    output_tokens: &u64,
+    (input_tokens, output_tokens, usage_source): (u64, u64, Option<UsageSource>),
     status: &UsageStatus,
     request_hash: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, DomainError> {
+    let (input_tokens, output_tokens) = (&input_tokens, &output_tokens);
     let call = state.calls.get(call_id).ok_or(DomainError::NotFound("call"))?;
     if let Some(settlement) = &call.settlement {
         return if settlement.request_hash == request_hash {
@@ -93,6 +94,7 @@ fn decide_record_usage(
         balance_after,
         request_hash: request_hash.to_owned(),
         settled_at: now,
+        usage_source,
     };
     Ok(vec![recorded.into()])
 }

@@ -179,5 +179,6 @@ pub fn usage(call_seed: u8, input_tokens: u64, output_tokens: u64) -> Command {
         output_tokens,
         status: UsageStatus::Succeeded,
         request_hash: format!("{input_tokens}/{output_tokens}"),
+        usage_source: None,
     }
 }

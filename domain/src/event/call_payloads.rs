@@ -80,6 +80,7 @@ pub(super) fn usage_recorded(payload: &str) -> Option<UsageRecorded> {
         balance_after,
         request_hash,
         settled_at,
+        usage_source: None,
     })
 }
 
@@ -301,10 +302,22 @@ mod tests {
                         balance_after,
                         request_hash,
                         settled_at,
+                        usage_source: None,
                     })
                 },
             );
         prop_oneof![authorized, usage]
+    }
+
+    #[test]
+    fn a_proxied_settlement_keeps_its_usage_source_through_the_serde_path() {
+        let payload = r#"{"call_id":"call_3uQ1NtqHd5a698737sFrM7","org_id":"org_0358zaprdx37W8vExUbqvv","attribution":{"credential_kind":"api_key","credential_id":"key_0358zaprhBZoRC0gPLUUQa","agent_id":null,"agent_name":null,"act_for":"org_0358zaprdx37W8vExUbqvv"},"model":"m","input_tokens":1,"output_tokens":2,"status":"succeeded","cost":{"currency":"inr","amount":"0.10"},"hold_released":{"currency":"inr","amount":"1.00"},"balance_after":{"currency":"inr","amount":"1.90"},"request_hash":"ab","settled_at":"2026-11-23T04:37:22.246950Z","usage_source":"estimated"}"#;
+        assert_eq!(usage_recorded(payload), None, "the direct reader leaves the new field to serde");
+        let Ok(Event::UsageRecorded(recorded)) = Event::decode("UsageRecorded", 1, payload.as_bytes()) else {
+            panic!("a proxied settlement decodes")
+        };
+        assert_eq!(recorded.usage_source, Some(crate::billing::UsageSource::Estimated));
+        assert_eq!(Event::UsageRecorded(recorded).payload_bytes(), payload.as_bytes(), "and re-encodes to its bytes");
     }
 
     fn direct(event_type: &str, payload: &str) -> Option<Event> {

@@ -253,6 +253,7 @@ mod tests {
                 balance_after: money("1.9"),
                 request_hash: "ab".repeat(32),
                 settled_at: at(),
+                usage_source: Some(crate::billing::UsageSource::Estimated),
             }
             .into(),
             HoldExpired { call_id, org_id: org_id.clone(), released: money("1"), expired_at: at() }.into(),

@@ -7,7 +7,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::read_models::{
-    AuditEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money, sql,
+    AuditEvent, CallEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money, sql,
 };
 use crate::store::{StoreError, hash_from_bytes};
 
@@ -33,10 +33,17 @@ pub async fn audit_call(pool: &PgPool, call_id: &str) -> Result<Option<CallRecor
     }))
 }
 
-pub async fn call_events(pool: &PgPool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+pub async fn call_events(pool: &PgPool, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
     let rows = sqlx::query(sql::CALL_EVENTS).bind(call_id).fetch_all(pool).await?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
+        .map(|row| {
+            Ok(CallEvent {
+                position: row.try_get(0)?,
+                event_type: row.try_get(1)?,
+                hash: hash_from_bytes(row.try_get::<&[u8], _>(2)?)?,
+                payload: row.try_get(3)?,
+            })
+        })
         .collect()
 }
 
@@ -159,7 +166,7 @@ impl crate::store::ReadModels for super::PostgresStore {
     async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
         audit_call(self.pool(), call_id).await
     }
-    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+    async fn call_events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
         call_events(self.pool(), call_id).await
     }
     async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::store::read_models::{AuditEvent, CallRecord, attribution_row, attribution_sql, money, sql};
+use crate::store::read_models::{AuditEvent, CallEvent, CallRecord, attribution_row, attribution_sql, money, sql};
 use crate::store::{StoreError, hash_from_bytes};
 
 use crate::store::sqlite::parse_time;
@@ -39,10 +39,17 @@ pub async fn audit_call(pool: &SqlitePool, call_id: &str) -> Result<Option<CallR
     }))
 }
 
-pub async fn call_events(pool: &SqlitePool, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+pub async fn call_events(pool: &SqlitePool, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
     let rows = sqlx::query(sql::CALL_EVENTS).bind(call_id).fetch_all(pool).await?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, hash_from_bytes(row.try_get::<&[u8], _>(2)?)?)))
+        .map(|row| {
+            Ok(CallEvent {
+                position: row.try_get(0)?,
+                event_type: row.try_get(1)?,
+                hash: hash_from_bytes(row.try_get::<&[u8], _>(2)?)?,
+                payload: row.try_get(3)?,
+            })
+        })
         .collect()
 }
 
@@ -161,7 +168,7 @@ impl crate::store::ReadModels for super::SqliteStore {
     async fn audit_call(&self, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
         audit_call(self.pool(), call_id).await
     }
-    async fn call_events(&self, call_id: &str) -> Result<Vec<(i64, String, [u8; 32])>, StoreError> {
+    async fn call_events(&self, call_id: &str) -> Result<Vec<CallEvent>, StoreError> {
         call_events(self.pool(), call_id).await
     }
     async fn org_events(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
