@@ -27,7 +27,7 @@ pub struct ServerConfig {
     /// Whether the operator may move the clock forward (tests only).
     pub test_clock: bool,
     /// Body cap, upstream timeouts and the cap on calls in flight of the inference proxy.
-    pub proxy: crate::app::proxy::ProxyLimits,
+    pub proxy: ProxyLimits,
 }
 
 /// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.
@@ -67,6 +67,32 @@ pub fn parse_rate_limit(text: &str) -> Option<RateLimit> {
 impl ServerConfig {
     pub fn accepts_key_prefix(&self, prefix: &str) -> bool {
         self.key_prefix.as_str() == prefix || self.legacy_key_prefixes.iter().any(|legacy| legacy.as_str() == prefix)
+    }
+}
+
+/// Limits of the proxy (`bahi serve --help`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// Largest request body a client may send to a proxied endpoint.
+    pub max_body_bytes: usize,
+    pub connect_timeout: std::time::Duration,
+    /// Longest wait for the upstream's next bytes (its answer head included).
+    pub read_timeout: std::time::Duration,
+    /// Upstream calls in flight at once; one more is 503 before anything is held.
+    pub max_streams: usize,
+    /// How long a call whose client left is still read, to learn the upstream's usage.
+    pub drain_timeout: std::time::Duration,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> ProxyLimits {
+        ProxyLimits {
+            max_body_bytes: 4 * 1024 * 1024,
+            connect_timeout: std::time::Duration::from_secs(10),
+            read_timeout: std::time::Duration::from_secs(300),
+            max_streams: 4096,
+            drain_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }
 

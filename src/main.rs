@@ -87,7 +87,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
 /// Largest proxied request body accepted as a setting.
 const MAX_PROXY_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-fn proxy_limits(args: &ServeArgs) -> anyhow::Result<bahi::app::proxy::ProxyLimits> {
+fn proxy_limits(args: &ServeArgs) -> anyhow::Result<bahi::config::ProxyLimits> {
     let seconds = |value: u64, name: &str| -> anyhow::Result<std::time::Duration> {
         if value == 0 || value > MAX_TRANSPORT_TIMEOUT_SECONDS {
             bail!("{name} must be between 1 and {MAX_TRANSPORT_TIMEOUT_SECONDS}");
@@ -100,7 +100,7 @@ fn proxy_limits(args: &ServeArgs) -> anyhow::Result<bahi::app::proxy::ProxyLimit
     if args.max_upstream_streams == 0 || args.max_upstream_streams > 1_000_000 {
         bail!("BAHI_MAX_UPSTREAM_STREAMS must be between 1 and 1000000");
     }
-    Ok(bahi::app::proxy::ProxyLimits {
+    Ok(bahi::config::ProxyLimits {
         max_body_bytes: args.proxy_max_body_bytes,
         connect_timeout: seconds(args.upstream_connect_timeout_seconds, "BAHI_UPSTREAM_CONNECT_TIMEOUT_SECONDS")?,
         read_timeout: seconds(args.upstream_read_timeout_seconds, "BAHI_UPSTREAM_READ_TIMEOUT_SECONDS")?,

@@ -237,7 +237,7 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         transport: bahi::transport::TransportLimits::default(),
         token_rules: bahi::agent_token::TokenRules::default(),
         test_clock: false,
-        proxy: bahi::app::proxy::ProxyLimits::default(),
+        proxy: bahi::config::ProxyLimits::default(),
     };
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();

@@ -25,34 +25,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::models::{self, Upstream};
 use super::principal::{self, Presented, Principal};
 use super::{AppError, AppResult, REQUEST_ID, Services};
+pub use crate::config::ProxyLimits;
 use crate::identity::new_id_bytes;
 use crate::ledger::Actor;
-
-/// Limits of the proxy (`bahi serve --help`).
-#[derive(Debug, Clone, Copy)]
-pub struct ProxyLimits {
-    /// Largest request body a client may send to a proxied endpoint.
-    pub max_body_bytes: usize,
-    pub connect_timeout: Duration,
-    /// Longest wait for the upstream's next bytes (its answer head included).
-    pub read_timeout: Duration,
-    /// Upstream calls in flight at once; one more is 503 before anything is held.
-    pub max_streams: usize,
-    /// How long a call whose client left is still read, to learn the upstream's usage.
-    pub drain_timeout: Duration,
-}
-
-impl Default for ProxyLimits {
-    fn default() -> ProxyLimits {
-        ProxyLimits {
-            max_body_bytes: 4 * 1024 * 1024,
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(300),
-            max_streams: 4096,
-            drain_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// The node's proxy: one upstream HTTP client (connection pools per upstream), and the cap
 /// on calls in flight.
