@@ -181,6 +181,12 @@ async fn every_gateway_s_way_of_asking_is_allowed_and_agents_are_named() {
         assert_eq!(response.status(), 200, "{method}");
         assert!(header(response.headers(), "x-bahi-call-id").starts_with("call_"));
     }
+    // The gateway's root: Envoy appends "/", and the original path may be just that.
+    for path in ["/v1/forward-auth/", "/v1/forward-auth/?q=1", "/v1/forward-auth//v1/x"] {
+        let response =
+            client.get(server.url(path)).bearer_auth(key).header("x-bahi-model", MODEL).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
 
     // An agent token names its agent and whom it acts for.
     let agent: Value = client

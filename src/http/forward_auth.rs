@@ -28,6 +28,9 @@ const MAX_MESSAGE_BYTES: usize = 512;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(PATH, any(forward_auth_request))
+        // A catch-all matches no empty rest: Envoy asking about the gateway's root ("/")
+        // needs its own route.
+        .route("/v1/forward-auth/", any(forward_auth_with_original_path))
         .route("/v1/forward-auth/{*original_path}", any(forward_auth_with_original_path))
 }
 
