@@ -614,7 +614,7 @@ async fn a_real_nginx_with_the_readme_configuration_allows_and_refuses() {
         return;
     };
     let database = TestDatabase::sqlite();
-    let server = start(&database);
+    let mut server = start(&database);
     let client = client();
     let (org_id, key) = register(&client, &server, "Acme").await;
     price_and_grant(&client, &server, OPERATOR_KEY, &org_id, "0").await;
@@ -686,6 +686,31 @@ async fn a_real_nginx_with_the_readme_configuration_allows_and_refuses() {
     // The call nginx let through is bahi's, held and ready to settle.
     let audit = client.get(server.url(&format!("/v1/audit/calls/{call_id}"))).bearer_auth(&key).send();
     assert_eq!(audit.await.unwrap().status(), 200);
+    // An agent's token: the upstream is told which agent.
+    let agent: Value = client
+        .post(server.url("/me/agents"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "helper"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_id = agent["id"].as_str().unwrap();
+    let minted: Value = client
+        .post(server.url(&format!("/me/agents/{agent_id}/token")))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = chat(minted["access_token"].as_str().unwrap()).header("x-bahi-agent-id", "agt_forged").send();
+    let received: Value = response.await.unwrap().json().await.unwrap();
+    assert_eq!(received["x-bahi-agent-id"], agent_id, "{received}");
 
     // Revoked key: 401, with the reason.
     let revoked = create_key(&client, &server, &key, json!({})).await;
@@ -710,5 +735,11 @@ async fn a_real_nginx_with_the_readme_configuration_allows_and_refuses() {
     assert!(!header(&headers, "retry-after").is_empty(), "{headers:?}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
-    assert_eq!(seen.lock().unwrap().len(), 2, "only the two allowed requests reached the upstream");
+    assert_eq!(seen.lock().unwrap().len(), 3, "only the three allowed requests reached the upstream");
+
+    // bahi unreachable: nginx fails closed.
+    server.kill();
+    let response = chat(&key).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(seen.lock().unwrap().len(), 3, "nothing reaches the upstream without bahi's answer");
 }
