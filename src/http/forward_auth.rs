@@ -60,11 +60,7 @@ async fn forward_auth_request(
         Ok(ApiQuery(query)) => query.gateway,
         Err(error) => return denied(error, None),
     };
-    let answer = match request_from(&headers, &method, None) {
-        Ok(request) => forward_auth::authorize(&state, request).await.map_err(ApiError::from),
-        Err(error) => Err(error),
-    };
-    respond(answer, gateway)
+    respond(authorize(&state, &headers, &method, None).await, gateway)
 }
 
 /// Envoy: the original path (and query string, which is the client's and so never read as
@@ -77,14 +73,20 @@ async fn forward_auth_with_original_path(
 ) -> Response {
     let original_path = uri.path_and_query().map_or("", |path| path.as_str());
     let original_uri = original_path.strip_prefix(PATH).unwrap_or(original_path).to_owned();
-    let answer = match request_from(&headers, &method, Some(original_uri)) {
-        Ok(request) => forward_auth::authorize(&state, request).await.map_err(ApiError::from),
-        Err(error) => Err(error),
-    };
-    respond(answer, None)
+    respond(authorize(&state, &headers, &method, Some(original_uri)).await, None)
 }
 
-/// A header as text, if present; `None` for a value that is not text, which is only logged.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    path_suffix: Option<String>,
+) -> Result<ForwardAuthorized, ApiError> {
+    let request = request_from(headers, method, path_suffix)?;
+    Ok(forward_auth::authorize(state, request).await?)
+}
+
+/// The first of `names` present, as text (lossily: it is only logged).
 fn logged_header(headers: &HeaderMap, names: &[&str]) -> Option<String> {
     names.iter().find_map(|name| headers.get(*name)).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
@@ -181,4 +183,25 @@ fn denied(mut error: ApiError, gateway: Option<Gateway>) -> Response {
         error.status = StatusCode::FORBIDDEN;
     }
     error.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_in_any_script_travel_percent_encoded_and_intact() {
+        assert_eq!(encoded_header("agt_0Ab9").to_str().ok(), Some("agt_0Ab9"));
+        assert_eq!(
+            encoded_header("iss_1:José Ñ%\r\nx-evil: 1").to_str().ok(),
+            Some("iss_1:Jos%C3%A9%20%C3%91%25%0D%0Ax-evil:%201")
+        );
+    }
+
+    #[test]
+    fn error_messages_fit_a_header_and_a_json_string() {
+        let message = header_message("must be \"Bearer <key>\"\\ ₹\r\nx-evil: 1");
+        assert_eq!(message.to_str().ok(), Some("must be 'Bearer <key>'/ ???x-evil: 1"));
+        assert_eq!(header_message(&"a".repeat(10_000)).len(), MAX_MESSAGE_BYTES);
+    }
 }
