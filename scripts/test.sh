@@ -28,11 +28,13 @@ else
     echo "$skipped_postgres"
 fi
 
-# The README walk-through test drives the server with curl and jq. In CI they are installed
-# when missing; elsewhere the test says plainly that it did not run without them.
-for tool in curl jq; do
-    if ! command -v "$tool" > /dev/null && [ -n "${CI:-}" ]; then
-        echo "test.sh: installing $tool for the README walk-through test"
+# The README walk-through test drives the server with curl and jq, and the forward-auth test
+# puts Debian's nginx in front of it with README's configuration. In CI they are installed
+# when missing; elsewhere each test says plainly that it did not run without them.
+for tool in curl jq nginx; do
+    if ! command -v "$tool" > /dev/null && [ ! -x "/usr/sbin/$tool" ] && [ -n "${CI:-}" ]; then
+        echo "test.sh: installing $tool for the README walk-through and forward-auth tests"
+        export DEBIAN_FRONTEND=noninteractive
         apt-get install -y -qq "$tool" > /dev/null 2>&1 || { apt-get update -qq > /dev/null && apt-get install -y -qq "$tool" > /dev/null; }
     fi
 done

@@ -12,6 +12,7 @@ pub mod agents;
 pub mod audit;
 pub mod billing;
 pub mod error;
+pub mod forward_auth;
 pub mod health;
 pub mod humans;
 pub mod issuers;

@@ -71,6 +71,13 @@ pub fn presented(headers: &HeaderMap) -> Result<Presented, ApiError> {
     Ok(Presented { credential: presented_header_credential(headers)?, session_cookie: session_cookie(headers) })
 }
 
+/// What the request presents in `Authorization` or `x-api-key` alone, never its session
+/// cookie: forward-auth reads the headers a gateway passes on from any client, and a
+/// browser's console cookie reaching a gateway must not spend the org's credit.
+pub fn presented_credential_only(headers: &HeaderMap) -> Result<Presented, ApiError> {
+    Ok(Presented { credential: presented_header_credential(headers)?, session_cookie: None })
+}
+
 /// Route layer of every authenticated route: resolve, rate-limit, run, add the headers.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let principal = match resolve(&state, request.headers()).await {

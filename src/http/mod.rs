@@ -9,6 +9,7 @@ pub mod auth;
 pub mod billing;
 pub mod error;
 pub mod extract;
+pub mod forward_auth;
 pub mod health;
 pub mod humans;
 pub mod issuers;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(billing::router(&state))
         .merge(models::router(&state))
         .merge(proxy::router())
+        .merge(forward_auth::router())
         .merge(test_clock::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
