@@ -414,16 +414,30 @@ fn chat_body(model: &str, stream: bool) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// What `open_streams` read, in MB.
+struct OpenStreams {
+    /// The node's VmRSS and VmHWM with the streams open.
+    rss: f64,
+    peak: f64,
+    /// This process's VmRSS before and with the streams open: the load generator and the
+    /// fake upstream also hold two connections a stream (the same-run baseline).
+    bench_before: f64,
+    bench_open: f64,
+    /// Streams whose first chunk came; streams that then ended whole.
+    opened: usize,
+    whole: usize,
+}
+
 /// Opens `count` streamed calls of HOLD_OPEN_MODEL through the node, each on a connection
-/// of its own, and reads each one's first chunk; then reads the node's memory, releases the
-/// streams and reads each to its end. (VmRSS with the streams open, VmHWM, streams whose
-/// first chunk came, streams that then ended whole.)
+/// of its own, and reads each one's first chunk; then reads the memory of the node and of
+/// this process, releases the streams and reads each to its end.
 async fn open_streams(
     node: &Node,
     count: usize,
     bearer: &ClientHeaderValue,
     release: watch::Sender<bool>,
-) -> anyhow::Result<(f64, f64, usize, usize)> {
+) -> anyhow::Result<OpenStreams> {
+    let bench_before = status_megabytes(std::process::id(), "VmRSS")?;
     let body = chat_body(HOLD_OPEN_MODEL, true);
     let (opened_sender, mut opened) = mpsc::channel::<bool>(count.max(1));
     let mut tasks = Vec::with_capacity(count);
@@ -473,6 +487,7 @@ async fn open_streams(
     }
     let rss = status_megabytes(node.pid, "VmRSS")?;
     let peak = status_megabytes(node.pid, "VmHWM")?;
+    let bench_open = status_megabytes(std::process::id(), "VmRSS")?;
     let _ = release.send(true);
     let mut whole = 0;
     for task in tasks {
@@ -480,7 +495,7 @@ async fn open_streams(
             whole += 1;
         }
     }
-    Ok((rss, peak, open, whole))
+    Ok(OpenStreams { rss, peak, bench_before, bench_open, opened: open, whole })
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -522,7 +537,8 @@ pub async fn proxy(seconds: u64, connections: usize, streams: usize, database: O
 
     // Memory first, on a node that has served nothing else, so that VmHWM is this point's.
     let idle_rss = status_megabytes(node.pid, "VmRSS")?;
-    let (open_rss, open_peak, opened, whole) = open_streams(&node, streams, &bahi_bearer, release_sender).await?;
+    let open = open_streams(&node, streams, &bahi_bearer, release_sender).await?;
+    let (open_rss, open_peak, opened, whole) = (open.rss, open.peak, open.opened, open.whole);
 
     let mut points = Vec::new();
     for (label, stream) in [("plain", false), ("streamed", true)] {
@@ -615,6 +631,13 @@ pub async fn proxy(seconds: u64, connections: usize, streams: usize, database: O
          above setup; {whole} streams then ended whole; VmHWM over the whole run {run_peak:.1} MB",
         held.load(Ordering::Relaxed),
         (open_rss - idle_rss) * 1024.0 / streams.max(1) as f64
+    );
+    println!(
+        "baseline, this process (load generator and fake upstream, also two connections a stream): VmRSS {:.1} MB \
+         before, {:.1} MB with the streams open, {:.1} kB a stream",
+        open.bench_before,
+        open.bench_open,
+        (open.bench_open - open.bench_before) * 1024.0 / streams.max(1) as f64
     );
     println!("open-file limit {}; the node's connection cap {}", open_file_limit(), connection_cap());
     println!();
