@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use bahi::config::ServerConfig;
 use bahi::limits::RateLimiter;
 
-fn per_second(count: u64, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
@@ -114,12 +114,12 @@ pub fn credentials(seconds: u64) -> anyhow::Result<()> {
 /// time, as a gateway's upstream connection would be. The generator shares the machine with
 /// the server, so it is kept lean: reqwest's pool, URL parsing and `json!` bodies per request
 /// took a quarter of the CPU in the authorize+usage phase (perf), CPU the server then lacked.
-struct LoadConnection {
+pub(crate) struct LoadConnection {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
 }
 
 impl LoadConnection {
-    async fn open(address: std::net::SocketAddr) -> anyhow::Result<LoadConnection> {
+    pub(crate) async fn open(address: std::net::SocketAddr) -> anyhow::Result<LoadConnection> {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -128,7 +128,7 @@ impl LoadConnection {
     }
 
     /// Sends one request; the body when the status is 2xx, None on any failure.
-    async fn send(&mut self, request: LoadRequest<'_>) -> Option<hyper::body::Bytes> {
+    pub(crate) async fn send(&mut self, request: LoadRequest<'_>) -> Option<hyper::body::Bytes> {
         let mut builder = hyper::Request::builder().method(request.method).uri(request.path).header("host", "bench");
         if let Some(bearer) = request.bearer {
             builder = builder.header("authorization", bearer);
@@ -146,16 +146,16 @@ impl LoadConnection {
 }
 
 /// A request of the load generator, its header values prepared before timing.
-struct LoadRequest<'a> {
-    method: hyper::Method,
-    path: &'a str,
-    bearer: Option<&'a hyper::header::HeaderValue>,
-    body: hyper::body::Bytes,
+pub(crate) struct LoadRequest<'a> {
+    pub(crate) method: hyper::Method,
+    pub(crate) path: &'a str,
+    pub(crate) bearer: Option<&'a hyper::header::HeaderValue>,
+    pub(crate) body: hyper::body::Bytes,
 }
 
 /// Runs `connections` tasks, each on a connection of its own, issuing `request` for
 /// `duration`; returns (requests/s, p50 µs, p99 µs, failures).
-async fn load<F>(
+pub(crate) async fn load<F>(
     address: std::net::SocketAddr,
     connections: usize,
     duration: Duration,
@@ -203,7 +203,7 @@ where
     Ok((per_second(latencies.len() as u64, elapsed), percentile(0.50), percentile(0.99), failures))
 }
 
-const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop";
+pub(crate) const BENCH_OPERATOR_KEY: &str = "bench-operator-key-0123456789abcdefghijklmnop";
 
 /// HTTP on loopback at `connections` connections: a trivial axum JSON endpoint, this
 /// server's `/healthz`, the account endpoint, authorize (every one a durable hold), and

@@ -6,6 +6,7 @@
 #![allow(clippy::float_arithmetic)]
 
 mod api;
+mod proxy;
 mod read_models;
 mod reports;
 mod tokens;
@@ -58,6 +59,13 @@ pub enum Benchmark {
     /// authorize+usage pairs, each beside a trivial axum JSON endpoint; then the engine alone
     /// inserting the authorizations' rows in batches of --connections.
     Http,
+    /// The inference proxy (issue 25): a fast fake OpenAI upstream in this process, called
+    /// directly (the baseline) and through a bahi node in a child process at --connections,
+    /// plain and streamed; then the node's peak memory with --open-streams streams open.
+    Proxy,
+    /// The bahi node that `proxy` starts in a child process (not a benchmark).
+    #[value(hide = true)]
+    ProxyServer,
 }
 
 /// Throughput of bahi's hot paths, each beside a baseline measured in the same run.
@@ -76,9 +84,12 @@ pub struct BenchArgs {
     /// Events for sustained and replay.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: i64,
-    /// Concurrent connections (http).
+    /// Concurrent connections (http, proxy).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Streamed calls held open at once through the proxy while its memory is read (proxy).
+    #[arg(long, default_value_t = 1000)]
+    pub open_streams: usize,
     /// The log that `replay` folds.
     #[arg(long, value_enum, default_value_t = ReplayLog::Gateway)]
     pub log: ReplayLog,
@@ -536,6 +547,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Attribution => crate::reports::attribution(&args).await,
         Benchmark::Credentials => crate::api::credentials(args.seconds),
         Benchmark::Http => crate::api::http(args.seconds, args.connections, args.database.clone()).await,
+        Benchmark::Proxy => {
+            crate::proxy::proxy(args.seconds, args.connections, args.open_streams, args.database.clone()).await
+        }
+        Benchmark::ProxyServer => crate::proxy::serve_child(args.database.clone()).await,
     }
 }
 
