@@ -188,10 +188,17 @@ async fn the_official_sdks_work_through_bahi_with_a_key_and_an_agent_token_and_e
     let token = minted["access_token"].as_str().unwrap();
     let (passed, output) = run_python(&python, &[smoke, &server.base_url, "--api-key", token]);
     assert!(passed, "the SDKs with an agent token:\n{output}");
+    // Anthropic's SDKs have sent the API key as x-api-key: a token works there too.
+    let messages =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let response =
+        client.post(server.url("/v1/messages")).header("x-api-key", token).json(&messages).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
 
     // Every proxied call settled once, at exactly its upstream's tokens × its model's price.
     let rows = usage_rows(&client, &server, &key).await;
-    assert_eq!(rows.len(), 20, "ten calls per run (embeddings twice), each settled once");
+    assert_eq!(rows.len(), 21, "ten calls per run (embeddings twice) and one more, each settled once");
     for row in &rows {
         assert_eq!(amount(&row["debit"]), expected_cost(row), "{row}");
         assert_eq!(row["agent"]["id"], agent_id.as_str(), "every call is the agent's: {row}");
@@ -199,7 +206,7 @@ async fn the_official_sdks_work_through_bahi_with_a_key_and_an_agent_token_and_e
         assert_eq!(row["description"], if failed { "failed" } else { "succeeded" }, "{row}");
     }
     let by_token = rows.iter().filter(|row| row["credential"]["kind"] == "agent_token").count();
-    assert_eq!(by_token, 10);
+    assert_eq!(by_token, 11);
 }
 
 #[tokio::test]
@@ -355,6 +362,15 @@ async fn refusals_answer_in_each_providers_shape_and_hold_nothing() {
             Box::new(openai_error(413, "request_too_large")),
         ),
     ];
+    // A console session is not an inference credential: the cookie alone is no credential.
+    let cookie_only = client
+        .post(server.url("/v1/chat/completions"))
+        .header("cookie", "bahi_session=anything")
+        .json(&chat_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cookie_only.status(), 401);
     for (path, credential, body, status, check) in cases {
         let mut request = client.post(server.url(path)).header("content-type", "application/json").body(body);
         if let Some(credential) = credential {

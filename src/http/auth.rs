@@ -19,6 +19,25 @@ pub const SESSION_COOKIE: &str = "bahi_session";
 
 /// The credential text a request presents in `Authorization: Bearer` or `x-api-key`.
 fn presented_header_credential(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let credential = header_credential(headers)?;
+    // Tokens travel only as Bearer, so a token copied into a key's header is never honoured.
+    if headers.contains_key("x-api-key") && credential.as_deref().is_some_and(looks_like_token) {
+        return Err(ApiError::unauthorized(
+            "x-api-key carries API keys only; send an agent token as \"Authorization: Bearer <token>\"",
+        ));
+    }
+    Ok(credential)
+}
+
+/// What a proxied call presents: a key or an agent token in either header (the Anthropic
+/// SDKs have sent their API key as `x-api-key`), never a session cookie (a browser's
+/// console cookie must not spend the org's credit on inference).
+pub fn presented_for_proxy(headers: &HeaderMap) -> Result<Presented, ApiError> {
+    Ok(Presented { credential: header_credential(headers)?, session_cookie: None })
+}
+
+/// The credential in `Authorization: Bearer` or `x-api-key` (the same one if both).
+fn header_credential(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -38,12 +57,6 @@ fn presented_header_credential(headers: &HeaderMap) -> Result<Option<String>, Ap
             Some(value.to_str().map_err(|_| ApiError::unauthorized("malformed x-api-key header"))?.trim().to_owned())
         }
     };
-    // Tokens travel only as Bearer, so a token copied into a key's header is never honoured.
-    if api_key_header.as_deref().is_some_and(looks_like_token) {
-        return Err(ApiError::unauthorized(
-            "x-api-key carries API keys only; send an agent token as \"Authorization: Bearer <token>\"",
-        ));
-    }
     match (bearer, api_key_header) {
         (Some(bearer), Some(key)) if bearer != key => {
             Err(ApiError::unauthorized("send exactly one credential: Authorization and x-api-key differ"))

@@ -11,7 +11,7 @@ use axum::routing::post;
 use serde_json::json;
 
 use super::AppState;
-use super::auth::presented;
+use super::auth::presented_for_proxy;
 use super::error::{ApiError, current_request_id, rate_limit_headers};
 use crate::app::proxy::{self, Proxied, Refused, Route};
 
@@ -43,7 +43,7 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body, route: Route) -
             return provider_error(route, ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message));
         }
     };
-    let presented = match presented(&headers) {
+    let presented = match presented_for_proxy(&headers) {
         Ok(presented) => presented,
         Err(error) => return provider_error(route, error),
     };
@@ -80,7 +80,8 @@ fn relay(proxied: Proxied) -> Response {
 }
 
 /// `error` in the shape of the route's provider: OpenAI's is bahi's own; Anthropic's is
-/// `{"type": "error", "error": {"type", "message"}}`.
+/// `{"type": "error", "error": {"type", "message"}, "request_id"}` (the id also inside
+/// `error`, where bahi's own shape has it).
 fn provider_error(route: Route, error: ApiError) -> Response {
     if route.provider() == bahi_domain::billing::Provider::OpenAi {
         return error.into_response();
@@ -91,6 +92,7 @@ fn provider_error(route: Route, error: ApiError) -> Response {
             "type": crate::transport::error_class(error.status.as_u16()),
             "code": error.code,
             "message": error.message,
+            "request_id": current_request_id(),
         },
         "request_id": current_request_id(),
     });
