@@ -471,3 +471,39 @@ async fn models_are_listed_in_openais_shape_and_their_upstream_key_is_never_show
         client.put(server.url("/v1/admin/models/m")).bearer_auth(&key).json(&json!({})).send().await.unwrap();
     assert_eq!(response.status(), 403, "an org's key is not the operator");
 }
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_in_the_providers_shape_and_releases_its_hold() {
+    let database = TestDatabase::sqlite();
+    let (server, _upstream) = gateway(&database).await;
+    let client = client();
+    // Port 9 (discard) on loopback: nothing listens there, so the connection is refused.
+    for (model, provider, url) in
+        [("gpt-gone", "openai", "http://127.0.0.1:9/v1"), ("claude-gone", "anthropic", "http://127.0.0.1:9")]
+    {
+        let body = json!({"provider": provider, "upstream_base_url": url, "upstream_api_key": "k",
+                          "input_per_million": "1", "output_per_million": "1"});
+        configure(&client, &server, model, body).await;
+    }
+    let (_, key, _) = funded_org(&client, &server, "1").await;
+    let response = chat(&client, &server, &key, json!({"model": "gpt-gone", "messages": []})).await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["error"]["type"].as_str(), body["error"]["code"].as_str()),
+        (Some("api_error"), Some("upstream_unavailable"))
+    );
+    assert!(!body.to_string().contains("127.0.0.1"), "the upstream's address is not the client's business: {body}");
+    let messages = json!({"model": "claude-gone", "max_tokens": 8, "messages": []});
+    let response = client.post(server.url("/v1/messages")).bearer_auth(&key).json(&messages).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.json::<Value>().await.unwrap()["type"], "error");
+    let released = eventually(|| async {
+        let account = get_json(&client, &server, &key, "/v1/auth/account").await;
+        amount(&account["held"]) == Money::ZERO
+    })
+    .await;
+    assert!(released, "a call that never left holds nothing");
+    let rows = usage_rows(&client, &server, &key).await;
+    assert!(rows.iter().all(|row| amount(&row["debit"]) == Money::ZERO && row["description"] == "failed"), "{rows:?}");
+}
