@@ -67,27 +67,7 @@ pub struct Authorized {
 pub async fn authorize(services: &Services, principal: &Principal, request: Authorize) -> AppResult<Authorized> {
     principal.require(Scope::Inference)?;
     bahi_domain::command::check_model_name(&request.model)?;
-    let attribution = CallAttribution {
-        credential_kind: principal.credential_kind.as_str().to_owned(),
-        credential_id: principal.credential_id.clone(),
-        agent_id: principal.agent.as_ref().map(|agent| agent.id.clone()),
-        agent_name: principal.agent.as_ref().and_then(|agent| agent.name.clone()),
-        act_for: principal.act_for.clone(),
-    };
-    let call_id = CallId::from_random(new_id_bytes());
-    let command = Command::Authorize {
-        call_id: call_id.clone(),
-        org_id: principal.org_id.clone(),
-        attribution,
-        model: request.model.clone(),
-        max_cost: request.max_cost,
-        hold_ttl_seconds: i64::try_from(services.config.hold_ttl_seconds)
-            .map_err(|_| AppError::internal("the hold TTL does not fit in seconds"))?,
-    };
-    let outcome = services.submit(command, principal.actor()).await?;
-    let Event::CallAuthorized(authorized) = first_event(&outcome, "authorization")? else {
-        return Err(AppError::internal("authorization recorded another event"));
-    };
+    let (call_id, authorized) = place_hold(services, principal, &request.model, request.max_cost).await?;
     Ok(Authorized {
         call_id,
         org_id: principal.org_id.clone(),
@@ -100,6 +80,38 @@ pub async fn authorize(services: &Services, principal: &Principal, request: Auth
         hold: authorized.hold,
         hold_expires_at: authorized.hold_expires_at,
     })
+}
+
+/// A new call of `principal`'s, attributed to it, with its hold placed through the writer:
+/// the one authorization of `POST /v1/authorize`, forward-auth and the proxy.
+pub(super) async fn place_hold(
+    services: &Services,
+    principal: &Principal,
+    model: &str,
+    max_cost: Option<Money>,
+) -> AppResult<(CallId, bahi_domain::event::CallAuthorized)> {
+    let attribution = CallAttribution {
+        credential_kind: principal.credential_kind.as_str().to_owned(),
+        credential_id: principal.credential_id.clone(),
+        agent_id: principal.agent.as_ref().map(|agent| agent.id.clone()),
+        agent_name: principal.agent.as_ref().and_then(|agent| agent.name.clone()),
+        act_for: principal.act_for.clone(),
+    };
+    let call_id = CallId::from_random(new_id_bytes());
+    let command = Command::Authorize {
+        call_id: call_id.clone(),
+        org_id: principal.org_id.clone(),
+        attribution,
+        model: model.to_owned(),
+        max_cost,
+        hold_ttl_seconds: i64::try_from(services.config.hold_ttl_seconds)
+            .map_err(|_| AppError::internal("the hold TTL does not fit in seconds"))?,
+    };
+    let outcome = services.submit(command, principal.actor()).await?;
+    let Event::CallAuthorized(authorized) = first_event(&outcome, "authorization")? else {
+        return Err(AppError::internal("authorization recorded another event"));
+    };
+    Ok((call_id, authorized.clone()))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

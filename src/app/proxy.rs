@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bahi_domain::billing::{Provider, UsageSource, UsageStatus, call_cost};
 use bahi_domain::credential::Scope;
-use bahi_domain::event::{CallAttribution, Event};
 use bahi_domain::ids::CallId;
 use bahi_domain::rate_limit::RateDecision;
 use bahi_domain::{Command, Money};
@@ -23,10 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::models::{self, Upstream};
-use super::principal::{self, Presented, Principal};
+use super::principal::{self, Presented};
 use super::{AppError, AppResult, REQUEST_ID, Services};
 pub use crate::config::ProxyLimits;
-use crate::identity::new_id_bytes;
 use crate::ledger::Actor;
 
 /// The node's proxy: one upstream HTTP client (connection pools per upstream), and the cap
@@ -137,7 +135,7 @@ pub async fn proxy(
     let strip_usage_chunk = streaming && route == Route::ChatCompletions && !request.client_wants_usage;
     let forwarded = request.forwarded_body(&upstream).map_err(with_rate)?;
     // Last of the checks: nothing is held for a call that is refused before it leaves.
-    let call_id = authorize(services, &principal, &model, hold).await.map_err(with_rate)?;
+    let (call_id, _) = super::billing::place_hold(services, &principal, &model, Some(hold)).await.map_err(with_rate)?;
     let call = Call {
         services: services.clone(),
         call_id: call_id.clone(),
@@ -255,32 +253,6 @@ impl ClientRequest {
 /// A rough token count of `bytes` of text (four bytes a token), for estimates only.
 fn estimate_tokens(bytes: usize) -> u64 {
     u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX).max(1)
-}
-
-/// Places the call's hold through the writer, as `POST /v1/authorize` does.
-async fn authorize(services: &Services, principal: &Principal, model: &str, hold: Money) -> AppResult<CallId> {
-    let attribution = CallAttribution {
-        credential_kind: principal.credential_kind.as_str().to_owned(),
-        credential_id: principal.credential_id.clone(),
-        agent_id: principal.agent.as_ref().map(|agent| agent.id.clone()),
-        agent_name: principal.agent.as_ref().and_then(|agent| agent.name.clone()),
-        act_for: principal.act_for.clone(),
-    };
-    let call_id = CallId::from_random(new_id_bytes());
-    let command = Command::Authorize {
-        call_id: call_id.clone(),
-        org_id: principal.org_id.clone(),
-        attribution,
-        model: model.to_owned(),
-        max_cost: Some(hold),
-        hold_ttl_seconds: i64::try_from(services.config.hold_ttl_seconds)
-            .map_err(|_| AppError::internal("the hold TTL does not fit in seconds"))?,
-    };
-    let outcome = services.submit(command, principal.actor()).await?;
-    match outcome.events.first().map(|committed| &committed.event) {
-        Some(Event::CallAuthorized(_)) => Ok(call_id),
-        _ => Err(AppError::internal("a proxied authorization recorded no CallAuthorized")),
-    }
 }
 
 /// One proxied call, as its upstream task knows it.
