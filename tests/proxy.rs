@@ -85,7 +85,9 @@ async fn gateway(database: &TestDatabase) -> (TestServer, FakeUpstream) {
         json!({"provider": "anthropic", "upstream_base_url": upstream.anthropic_url(), "upstream_api_key": "sk-upstream-anthropic",
                "input_per_million": price.input_per_million.to_string(), "output_per_million": price.output_per_million.to_string()})
     };
-    for model in ["gpt-4o-mini", "gpt-4o-mini-fail-429", "text-embedding-3-small", "gpt-no-usage", "gpt-slow"] {
+    for model in
+        ["gpt-4o-mini", "gpt-4o-mini-fail-429", "text-embedding-3-small", "gpt-no-usage", "gpt-slow", "gpt-cut"]
+    {
         configure(&client, &server, model, openai(openai_price())).await;
     }
     for model in ["claude-sonnet-4-5", "claude-sonnet-4-5-fail-429", "claude-no-usage"] {
@@ -506,4 +508,24 @@ async fn an_unreachable_upstream_is_502_in_the_providers_shape_and_releases_its_
     assert!(released, "a call that never left holds nothing");
     let rows = usage_rows(&client, &server, &key).await;
     assert!(rows.iter().all(|row| amount(&row["debit"]) == Money::ZERO && row["description"] == "failed"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_stream_the_upstream_cuts_short_bills_what_was_served_as_an_estimate() {
+    let database = TestDatabase::sqlite();
+    let (server, _upstream) = gateway(&database).await;
+    let client = client();
+    let (_, key, _) = funded_org(&client, &server, "10").await;
+    let body = json!({"model": "gpt-cut", "stream": true, "messages": [{"role": "user", "content": "go on"}]});
+    let response = chat(&client, &server, &key, body).await;
+    assert_eq!(response.status(), 200);
+    let call_id = response.headers()["x-bahi-call-id"].to_str().unwrap().to_owned();
+    let _ = response.bytes().await; // the client may see the cut as an error, or a short body
+    let path = format!("/v1/audit/calls/{call_id}");
+    let settled = eventually(|| async { get_json(&client, &server, &key, &path).await["status"] == "cancelled" }).await;
+    let call = get_json(&client, &server, &key, &path).await;
+    assert!(settled, "{call}");
+    assert_eq!(call["usage_source"], "estimated", "{call}");
+    assert!(call["output_tokens"].as_u64().unwrap() > 0, "the chunks served are billed: {call}");
+    assert_eq!(usage_rows(&client, &server, &key).await.len(), 1);
 }
