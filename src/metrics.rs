@@ -58,7 +58,41 @@ fn format_micros(micros: u64) -> String {
     format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
+/// How this node's tailer (PostgreSQL: folding what other nodes append) is doing, for
+/// `/readyz` and the metrics. Untouched on SQLite, where there is no tailer.
+#[derive(Default)]
+pub struct TailerHealth {
+    /// Set when the tailer starts: only then do its fields mean anything.
+    pub running: std::sync::atomic::AtomicBool,
+    /// When a catch-up last read the log to its end.
+    pub caught_up_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    pub failures: AtomicU64,
+    /// Times the LISTEN connection was lost (notifications sent meanwhile are lost; the
+    /// tailer catches up by position after each).
+    pub reconnects: AtomicU64,
+    /// The last failure's message, cleared by the next catch-up that succeeds.
+    pub last_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl TailerHealth {
+    pub fn record_caught_up(&self) {
+        *self.caught_up_at.lock() = Some(std::time::Instant::now());
+        *self.last_error.lock() = None;
+    }
+
+    pub fn record_failure(&self, error: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(error.to_string());
+    }
+
+    /// Milliseconds since the last complete catch-up (`None`: not yet, or no tailer).
+    pub fn caught_up_milliseconds_ago(&self) -> Option<u64> {
+        self.caught_up_at.lock().map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 pub struct Metrics {
+    pub tailer: TailerHealth,
     pub events_appended: AtomicU64,
     pub batches_committed: AtomicU64,
     pub batches_failed: AtomicU64,
@@ -90,6 +124,7 @@ const LATENCY_BOUNDS: &[u64] =
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
+            tailer: TailerHealth::default(),
             events_appended: AtomicU64::new(0),
             batches_committed: AtomicU64::new(0),
             batches_failed: AtomicU64::new(0),
@@ -160,6 +195,28 @@ impl Metrics {
         for (name, position) in self.projection_positions.lock().iter() {
             let _ =
                 writeln!(output, "bahi_projection_lag_events{{projection=\"{name}\"}} {}", (head - position).max(0));
+        }
+        if self.tailer.running.load(Ordering::Relaxed) {
+            counter(
+                &mut output,
+                "bahi_tailer_failures_total",
+                "Catch-ups of other nodes' events that failed.",
+                self.tailer.failures.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut output,
+                "bahi_tailer_reconnects_total",
+                "Times the LISTEN connection was lost.",
+                self.tailer.reconnects.load(Ordering::Relaxed),
+            );
+            let behind = self
+                .tailer
+                .caught_up_milliseconds_ago()
+                .map_or_else(|| "-1".to_owned(), |millis| format!("{}.{:03}", millis / 1000, millis % 1000));
+            let _ = writeln!(
+                output,
+                "# HELP bahi_tailer_caught_up_seconds_ago Seconds since the tailer last read the log to its end (-1: never).\n# TYPE bahi_tailer_caught_up_seconds_ago gauge\nbahi_tailer_caught_up_seconds_ago {behind}"
+            );
         }
         let _ = writeln!(
             output,

@@ -84,8 +84,14 @@ pub async fn serve_on(
     let shutdown = CancellationToken::new();
     let projector_join =
         tokio::spawn(projector::run(store.clone(), committed_receiver, metrics.clone(), feed, shutdown.clone()));
-    let tailer_join =
-        tailer::spawn(&store, shared.clone(), committed_sender, writer_handle.appended_head(), shutdown.clone());
+    let tailer_join = tailer::spawn(
+        &store,
+        shared.clone(),
+        committed_sender,
+        writer_handle.appended_head(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let identity = Arc::new(
         Identity::new(config.key_encryption_key, config.issuer.clone(), clock.clone())

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::SharedLedger;
+use crate::metrics::Metrics;
 use crate::store::postgres_notify_channel;
 use crate::store::{PostgresStore, Store, StoreError};
 use crate::writer::catch_up_shared;
@@ -29,24 +30,28 @@ pub fn spawn(
     shared: SharedLedger,
     committed: watch::Sender<i64>,
     appended: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     match store {
         Store::Postgres(postgres) => {
-            Some(tokio::spawn(run(postgres.clone(), store.clone(), shared, committed, appended, shutdown)))
+            metrics.tailer.running.store(true, Ordering::Relaxed);
+            let tail = Tail { store: store.clone(), shared, committed, metrics };
+            Some(tokio::spawn(run(postgres.clone(), tail, appended, shutdown)))
         }
         Store::Sqlite(_) => None,
     }
 }
 
-async fn run(
-    postgres: PostgresStore,
+/// What a catch-up reads, folds into, tells, and reports to.
+struct Tail {
     store: Store,
     shared: SharedLedger,
     committed: watch::Sender<i64>,
-    appended: Arc<AtomicI64>,
-    shutdown: CancellationToken,
-) {
+    metrics: Arc<Metrics>,
+}
+
+async fn run(postgres: PostgresStore, tail: Tail, appended: Arc<AtomicI64>, shutdown: CancellationToken) {
     let mut listener = match PgListener::connect_with(postgres.pool()).await {
         Ok(mut listener) => match listener.listen(postgres_notify_channel()).await {
             Ok(()) => Some(listener),
@@ -67,7 +72,7 @@ async fn run(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {},
             }
-            retry_after = catch_up(&store, &shared, &committed).await.err().map(|error| {
+            retry_after = tail.catch_up().await.err().map(|error| {
                 let delay = (delay * 2).min(MAX_RETRY_INTERVAL);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "tailing the log failed again");
                 delay
@@ -76,9 +81,16 @@ async fn run(
         }
         let notified = async {
             match listener.as_mut() {
-                Some(listener) => {
-                    listener.recv().await.ok().and_then(|notification| notification.payload().parse().ok())
-                }
+                Some(listener) => match listener.recv().await {
+                    Ok(notification) => notification.payload().parse().ok(),
+                    // sqlx reconnects on the next recv; what was sent meanwhile is lost, and
+                    // the catch-up below reads it by position.
+                    Err(error) => {
+                        tail.metrics.tailer.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "the LISTEN connection was lost; catching up by position");
+                        None
+                    }
+                },
                 None => std::future::pending::<Option<i64>>().await,
             }
         };
@@ -93,21 +105,28 @@ async fn run(
             },
             _ = tokio::time::sleep(POLL_INTERVAL) => {},
         }
-        if let Err(error) = catch_up(&store, &shared, &committed).await {
+        if let Err(error) = tail.catch_up().await {
             tracing::warn!(%error, retry_in_ms = POLL_INTERVAL.as_millis() as u64, "tailing the log failed");
             retry_after = Some(POLL_INTERVAL);
         }
     }
 }
 
-/// Folds what other nodes appended and tells the position watchers how far that got.
-async fn catch_up(store: &Store, shared: &SharedLedger, committed: &watch::Sender<i64>) -> Result<(), StoreError> {
-    let before = shared.read().position;
-    let result = catch_up_shared(store, shared).await;
-    // A failed catch-up may still have folded whole pages before the one that failed.
-    let position = shared.read().position;
-    if position > before {
-        committed.send_replace(position);
+impl Tail {
+    /// Folds what other nodes appended, tells the position watchers how far that got, and
+    /// records the outcome for `/readyz`.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        let before = self.shared.read().position;
+        let result = catch_up_shared(&self.store, &self.shared).await;
+        // A failed catch-up may still have folded whole pages before the one that failed.
+        let position = self.shared.read().position;
+        if position > before {
+            self.committed.send_replace(position);
+        }
+        match &result {
+            Ok(_) => self.metrics.tailer.record_caught_up(),
+            Err(error) => self.metrics.tailer.record_failure(error),
+        }
+        result.map(|_| ())
     }
-    result.map(|_| ())
 }

@@ -242,3 +242,43 @@ async fn refusals_see_what_the_other_node_did() {
     let response = authorize(&client, &second, &key, "1").await;
     assert_eq!(error_code(response).await, (402, "insufficient_credits".to_owned()));
 }
+
+async fn ready(client: &Client, server: &TestServer) -> (u16, Value) {
+    let response = client.get(server.url("/readyz")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A node whose tailer cannot read the log says so in `/readyz` (503, with the tailer's
+/// last error) instead of answering "ok" while other nodes' revocations go unseen, and is
+/// ready again once the log reads. `/healthz` (liveness) stays 200 meanwhile.
+#[tokio::test]
+async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
+    let Some((database, first, _second)) = two_nodes().await else {
+        eprintln!("cluster.rs: no PostgreSQL: readiness test DID NOT RUN");
+        return;
+    };
+    let client = client();
+    let became_ready = common::eventually(|| async { ready(&client, &first).await.0 == 200 }).await;
+    let (_, detail) = ready(&client, &first).await;
+    assert!(became_ready, "{detail}");
+    assert_eq!(detail["tailer"]["failures"], 0, "{detail}");
+
+    // The log table out of reach: every catch-up fails, as with a dropped grant or a lost server.
+    database.execute_raw("ALTER TABLE events RENAME TO events_out_of_reach").await.unwrap();
+    let not_ready = common::eventually(|| async { ready(&client, &first).await.0 == 503 }).await;
+    let (_, detail) = ready(&client, &first).await;
+    assert!(not_ready, "{detail}");
+    assert_eq!(detail["status"], "not_ready");
+    assert!(detail["tailer"]["last_error"].as_str().is_some_and(|error| !error.is_empty()), "{detail}");
+    assert!(detail["tailer"]["failures"].as_u64().unwrap() > 0);
+    assert_eq!(client.get(first.url("/healthz")).send().await.unwrap().status(), 200, "liveness is not readiness");
+    let metrics = client.get(first.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|line| line.starts_with("bahi_tailer_failures_total ") && !line.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    database.execute_raw("ALTER TABLE events_out_of_reach RENAME TO events").await.unwrap();
+    let ready_again = common::eventually(|| async { ready(&client, &first).await.0 == 200 }).await;
+    assert!(ready_again, "{}", ready(&client, &first).await.1);
+}

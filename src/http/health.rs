@@ -10,13 +10,21 @@ use super::AppState;
 use crate::app::health;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(health)).route("/readyz", get(health)).route("/metrics", get(metrics))
+    Router::new().route("/healthz", get(liveness)).route("/readyz", get(readiness)).route("/metrics", get(metrics))
 }
 
-/// `/healthz` and `/readyz`: 200 `ok`, or 503 `not_ready` naming the unreadable position.
-async fn health(State(state): State<AppState>) -> Response {
-    let health = health::health(&state);
-    let status = if health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+/// `/healthz`: 200 `ok`, or 503 `not_ready` naming the unreadable position.
+async fn liveness(State(state): State<AppState>) -> Response {
+    answer(health::health(&state))
+}
+
+/// `/readyz`: as `/healthz`, and 503 while a PostgreSQL node's tailer is behind or failing.
+async fn readiness(State(state): State<AppState>) -> Response {
+    answer(health::readiness(&state))
+}
+
+fn answer(health: health::Health) -> Response {
+    let status = if health.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(health)).into_response()
 }
 
