@@ -529,3 +529,51 @@ async fn a_stream_the_upstream_cuts_short_bills_what_was_served_as_an_estimate()
     assert!(call["output_tokens"].as_u64().unwrap() > 0, "the chunks served are billed: {call}");
     assert_eq!(usage_rows(&client, &server, &key).await.len(), 1);
 }
+
+#[tokio::test]
+async fn the_upstream_gets_its_own_key_and_model_name_and_never_the_clients_credential() {
+    let database = TestDatabase::sqlite();
+    let (server, upstream) = gateway(&database).await;
+    let client = client();
+    let renamed = json!({"provider": "openai", "upstream_base_url": upstream.openai_url(), "upstream_api_key": "sk-upstream-openai",
+                         "upstream_model": "gpt-4o-mini", "input_per_million": "1", "output_per_million": "1"});
+    configure(&client, &server, "house-model", renamed).await;
+    let (_, key, _) = funded_org(&client, &server, "10").await;
+    let response = client
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("openai-beta", "assistants=v2")
+        .json(&json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    let messages =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let response = client
+        .post(server.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2026-10-21")
+        .header("anthropic-beta", "some-feature-2026")
+        .json(&messages)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+
+    let seen: Value =
+        client.get(format!("{}/_requests", upstream.anthropic_url())).send().await.unwrap().json().await.unwrap();
+    let seen = seen.as_array().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(!Value::Array(seen.clone()).to_string().contains(&key), "the client's bahi key never reaches the upstream");
+    let (chat, message) = (&seen[0], &seen[1]);
+    assert_eq!(chat["headers"]["authorization"], "Bearer sk-upstream-openai");
+    assert_eq!(chat["body"]["model"], "gpt-4o-mini", "the upstream's own name for the model");
+    assert_eq!(chat["headers"]["openai-beta"], "assistants=v2");
+    assert_eq!(message["headers"]["x-api-key"], "sk-upstream-anthropic");
+    assert_eq!(message["headers"]["anthropic-version"], "2026-10-21", "the client's API version is kept");
+    assert_eq!(message["headers"]["anthropic-beta"], "some-feature-2026");
+    assert!(message["headers"].get("authorization").is_none(), "{message}");
+}

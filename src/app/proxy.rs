@@ -81,11 +81,29 @@ impl Route {
     }
 }
 
+/// The client's headers that go on to the upstream: only those that choose the provider's
+/// API version and features (`PASSED_HEADERS`), never its credentials.
+#[derive(Debug, Clone, Default)]
+pub struct PassedHeaders(pub Vec<(&'static str, String)>);
+
+/// The names of `PassedHeaders`.
+pub const PASSED_HEADERS: &[&str] = &["anthropic-version", "anthropic-beta", "openai-beta"];
+
+/// The upstream answer's head as the client gets it.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    content_type: Option<String>,
+    retry_after: Option<String>,
+}
+
 /// What the client gets: the upstream's status and content type, then the body as it comes.
 pub struct Proxied {
     pub call_id: CallId,
     pub status: u16,
     pub content_type: Option<String>,
+    /// The upstream's `retry-after`, so that an SDK backs off as the upstream asked.
+    pub retry_after: Option<String>,
     pub body: mpsc::Receiver<Bytes>,
     pub rate: RateDecision,
 }
@@ -109,6 +127,7 @@ pub async fn proxy(
     presented: &Presented,
     route: Route,
     body: Bytes,
+    passed_headers: PassedHeaders,
 ) -> Result<Proxied, Refused> {
     let principal = principal::resolve(services, presented).await?;
     let rate = principal::take_rate(services, &principal)?;
@@ -148,9 +167,11 @@ pub async fn proxy(
     };
     let (head_sender, head) = oneshot::channel();
     let (body_sender, body_receiver) = mpsc::channel(BODY_CHANNEL_CHUNKS);
-    tokio::spawn(pump(call, upstream, forwarded, permit, head_sender, body_sender));
+    tokio::spawn(pump(call, upstream, (forwarded, passed_headers), permit, head_sender, body_sender));
     match head.await {
-        Ok(Ok((status, content_type))) => Ok(Proxied { call_id, status, content_type, body: body_receiver, rate }),
+        Ok(Ok(Head { status, content_type, retry_after })) => {
+            Ok(Proxied { call_id, status, content_type, retry_after, body: body_receiver, rate })
+        }
         Ok(Err(error)) => Err(with_rate(error)),
         Err(_) => Err(with_rate(AppError::internal("the proxy task ended before the upstream answered"))),
     }
@@ -278,15 +299,20 @@ struct Usage {
 async fn pump(
     call: Call,
     upstream: Upstream,
-    body: Bytes,
+    (body, passed_headers): (Bytes, PassedHeaders),
     permit: OwnedSemaphorePermit,
-    head: oneshot::Sender<AppResult<(u16, Option<String>)>>,
+    head: oneshot::Sender<AppResult<Head>>,
     sender: mpsc::Sender<Bytes>,
 ) {
     let url = format!("{}{}", upstream.base_url, call.route.upstream_path());
-    let request = call.services.proxy.client.post(&url).header("content-type", "application/json").body(body);
+    let mut request = call.services.proxy.client.post(&url).header("content-type", "application/json").body(body);
+    let client_chose_version = passed_headers.0.iter().any(|(name, _)| *name == "anthropic-version");
+    for (name, value) in passed_headers.0 {
+        request = request.header(name, value);
+    }
     let request = match upstream.provider {
         Provider::OpenAi => request.bearer_auth(upstream.api_key.as_str()),
+        Provider::Anthropic if client_chose_version => request.header("x-api-key", upstream.api_key.as_str()),
         Provider::Anthropic => {
             request.header("x-api-key", upstream.api_key.as_str()).header("anthropic-version", ANTHROPIC_VERSION)
         }
@@ -303,8 +329,9 @@ async fn pump(
         }
     };
     let status = response.status().as_u16();
-    let content_type = response.headers().get("content-type").and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let client_present = head.send(Ok((status, content_type))).is_ok();
+    let header = |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let answer_head = Head { status, content_type: header("content-type"), retry_after: header("retry-after") };
+    let client_present = head.send(Ok(answer_head)).is_ok();
     let relay = Relay::new(&call, sender, client_present);
     let (usage, relayed_bytes, completed) = relay.run(response, call.services.proxy.limits.drain_timeout).await;
     let status = match (status < 400, completed) {
@@ -337,7 +364,7 @@ fn settled_usage(
     }
 }
 
-/// The `anthropic-version` bahi speaks to Anthropic upstreams.
+/// The `anthropic-version` bahi asks Anthropic upstreams for when the client named none.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// An upstream error without the URL (which the client has no business seeing).

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::AppState;
 use super::auth::presented_for_proxy;
 use super::error::{ApiError, current_request_id, rate_limit_headers};
-use crate::app::proxy::{self, Proxied, Refused, Route};
+use crate::app::proxy::{self, PASSED_HEADERS, PassedHeaders, Proxied, Refused, Route};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -47,7 +47,10 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body, route: Route) -
         Ok(presented) => presented,
         Err(error) => return provider_error(route, error),
     };
-    match proxy::proxy(state.services(), &presented, route, body).await {
+    let passed = PassedHeaders(
+        PASSED_HEADERS.iter().filter_map(|name| Some((*name, headers.get(*name)?.to_str().ok()?.to_owned()))).collect(),
+    );
+    match proxy::proxy(state.services(), &presented, route, body, passed).await {
         Ok(proxied) => relay(proxied),
         Err(Refused { error, rate }) => {
             let mut error = ApiError::from(error);
@@ -67,6 +70,9 @@ fn relay(proxied: Proxied) -> Response {
     let headers = response.headers_mut();
     if let Some(value) = proxied.content_type.and_then(|value| HeaderValue::from_str(&value).ok()) {
         headers.insert(axum::http::header::CONTENT_TYPE, value);
+    }
+    if let Some(value) = proxied.retry_after.and_then(|value| HeaderValue::from_str(&value).ok()) {
+        headers.insert(axum::http::header::RETRY_AFTER, value);
     }
     if let Ok(value) = HeaderValue::from_str(proxied.call_id.as_str()) {
         headers.insert("x-bahi-call-id", value);
