@@ -282,3 +282,83 @@ async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
     let ready_again = common::eventually(|| async { ready(&client, &first).await.0 == 200 }).await;
     assert!(ready_again, "{}", ready(&client, &first).await.1);
 }
+
+/// `scripts/cluster.sh`, the one command that starts a local cluster: three nodes on one
+/// PostgreSQL database behind Debian's nginx. A key made through the load balancer works on
+/// every node, and its revocation holds on every node.
+#[tokio::test]
+async fn the_cluster_script_serves_three_nodes_behind_nginx() {
+    let Some(database) = TestDatabase::postgres().await else {
+        eprintln!("cluster.rs: no PostgreSQL: the cluster script test DID NOT RUN");
+        return;
+    };
+    let has_nginx = std::process::Command::new("sh").args(["-c", "command -v nginx || ls /usr/sbin/nginx"]).output();
+    if !has_nginx.is_ok_and(|output| output.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the cluster script test: nginx is missing");
+        eprintln!("cluster.rs: no nginx: the cluster script test DID NOT RUN (apt-get install nginx)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut script = Script(
+        std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"))
+            .arg("3")
+            .env("BAHI_BINARY", common::BINARY)
+            .env("BAHI_CLUSTER_DATABASE", database.url())
+            .env("BAHI_CLUSTER_PORT", port.to_string())
+            .env("BAHI_OPERATOR_KEY", OPERATOR_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = script.0.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("bahi cluster on ") {
+                let _ = sender.send(url.to_owned());
+            }
+        }
+    });
+    let url = receiver.recv_timeout(std::time::Duration::from_secs(120)).expect("the cluster started");
+    let client = client();
+    let registered: Value =
+        client.post(format!("{url}/v1/auth/agent-register")).send().await.unwrap().json().await.unwrap();
+    let key = registered["api_key"].as_str().unwrap();
+    for _ in 0..6 {
+        // Round robin: six requests meet all three nodes, each of which knows the key.
+        let response = client.get(format!("{url}/v1/auth/account")).bearer_auth(key).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let key_id = registered["api_key_id"].as_str().unwrap();
+    let revoke =
+        client.post(format!("{url}/v1/auth/account/api-keys/{key_id}/revoke")).bearer_auth(key).send().await.unwrap();
+    assert_eq!(revoke.status(), 200);
+    // Other nodes learn of it within the propagation bound (a NOTIFY, or the tailer's poll).
+    let statuses = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(client.get(format!("{url}/v1/auth/account")).bearer_auth(key).send().await.unwrap().status());
+        }
+        statuses
+    };
+    let refused_everywhere =
+        common::eventually(|| async { statuses().await.iter().all(|status| *status == 401) }).await;
+    assert!(refused_everywhere, "a revoked key is refused on every node");
+    assert!(statuses().await.iter().all(|status| *status == 401), "and stays refused");
+    let _ = std::process::Command::new("kill").args(["-TERM", &script.0.id().to_string()]).status();
+    assert!(script.0.wait().unwrap().success(), "the script stops its nodes and nginx, and exits 0");
+}
+
+/// The cluster script's process, stopped (SIGTERM: it stops its nodes and nginx) when a
+/// test ends, however it ends.
+struct Script(std::process::Child);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
