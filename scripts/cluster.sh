@@ -58,7 +58,7 @@ upstreams=""
 for index in $(seq 1 "$nodes"); do
     log="$directory/node-$index.log"
     BAHI_OPERATOR_KEY="$operator_key" BAHI_KEY_ENCRYPTION_KEY="$key_encryption_key" \
-        BAHI_ISSUER="http://127.0.0.1:$port" \
+        BAHI_ISSUER="http://127.0.0.1:$port" BAHI_CLUSTER_NODES="$nodes" \
         "$binary" serve --listen 127.0.0.1:0 --database "$database" > "$log" 2>&1 &
     pids+=("$!")
     address=""

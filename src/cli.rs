@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// `iat`), in seconds; longer-lived tokens are refused.
     #[arg(long, env = "BAHI_EXTERNAL_TOKEN_MAX_LIFETIME_SECONDS", default_value_t = crate::agent_token::DEFAULT_EXTERNAL_MAX_LIFETIME_SECONDS)]
     pub external_token_max_lifetime_seconds: u64,
+    /// Nodes serving this log behind one balancer: each node enforces 1/N of every rate
+    /// limit (rounded up), so that the cluster together allows the limit.
+    #[arg(long, env = "BAHI_CLUSTER_NODES", default_value_t = 1)]
+    pub cluster_nodes: u32,
     /// Largest request body of a proxied call (`/v1/chat/completions`, `/v1/embeddings`,
     /// `/v1/messages`), in bytes; larger is 413.
     #[arg(long, env = "BAHI_PROXY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]

@@ -28,6 +28,18 @@ pub struct ServerConfig {
     pub test_clock: bool,
     /// Body cap, upstream timeouts and the cap on calls in flight of the inference proxy.
     pub proxy: ProxyLimits,
+    /// Nodes serving one log behind a balancer: each node's token buckets hold 1/N of a
+    /// rate limit, so that N nodes together allow the limit, not N times it.
+    pub cluster_nodes: u32,
+}
+
+impl ServerConfig {
+    /// This node's share of `limit`: `requests / cluster_nodes`, rounded up (at least 1),
+    /// over the same interval.
+    pub fn per_node(&self, limit: RateLimit) -> RateLimit {
+        let nodes = self.cluster_nodes.max(1);
+        RateLimit { requests: limit.requests.div_ceil(nodes).max(1), interval_seconds: limit.interval_seconds }
+    }
 }
 
 /// The default key file: beside the SQLite file, or `bahi.kek` in the working directory.

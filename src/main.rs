@@ -81,6 +81,10 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         token_rules,
         test_clock: args.test_clock,
         proxy: proxy_limits(args)?,
+        cluster_nodes: match args.cluster_nodes {
+            1..=1000 => args.cluster_nodes,
+            _ => bail!("BAHI_CLUSTER_NODES must be between 1 and 1000"),
+        },
     })
 }
 

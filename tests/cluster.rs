@@ -362,3 +362,41 @@ impl Drop for Script {
         let _ = self.0.wait();
     }
 }
+
+/// Rate limits across nodes: with `BAHI_CLUSTER_NODES=2` each node holds half of a key's
+/// limit, so two nodes together allow the limit, not twice it.
+#[tokio::test]
+async fn two_nodes_together_allow_a_keys_rate_limit_once() {
+    let Some(database) = TestDatabase::postgres().await else {
+        eprintln!("cluster.rs: no PostgreSQL: the cluster rate-limit test DID NOT RUN");
+        return;
+    };
+    let key_encryption_key = hex::encode([5u8; 32]);
+    let environment = [
+        ("BAHI_OPERATOR_KEY", OPERATOR_KEY),
+        ("BAHI_KEY_ENCRYPTION_KEY", key_encryption_key.as_str()),
+        ("BAHI_ISSUER", "https://bahi.test"),
+        ("BAHI_CLUSTER_NODES", "2"),
+    ];
+    let nodes =
+        [TestServer::start_with(&database.url(), &environment), TestServer::start_with(&database.url(), &environment)];
+    let client = client();
+    let (_, owner_key) = register(&client, &nodes[0], "Acme").await;
+    let body = json!({"name": "limited", "rate_limit": {"requests": 5, "interval_seconds": 3600}});
+    let created = send(&client, &nodes[0], reqwest::Method::POST, "/v1/auth/account/api-keys", &owner_key, body).await;
+    assert_eq!(created.status(), 201);
+    let limited: Value = created.json().await.unwrap();
+    let limited = limited["api_key"].as_str().unwrap();
+    let mut allowed = 0;
+    for node in &nodes {
+        for _ in 0..5 {
+            let response = client.get(node.url("/v1/auth/account")).bearer_auth(limited).send().await.unwrap();
+            match response.status().as_u16() {
+                200 => allowed += 1,
+                429 => assert_eq!(response.headers()["x-ratelimit-limit"], "3", "each node holds 5/2, rounded up"),
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert_eq!(allowed, 6, "two nodes allow 3 each: the limit of 5, rounded up per node");
+}

@@ -238,6 +238,7 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
         token_rules: bahi::agent_token::TokenRules::default(),
         test_clock: false,
         proxy: bahi::config::ProxyLimits::default(),
+        cluster_nodes: 1,
     };
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();

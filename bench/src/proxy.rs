@@ -221,7 +221,8 @@ pub async fn serve_child(database: Option<String>) -> anyhow::Result<()> {
         },
         token_rules: bahi::agent_token::TokenRules::default(),
         test_clock: false,
-        proxy: bahi::app::proxy::ProxyLimits::default(),
+        proxy: bahi::config::ProxyLimits::default(),
+        cluster_nodes: 1,
     };
     bahi::server::serve_on(listener, &database, config, async {
         let mut sink = Vec::new();

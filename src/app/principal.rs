@@ -324,14 +324,18 @@ pub async fn resolve(services: &Services, presented: &Presented) -> AppResult<Pr
 
 /// Takes one request from the principal's token bucket: the decision, or 429.
 pub fn take_rate(services: &Services, principal: &Principal) -> AppResult<RateDecision> {
-    let decision = services.rate_limiter.take(&principal.rate_subject, principal.rate_limit, services.now());
+    let limit = services.config.per_node(principal.rate_limit);
+    let decision = services.rate_limiter.take(&principal.rate_subject, limit, services.now());
     if decision.allowed { Ok(decision) } else { Err(AppError::RateLimited(decision)) }
 }
 
 /// Per-client-address limit for unauthenticated actions (agent-register, signup, login).
 pub fn check_client_rate(services: &Services, client: std::net::IpAddr) -> AppResult<RateDecision> {
-    let decision =
-        services.rate_limiter.take(&format!("ip:{client}"), services.config.anonymous_rate_limit, services.now());
+    let decision = services.rate_limiter.take(
+        &format!("ip:{client}"),
+        services.config.per_node(services.config.anonymous_rate_limit),
+        services.now(),
+    );
     if decision.allowed { Ok(decision) } else { Err(AppError::RateLimited(decision)) }
 }
 
