@@ -81,14 +81,20 @@ async fn run(postgres: PostgresStore, tail: Tail, appended: Arc<AtomicI64>, shut
         }
         let notified = async {
             match listener.as_mut() {
-                Some(listener) => match listener.recv().await {
-                    Ok(notification) => notification.payload().parse().ok(),
-                    // sqlx reconnects on the next recv; what was sent meanwhile is lost, and
-                    // the catch-up below reads it by position.
-                    Err(error) => {
+                // try_recv, not recv: recv reconnects silently, and what was sent while the
+                // connection was away is lost. Here a loss is counted, and the catch-up
+                // below reads what was missed by position; the next call reconnects.
+                Some(listener) => match listener.try_recv().await {
+                    Ok(Some(notification)) => notification.payload().parse().ok(),
+                    Ok(None) => {
                         tail.metrics.tailer.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, "the LISTEN connection was lost; catching up by position");
+                        tracing::warn!("the LISTEN connection was lost; catching up by position");
                         None
+                    }
+                    Err(error) => {
+                        // Not at once: a listener failing fast would spin; the poll wakes us.
+                        tracing::warn!(%error, "LISTEN failed; polling until it reconnects");
+                        std::future::pending::<Option<i64>>().await
                     }
                 },
                 None => std::future::pending::<Option<i64>>().await,

@@ -400,3 +400,45 @@ async fn two_nodes_together_allow_a_keys_rate_limit_once() {
     }
     assert_eq!(allowed, 6, "two nodes allow 3 each: the limit of 5, rounded up per node");
 }
+
+/// LISTEN/NOTIFY is only a wake-up: with every LISTEN connection cut (a NOTIFY sent while a
+/// listener is away is lost), a revocation on one node still reaches the other, by log
+/// position, within the poll bound, and the lost connection is counted.
+#[tokio::test]
+async fn a_revocation_reaches_a_node_whose_listen_connection_was_cut() {
+    let Some((database, first, second)) = two_nodes().await else {
+        eprintln!("cluster.rs: no PostgreSQL: the reconnect test DID NOT RUN");
+        return;
+    };
+    let client = client();
+    let (_, owner_key) = register(&client, &first, "Acme").await;
+    let created =
+        send(&client, &first, reqwest::Method::POST, "/v1/auth/account/api-keys", &owner_key, json!({"name": "k"}))
+            .await;
+    let created: Value = created.json().await.unwrap();
+    let (key, key_id) = (created["api_key"].as_str().unwrap(), created["api_key_id"].as_str().unwrap());
+    let account = |key: &str| {
+        let request = client.get(second.url("/v1/auth/account")).bearer_auth(key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(account(key).await, 200);
+
+    let cut = database
+        .execute_raw(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+        )
+        .await;
+    assert!(cut.is_ok(), "{cut:?}");
+    let path = format!("/v1/auth/account/api-keys/{key_id}/revoke");
+    assert_eq!(send(&client, &first, reqwest::Method::POST, &path, &owner_key, json!({})).await.status(), 200);
+    let refused = common::eventually(|| async { account(key).await == 401 }).await;
+    assert!(refused, "the revocation reached the other node without its notification");
+    let counted = common::eventually(|| async {
+        let health: Value = client.get(second.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        health["tailer"]["reconnects"].as_u64().is_some_and(|reconnects| reconnects >= 1)
+    })
+    .await;
+    assert!(counted, "the lost LISTEN connection is counted");
+    assert_eq!(client.get(second.url("/readyz")).send().await.unwrap().status(), 200, "and the node is ready");
+}
