@@ -202,6 +202,26 @@ async fn mcp_tools_with_the_official_sdk() {
     assert_eq!(answered(&as_agent[0])["object"], "list");
     assert_eq!(refused(&as_agent[1]), "insufficient_scope");
 
+    // Bad arguments are the JSON API's 400 as a tool error: same code, same message, an
+    // unknown field refused rather than ignored.
+    let bad = call_tools(
+        &python,
+        &server,
+        &key,
+        &[("create_agent", json!({"name": 5})), ("mint_agent_token", json!({"agent_id": agent_id, "ttl": 5}))],
+    );
+    assert_eq!(refused(&bad[0]), "invalid_request");
+    let http_bad =
+        client.post(server.url("/me/agents")).bearer_auth(&key).json(&json!({"name": 5})).send().await.unwrap();
+    assert_eq!(http_bad.status(), 400);
+    let http_error: Value = http_bad.json().await.unwrap();
+    // The JSON API adds where in its body text the error is ("at line 1 column 9"); a tool's
+    // arguments arrive parsed, so only that position is missing.
+    let message = bad[0]["structured"]["message"].as_str().unwrap();
+    assert!(http_error["error"]["message"].as_str().unwrap().starts_with(message), "{message} / {http_error}");
+    assert_eq!(refused(&bad[1]), "invalid_request");
+    assert!(bad[1]["structured"]["message"].as_str().unwrap().contains("ttl"), "{}", bad[1]);
+
     // Another org's agent is not found, never a hint.
     let foreign = call_tool(&python, &server, &other_key, "revoke_agent", json!({"agent_id": agent_id}));
     assert_eq!(refused(&foreign), "not_found");

@@ -83,13 +83,27 @@ pub struct AgentArguments {
     pub agent_id: String,
 }
 
-/// The agent, then the body of `POST /me/agents/{id}/token`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+/// The agent, then the body of `POST /me/agents/{id}/token`, in one object.
+#[derive(Debug, schemars::JsonSchema)]
 pub struct MintAgentTokenArguments {
     /// `agt_…`
     pub agent_id: String,
-    #[serde(flatten)]
+    #[schemars(flatten)]
     pub token: MintToken,
+}
+
+// By hand, not `#[serde(flatten)]`: a flattened struct ignores fields it does not know, and
+// the JSON API refuses them (`ttl` for `ttl_seconds` is an error, not a default).
+impl<'de> Deserialize<'de> for MintAgentTokenArguments {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::deserialize(deserializer)?;
+        let Some(Value::String(agent_id)) = fields.remove("agent_id") else {
+            return Err(D::Error::custom("agent_id: a string `agt_…` is required"));
+        };
+        let token = MintToken::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(MintAgentTokenArguments { agent_id, token })
+    }
 }
 
 /// A call named by its id.
@@ -98,6 +112,42 @@ pub struct MintAgentTokenArguments {
 pub struct CallArguments {
     /// `call_…`
     pub call_id: String,
+}
+
+/// A tool's arguments, read as the JSON API reads a body: bad ones are the tool error
+/// `invalid_request` naming the field, as the JSON route's 400 does, rather than a JSON-RPC
+/// error outside the tool's result. The schema is `T`'s.
+pub struct Arguments<T>(Result<T, String>);
+
+impl<T> Arguments<T> {
+    fn read(self) -> AppResult<T> {
+        self.0.map_err(AppError::invalid_request)
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Arguments<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Ok(Arguments(serde_path_to_error::deserialize(value).map_err(|error| format!("invalid request body: {error}"))))
+    }
+}
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Arguments<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
 }
 
 /// The tool error of an `AppError`: the JSON API's error object, with the same `type`,
@@ -171,10 +221,12 @@ impl Tools {
     async fn list_api_keys(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<ListKeys>,
+        Parameters(arguments): Parameters<Arguments<ListKeys>>,
     ) -> CallToolResult {
-        self.run(&parts, |services, principal| async move { app::keys::list(&services, &principal, request).await })
-            .await
+        self.run(&parts, |services, principal| async move {
+            app::keys::list(&services, &principal, arguments.read()?).await
+        })
+        .await
     }
 
     #[tool(
@@ -183,10 +235,12 @@ impl Tools {
     async fn create_api_key(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<CreateKey>,
+        Parameters(arguments): Parameters<Arguments<CreateKey>>,
     ) -> CallToolResult {
-        self.run(&parts, |services, principal| async move { app::keys::create(&services, &principal, request).await })
-            .await
+        self.run(&parts, |services, principal| async move {
+            app::keys::create(&services, &principal, arguments.read()?).await
+        })
+        .await
     }
 
     #[tool(
@@ -195,10 +249,10 @@ impl Tools {
     async fn revoke_api_key(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<ApiKeyArguments>,
+        Parameters(arguments): Parameters<Arguments<ApiKeyArguments>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
-            app::keys::revoke(&services, &principal, &request.api_key_id, false).await
+            app::keys::revoke(&services, &principal, &arguments.read()?.api_key_id, false).await
         })
         .await
     }
@@ -214,10 +268,12 @@ impl Tools {
     async fn create_agent(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<CreateAgent>,
+        Parameters(arguments): Parameters<Arguments<CreateAgent>>,
     ) -> CallToolResult {
-        self.run(&parts, |services, principal| async move { app::agents::create(&services, &principal, request).await })
-            .await
+        self.run(&parts, |services, principal| async move {
+            app::agents::create(&services, &principal, arguments.read()?).await
+        })
+        .await
     }
 
     #[tool(
@@ -226,9 +282,10 @@ impl Tools {
     async fn mint_agent_token(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<MintAgentTokenArguments>,
+        Parameters(arguments): Parameters<Arguments<MintAgentTokenArguments>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
+            let request = arguments.read()?;
             app::agents::mint_token(&services, &principal, &request.agent_id, request.token).await
         })
         .await
@@ -238,10 +295,10 @@ impl Tools {
     async fn revoke_agent(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<AgentArguments>,
+        Parameters(arguments): Parameters<Arguments<AgentArguments>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
-            app::agents::revoke(&services, &principal, &request.agent_id).await
+            app::agents::revoke(&services, &principal, &arguments.read()?.agent_id).await
         })
         .await
     }
@@ -257,10 +314,10 @@ impl Tools {
     async fn audit_call(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<CallArguments>,
+        Parameters(arguments): Parameters<Arguments<CallArguments>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
-            app::audit::call(&services, &reader(principal), &request.call_id).await
+            app::audit::call(&services, &reader(principal), &arguments.read()?.call_id).await
         })
         .await
     }
@@ -271,10 +328,10 @@ impl Tools {
     async fn attribution(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<AttributionQuery>,
+        Parameters(arguments): Parameters<Arguments<AttributionQuery>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
-            app::audit::attribution(&services, &reader(principal), request).await
+            app::audit::attribution(&services, &reader(principal), arguments.read()?).await
         })
         .await
     }
@@ -283,10 +340,10 @@ impl Tools {
     async fn org_events(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<EventsQuery>,
+        Parameters(arguments): Parameters<Arguments<EventsQuery>>,
     ) -> CallToolResult {
         self.run(&parts, |services, principal| async move {
-            app::audit::events(&services, &reader(principal), request).await
+            app::audit::events(&services, &reader(principal), arguments.read()?).await
         })
         .await
     }
@@ -297,12 +354,12 @@ impl Tools {
     async fn statement(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<StatementQuery>,
+        Parameters(arguments): Parameters<Arguments<StatementQuery>>,
     ) -> CallToolResult {
         self.run_with(
             &parts,
             |services, principal| async move {
-                let statement = app::statements::statement(&services, &reader(principal), request).await?;
+                let statement = app::statements::statement(&services, &reader(principal), arguments.read()?).await?;
                 let bytes = collect(statement.chunks).await?;
                 let text = String::from_utf8(bytes).map_err(AppError::internal)?;
                 Ok((statement.format, text))
@@ -318,12 +375,11 @@ impl Tools {
     async fn top_up(
         &self,
         Extension(parts): Extension<Parts>,
-        Parameters(request): Parameters<TopUp>,
+        Parameters(arguments): Parameters<Arguments<TopUp>>,
     ) -> CallToolResult {
-        self.run(
-            &parts,
-            |services, principal| async move { app::billing::top_up(&services, &principal, request).await },
-        )
+        self.run(&parts, |services, principal| async move {
+            app::billing::top_up(&services, &principal, arguments.read()?).await
+        })
         .await
     }
 }
