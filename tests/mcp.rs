@@ -295,3 +295,106 @@ async fn mcp_tools_with_the_official_sdk() {
     let refusal = mcp_client(&python, &server, "", "no_credential", None);
     assert_eq!(refusal["refused"], true, "{refusal}");
 }
+
+/// One JSON-RPC `tools/call` over plain HTTP, as any MCP client sends it: the HTTP status
+/// and the JSON answer.
+async fn raw_tool_call(client: &Client, server: &TestServer, key: &str, tool: &str, arguments: &Value) -> (u16, Value) {
+    let body =
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}});
+    let response = client
+        .post(server.url("/mcp"))
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{tool} {arguments}: {status} not JSON: {text:?}")))
+}
+
+/// Hostile arguments to every tool (each field of a valid sample replaced by a wrong type,
+/// an edge number or hostile text; arguments that are not an object): never a 5xx or an
+/// internal error; a refusal is either a JSON-RPC error or a tool error in the JSON API's shape.
+#[tokio::test]
+async fn hostile_tool_arguments_are_refused_never_crash() {
+    let database = TestDatabase::sqlite();
+    let server = TestServer::start_with(
+        &database.url(),
+        &[("BAHI_OPERATOR_KEY", OPERATOR_KEY), ("BAHI_DEFAULT_RATE_LIMIT", "1000000/1")],
+    );
+    let client = client();
+    let (_, key) = register(&client, &server, "mcp-hostile").await;
+    let unknown = "0000000000000000000000";
+    let samples: Vec<(&str, Value)> = vec![
+        ("account", json!({})),
+        ("list_api_keys", json!({"limit": 10, "starting_after": format!("key_{unknown}")})),
+        (
+            "create_api_key",
+            json!({"name": "k", "scopes": ["inference"], "expires_at": "2099-01-01T00:00:00Z",
+                "rate_limit": {"requests": 100, "interval_seconds": 60}, "budget": {"amount": "5.00", "period": "day"},
+                "metadata": {"team": "search"}}),
+        ),
+        ("revoke_api_key", json!({"api_key_id": format!("key_{unknown}")})),
+        ("list_agents", json!({})),
+        ("create_agent", json!({"name": "a", "mode": "autonomous", "scopes": ["inference"]})),
+        (
+            "mint_agent_token",
+            json!({"agent_id": format!("agt_{unknown}"), "ttl_seconds": 600, "scopes": ["inference"]}),
+        ),
+        ("revoke_agent", json!({"agent_id": format!("agt_{unknown}")})),
+        ("list_models", json!({})),
+        ("audit_call", json!({"call_id": format!("call_{unknown}")})),
+        ("attribution", json!({"from": "2026-01-01", "to": "2026-12-31", "group_by": "agent,model"})),
+        ("org_events", json!({"after": 0, "limit": 10})),
+        ("statement", json!({"from": "2026-01-01", "to": "2026-01-31", "format": "csv"})),
+        ("top_up", json!({"amount": "1.00", "payment_reference": "p"})),
+    ];
+    let hostile_values = [
+        json!(null),
+        json!(-1),
+        json!(u64::MAX),
+        json!(1e308),
+        json!(true),
+        json!([]),
+        json!({}),
+        json!("x".repeat(10_000)),
+        json!("\u{0000}\u{202e}ℤ😀"),
+        json!("../../etc/passwd"),
+        json!("2026-02-30"),
+        json!("agt_'; drop table events; --"),
+    ];
+    let mut sent = 0;
+    for (tool, sample) in &samples {
+        let mut cases: Vec<Value> = vec![json!("x"), json!([]), json!(5), json!({"unknown_field": 1})];
+        for field in sample.as_object().unwrap().keys() {
+            for value in &hostile_values {
+                let mut arguments = sample.clone();
+                arguments[field] = value.clone();
+                cases.push(arguments);
+            }
+        }
+        for arguments in &cases {
+            let (status, answer) = raw_tool_call(&client, &server, &key, tool, arguments).await;
+            let what = format!("{tool} {}", arguments.to_string().chars().take(200).collect::<String>());
+            assert_eq!(status, 200, "{what}: {answer}");
+            if answer["error"].is_object() {
+                continue; // a JSON-RPC refusal of the call itself (arguments not an object)
+            }
+            let result = &answer["result"];
+            if result["isError"] == true {
+                let error = &result["structuredContent"];
+                for field in ["type", "code", "message", "request_id"] {
+                    assert!(error[field].is_string(), "{what}: {answer}");
+                }
+                assert_ne!(error["code"], "internal_error", "{what}: {answer}");
+            } else {
+                assert!(result["content"].is_array(), "{what}: {answer}");
+            }
+            sent += 1;
+        }
+    }
+    assert!(sent > 300, "{sent} hostile calls answered");
+}
