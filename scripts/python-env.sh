@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares the Python venv that the inference-proxy tests use to drive bahi with the
-# official OpenAI and Anthropic SDKs (tests/fixtures/sdk_smoke.py), so the proxy is checked
-# against what real clients send and accept, not against our own idea of the wire format.
+# official OpenAI and Anthropic SDKs (tests/fixtures/sdk_smoke.py), and the MCP tests with the
+# official `mcp` SDK (tests/fixtures/mcp_client.py), so each surface is checked against what
+# real clients send and accept, not against our own idea of the wire format.
 # Idempotent: an existing venv is reused, pip only upgrades. The last line printed is the
 # venv's python path, for callers to capture with `| tail -n1`.
 set -euo pipefail
@@ -28,8 +29,9 @@ fi
 # Latest SDKs: the point is to catch a new SDK release that expects something bahi does not do.
 # Checked 2026-12-05: openai 3.63.0, anthropic 2.17.0 (both on httpx2). That anthropic sends
 # its api_key as `Authorization: Bearer`, not x-api-key, with anthropic-version 2026-10-21.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade openai anthropic \
-    || fail "pip could not install openai and anthropic into $venv (is the package index reachable?)"
+# mcp: 2.3.0 on the same date.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade openai anthropic mcp \
+    || fail "pip could not install openai, anthropic and mcp into $venv (is the package index reachable?)"
 
-"$venv/bin/python" -c 'import openai, anthropic; print("python-env.sh: openai", openai.__version__, "anthropic", anthropic.__version__)'
+"$venv/bin/python" -c 'import importlib.metadata as m, openai, anthropic, mcp; print("python-env.sh: openai", openai.__version__, "anthropic", anthropic.__version__, "mcp", m.version("mcp"))'
 echo "$PWD/$venv/bin/python"

@@ -39,7 +39,7 @@ for tool in curl jq nginx; do
     fi
 done
 
-# The proxy tests drive bahi with the official openai and anthropic Python SDKs, from a venv
+# The proxy and MCP tests drive bahi with the official openai, anthropic and mcp Python SDKs, from a venv
 # this script prepares (scripts/python-env.sh, which needs the package index once). In CI
 # they must run; elsewhere the test says plainly that they did not.
 skipped_sdks=""
@@ -50,7 +50,7 @@ elif [ -n "${CI:-}" ]; then
     exit 1
 else
     unset BAHI_TEST_PYTHON
-    skipped_sdks="test.sh: NOTE: scripts/python-env.sh failed: the official-SDK proxy checks DID NOT RUN"
+    skipped_sdks="test.sh: NOTE: scripts/python-env.sh failed: the official-SDK proxy and MCP checks DID NOT RUN"
     echo "$skipped_sdks"
 fi
 

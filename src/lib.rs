@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod ledger;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod projection_feed;
 pub mod projector;

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("writer", 1),
     ("app", 2),
     ("http", 3),
+    ("mcp", 3),
     ("cli", 4),
     ("server", 4),
 ];
@@ -253,8 +254,8 @@ fn each_layer_uses_only_its_own_layer_or_lower() {
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
-/// What an HTTP handler may not touch: the node's state, its I/O and the time. It calls a
-/// use case of `crate::app` instead.
+/// What an HTTP handler or an MCP tool may not touch: the node's state, its I/O and the
+/// time. It calls a use case of `crate::app` instead.
 const FORBIDDEN_IN_HTTP: &[&str] = &[
     ".ledger",
     ".store.",
@@ -272,10 +273,11 @@ const FORBIDDEN_IN_HTTP: &[&str] = &[
 ];
 
 #[test]
-fn http_handlers_reach_state_and_time_only_through_the_services() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+fn surfaces_reach_state_and_time_only_through_the_services() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut violations = Vec::new();
-    for file in rust_files(&root) {
+    // Both surfaces: a tool is a handler too.
+    for file in rust_files(&source.join("http")).into_iter().chain(rust_files(&source.join("mcp"))) {
         let text = std::fs::read_to_string(&file).unwrap();
         for (number, line) in code_lines(&text).iter().enumerate() {
             for forbidden in FORBIDDEN_IN_HTTP {

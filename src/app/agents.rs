@@ -19,14 +19,17 @@ use crate::identity::new_id_bytes;
 /// Most agents listed at once.
 pub const MAX_AGENTS_LISTED: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
     pub name: String,
+    #[schemars(default, schema_with = "super::schema::optional_agent_mode")]
     pub mode: Option<AgentMode>,
     pub act_for: Option<String>,
     pub scopes: Option<Vec<String>>,
+    #[schemars(default, schema_with = "super::schema::optional_budget")]
     pub budget: Option<Budget>,
+    #[schemars(default, schema_with = "super::schema::optional_rate_limit")]
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -53,7 +56,7 @@ pub struct AgentList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
     pub ttl_seconds: Option<i64>,

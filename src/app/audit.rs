@@ -104,7 +104,7 @@ fn usage_source_of(settlement: &CallEvent) -> &'static str {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttributionQuery {
     pub from: Option<String>,
@@ -148,7 +148,7 @@ pub async fn attribution(services: &Services, reader: &Reader, request: Attribut
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub after: Option<i64>,

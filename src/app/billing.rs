@@ -219,9 +219,10 @@ pub async fn set_price(
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopUp {
+    #[schemars(schema_with = "super::schema::money")]
     pub amount: Money,
     pub payment_reference: String,
 }

@@ -68,6 +68,32 @@ impl AppError {
         AppError::Internal(detail.to_string())
     }
 
+    /// The HTTP status of the error: the one table every surface maps through (the MCP
+    /// surface names its error class by it too, so a tool error reads as the JSON API's).
+    pub fn status(&self) -> u16 {
+        match self {
+            AppError::Invalid { .. } => 400,
+            AppError::Unauthorized(_) => 401,
+            AppError::PaymentRequired { .. } => 402,
+            AppError::Forbidden { .. } => 403,
+            AppError::NotFound(_) => 404,
+            AppError::Conflict { .. } => 409,
+            AppError::RateLimited(_) => 429,
+            AppError::Internal(_) => 500,
+            AppError::Upstream(_) => 502,
+            AppError::Unavailable { .. } => 503,
+        }
+    }
+
+    /// What the caller is told: the message, except for an internal error, whose detail
+    /// goes to the log (by the surface, under the request id) and never to the caller.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Internal(_) => "internal error; quote the request id when reporting it".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// The stable type of the error, as the contract's table names it.
     pub fn error_type(&self) -> &'static str {
         match self {

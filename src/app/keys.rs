@@ -17,13 +17,15 @@ use crate::identity::{new_id_bytes, random_bytes};
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub scopes: Option<Vec<String>>,
+    #[schemars(default, schema_with = "super::schema::optional_rate_limit")]
     pub rate_limit: Option<RateLimit>,
+    #[schemars(default, schema_with = "super::schema::optional_budget")]
     pub budget: Option<Budget>,
     pub metadata: Option<serde_json::Value>,
 }
@@ -76,7 +78,7 @@ pub struct CreatedKey {
     pub key: KeyView,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListKeys {
     pub limit: Option<usize>,

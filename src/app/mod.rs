@@ -20,6 +20,7 @@ pub mod keys;
 pub mod models;
 pub mod principal;
 pub mod proxy;
+pub mod schema;
 pub mod statements;
 pub mod time;
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::audit::wait_for_projection;
 use super::{AppError, AppResult, Reader, Services, current_request_id};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatementQuery {
     pub from: Option<String>,

@@ -10,9 +10,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::{ApiError, rate_limit_headers};
+use super::error::{ApiError, current_request_id, rate_limit_headers};
 use crate::app::principal::{self, looks_like_token};
 use crate::app::{Operator, Presented, Principal, Reader};
+use crate::mcp::Caller;
 
 /// Name of the console session cookie.
 pub const SESSION_COOKIE: &str = "bahi_session";
@@ -108,6 +109,75 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     response
 }
+
+/// Layer of `/mcp`: the credential of `Authorization: Bearer` or `x-api-key` (never a
+/// session cookie: MCP has no console sessions, and a browser's cookie must not drive
+/// tools), resolved and rate-limited as on every route, handed to the MCP tools as their
+/// `Caller`. Without a valid one: 401 in the contract's shape, before any MCP parsing.
+pub async fn authenticate_mcp(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let principal = match presented_credential_only(request.headers()) {
+        Ok(Presented { credential: None, .. }) => {
+            Err(ApiError::unauthorized("no credential: send \"Authorization: Bearer <API key or agent token>\""))
+        }
+        Ok(presented) => principal::resolve(&state, &presented).await.map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    let principal = match principal {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    let decision = match principal::take_rate(&state, &principal) {
+        Ok(decision) => decision,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    request.extensions_mut().insert(Caller { principal, request_id: current_request_id() });
+    let mut response = in_contract_shape(next.run(request).await).await;
+    for (name, value) in rate_limit_headers(&decision) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+/// rmcp refuses what is not MCP (a GET, a body that is not JSON, a missing `Accept`) with
+/// plain text; bahi answers every error in the contract's JSON shape, so that text becomes
+/// the message of one. JSON-RPC errors (JSON already) and answers pass through.
+async fn in_contract_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status.as_u16() {
+        400 => "invalid_json",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        413 => "request_too_large",
+        415 => "unsupported_media_type",
+        500..=599 => "internal_error",
+        _ => "invalid_request",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REFUSAL_BYTES).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("refused").to_owned(),
+        text => text.to_owned(),
+    };
+    let mut error = ApiError::new(status, code, message);
+    // Keep what the refusal says besides its body (`allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            error = error.with_header(name.clone(), value.clone());
+        }
+    }
+    error.into_response()
+}
+
+/// Longest plain-text refusal of rmcp's that is read into a message.
+const MAX_REFUSAL_BYTES: usize = 4096;
 
 async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     Ok(principal::resolve(state, &presented(headers)?).await?)

@@ -78,26 +78,19 @@ impl IntoResponse for ApiError {
 
 impl From<AppError> for ApiError {
     fn from(error: AppError) -> ApiError {
+        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let error_type = error.error_type();
         match error {
-            AppError::Invalid { message, .. } => ApiError::new(StatusCode::BAD_REQUEST, error_type, message),
-            AppError::Unauthorized(message) => ApiError::unauthorized(message),
-            AppError::Forbidden { message, .. } => ApiError::forbidden(error_type, message),
-            AppError::NotFound(ref what) => ApiError::not_found(what),
-            AppError::Conflict { message, .. } => ApiError::new(StatusCode::CONFLICT, error_type, message),
-            AppError::PaymentRequired { message, .. } => {
-                ApiError::new(StatusCode::PAYMENT_REQUIRED, error_type, message)
-            }
             AppError::RateLimited(decision) => rate_limited(&decision),
             AppError::Unavailable { message, retry_after_seconds } => {
-                let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error_type, message);
+                let error = ApiError::new(status, error_type, message);
                 match retry_after_seconds.and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok()) {
                     Some(value) => error.with_header(axum::http::header::RETRY_AFTER, value),
                     None => error,
                 }
             }
-            AppError::Upstream(message) => ApiError::new(StatusCode::BAD_GATEWAY, error_type, message),
             AppError::Internal(detail) => ApiError::internal(detail),
+            other => ApiError::new(status, error_type, other.public_message()),
         }
     }
 }

@@ -75,12 +75,21 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router(&state))
         .merge(proxy::router())
         .merge(forward_auth::router())
+        // MCP over streamable HTTP: the same use cases as tools, behind the same credentials.
+        .merge(mcp_router(&state))
         .merge(test_clock::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
+}
+
+/// The MCP endpoint (`crate::mcp`) behind the credential layer that names its caller.
+fn mcp_router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route_service("/mcp", crate::mcp::service(state.services().clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate_mcp))
 }
 
 async fn not_found() -> ApiError {

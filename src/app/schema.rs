@@ -1,0 +1,63 @@
+//! JSON Schemas of the domain's wire types, for request types that derive
+//! `schemars::JsonSchema` (the MCP tools' input schemas are made from the same request types
+//! as the JSON API). The domain crate stays free of schemars; these describe what its serde
+//! implementations accept.
+
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// `Money` in a request: the object `{"currency": "inr", "amount": "42.50"}` or the bare
+/// decimal string.
+pub fn money(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "INR, exact: a decimal string with at most 6 places (\"42.50\"), or {\"currency\": \"inr\", \"amount\": \"42.50\"}",
+        "anyOf": [
+            {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,6})?$"},
+            {
+                "type": "object",
+                "properties": {"currency": {"const": "inr"}, "amount": {"type": "string"}},
+                "required": ["currency", "amount"],
+                "additionalProperties": false
+            }
+        ]
+    })
+}
+
+fn rate_limit_object() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "description": "a token bucket: requests per interval_seconds",
+        "properties": {
+            "requests": {"type": "integer", "minimum": 1},
+            "interval_seconds": {"type": "integer", "minimum": 1}
+        },
+        "required": ["requests", "interval_seconds"],
+        "additionalProperties": false
+    })
+}
+
+fn budget_object(generator: &mut SchemaGenerator) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "amount": money(generator),
+            "period": {"enum": ["day", "month", "total"]}
+        },
+        "required": ["amount", "period"],
+        "additionalProperties": false
+    })
+}
+
+/// An optional `RateLimit`.
+pub fn optional_rate_limit(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [rate_limit_object(), {"type": "null"}]})
+}
+
+/// An optional `Budget`.
+pub fn optional_budget(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [budget_object(generator), {"type": "null"}]})
+}
+
+/// An optional `AgentMode`.
+pub fn optional_agent_mode(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [{"enum": ["autonomous", "delegated", "hybrid"]}, {"type": "null"}]})
+}
