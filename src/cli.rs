@@ -147,4 +147,21 @@ pub enum Command {
     Rebuild(DatabaseArgs),
     /// Print an org's INR statement for a period, read from the database (no server needed).
     Statement(StatementArgs),
+    /// MCP over stdio for local agent hosts: relays each JSON-RPC message to a bahi server's
+    /// `/mcp` with a credential from the environment (`BAHI_API_KEY`).
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct McpArgs {
+    /// Speak MCP on stdin and stdout (the only transport of this command; the server itself
+    /// serves MCP over HTTP at /mcp).
+    #[arg(long, required = true)]
+    pub stdio: bool,
+    /// The bahi server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "BAHI_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The API key or agent token the tools act with.
+    #[arg(long, env = "BAHI_API_KEY", hide_env_values = true)]
+    pub api_key: String,
 }

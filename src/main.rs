@@ -189,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("rebuilt {} projections to position {position}", bahi_projections::PROJECTIONS.len());
         }
         Command::Statement(args) => return statement_command(&args).await,
+        Command::Mcp(args) => bahi::mcp::stdio::relay(&args.url, &args.api_key).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,11 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body, route: Route) -
         Ok(body) => body,
         Err(_) => {
             let message = format!("request body is larger than {limit} bytes");
-            return provider_error(route, ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message));
+            // The rest of the body is never read, so the connection cannot carry another
+            // request: say so, or a client would send its next one into it.
+            let error = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", message)
+                .with_header(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            return provider_error(route, error);
         }
     };
     let presented = match presented_for_proxy(&headers) {

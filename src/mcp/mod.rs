@@ -7,6 +7,8 @@
 //! Stateless: every POST carries its credential and is answered as JSON, so there is no MCP
 //! session to keep per node (a cluster needs no sticky routing) nor one to hijack.
 
+pub mod stdio;
+
 use std::future::Future;
 use std::sync::Arc;
 
