@@ -17,6 +17,7 @@ use bahi_domain::rate_limit::RateDecision;
 use bahi_domain::{Command, Money};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use memchr::memmem;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -465,7 +466,8 @@ impl<'call> Relay<'call> {
     /// One whole SSE event (with its blank line): read its usage, and relay it unless it is
     /// the usage chunk bahi asked for on the client's behalf.
     async fn event(&mut self, event: Bytes) {
-        let data = sse_data(&event);
+        let provider = self.call.route.provider();
+        let data = sse_data(&event).filter(|data| may_carry_usage(provider, &event, data));
         let parsed: Option<Value> = data.and_then(|data| serde_json::from_slice(data).ok());
         if let Some(parsed) = &parsed {
             self.read_event_usage(parsed);
@@ -560,6 +562,51 @@ fn sse_data(event: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// Whether an SSE event could carry usage, by a byte check far cheaper than parsing its
+/// data (which cost the node about 3.5 µs an event in BENCHMARKS.md's proxy benchmark;
+/// most events are content deltas, parsed for nothing). It may say yes for an event
+/// without usage (that event is parsed, as every event was), never no for one with usage:
+/// OpenAI's chunks with a `"usage"` key whose value is an object (not `null`), and
+/// Anthropic's `message_start` and `message_delta` events, named by the `event:` line or by
+/// the data's `"type"`. Data with a `\u` escape is always parsed, since a key may be spelt
+/// with escapes and still be `usage` or `type` to a JSON parser.
+fn may_carry_usage(provider: Provider, event: &[u8], data: &[u8]) -> bool {
+    if memmem::find(data, br"\u").is_some() {
+        return true;
+    }
+    match provider {
+        Provider::OpenAi => key_followed_by(data, br#""usage""#, b"{"),
+        Provider::Anthropic => {
+            sse_event_name(event).is_some_and(|name| name == b"message_start" || name == b"message_delta")
+                || key_followed_by(data, br#""type""#, br#""message_start""#)
+                || key_followed_by(data, br#""type""#, br#""message_delta""#)
+        }
+    }
+}
+
+/// Whether `data` holds `key`, then optional JSON whitespace, a colon, optional whitespace,
+/// and `value`'s bytes.
+fn key_followed_by(data: &[u8], key: &[u8], value: &[u8]) -> bool {
+    let skip_whitespace = |bytes: &[u8]| -> usize {
+        bytes.iter().position(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(bytes.len())
+    };
+    memmem::find_iter(data, key).any(|at| {
+        let rest = &data[at + key.len()..];
+        rest[skip_whitespace(rest)..]
+            .strip_prefix(b":")
+            .is_some_and(|after_colon| after_colon[skip_whitespace(after_colon)..].starts_with(value))
+    })
+}
+
+/// The name on an SSE event's `event:` line, if it has one.
+fn sse_event_name(event: &[u8]) -> Option<&[u8]> {
+    event.split(|byte| *byte == b'\n').find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let name = line.strip_prefix(b"event:")?;
+        Some(name.strip_prefix(b" ").unwrap_or(name))
+    })
+}
+
 /// OpenAI's closing usage chunk: no choices, only usage.
 fn is_usage_only_chunk(chunk: &Value) -> bool {
     chunk.get("usage").is_some_and(Value::is_object)
@@ -635,6 +682,48 @@ mod tests {
             settled_usage(input_only, UsageStatus::Cancelled, 12, 99),
             (cut, true),
             "a cut stream bills what it served"
+        );
+    }
+
+    #[test]
+    fn openai_chunks_are_parsed_only_when_usage_may_be_an_object() {
+        let may =
+            |data: &str| may_carry_usage(Provider::OpenAi, format!("data: {data}\n\n").as_bytes(), data.as_bytes());
+        assert!(may(r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12}}"#));
+        assert!(may(r#"{"choices":[], "usage": {"prompt_tokens":9}}"#));
+        assert!(may("{\"choices\":[],\"usage\" \t:\t {\"prompt_tokens\":9}}"));
+        assert!(may(r#"{"usage":null,"x":1,"usage":{"prompt_tokens":9}}"#), "any usage key with an object");
+        assert!(!may(r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#));
+        assert!(!may(r#"{"choices":[{"delta":{"content":"hi"}}], "usage" : null}"#));
+        assert!(!may(r#"{"choices":[{"delta":{"content":"hi"}}]}"#));
+        assert!(
+            !may(r#"{"choices":[{"delta":{"content":"say \"usage\": {} here"}}]}"#),
+            "content's quotes are escaped"
+        );
+        assert!(may(r#"{"choices":[],"\u0075sage":{"prompt_tokens":9}}"#), "an escaped key is parsed");
+        assert!(!may_carry_usage(Provider::OpenAi, b"data: [DONE]\n\n", b""));
+    }
+
+    #[test]
+    fn anthropic_events_are_parsed_only_when_they_are_message_start_or_delta() {
+        let may =
+            |event: &str| may_carry_usage(Provider::Anthropic, event.as_bytes(), sse_data(event.as_bytes()).unwrap());
+        assert!(may("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{}}}\n\n"));
+        assert!(may("event:message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{}}\r\n\r\n"));
+        assert!(may("data: {\"type\": \"message_start\", \"message\": {}}\n\n"), "no event line: the data's type");
+        assert!(may("data: {\"usage\":{},\"type\" :\t\"message_delta\"}\n\n"));
+        assert!(may("event: message_delta\ndata: {\"type\":\"other\"}\n\n"), "the event line alone is enough to parse");
+        assert!(!may(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"
+        ));
+        assert!(!may("event: ping\ndata: {\"type\": \"ping\"}\n\n"));
+        assert!(!may("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        assert!(!may("data: {\"type\":\"content_block_stop\",\"index\":0}\n\n"));
+        assert!(
+            !may(
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"type\\\":\\\"message_delta\\\"\"}}\n\n"
+            ),
+            "a text's quotes are escaped"
         );
     }
 
