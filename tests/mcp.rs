@@ -398,3 +398,43 @@ async fn hostile_tool_arguments_are_refused_never_crash() {
     }
     assert!(sent > 300, "{sent} hostile calls answered");
 }
+
+/// `bahi mcp --stdio`, started by the official SDK's stdio client as a local agent host
+/// starts its servers, relays to a running server: the same tools, the same scopes.
+#[tokio::test]
+async fn bahi_mcp_stdio_relays_to_the_server_for_a_local_agent_host() {
+    let Some(python) = sdk_python() else { return };
+    let (_database, server) = start_server();
+    let client = client();
+    let (org_id, key) = register(&client, &server, "Stdio Org").await;
+    let script = r#"
+import asyncio, json, sys
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+async def main(binary, url, key):
+    parameters = StdioServerParameters(command=binary, args=["mcp", "--stdio", "--url", url],
+                                       env={"BAHI_API_KEY": key, "RUST_LOG": "warn"})
+    async with stdio_client(parameters) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            tools = [tool.name for tool in (await session.list_tools()).tools]
+            account = await session.call_tool("account", {})
+            top_up = await session.call_tool("top_up", {"amount": "10", "payment_reference": "pay_1"})
+            text = lambda result: "".join(block.text for block in result.content if block.type == "text")
+            print(json.dumps({"tools": tools, "account": text(account),
+                              "top_up_refused": bool(getattr(top_up, "is_error", getattr(top_up, "isError", False))),
+                              "top_up": text(top_up)}))
+
+asyncio.run(main(*sys.argv[1:]))
+"#;
+    let output = Command::new(&python).args(["-c", script, common::BINARY, &server.base_url, &key]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let tools: Vec<&str> = answer["tools"].as_array().unwrap().iter().map(|tool| tool.as_str().unwrap()).collect();
+    assert!(TOOLS.iter().all(|tool| tools.contains(tool)), "{tools:?}");
+    assert!(answer["account"].as_str().unwrap().contains(&org_id), "{answer}");
+    assert_eq!(answer["top_up_refused"], true, "{answer}");
+    assert!(answer["top_up"].as_str().unwrap().contains("human_only"), "{answer}");
+}
