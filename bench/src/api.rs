@@ -223,23 +223,10 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let config = ServerConfig {
-        environment: Environment::Live,
-        key_prefix: KeyPrefix::parse("bahi").map_err(|error| anyhow::anyhow!("{error}"))?,
-        legacy_key_prefixes: Vec::new(),
-        operator_key_hash: Some(SecretHash::of(BENCH_OPERATOR_KEY)),
-        hold_ttl_seconds: 600,
-        issuer: String::new(),
-        default_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
-        anonymous_rate_limit: RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
-        secure_cookies: false,
-        key_encryption_key: bahi::identity::random_bytes(),
-        transport: bahi::transport::TransportLimits::default(),
-        token_rules: bahi::agent_token::TokenRules::default(),
-        test_clock: false,
-        proxy: bahi::config::ProxyLimits::default(),
-        cluster_nodes: 1,
-    };
+    let config = bench_config(
+        RateLimit { requests: 1_000_000_000, interval_seconds: 1 },
+        bahi::transport::TransportLimits::default(),
+    )?;
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let url = database_url.clone();
     let server = tokio::spawn(async move {
@@ -390,4 +377,29 @@ pub async fn http(seconds: u64, connections: usize, database: Option<String>) ->
     );
     let _ = std::fs::remove_dir_all(&directory);
     Ok(())
+}
+
+/// A node configured as `bahi serve` would be for a benchmark: the bench's operator key, a
+/// fresh key-encryption key, `rate_limit` for every bucket, and `transport`'s limits.
+pub fn bench_config(
+    rate_limit: RateLimit,
+    transport: bahi::transport::TransportLimits,
+) -> anyhow::Result<ServerConfig> {
+    Ok(ServerConfig {
+        environment: Environment::Live,
+        key_prefix: KeyPrefix::parse("bahi").map_err(|error| anyhow::anyhow!("{error}"))?,
+        legacy_key_prefixes: Vec::new(),
+        operator_key_hash: Some(SecretHash::of(BENCH_OPERATOR_KEY)),
+        hold_ttl_seconds: 600,
+        issuer: String::new(),
+        default_rate_limit: rate_limit,
+        anonymous_rate_limit: rate_limit,
+        secure_cookies: false,
+        key_encryption_key: bahi::identity::random_bytes(),
+        transport,
+        token_rules: bahi::agent_token::TokenRules::default(),
+        test_clock: false,
+        proxy: bahi::config::ProxyLimits::default(),
+        cluster_nodes: 1,
+    })
 }

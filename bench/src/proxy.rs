@@ -21,7 +21,6 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::serve::ListenerExt;
-use bahi_domain::credential::{Environment, KeyPrefix, SecretHash};
 use bahi_domain::event::RateLimit;
 use http_body_util::BodyExt;
 use hyper::header::HeaderValue as ClientHeaderValue;
@@ -203,27 +202,12 @@ async fn start_fake_upstream(fake: FakeUpstream) -> anyhow::Result<SocketAddr> {
 pub async fn serve_child(database: Option<String>) -> anyhow::Result<()> {
     let database = database.context("proxy-server needs --database")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let config = bahi::config::ServerConfig {
-        environment: Environment::Live,
-        key_prefix: KeyPrefix::parse("bahi").map_err(|error| anyhow::anyhow!("{error}"))?,
-        legacy_key_prefixes: Vec::new(),
-        operator_key_hash: Some(SecretHash::of(BENCH_OPERATOR_KEY)),
-        hold_ttl_seconds: 600,
-        issuer: String::new(),
-        default_rate_limit: RATE_LIMIT,
-        anonymous_rate_limit: RATE_LIMIT,
-        secure_cookies: false,
-        key_encryption_key: bahi::identity::random_bytes(),
-        // The connection cap `bahi serve` derives from the open-file limit.
-        transport: bahi::transport::TransportLimits {
-            max_connections: bahi::transport::default_max_connections(),
-            ..bahi::transport::TransportLimits::default()
-        },
-        token_rules: bahi::agent_token::TokenRules::default(),
-        test_clock: false,
-        proxy: bahi::config::ProxyLimits::default(),
-        cluster_nodes: 1,
+    // The connection cap `bahi serve` derives from the open-file limit.
+    let transport = bahi::transport::TransportLimits {
+        max_connections: bahi::transport::default_max_connections(),
+        ..bahi::transport::TransportLimits::default()
     };
+    let config = crate::api::bench_config(RATE_LIMIT, transport)?;
     bahi::server::serve_on(listener, &database, config, async {
         let mut sink = Vec::new();
         let _ = tokio::io::stdin().read_to_end(&mut sink).await;
