@@ -14,7 +14,7 @@ use super::{AppError, AppResult, Principal, Services};
 use crate::identity::{new_id_bytes, random_bytes};
 use crate::ledger::Actor;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRegister {
     pub org_name: Option<String>,

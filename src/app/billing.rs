@@ -40,10 +40,11 @@ fn first_event<'a>(outcome: &'a Outcome, what: &str) -> AppResult<&'a Event> {
         .ok_or_else(|| AppError::internal(format!("{what} recorded no event")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authorize {
     pub model: String,
+    #[schemars(default, schema_with = "super::schema::optional_money")]
     pub max_cost: Option<Money>,
 }
 
@@ -114,13 +115,14 @@ pub(super) async fn place_hold(
     Ok((call_id, authorized.clone()))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordUsage {
     pub call_id: String,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[schemars(schema_with = "super::schema::usage_status")]
     pub status: UsageStatus,
 }
 
@@ -178,11 +180,14 @@ pub async fn record_usage(services: &Services, operator: &Operator, request: Rec
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPrice {
+    #[schemars(schema_with = "super::schema::money")]
     pub input_per_million: Money,
+    #[schemars(schema_with = "super::schema::money")]
     pub output_per_million: Money,
+    #[schemars(default, schema_with = "super::schema::optional_money")]
     pub default_hold: Option<Money>,
 }
 
@@ -269,10 +274,11 @@ pub async fn top_up(services: &Services, principal: &Principal, request: TopUp) 
     })
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     pub org_id: String,
+    #[schemars(schema_with = "super::schema::money")]
     pub amount: Money,
     pub reason: String,
 }
@@ -315,7 +321,7 @@ pub async fn grant(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGatewayKey {
     pub name: Option<String>,

@@ -22,7 +22,7 @@ use crate::ledger::Actor;
 /// How long a session cookie lives in the browser: as long as the session.
 pub const SESSION_MAX_AGE_SECONDS: i64 = SESSION_TTL_DAYS * 86_400;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
     pub email: String,
@@ -30,7 +30,7 @@ pub struct SignUp {
     pub org_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogIn {
     pub email: String,
@@ -54,10 +54,11 @@ pub struct SessionStarted {
     pub view: SessionView,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     pub email: String,
+    #[schemars(schema_with = "super::schema::role")]
     pub role: Role,
     /// The member's initial password, which they use to log in.
     pub password: String,

@@ -16,7 +16,7 @@ use super::{AppError, AppResult, Operator, Principal, Services};
 use crate::agent_token::{IssuerKind, JwkSet, TrustedIssuer, Verifier};
 use crate::identity::{new_id_bytes, new_signing_key};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterIssuer {
     pub issuer: String,

@@ -18,15 +18,19 @@ use crate::identity::random_bytes;
 /// Longest upstream API key accepted (provider keys are far shorter).
 pub const MAX_UPSTREAM_API_KEY_LENGTH: usize = 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigureModel {
+    #[schemars(schema_with = "super::schema::provider")]
     pub provider: Provider,
     pub upstream_base_url: String,
     pub upstream_api_key: String,
     pub upstream_model: Option<String>,
+    #[schemars(schema_with = "super::schema::money")]
     pub input_per_million: Money,
+    #[schemars(schema_with = "super::schema::money")]
     pub output_per_million: Money,
+    #[schemars(default, schema_with = "super::schema::optional_money")]
     pub default_hold: Option<Money>,
     pub max_output_tokens: Option<u64>,
 }

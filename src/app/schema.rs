@@ -61,3 +61,23 @@ pub fn optional_budget(generator: &mut SchemaGenerator) -> Schema {
 pub fn optional_agent_mode(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"anyOf": [{"enum": ["autonomous", "delegated", "hybrid"]}, {"type": "null"}]})
 }
+
+/// An optional `Money`.
+pub fn optional_money(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [money(generator), {"type": "null"}]})
+}
+
+/// `UsageStatus`, as serde names it.
+pub fn usage_status(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["succeeded", "failed", "cancelled"]})
+}
+
+/// `Role`, as serde names it.
+pub fn role(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["owner", "admin", "finance", "auditor", "member"]})
+}
+
+/// `Provider`, as serde names it.
+pub fn provider(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["openai", "anthropic"]})
+}

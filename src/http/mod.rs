@@ -15,6 +15,7 @@ pub mod humans;
 pub mod issuers;
 pub mod keys;
 pub mod models;
+pub mod openapi;
 pub mod proxy;
 pub mod statements;
 pub mod test_clock;
@@ -64,6 +65,7 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(openapi::router())
         .merge(accounts::router(&state))
         .merge(keys::router(&state))
         .merge(humans::router(&state))

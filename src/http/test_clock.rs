@@ -20,9 +20,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
     }
 }
 
-#[derive(Deserialize)]
+/// `pub(super)`: the OpenAPI document describes it too.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Advance {
+pub(super) struct Advance {
     seconds: i64,
 }
 
