@@ -109,8 +109,11 @@ fn the_document_is_openapi_3_1_and_names_every_declared_route() {
 #[test]
 fn every_operation_has_a_success_and_every_error_uses_the_shared_schema() {
     let document = bahi::http::openapi::document();
+    let mut operation_ids = BTreeSet::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id.to_owned()), "{method} {path}: operationId {id} used twice");
             let responses = operation["responses"].as_object().unwrap();
             assert!(responses.keys().any(|status| status.starts_with('2')), "{method} {path}: no success");
             for (status, response) in responses {

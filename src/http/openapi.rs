@@ -429,7 +429,9 @@ pub fn document() -> Value {
 
 fn operation_id(method: &str, path: &str) -> String {
     let words: Vec<&str> = path.split(|c: char| !c.is_ascii_alphanumeric()).filter(|word| !word.is_empty()).collect();
-    format!("{method}_{}", words.join("_"))
+    // `/v1/forward-auth/` is a route of its own beside `/v1/forward-auth`: ids must differ.
+    let trailing_slash = if path.len() > 1 && path.ends_with('/') { "_slash" } else { "" };
+    format!("{method}_{}{trailing_slash}", words.join("_"))
 }
 
 fn operation_object(operation: &Operation, generator: &mut SchemaGenerator) -> Value {
