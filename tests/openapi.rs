@@ -144,6 +144,12 @@ fn every_operation_has_a_success_and_every_error_uses_the_shared_schema() {
         &document["paths"]["/v1/auth/account/api-keys"]["post"]["requestBody"]["content"]["application/json"]["schema"];
     let name = create_key["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
     assert!(document["components"]["schemas"][name]["properties"]["scopes"].is_object(), "{create_key}");
+    // An answer's schema, from the code: a page of keys has data and has_more.
+    let page = &document["paths"]["/v1/auth/account/api-keys"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    let name = page["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    let properties = &document["components"]["schemas"][name]["properties"];
+    assert!(properties["data"].is_object() && properties["has_more"].is_object(), "{page}");
 }
 
 #[tokio::test]

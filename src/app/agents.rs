@@ -33,15 +33,19 @@ pub struct CreateAgent {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct AgentView {
+    #[schemars(schema_with = "super::schema::id")]
     pub id: AgentId,
     pub name: String,
     pub status: &'static str,
+    #[schemars(schema_with = "super::schema::agent_mode")]
     pub mode: AgentMode,
     pub act_for: String,
+    #[schemars(schema_with = "super::schema::scopes")]
     pub scopes: Vec<Scope>,
     pub budget: Option<BudgetView>,
+    #[schemars(schema_with = "super::schema::optional_rate_limit")]
     pub rate_limit: Option<RateLimit>,
     #[serde(serialize_with = "super::time::micros")]
     pub created_at: DateTime<Utc>,
@@ -50,7 +54,7 @@ pub struct AgentView {
     pub usage: Usage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct AgentList {
     pub data: Vec<AgentView>,
     pub has_more: bool,
@@ -63,19 +67,22 @@ pub struct MintToken {
     pub scopes: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct MintedToken {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: i64,
     #[serde(serialize_with = "super::time::micros")]
     pub expires_at: DateTime<Utc>,
+    #[schemars(schema_with = "super::schema::id")]
     pub jti: TokenId,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TokenRevoked {
+    #[schemars(schema_with = "super::schema::id")]
     pub jti: TokenId,
+    #[schemars(schema_with = "super::schema::id")]
     pub agent_id: AgentId,
     pub revoked: bool,
 }

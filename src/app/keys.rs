@@ -30,15 +30,17 @@ pub struct CreateKey {
     pub metadata: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Usage {
     pub calls: u64,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub cost: Money,
 }
 
 /// A key as listed: everything but the secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KeyView {
+    #[schemars(schema_with = "super::schema::id")]
     pub api_key_id: ApiKeyId,
     pub name: Option<String>,
     pub prefix: String,
@@ -49,29 +51,36 @@ pub struct KeyView {
     #[serde(serialize_with = "super::time::optional_micros")]
     pub expires_at: Option<DateTime<Utc>>,
     pub status: &'static str,
+    #[schemars(schema_with = "super::schema::scopes")]
     pub scopes: Vec<Scope>,
+    #[schemars(schema_with = "super::schema::optional_rate_limit")]
     pub rate_limit: Option<RateLimit>,
     pub budget: Option<BudgetView>,
     pub metadata: Option<serde_json::Value>,
     /// The agent the key speaks for (agent-register's key), when it is bound to one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::optional_id")]
     pub agent_id: Option<AgentId>,
     pub usage: Usage,
 }
 
 /// A budget with what was spent (and is held) in the current period, and when it resets.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct BudgetView {
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub amount: Money,
+    #[schemars(schema_with = "super::schema::budget_period")]
     pub period: BudgetPeriod,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub spent: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub held: Money,
     #[serde(serialize_with = "super::time::optional_micros")]
     pub resets_at: Option<DateTime<Utc>>,
 }
 
 /// A new key with its secret: shown here once, never again.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CreatedKey {
     pub api_key: String,
     #[serde(flatten)]
@@ -85,7 +94,7 @@ pub struct ListKeys {
     pub starting_after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KeyPage {
     pub data: Vec<KeyView>,
     pub has_more: bool,

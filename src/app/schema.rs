@@ -81,3 +81,39 @@ pub fn role(_: &mut SchemaGenerator) -> Schema {
 pub fn provider(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"enum": ["openai", "anthropic"]})
 }
+
+// Answers: what the response types serialize (answers always use the money object).
+
+/// `Money` in an answer: always the object.
+pub fn money_answer(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "properties": {"currency": {"const": "inr"}, "amount": {"type": "string", "description": "exact decimal, at most 6 places"}},
+        "required": ["currency", "amount"]
+    })
+}
+
+/// A prefixed id (`key_...`, `agt_...`, `tok_...`).
+pub fn id(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "description": "a prefixed id"})
+}
+
+/// An optional prefixed id.
+pub fn optional_id(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": ["string", "null"], "description": "a prefixed id"})
+}
+
+/// Scopes, as their names.
+pub fn scopes(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "array", "items": {"type": "string", "description": "inference, keys:write, agents:write, audit:read, statements:read, account:read, ..."}})
+}
+
+/// `AgentMode`, as serde names it.
+pub fn agent_mode(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["autonomous", "delegated", "hybrid"]})
+}
+
+/// `BudgetPeriod`, as serde names it.
+pub fn budget_period(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"enum": ["day", "month", "total"]})
+}

@@ -8,9 +8,9 @@
 //! those types would need a hand-written schema twice. Instead the document is built from
 //! `operations()`, a table of every route (method, path, auth, request type, answer,
 //! statuses), plus the `schemars` schemas of the request types (OpenAPI 3.1's schema
-//! dialect is JSON Schema 2020-12, which `schemars` writes). Answers are free-form JSON
-//! objects for now: the response types derive `Serialize` only (docs/api.md describes their
-//! fields). The table cannot drift from the routers unnoticed: `tests/openapi.rs` reads
+//! dialect is JSON Schema 2020-12, which `schemars` writes). Answers of the keys and agents
+//! routes have their types' schemas; the others are free-form JSON objects for now, their
+//! types deriving `Serialize` only (docs/api.md describes their fields). The table cannot drift from the routers unnoticed: `tests/openapi.rs` reads
 //! every `.route(` of `src/http` and fails when one is missing here.
 
 use std::collections::BTreeSet;
@@ -81,6 +81,8 @@ impl Auth {
 enum Answer {
     /// A JSON object whose type derives no schema yet: free-form, described in words.
     Object(&'static str),
+    /// A JSON object of a type that derives `JsonSchema`.
+    Typed(fn(&mut SchemaGenerator) -> Schema, &'static str),
     /// No body.
     Empty(&'static str),
     /// The statement: JSON, or CSV with `format=csv`.
@@ -156,6 +158,11 @@ impl Operation {
         self
     }
 
+    /// The success answer is `T`, whose schema the document carries.
+    fn returns<T: JsonSchema>(self, success: u16, description: &'static str) -> Operation {
+        self.answers(success, Answer::Typed(body_schema::<T>, description))
+    }
+
     fn answers(mut self, success: u16, answer: Answer) -> Operation {
         self.success = success;
         self.answer = answer;
@@ -227,15 +234,20 @@ fn operations() -> Vec<Operation> {
             .errors(&[403]),
         route("post", "/v1/auth/account/api-keys", "keys", Credential, "Create an API key (the secret is shown once)")
             .body::<keys::CreateKey>()
-            .answers(201, Object("{api_key, api_key_id, name, prefix, expires_at, ...}"))
+            .returns::<keys::CreatedKey>(201, "the key, with its secret shown this once")
             .errors(&[403]),
         route("get", "/v1/auth/account/api-keys", "keys", Credential, "List the org's API keys, newest first")
             .query::<keys::ListKeys>()
-            .answers(200, Object("{data: [key], has_more}"))
+            .returns::<keys::KeyPage>(200, "a page of keys, never a secret")
             .errors(&[403]),
-        route("get", "/v1/auth/account/api-keys/{id}", "keys", Credential, "One API key").errors(&[403]),
-        route("post", "/v1/auth/account/api-keys/{id}/revoke", "keys", Credential, "Revoke an API key").errors(&[403]),
+        route("get", "/v1/auth/account/api-keys/{id}", "keys", Credential, "One API key")
+            .returns::<keys::KeyView>(200, "the key")
+            .errors(&[403]),
+        route("post", "/v1/auth/account/api-keys/{id}/revoke", "keys", Credential, "Revoke an API key")
+            .returns::<keys::KeyView>(200, "the revoked key")
+            .errors(&[403]),
         route("delete", "/v1/auth/account/api-keys/{id}", "keys", Credential, "Revoke an API key and remove it from the list")
+            .returns::<keys::KeyView>(200, "the removed key")
             .errors(&[403]),
         // humans
         route("post", "/me/signup", "humans", Public, "Sign up: a human, their org and a session cookie")
@@ -255,18 +267,23 @@ fn operations() -> Vec<Operation> {
         // agents
         route("post", "/me/agents", "agents", Credential, "Create an agent")
             .body::<agents::CreateAgent>()
-            .answers(201, Object("{id, name, status, mode, ...}"))
+            .returns::<agents::AgentView>(201, "the agent")
             .errors(&[403]),
-        route("get", "/me/agents", "agents", Credential, "List the org's agents with usage").errors(&[403]),
-        route("get", "/me/agents/{id}", "agents", Credential, "One agent with usage").errors(&[403]),
+        route("get", "/me/agents", "agents", Credential, "List the org's agents with usage")
+            .returns::<agents::AgentList>(200, "the agents")
+            .errors(&[403]),
+        route("get", "/me/agents/{id}", "agents", Credential, "One agent with usage")
+            .returns::<agents::AgentView>(200, "the agent")
+            .errors(&[403]),
         route("post", "/me/agents/{id}/token", "agents", Credential, "Mint an agent token (ES256 JWT)")
             .optional_body::<agents::MintToken>()
-            .answers(200, Object("{access_token, token_type, expires_in, expires_at, jti}"))
+            .returns::<agents::MintedToken>(200, "the token")
             .errors(&[403, 409]),
         route("post", "/me/agents/{id}/revoke", "agents", Credential, "Revoke an agent and every live token of it")
+            .returns::<agents::AgentView>(200, "the revoked agent")
             .errors(&[403]),
         route("post", "/me/agents/{id}/tokens/{jti}/revoke", "agents", Credential, "Revoke one agent token")
-            .answers(200, Object("{jti, agent_id, revoked}"))
+            .returns::<agents::TokenRevoked>(200, "the revoked token")
             .errors(&[403]),
         // issuers
         route("get", "/.well-known/jwks.json", "issuers", Public, "The embedded issuer's public keys")
@@ -383,14 +400,17 @@ pub fn document() -> Value {
         settings.definitions_path = "/components/schemas".into();
         settings.meta_schema = None;
     });
-    let mut generator = settings.into_generator();
+    // Two contracts: a request's optional field may be left out; an answer's `Option` is
+    // always there (as null) unless serde skips it.
+    let mut generator = settings.clone().for_deserialize().into_generator();
+    let mut answer_generator = settings.for_serialize().into_generator();
     let mut paths = Map::new();
     let mut tags: Vec<&str> = Vec::new();
     for operation in operations() {
         if !tags.contains(&operation.tag) {
             tags.push(operation.tag);
         }
-        let object = operation_object(&operation, &mut generator);
+        let object = operation_object(&operation, &mut generator, &mut answer_generator);
         let path = operation.path.replace("{*", "{");
         let item = paths.entry(path).or_insert_with(|| json!({})).as_object_mut().expect("a path item is an object");
         if operation.method == "any" {
@@ -404,6 +424,11 @@ pub fn document() -> Value {
         }
     }
     let mut schemas = generator.take_definitions(true);
+    for (name, schema) in answer_generator.take_definitions(true) {
+        // A type both sent and answered would need two names; none is today.
+        assert!(!schemas.contains_key(&name), "{name} is both a request and an answer schema");
+        schemas.insert(name, schema);
+    }
     schemas.insert("Error".to_owned(), error_schema());
     json!({
         "openapi": "3.1.0",
@@ -434,7 +459,11 @@ fn operation_id(method: &str, path: &str) -> String {
     format!("{method}_{}{trailing_slash}", words.join("_"))
 }
 
-fn operation_object(operation: &Operation, generator: &mut SchemaGenerator) -> Value {
+fn operation_object(
+    operation: &Operation,
+    generator: &mut SchemaGenerator,
+    answer_generator: &mut SchemaGenerator,
+) -> Value {
     let mut parameters: Vec<Value> = operation
         .path_parameters()
         .into_iter()
@@ -459,7 +488,7 @@ fn operation_object(operation: &Operation, generator: &mut SchemaGenerator) -> V
         parameters.push(json!({"name": name, "in": "header", "required": *name == "x-bahi-model", "description": description, "schema": {"type": "string"}}));
     }
     let mut responses = Map::new();
-    responses.insert(operation.success.to_string(), success_response(operation.answer));
+    responses.insert(operation.success.to_string(), success_response(operation.answer, answer_generator));
     for status in operation.error_statuses() {
         responses.insert(
             status.to_string(),
@@ -501,9 +530,12 @@ fn auth_words(auth: Auth) -> &'static str {
     }
 }
 
-fn success_response(answer: Answer) -> Value {
+fn success_response(answer: Answer, generator: &mut SchemaGenerator) -> Value {
     let free_form = json!({"type": "object", "additionalProperties": true});
     match answer {
+        Answer::Typed(schema, description) => {
+            json!({"description": description, "content": {"application/json": {"schema": schema(generator).to_value()}}})
+        }
         Answer::Object(description) => {
             json!({"description": description, "content": {"application/json": {"schema": free_form}}})
         }
