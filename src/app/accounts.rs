@@ -21,13 +21,16 @@ pub struct AgentRegister {
     pub agent_name: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Registered {
+    #[schemars(schema_with = "super::schema::id")]
     pub org_id: OrgId,
     pub api_key: String,
+    #[schemars(schema_with = "super::schema::id")]
     pub api_key_id: ApiKeyId,
     /// The agent named by `agent_name`, whose calls the key makes; absent without a name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::optional_id")]
     pub agent_id: Option<AgentId>,
 }
 
@@ -70,22 +73,26 @@ pub async fn agent_register(services: &Services, client: IpAddr, request: AgentR
     Ok(Registered { org_id, api_key: new_key.secret, api_key_id: key_id, agent_id })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Member {
     pub user_id: String,
     pub email: String,
     pub role: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Account {
+    #[schemars(schema_with = "super::schema::id")]
     pub org_id: OrgId,
     pub display_name: String,
     pub plan: String,
     pub environment: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub credit_balance: Money,
     /// Balance minus the holds of authorized, unsettled calls.
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub available_balance: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub held: Money,
     pub members: Vec<Member>,
 }

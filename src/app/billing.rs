@@ -48,16 +48,20 @@ pub struct Authorize {
     pub max_cost: Option<Money>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Authorized {
+    #[schemars(schema_with = "super::schema::id")]
     pub call_id: CallId,
+    #[schemars(schema_with = "super::schema::id")]
     pub org_id: OrgId,
     pub agent_id: Option<String>,
     pub act_for: String,
     pub credential_id: String,
     pub credential_kind: &'static str,
+    #[schemars(schema_with = "super::schema::scopes")]
     pub scopes: Vec<bahi_domain::credential::Scope>,
     pub model: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub hold: Money,
     #[serde(serialize_with = "super::time::micros")]
     pub hold_expires_at: DateTime<Utc>,
@@ -126,10 +130,13 @@ pub struct RecordUsage {
     pub status: UsageStatus,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Settled {
+    #[schemars(schema_with = "super::schema::id")]
     pub call_id: CallId,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub cost: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub balance: Money,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -191,12 +198,15 @@ pub struct SetPrice {
     pub default_hold: Option<Money>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PriceView {
     pub model: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub input_per_million: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub output_per_million: Money,
     /// What an authorization without `max_cost` holds: the operator's, or the default.
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub default_hold: Money,
     #[serde(serialize_with = "super::time::micros")]
     pub set_at: DateTime<Utc>,
@@ -232,11 +242,14 @@ pub struct TopUp {
     pub payment_reference: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ToppedUp {
+    #[schemars(schema_with = "super::schema::id")]
     pub topup_id: TopupId,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub amount: Money,
     pub payment_reference: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub balance: Money,
 }
 
@@ -283,12 +296,16 @@ pub struct Grant {
     pub reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Granted {
+    #[schemars(schema_with = "super::schema::id")]
     pub grant_id: TopupId,
+    #[schemars(schema_with = "super::schema::id")]
     pub org_id: OrgId,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub amount: Money,
     pub reason: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub balance: Money,
 }
 
@@ -327,12 +344,14 @@ pub struct CreateGatewayKey {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CreatedGatewayKey {
     pub api_key: String,
+    #[schemars(schema_with = "super::schema::id")]
     pub api_key_id: ApiKeyId,
     pub name: Option<String>,
     pub prefix: String,
+    #[schemars(schema_with = "super::schema::scopes")]
     pub scopes: Vec<Scope>,
 }
 
@@ -360,8 +379,9 @@ pub async fn create_gateway_key(
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct GatewayKeyRevoked {
+    #[schemars(schema_with = "super::schema::id")]
     pub api_key_id: ApiKeyId,
     pub status: &'static str,
 }

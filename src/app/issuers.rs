@@ -31,12 +31,14 @@ pub struct RegisterIssuer {
     pub proofs: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct IssuerView {
+    #[schemars(schema_with = "super::schema::id")]
     pub id: IssuerId,
     pub issuer: String,
     pub audience: Option<String>,
     pub owner_claim: String,
+    #[schemars(schema_with = "super::schema::id_map")]
     pub owners: BTreeMap<String, OrgId>,
     pub jwks_uri: Option<String>,
     pub status: &'static str,
@@ -46,12 +48,12 @@ pub struct IssuerView {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct IssuerList {
     pub data: Vec<IssuerView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Rotated {
     pub key_id: String,
     pub retired_key_id: Option<String>,

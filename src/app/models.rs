@@ -36,14 +36,18 @@ pub struct ConfigureModel {
 }
 
 /// A configured model as the operator sees it: never its upstream key.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelView {
     pub model: String,
+    #[schemars(schema_with = "super::schema::provider")]
     pub provider: Provider,
     pub upstream_base_url: String,
     pub upstream_model: String,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub input_per_million: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub output_per_million: Money,
+    #[schemars(schema_with = "super::schema::money_answer")]
     pub default_hold: Money,
     pub max_output_tokens: u64,
     #[serde(serialize_with = "super::time::micros")]
@@ -112,13 +116,13 @@ fn check_upstream(request: &ConfigureModel) -> AppResult<()> {
 }
 
 /// `GET /v1/models`, in OpenAI's shape (SDKs and tools call it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ListedModel>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ListedModel {
     pub id: String,
     pub object: &'static str,

@@ -117,3 +117,8 @@ pub fn agent_mode(_: &mut SchemaGenerator) -> Schema {
 pub fn budget_period(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"enum": ["day", "month", "total"]})
 }
+
+/// A map of names to prefixed ids (an issuer's owners to orgs).
+pub fn id_map(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+}

@@ -8,9 +8,10 @@
 //! those types would need a hand-written schema twice. Instead the document is built from
 //! `operations()`, a table of every route (method, path, auth, request type, answer,
 //! statuses), plus the `schemars` schemas of the request types (OpenAPI 3.1's schema
-//! dialect is JSON Schema 2020-12, which `schemars` writes). Answers of the keys and agents
-//! routes have their types' schemas; the others are free-form JSON objects for now, their
-//! types deriving `Serialize` only (docs/api.md describes their fields). The table cannot drift from the routers unnoticed: `tests/openapi.rs` reads
+//! dialect is JSON Schema 2020-12, which `schemars` writes). Answers have their types'
+//! schemas (serialize contract), except health, signup and login, members, JWKS, audit and
+//! the test clock: free-form JSON objects for now, as their types derive `Serialize` only or
+//! the use case answers a `serde_json::Value` (docs/api.md describes their fields). The table cannot drift from the routers unnoticed: `tests/openapi.rs` reads
 //! every `.route(` of `src/http` and fails when one is missing here.
 
 use std::collections::BTreeSet;
@@ -219,18 +220,30 @@ fn operations() -> Vec<Operation> {
     vec![
         // health
         route("get", "/healthz", "operations", Public, "Liveness: the engine and log position").errors(&[503]),
-        route("get", "/readyz", "operations", Public, "Readiness: 503 once the node met an unreadable event or its tailer lags")
-            .errors(&[503]),
+        route(
+            "get",
+            "/readyz",
+            "operations",
+            Public,
+            "Readiness: 503 once the node met an unreadable event or its tailer lags",
+        )
+        .errors(&[503]),
         route("get", "/metrics", "operations", Public, "Prometheus metrics").answers(200, Metrics),
         route("get", "/openapi.json", "operations", Public, "This OpenAPI document").answers(200, Document),
         route("get", "/docs", "operations", Public, "The reference page made from this document").answers(200, Page),
         // accounts and keys
-        route("post", "/v1/auth/agent-register", "accounts", Public, "Create an org, its first API key and optionally an agent")
-            .optional_body::<accounts::AgentRegister>()
-            .answers(201, Object("{org_id, api_key, api_key_id, agent_id?}"))
-            .errors(&[429, 503]),
+        route(
+            "post",
+            "/v1/auth/agent-register",
+            "accounts",
+            Public,
+            "Create an org, its first API key and optionally an agent",
+        )
+        .optional_body::<accounts::AgentRegister>()
+        .returns::<accounts::Registered>(201, "the org, its first key (the secret shown this once) and the agent")
+        .errors(&[429, 503]),
         route("get", "/v1/auth/account", "accounts", Credential, "The caller's org, balances and members")
-            .answers(200, Object("{org_id, display_name, plan, environment, credit_balance, available_balance, held, members}"))
+            .returns::<accounts::Account>(200, "the org, its balances and members")
             .errors(&[403]),
         route("post", "/v1/auth/account/api-keys", "keys", Credential, "Create an API key (the secret is shown once)")
             .body::<keys::CreateKey>()
@@ -246,9 +259,15 @@ fn operations() -> Vec<Operation> {
         route("post", "/v1/auth/account/api-keys/{id}/revoke", "keys", Credential, "Revoke an API key")
             .returns::<keys::KeyView>(200, "the revoked key")
             .errors(&[403]),
-        route("delete", "/v1/auth/account/api-keys/{id}", "keys", Credential, "Revoke an API key and remove it from the list")
-            .returns::<keys::KeyView>(200, "the removed key")
-            .errors(&[403]),
+        route(
+            "delete",
+            "/v1/auth/account/api-keys/{id}",
+            "keys",
+            Credential,
+            "Revoke an API key and remove it from the list",
+        )
+        .returns::<keys::KeyView>(200, "the removed key")
+        .errors(&[403]),
         // humans
         route("post", "/me/signup", "humans", Public, "Sign up: a human, their org and a session cookie")
             .body::<humans::SignUp>()
@@ -290,43 +309,69 @@ fn operations() -> Vec<Operation> {
             .answers(200, Object("a JWK set {keys: [...]}")),
         route("post", "/me/issuers", "issuers", Session, "Register an external token issuer (owner or admin)")
             .body::<issuers::RegisterIssuer>()
-            .answers(201, Object("the registration"))
+            .returns::<issuers::IssuerView>(201, "the registration")
             .errors(&[403, 409]),
         route("get", "/me/issuers", "issuers", Credential, "The org's issuer registrations")
-            .answers(200, Object("{data: [registration]}"))
+            .returns::<issuers::IssuerList>(200, "the registrations")
             .errors(&[403]),
-        route("post", "/me/issuers/{id}/revoke", "issuers", Session, "Revoke an issuer registration").errors(&[403]),
+        route("post", "/me/issuers/{id}/revoke", "issuers", Session, "Revoke an issuer registration")
+            .returns::<issuers::IssuerView>(200, "the revoked registration")
+            .errors(&[403]),
         route("post", "/v1/admin/signing-keys/rotate", "issuers", Operator, "Rotate the embedded issuer's signing key")
-            .answers(200, Object("{key_id, retired_key_id, retired_key_verifies_until}"))
+            .returns::<issuers::Rotated>(200, "the new key and the retired one")
             .errors(&[403]),
         // gateway
         route("post", "/v1/authorize", "gateway", KeyOrToken, "Authorize a call and hold its cost")
             .body::<billing::Authorize>()
-            .answers(
-                200,
-                Object("{call_id, org_id, agent_id, act_for, credential_id, credential_kind, scopes, model, hold, hold_expires_at}"),
-            )
+            .returns::<billing::Authorized>(200, "the authorization and its hold")
             .errors(&[402, 403]),
-        route("post", "/v1/usage", "gateway", OperatorOrGatewayKey, "Settle a call's hold with its usage (idempotent on call_id)")
-            .body::<billing::RecordUsage>()
-            .answers(200, Object("{call_id, cost, balance, input_tokens, output_tokens, settled_at}"))
-            .errors(&[403, 404, 409]),
-        route("any", "/v1/forward-auth", "gateway", KeyOrToken, "Forward-auth for a gateway: authorize, answered in headers")
-            .answers(200, Empty("authorized; x-bahi-call-id, x-bahi-org-id, x-bahi-agent-id, x-bahi-act-for, x-ratelimit-*"))
-            .errors(&[400, 402, 403, 503])
-            .headers(&[("x-bahi-model", "the model, set by the gateway")]),
+        route(
+            "post",
+            "/v1/usage",
+            "gateway",
+            OperatorOrGatewayKey,
+            "Settle a call's hold with its usage (idempotent on call_id)",
+        )
+        .body::<billing::RecordUsage>()
+        .returns::<billing::Settled>(200, "the settled call")
+        .errors(&[403, 404, 409]),
+        route(
+            "any",
+            "/v1/forward-auth",
+            "gateway",
+            KeyOrToken,
+            "Forward-auth for a gateway: authorize, answered in headers",
+        )
+        .answers(
+            200,
+            Empty("authorized; x-bahi-call-id, x-bahi-org-id, x-bahi-agent-id, x-bahi-act-for, x-ratelimit-*"),
+        )
+        .errors(&[400, 402, 403, 503])
+        .headers(&[("x-bahi-model", "the model, set by the gateway")]),
         route("any", "/v1/forward-auth/", "gateway", KeyOrToken, "Forward-auth, Envoy's prefix with an empty path")
             .answers(200, Empty("authorized, as /v1/forward-auth"))
             .errors(&[400, 402, 403, 503])
             .headers(&[("x-bahi-model", "the model, set by the gateway")]),
-        route("any", "/v1/forward-auth/{*original_path}", "gateway", KeyOrToken, "Forward-auth, Envoy ext_authz (the original path after the prefix)")
-            .answers(200, Empty("authorized, as /v1/forward-auth"))
-            .errors(&[400, 402, 403, 503])
-            .headers(&[("x-bahi-model", "the model, set by the gateway")]),
+        route(
+            "any",
+            "/v1/forward-auth/{*original_path}",
+            "gateway",
+            KeyOrToken,
+            "Forward-auth, Envoy ext_authz (the original path after the prefix)",
+        )
+        .answers(200, Empty("authorized, as /v1/forward-auth"))
+        .errors(&[400, 402, 403, 503])
+        .headers(&[("x-bahi-model", "the model, set by the gateway")]),
         // proxy
-        route("post", "/v1/chat/completions", "proxy", KeyOrToken, "OpenAI chat completions, forwarded to the model's upstream")
-            .answers(200, Upstream)
-            .errors(&[400, 402, 403, 404, 413, 502, 503]),
+        route(
+            "post",
+            "/v1/chat/completions",
+            "proxy",
+            KeyOrToken,
+            "OpenAI chat completions, forwarded to the model's upstream",
+        )
+        .answers(200, Upstream)
+        .errors(&[400, 402, 403, 404, 413, 502, 503]),
         route("post", "/v1/embeddings", "proxy", KeyOrToken, "OpenAI embeddings, forwarded to the model's upstream")
             .answers(200, Upstream)
             .errors(&[400, 402, 403, 404, 413, 502, 503]),
@@ -335,39 +380,58 @@ fn operations() -> Vec<Operation> {
             .errors(&[400, 402, 403, 404, 413, 502, 503]),
         // models
         route("get", "/v1/models", "models", KeyOrToken, "The configured models, OpenAI's list shape")
-            .answers(200, Object("{object: \"list\", data: [{id, object, created, owned_by}]}"))
+            .returns::<models::ModelList>(200, "the configured models")
             .errors(&[403]),
-        route("put", "/v1/admin/models/{model}", "models", Operator, "Configure a proxied model: upstream, sealed key, price")
-            .body::<models::ConfigureModel>()
-            .answers(200, Object("the model without its upstream key"))
-            .errors(&[403]),
+        route(
+            "put",
+            "/v1/admin/models/{model}",
+            "models",
+            Operator,
+            "Configure a proxied model: upstream, sealed key, price",
+        )
+        .body::<models::ConfigureModel>()
+        .returns::<models::ModelView>(200, "the model without its upstream key")
+        .errors(&[403]),
         // credits and prices
         route("post", "/me/credits/topups", "credits", Session, "Top up the org's credit (humans only)")
             .body::<billing::TopUp>()
-            .answers(201, Object("{topup_id, amount, payment_reference, balance}"))
+            .returns::<billing::ToppedUp>(201, "the top-up and the new balance")
             .errors(&[403, 409]),
-        route("post", "/v1/admin/credits/grants", "credits", Operator, "Grant credit to an org (Idempotency-Key header)")
-            .body::<billing::Grant>()
-            .answers(201, Object("{grant_id, org_id, amount, reason, balance}"))
-            .errors(&[403, 404, 409])
-            .headers(&[("idempotency-key", "a retry with the same key answers the first grant")]),
+        route(
+            "post",
+            "/v1/admin/credits/grants",
+            "credits",
+            Operator,
+            "Grant credit to an org (Idempotency-Key header)",
+        )
+        .body::<billing::Grant>()
+        .returns::<billing::Granted>(201, "the grant and the new balance")
+        .errors(&[403, 404, 409])
+        .headers(&[("idempotency-key", "a retry with the same key answers the first grant")]),
         route("put", "/v1/admin/prices/{model}", "credits", Operator, "Set a model's price")
             .body::<billing::SetPrice>()
-            .answers(200, Object("{model, input_per_million, output_per_million, default_hold, set_at}"))
+            .returns::<billing::PriceView>(200, "the price")
             .errors(&[403]),
         route("post", "/v1/admin/gateway-keys", "credits", Operator, "Create a gateway key (usage:write)")
             .optional_body::<billing::CreateGatewayKey>()
-            .answers(201, Object("{api_key, api_key_id, name, prefix, scopes}"))
+            .returns::<billing::CreatedGatewayKey>(201, "the gateway key, its secret shown this once")
             .errors(&[403]),
         route("post", "/v1/admin/gateway-keys/{id}/revoke", "credits", Operator, "Revoke a gateway key")
-            .answers(200, Object("{api_key_id, status}"))
+            .returns::<billing::GatewayKeyRevoked>(200, "the revoked gateway key")
             .errors(&[403]),
         // audit and finance
-        route("get", "/v1/audit/calls/{call_id}", "audit", Reader, "One call's audit record and its events").errors(&[403]),
-        route("get", "/v1/audit/attribution", "audit", Reader, "Usage and cost grouped by agent, act_for, model, key or day")
-            .query::<audit::AttributionQuery>()
-            .answers(200, Object("{rows: [...]}"))
+        route("get", "/v1/audit/calls/{call_id}", "audit", Reader, "One call's audit record and its events")
             .errors(&[403]),
+        route(
+            "get",
+            "/v1/audit/attribution",
+            "audit",
+            Reader,
+            "Usage and cost grouped by agent, act_for, model, key or day",
+        )
+        .query::<audit::AttributionQuery>()
+        .answers(200, Object("{rows: [...]}"))
+        .errors(&[403]),
         route("get", "/v1/audit/events", "audit", Reader, "The org's own events in log order")
             .query::<audit::EventsQuery>()
             .errors(&[403]),
@@ -380,10 +444,16 @@ fn operations() -> Vec<Operation> {
             .answers(200, Mcp)
             .errors(&[400, 403, 405, 406, 415]),
         // tests only
-        route("post", "/v1/admin/test-clock/advance", "test clock", Operator, "Move the test clock forward (only under --test-clock)")
-            .body::<super::test_clock::Advance>()
-            .answers(200, Object("{now}"))
-            .errors(&[403, 404]),
+        route(
+            "post",
+            "/v1/admin/test-clock/advance",
+            "test clock",
+            Operator,
+            "Move the test clock forward (only under --test-clock)",
+        )
+        .body::<super::test_clock::Advance>()
+        .answers(200, Object("{now}"))
+        .errors(&[403, 404]),
     ]
 }
 
