@@ -103,6 +103,8 @@ struct Counts {
     stale_after_resume: AtomicU64,
     /// 5xx answers, counted among the unanswered too.
     server_errors: AtomicU64,
+    /// 500 among them (the rest are 503).
+    internal_errors: AtomicU64,
 }
 
 /// Everything acknowledged, to compare with the log afterwards.
@@ -163,6 +165,9 @@ impl Campaign {
                 // past the writer's attempts, a terminated database connection), so the
                 // client retries it as it retries a timeout.
                 self.counts.server_errors.fetch_add(1, Ordering::Relaxed);
+                if response.status() == 500 {
+                    self.counts.internal_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 None
             }
             Ok(response) => {
@@ -429,7 +434,8 @@ async fn faults(campaign: Arc<Campaign>, deadline: Instant) -> Vec<String> {
     // sleep-ok: the load runs a while before the first fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     while Instant::now() + Duration::from_secs(HOLD_TTL_SECONDS + 3) < deadline {
-        let node = fault % NODES;
+        // Each kind of fault meets another node each time round.
+        let node = (fault + fault / 3) % NODES;
         match fault % 3 {
             0 => {
                 let old = campaign.cluster.servers.lock()[node].take();
@@ -694,7 +700,7 @@ async fn three_nodes_under_faults_lose_nothing_and_refuse_revoked_credentials() 
         record.orgs.len() + grant_ids.len() + record.calls.len() + record.settled() + record.revoked.len();
     eprintln!(
         "cluster campaign: {NODES} nodes, {WORKERS} workers, {:.1} s of load; {} requests, {} unanswered \
-         (retried; {} of them 5xx), {} refused for credit, {} revoked credentials accepted by a node \
+         (retried; {} of them 5xx, {} of those 500), {} refused for credit, {} revoked credentials accepted by a node \
          on its SIGCONT; {} faults injected: {injected:?}; {acknowledged} acknowledged \
          ({} orgs, {} grants, {} authorizations, {} settlements, {} revocations); {} events in the log; \
          lost = {}",
@@ -702,6 +708,7 @@ async fn three_nodes_under_faults_lose_nothing_and_refuse_revoked_credentials() 
         counts.requests.load(Ordering::Relaxed),
         counts.unanswered.load(Ordering::Relaxed),
         counts.server_errors.load(Ordering::Relaxed),
+        counts.internal_errors.load(Ordering::Relaxed),
         counts.refused_for_credit.load(Ordering::Relaxed),
         counts.stale_after_resume.load(Ordering::Relaxed),
         counts.faults.load(Ordering::Relaxed),
