@@ -101,6 +101,8 @@ struct Counts {
     /// Revoked credentials accepted by a node that was SIGSTOPped when the probe was sent
     /// and answered it on SIGCONT, before its tailer had read the revocation.
     stale_after_resume: AtomicU64,
+    /// Probes of revoked credentials that a node refused (401) within the bound.
+    refused_after_bound: AtomicU64,
     /// 5xx answers, counted among the unanswered too.
     server_errors: AtomicU64,
     /// 500 among them (the rest are 503).
@@ -330,9 +332,9 @@ impl Campaign {
                 let status = campaign.probe(&url, &credential, kind).await;
                 if was_stopped && status.is_some_and(|status| status < 300) {
                     campaign.counts.stale_after_resume.fetch_add(1, Ordering::Relaxed);
-                } else if let Some(status) = status
-                    && status != 401
-                {
+                } else if status == Some(401) {
+                    campaign.counts.refused_after_bound.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(status) = status {
                     campaign.fail(format!(
                         "revoked {kind} accepted ({status}) by {url} {REVOCATION_BOUND:?} after its revocation was answered"
                     ));
@@ -700,8 +702,8 @@ async fn three_nodes_under_faults_lose_nothing_and_refuse_revoked_credentials() 
         record.orgs.len() + grant_ids.len() + record.calls.len() + record.settled() + record.revoked.len();
     eprintln!(
         "cluster campaign: {NODES} nodes, {WORKERS} workers, {:.1} s of load; {} requests, {} unanswered \
-         (retried; {} of them 5xx, {} of those 500), {} refused for credit, {} revoked credentials accepted by a node \
-         on its SIGCONT; {} faults injected: {injected:?}; {acknowledged} acknowledged \
+         (retried; {} of them 5xx, {} of those 500), {} refused for credit, {} revocation probes refused 401 after the bound, {} revoked \
+         credentials accepted by a node on its SIGCONT; {} faults injected: {injected:?}; {acknowledged} acknowledged \
          ({} orgs, {} grants, {} authorizations, {} settlements, {} revocations); {} events in the log; \
          lost = {}",
         load_time.as_secs_f64(),
@@ -710,6 +712,7 @@ async fn three_nodes_under_faults_lose_nothing_and_refuse_revoked_credentials() 
         counts.server_errors.load(Ordering::Relaxed),
         counts.internal_errors.load(Ordering::Relaxed),
         counts.refused_for_credit.load(Ordering::Relaxed),
+        counts.refused_after_bound.load(Ordering::Relaxed),
         counts.stale_after_resume.load(Ordering::Relaxed),
         counts.faults.load(Ordering::Relaxed),
         record.orgs.len(),
