@@ -59,6 +59,10 @@ pub enum WriteError {
     Overloaded,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Other nodes kept appending first, `MAX_APPEND_ATTEMPTS` times: nothing was appended,
+    /// and a retry decides again at the new head.
+    #[error("other nodes kept appending first; nothing was recorded, retry shortly")]
+    Contended,
     #[error("the ledger could not commit: {0}")]
     Store(String),
     /// An event `decide` produced would not read back through the log's decoder: a bug, not
@@ -646,9 +650,11 @@ impl WriterTask {
         self.barrier().await;
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
+        let contended = matches!(error, StoreError::HeadMoved { .. });
         for submission in batch.submissions {
             let answer = match self.ledger.fault.get() {
                 Some(fault) => WriteError::NotReady(fault.clone()),
+                None if contended => WriteError::Contended,
                 None => WriteError::Store(message.clone()),
             };
             let _ = submission.reply.send(Err(answer));

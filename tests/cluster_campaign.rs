@@ -16,11 +16,12 @@
 //! answered plus `REVOCATION_BOUND`, nor by any node at the end. PostgreSQL only: it skips,
 //! saying so, without it (CI requires it).
 //!
-//! What it found and counts rather than fails (printed at the end): under three writers a
-//! batch that loses the race for the log head more than the writer's attempts is answered
-//! 500 `internal_error` (nothing was appended; a retry succeeds); and a node SIGSTOPped
-//! while a request waits answers it on SIGCONT from its read model before its tailer has
-//! read revocations made meanwhile, so a revoked credential is accepted once there.
+//! What it found, now fixed and asserted: under three writers a batch that lost the race
+//! for the log head more than the writer's attempts was answered 500 (now 503
+//! `unavailable` with `retry-after`: nothing was appended, a retry decides again); and a
+//! node SIGSTOPped while a request waited answered it on SIGCONT from its read model before
+//! its tailer had read revocations made meanwhile (now a node whose tailer has not read the
+//! log for a second reaches the head before judging a credential).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -722,6 +723,14 @@ async fn three_nodes_under_faults_lose_nothing_and_refuse_revoked_credentials() 
         record.revoked.len(),
         events.len(),
         lost.len(),
+    );
+    // Both were seen before their fixes: a lost race for the log head answered 500, and a
+    // node resumed from SIGSTOP accepted credentials revoked while it was stopped.
+    assert_eq!(counts.internal_errors.load(Ordering::Relaxed), 0, "a fault is 503 (retry), never a 500");
+    assert_eq!(
+        counts.stale_after_resume.load(Ordering::Relaxed),
+        0,
+        "a resumed node reaches the head before judging a credential"
     );
     assert!(record.failures.is_empty(), "failures during the run: {:#?}", record.failures);
     assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");

@@ -136,7 +136,7 @@ impl From<WriteError> for AppError {
         match error {
             WriteError::Rejected(domain) => domain.into(),
             WriteError::IdempotencyConflict => AppError::conflict("idempotency_conflict", error.to_string()),
-            WriteError::Overloaded | WriteError::ShuttingDown => {
+            WriteError::Overloaded | WriteError::ShuttingDown | WriteError::Contended => {
                 AppError::Unavailable { message: error.to_string(), retry_after_seconds: Some(1) }
             }
             WriteError::Store(detail) | WriteError::Unreadable(detail) => AppError::Internal(detail),

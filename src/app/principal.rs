@@ -313,6 +313,11 @@ async fn resolve_here(services: &Services, presented: &Presented) -> AppResult<P
 /// it may have been made on another node a moment ago, and a 401 is final to a client.
 /// Only refusals pay that trip through the writer.
 pub async fn resolve(services: &Services, presented: &Presented) -> AppResult<Principal> {
+    // A node whose tailer has not read the log lately (it was paused, or the database was
+    // away) may not have seen a revocation made elsewhere: it reaches the head first.
+    if tail_is_stale(services) {
+        services.writer.reach_head().await?;
+    }
     match resolve_here(services, presented).await {
         Err(AppError::Unauthorized(_)) if could_be_in_the_log(presented) => {
             services.writer.reach_head().await?;
@@ -320,6 +325,16 @@ pub async fn resolve(services: &Services, presented: &Presented) -> AppResult<Pr
         }
         resolved => resolved,
     }
+}
+
+/// Longest a PostgreSQL node's tailer may go without reading the log to its end before a
+/// credential is judged only after reaching the head (it polls every 250 ms).
+const STALE_TAIL_MILLISECONDS: u64 = 1_000;
+
+fn tail_is_stale(services: &Services) -> bool {
+    let tailer = &services.metrics.tailer;
+    tailer.running.load(std::sync::atomic::Ordering::Relaxed)
+        && tailer.caught_up_milliseconds_ago().is_none_or(|millis| millis > STALE_TAIL_MILLISECONDS)
 }
 
 /// Takes one request from the principal's token bucket: the decision, or 429.
