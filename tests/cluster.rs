@@ -258,6 +258,7 @@ async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
         return;
     };
     let client = client();
+    let (_, owner_key) = register(&client, &first, "Readiness").await;
     let became_ready = common::eventually(|| async { ready(&client, &first).await.0 == 200 }).await;
     let (_, detail) = ready(&client, &first).await;
     assert!(became_ready, "{detail}");
@@ -265,6 +266,7 @@ async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
 
     // The log table out of reach: every catch-up fails, as with a dropped grant or a lost server.
     database.execute_raw("ALTER TABLE events RENAME TO events_out_of_reach").await.unwrap();
+    database.execute_raw("ALTER TABLE log_head RENAME TO log_head_out_of_reach").await.unwrap();
     let not_ready = common::eventually(|| async { ready(&client, &first).await.0 == 503 }).await;
     let (_, detail) = ready(&client, &first).await;
     assert!(not_ready, "{detail}");
@@ -272,6 +274,10 @@ async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
     assert!(detail["tailer"]["last_error"].as_str().is_some_and(|error| !error.is_empty()), "{detail}");
     assert!(detail["tailer"]["failures"].as_u64().unwrap() > 0);
     assert_eq!(client.get(first.url("/healthz")).send().await.unwrap().status(), 200, "liveness is not readiness");
+    // A credential is not judged from a view that may miss revocations, and the node cannot
+    // reach the head of the log to refresh it: 503 (retry), never a 500.
+    let account = client.get(first.url("/v1/auth/account")).bearer_auth(&owner_key).send().await.unwrap();
+    assert_eq!(account.status(), 503, "{}", account.text().await.unwrap());
     let metrics = client.get(first.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.lines().any(|line| line.starts_with("bahi_tailer_failures_total ") && !line.ends_with(" 0")),
@@ -279,6 +285,7 @@ async fn readyz_tells_the_truth_about_a_tailer_that_cannot_read_the_log() {
     );
 
     database.execute_raw("ALTER TABLE events_out_of_reach RENAME TO events").await.unwrap();
+    database.execute_raw("ALTER TABLE log_head_out_of_reach RENAME TO log_head").await.unwrap();
     let ready_again = common::eventually(|| async { ready(&client, &first).await.0 == 200 }).await;
     assert!(ready_again, "{}", ready(&client, &first).await.1);
 }

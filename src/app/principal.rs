@@ -316,7 +316,14 @@ pub async fn resolve(services: &Services, presented: &Presented) -> AppResult<Pr
     // A node whose tailer has not read the log lately (it was paused, or the database was
     // away) may not have seen a revocation made elsewhere: it reaches the head first.
     if tail_is_stale(services) {
-        services.writer.reach_head().await?;
+        services.writer.reach_head().await.map_err(|error| {
+            tracing::warn!(%error, "a credential could not be checked at the head of the log");
+            // Fail closed, and say it is this node's state, not the credential: retry.
+            AppError::Unavailable {
+                message: "this node cannot read the log right now to check credentials; retry shortly".into(),
+                retry_after_seconds: Some(1),
+            }
+        })?;
     }
     match resolve_here(services, presented).await {
         Err(AppError::Unauthorized(_)) if could_be_in_the_log(presented) => {
