@@ -51,8 +51,7 @@ pub async fn authorize(services: &Services, request: ForwardAuth) -> AppResult<F
             "no credential: the original request must carry \"Authorization: Bearer <key or token>\" or \"x-api-key: <key>\"",
         ));
     }
-    let principal = principal::resolve(services, &request.presented).await?;
-    let rate = principal::take_rate(services, &principal)?;
+    let (principal, rate) = principal::admit(services, &request.presented).await?;
     let model = request.model.ok_or_else(|| {
         AppError::invalid_request(
             "no model: the gateway must set the x-bahi-model header to the model the request calls",

@@ -344,6 +344,14 @@ fn tail_is_stale(services: &Services) -> bool {
         && tailer.caught_up_milliseconds_ago().is_none_or(|millis| millis > STALE_TAIL_MILLISECONDS)
 }
 
+/// Who is calling, then one request from their token bucket: what every surface that
+/// serves a credential does first (routes, MCP, the proxy, forward-auth).
+pub async fn admit(services: &Services, presented: &Presented) -> AppResult<(Principal, RateDecision)> {
+    let principal = resolve(services, presented).await?;
+    let decision = take_rate(services, &principal)?;
+    Ok((principal, decision))
+}
+
 /// Takes one request from the principal's token bucket: the decision, or 429.
 pub fn take_rate(services: &Services, principal: &Principal) -> AppResult<RateDecision> {
     let limit = services.config.per_node(principal.rate_limit);

@@ -130,8 +130,7 @@ pub async fn proxy(
     body: Bytes,
     passed_headers: PassedHeaders,
 ) -> Result<Proxied, Refused> {
-    let principal = principal::resolve(services, presented).await?;
-    let rate = principal::take_rate(services, &principal)?;
+    let (principal, rate) = principal::admit(services, presented).await?;
     let with_rate = |error: AppError| Refused { error, rate: Some(rate) };
     principal.require(Scope::Inference).map_err(with_rate)?;
     let request = ClientRequest::parse(&body, route).map_err(with_rate)?;

@@ -94,13 +94,13 @@ pub fn presented_credential_only(headers: &HeaderMap) -> Result<Presented, ApiEr
 
 /// Route layer of every authenticated route: resolve, rate-limit, run, add the headers.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let principal = match resolve(&state, request.headers()).await {
-        Ok(principal) => principal,
-        Err(error) => return error.into_response(),
+    let admitted = match presented(request.headers()) {
+        Ok(presented) => principal::admit(&state, &presented).await.map_err(ApiError::from),
+        Err(error) => Err(error),
     };
-    let decision = match principal::take_rate(&state, &principal) {
-        Ok(decision) => decision,
-        Err(error) => return ApiError::from(error).into_response(),
+    let (principal, decision) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(),
     };
     request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
@@ -119,16 +119,12 @@ pub async fn authenticate_mcp(State(state): State<AppState>, mut request: Reques
         Ok(Presented { credential: None, .. }) => {
             Err(ApiError::unauthorized("no credential: send \"Authorization: Bearer <API key or agent token>\""))
         }
-        Ok(presented) => principal::resolve(&state, &presented).await.map_err(ApiError::from),
+        Ok(presented) => principal::admit(&state, &presented).await.map_err(ApiError::from),
         Err(error) => Err(error),
     };
-    let principal = match principal {
-        Ok(principal) => principal,
+    let (principal, decision) = match principal {
+        Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
-    };
-    let decision = match principal::take_rate(&state, &principal) {
-        Ok(decision) => decision,
-        Err(error) => return ApiError::from(error).into_response(),
     };
     request.extensions_mut().insert(Caller { principal, request_id: current_request_id() });
     let mut response = in_contract_shape(next.run(request).await).await;
