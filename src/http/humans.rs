@@ -27,7 +27,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new().route("/me/signup", post(signup)).route("/me/login", post(login)).merge(authenticated)
 }
 
-fn session_cookie_header(state: &AppState, secret: &str) -> Result<HeaderValue, ApiError> {
+/// The `Set-Cookie` value that starts a session (the console's login sets the same one).
+pub fn session_cookie_header(state: &AppState, secret: &str) -> Result<HeaderValue, ApiError> {
     let secure = if state.config.secure_cookies { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_MAX_AGE_SECONDS}{secure}"
@@ -35,7 +36,8 @@ fn session_cookie_header(state: &AppState, secret: &str) -> Result<HeaderValue, 
     .map_err(ApiError::internal)
 }
 
-fn cleared_cookie_header() -> HeaderValue {
+/// The `Set-Cookie` value that ends the session cookie in the browser.
+pub fn cleared_cookie_header() -> HeaderValue {
     HeaderValue::from_static("bahi_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
 }
 

@@ -62,7 +62,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The node's whole router: the JSON API, MCP, and `pages` (the console, which lives in a
+/// surface of its own and is handed in by the server) behind one request-id layer.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     Router::new()
         .merge(health::router())
         .merge(openapi::router())
@@ -77,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router(&state))
         .merge(proxy::router())
         .merge(forward_auth::router())
+        // Pages of another surface (the console), over the same state and middleware.
+        .merge(pages)
         // MCP over streamable HTTP: the same use cases as tools, behind the same credentials.
         .merge(mcp_router(&state))
         .merge(test_clock::router(&state))

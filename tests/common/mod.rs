@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rand::RngCore;
 
+pub mod console;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_bahi");
 
 /// 16 random bytes, for ids the tests make themselves.
