@@ -468,6 +468,7 @@ async fn terminate_waiting_append(database_url: &str, waiting_on: &str) {
         if !terminated.is_empty() {
             return;
         }
+        // sleep-ok: the append is the node's, in its own time; looked for every 20 ms.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("no append waited on {waiting_on} within 10 s");
