@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -310,7 +310,11 @@ impl OwnedPostgres {
         } else {
             Vec::new()
         };
-        let directory = tempfile::Builder::new().prefix("bahi-owned-pg").tempdir().map_err(|e| e.to_string())?;
+        // As root, under /tmp: a TMPDIR of root's own (under /root) is one the postgres user
+        // may not enter.
+        let parent = if root && Path::new("/tmp").is_dir() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let directory =
+            tempfile::Builder::new().prefix("bahi-owned-pg").tempdir_in(parent).map_err(|error| error.to_string())?;
         if root {
             let status = Command::new("chown")
                 .args(["postgres:", &directory.path().display().to_string()])
@@ -425,15 +429,14 @@ fn command_output(program: &str, arguments: &[&str]) -> Result<String, String> {
 /// /usr/local/bin/initdb resolved to its real directory), else the newest
 /// /usr/lib/postgresql/<version>/bin.
 fn postgres_bindir() -> Option<PathBuf> {
-    let complete = |directory: &std::path::Path| {
-        ["initdb", "pg_ctl", "postgres"].iter().all(|program| directory.join(program).is_file())
-    };
+    let complete =
+        |directory: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|program| directory.join(program).is_file());
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .filter_map(|directory| std::fs::canonicalize(directory.join("initdb")).ok())
-        .filter_map(|initdb| initdb.parent().map(std::path::Path::to_path_buf))
+        .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
         .find(|directory| complete(directory));
     on_path.or_else(|| {
         let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
