@@ -22,6 +22,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// before it reads again, whatever notifications arrive: an event that does not decode
 /// fails every time, and each commit elsewhere would otherwise wake another attempt.
 pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait between catch-ups while the database cannot be reached.
+pub const MAX_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the tailer when other nodes may append to this node's log (PostgreSQL); an SQLite
 /// file has one writer, this node's, so there is nothing to tail.
@@ -73,7 +75,11 @@ async fn run(postgres: PostgresStore, tail: Tail, appended: Arc<AtomicI64>, shut
                 _ = tokio::time::sleep(delay) => {},
             }
             retry_after = tail.catch_up().await.err().map(|error| {
-                let delay = (delay * 2).min(MAX_RETRY_INTERVAL);
+                // The backoff is for an event that fails every time; while the database is
+                // away (a restart) each attempt already waits for a connection, and the
+                // node should read the log as soon as it is back.
+                let longest = if error.reach().is_some() { MAX_RECONNECT_INTERVAL } else { MAX_RETRY_INTERVAL };
+                let delay = (delay * 2).min(longest);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "tailing the log failed again");
                 delay
             });

@@ -24,7 +24,7 @@ use crate::ledger::{
 };
 use crate::metrics::Metrics;
 use crate::projection_feed::ProjectionFeed;
-use crate::store::{EventStore, LoadPage, Store, StoreError, StoredEvent};
+use crate::store::{EventStore, LoadPage, Reach, Store, StoreError, StoredEvent};
 
 /// Commands waiting for the writer; past this, submitters wait (back-pressure).
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -63,6 +63,14 @@ pub enum WriteError {
     /// and a retry decides again at the new head.
     #[error("other nodes kept appending first; nothing was recorded, retry shortly")]
     Contended,
+    /// The database could not be reached: nothing was appended, and a retry decides again.
+    #[error("the database cannot be reached right now; nothing was recorded, retry shortly: {0}")]
+    Unavailable(String),
+    /// The connection to the database was lost while the batch was being committed: it may
+    /// or may not be in the log. A retry decides again at the head of the log, so a command
+    /// that carries an idempotency key (or a usage report its call id) is recorded once.
+    #[error("the database connection was lost while committing; the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("the ledger could not commit: {0}")]
     Store(String),
     /// An event `decide` produced would not read back through the log's decoder: a bug, not
@@ -243,6 +251,15 @@ struct InFlight {
     checking: bool,
 }
 
+/// What a failed store call was doing, for what its callers are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Appending the batch: if the connection was lost, the batch may have been committed.
+    Append,
+    /// Reading the log head or catching up: nothing of the batch was sent.
+    NothingToAppend,
+}
+
 /// What the append task hands back: its result, the rows (for publishing) and how long the
 /// append took.
 struct Appended {
@@ -369,14 +386,15 @@ impl WriterTask {
                                     open.at_head = true;
                                 }
                                 Err(error) => {
-                                    self.fail(batch, error).await;
+                                    // The append itself lost the race: nothing of it is in the log.
+                                    self.fail(batch, error, Sent::NothingToAppend).await;
                                     open = Batch::new(self.ledger.position, 0);
                                     self.decide_again(&mut open, waiting);
                                 }
                             }
                         }
                         Err(error) => {
-                            self.fail(batch, error).await;
+                            self.fail(batch, error, Sent::Append).await;
                             let waiting = std::mem::replace(&mut open, Batch::new(self.ledger.position, 0));
                             self.decide_again(&mut open, waiting);
                         }
@@ -481,9 +499,9 @@ impl WriterTask {
                         Launched::NothingToAppend(again) => self.hand_over(Publication::Answer(again)).await,
                     }
                 }
-                Err(error) => self.fail(batch, error).await,
+                Err(error) => self.fail(batch, error, Sent::NothingToAppend).await,
             },
-            Err(error) => self.fail(batch, error).await,
+            Err(error) => self.fail(batch, error, Sent::NothingToAppend).await,
         }
         None
     }
@@ -643,7 +661,7 @@ impl WriterTask {
         self.metrics.batches_committed.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn fail(&mut self, batch: Batch, error: StoreError) {
+    async fn fail(&mut self, batch: Batch, error: StoreError, sent: Sent) {
         tracing::warn!(%error, commands = batch.submissions.len(), "batch failed to commit; every command in it fails");
         self.metrics.batches_failed.fetch_add(1, Ordering::Relaxed);
         // The shared read model must hold every batch committed before this one.
@@ -651,11 +669,18 @@ impl WriterTask {
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
         let contended = matches!(error, StoreError::HeadMoved { .. });
+        // The database being away is no bug: the caller is told to retry, and whether the
+        // batch may be in the log. If it is, the ledger reset below does not hold it, so the
+        // next append expects an old head, loses the compare-and-swap and catches up first:
+        // a retry then meets the recorded outcome (an idempotency key's, a call's usage).
+        let reach = error.reach();
         for submission in batch.submissions {
-            let answer = match self.ledger.fault.get() {
-                Some(fault) => WriteError::NotReady(fault.clone()),
-                None if contended => WriteError::Contended,
-                None => WriteError::Store(message.clone()),
+            let answer = match (self.ledger.fault.get(), reach) {
+                (Some(fault), _) => WriteError::NotReady(fault.clone()),
+                _ if contended => WriteError::Contended,
+                (None, Some(Reach::Lost)) if sent == Sent::Append => WriteError::OutcomeUnknown(message.clone()),
+                (None, Some(_)) => WriteError::Unavailable(message.clone()),
+                (None, None) => WriteError::Store(message.clone()),
             };
             let _ = submission.reply.send(Err(answer));
         }

@@ -449,3 +449,135 @@ async fn a_revocation_reaches_a_node_whose_listen_connection_was_cut() {
     assert!(counted, "the lost LISTEN connection is counted");
     assert_eq!(client.get(second.url("/readyz")).send().await.unwrap().status(), 200, "and the node is ready");
 }
+
+/// Waits for the one backend of `database_url`'s database whose statement is the writer's
+/// append (`WITH head AS ...`) and which waits on `waiting_on` (a wait event or its type),
+/// and terminates it.
+async fn terminate_waiting_append(database_url: &str, waiting_on: &str) {
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await.unwrap();
+    for _ in 0..500 {
+        let terminated: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND $1 IN (wait_event_type, wait_event) AND query LIKE 'WITH head AS%'",
+        )
+        .bind(waiting_on)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        if !terminated.is_empty() {
+            return;
+        }
+        // sleep-ok: the append is the node's, in its own time; looked for every 20 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no append waited on {waiting_on} within 10 s");
+}
+
+/// A grant with an idempotency key; its status, body and `retry-after`.
+async fn keyed_grant(client: &Client, base_url: &str, org_id: &str, key: &str) -> (u16, Value, Option<String>) {
+    let body = json!({"org_id": org_id, "amount": "5", "reason": "test credit"});
+    let response = client
+        .post(format!("{base_url}/v1/admin/credits/grants"))
+        .bearer_auth(OPERATOR_KEY)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
+    (response.status().as_u16(), response.json().await.unwrap(), retry_after)
+}
+
+/// How many grants the log holds for `org_id`, read straight from the database.
+async fn grants_in_log(database_url: &str, org_id: &str) -> usize {
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await.unwrap();
+    let payloads: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT payload FROM events WHERE event_type = 'CreditsGranted'")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    payloads.iter().filter(|(payload,)| serde_json::from_slice::<Value>(payload).unwrap()["org_id"] == org_id).count()
+}
+
+/// The one 500 of the cluster campaign: a commit whose database connection is terminated
+/// under it. Here the append waits on a row lock another connection holds on the log head,
+/// and its backend is terminated: the node must answer 503 `commit_outcome_unknown` with
+/// `retry-after` (it answered 500 `internal_error`), and the retry with the same
+/// idempotency key is recorded once.
+#[tokio::test]
+async fn a_commit_whose_connection_is_terminated_is_503_and_its_retry_is_recorded_once() {
+    let Some(database) = TestDatabase::postgres().await else { return };
+    let server = TestServer::start_with(&database.url(), &[("BAHI_OPERATOR_KEY", OPERATOR_KEY)]);
+    let client = client();
+    let (org_id, _) = register(&client, &server, "terminated").await;
+
+    let mut locker = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url()).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT position FROM log_head FOR UPDATE").execute(&mut locker).await.unwrap();
+    let pending = {
+        let (client, url, org_id) = (client.clone(), server.base_url.clone(), org_id.clone());
+        tokio::spawn(async move { keyed_grant(&client, &url, &org_id, "terminated-grant").await })
+    };
+    terminate_waiting_append(&database.url(), "Lock").await;
+    let (status, body, retry_after) = pending.await.unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("commit_outcome_unknown")), "{body}");
+    assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    let (status, first, _) = keyed_grant(&client, &server.base_url, &org_id, "terminated-grant").await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again, _) = keyed_grant(&client, &server.base_url, &org_id, "terminated-grant").await;
+    assert_eq!((status, &again["grant_id"]), (201, &first["grant_id"]), "{again}");
+    assert_eq!(grants_in_log(&database.url(), &org_id).await, 1);
+}
+
+/// The other side of an unknown outcome: the commit happened and only its answer was lost.
+/// On a server of the test's own (its configuration changes), a synchronous standby that
+/// never comes makes every commit wait after it is durable; the waiting append's backend is
+/// terminated (PostgreSQL: "the transaction has already committed locally"). The node
+/// answers 503 `commit_outcome_unknown`; the retry with the same key finds the grant that
+/// was recorded and answers it, and the log holds it once.
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_503_and_its_retry_answers_the_recorded_grant() {
+    if common::postgres_admin_url().is_none() {
+        return;
+    }
+    let owned = match common::OwnedPostgres::start() {
+        Ok(owned) => owned,
+        Err(why) => {
+            assert!(std::env::var("CI").is_err(), "CI must run PostgreSQL of its own: {why}");
+            eprintln!("a PostgreSQL server of the test's own could not start ({why}): this test DID NOT RUN");
+            return;
+        }
+    };
+    let database = TestDatabase::on(owned.admin_url()).await;
+    let server = TestServer::start_with(&database.url(), &[("BAHI_OPERATOR_KEY", OPERATOR_KEY)]);
+    let client = client();
+    let (org_id, _) = register(&client, &server, "lost-answer").await;
+
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&owned.admin_url()).await.unwrap();
+    // One statement at a time: ALTER SYSTEM refuses to run in a transaction block.
+    for statement in ["ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()"] {
+        sqlx::raw_sql(statement).execute(&mut admin).await.unwrap();
+    }
+    // sleep-ok: pg_reload_conf signals the backends, which read the file at their next command.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pending = {
+        let (client, url, org_id) = (client.clone(), server.base_url.clone(), org_id.clone());
+        tokio::spawn(async move { keyed_grant(&client, &url, &org_id, "lost-answer-grant").await })
+    };
+    terminate_waiting_append(&database.url(), "SyncRep").await;
+    let (status, body, retry_after) = pending.await.unwrap();
+    for statement in ["ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"] {
+        sqlx::raw_sql(statement).execute(&mut admin).await.unwrap();
+    }
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("commit_outcome_unknown")), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(grants_in_log(&database.url(), &org_id).await, 1, "the commit happened");
+
+    let (status, retried, _) = keyed_grant(&client, &server.base_url, &org_id, "lost-answer-grant").await;
+    assert_eq!(status, 201, "{retried}");
+    assert_eq!(grants_in_log(&database.url(), &org_id).await, 1, "the retry recorded nothing more");
+    drop(server);
+    drop(database);
+}

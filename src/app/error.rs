@@ -31,8 +31,10 @@ pub enum AppError {
     #[error("rate limit of {} requests exceeded; retry in {} s", .0.limit, .0.retry_after_seconds)]
     RateLimited(RateDecision),
     /// The node cannot take it now (503); `retry_after_seconds` when a retry soon may work.
+    /// `code`: `unavailable`, or `commit_outcome_unknown` when the database connection was
+    /// lost while the request's events were being committed.
     #[error("{message}")]
-    Unavailable { message: String, retry_after_seconds: Option<u64> },
+    Unavailable { code: &'static str, message: String, retry_after_seconds: Option<u64> },
     /// A proxied call's upstream could not be reached or did not answer in time (502).
     #[error("{0}")]
     Upstream(String),
@@ -62,6 +64,11 @@ impl AppError {
 
     pub fn conflict(error_type: &'static str, message: impl Into<String>) -> AppError {
         AppError::Conflict { error_type, message: message.into() }
+    }
+
+    /// 503 `unavailable` with `retry-after: 1`: this node cannot take it now, a retry soon may.
+    pub fn unavailable(message: impl Into<String>) -> AppError {
+        AppError::Unavailable { code: "unavailable", message: message.into(), retry_after_seconds: Some(1) }
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> AppError {
@@ -104,7 +111,7 @@ impl AppError {
             AppError::Unauthorized(_) => "unauthorized",
             AppError::NotFound(_) => "not_found",
             AppError::RateLimited(_) => "rate_limited",
-            AppError::Unavailable { .. } => "unavailable",
+            AppError::Unavailable { code, .. } => code,
             AppError::Upstream(_) => "upstream_unavailable",
             AppError::Internal(_) => "internal_error",
         }
@@ -137,12 +144,28 @@ impl From<WriteError> for AppError {
             WriteError::Rejected(domain) => domain.into(),
             WriteError::IdempotencyConflict => AppError::conflict("idempotency_conflict", error.to_string()),
             WriteError::Overloaded | WriteError::ShuttingDown | WriteError::Contended => {
-                AppError::Unavailable { message: error.to_string(), retry_after_seconds: Some(1) }
+                AppError::unavailable(error.to_string())
+            }
+            WriteError::Unavailable(detail) => {
+                tracing::warn!(request_id = %super::current_request_id(), %detail, "the database cannot be reached; nothing was recorded");
+                AppError::unavailable("the database cannot be reached right now; nothing was recorded, retry shortly")
+            }
+            WriteError::OutcomeUnknown(detail) => {
+                tracing::warn!(request_id = %super::current_request_id(), %detail, "the database connection was lost while committing");
+                AppError::Unavailable {
+                    code: "commit_outcome_unknown",
+                    message: "the database connection was lost while this was being committed, so it may or may not \
+                              have been recorded: retry with the same Idempotency-Key (a usage report: the same call id), \
+                              which answers the recorded outcome if there is one and never records it twice"
+                        .to_owned(),
+                    retry_after_seconds: Some(1),
+                }
             }
             WriteError::Store(detail) | WriteError::Unreadable(detail) => AppError::Internal(detail),
             WriteError::NotReady(fault) => {
                 tracing::error!(request_id = %super::current_request_id(), %fault, "refused a command: this node is not ready");
                 AppError::Unavailable {
+                    code: "unavailable",
                     message: "this node is not ready (see /readyz); quote the request id when reporting it".to_owned(),
                     retry_after_seconds: None,
                 }
@@ -158,7 +181,14 @@ impl From<bahi_domain::ids::IdError> for AppError {
 }
 
 impl From<crate::store::StoreError> for AppError {
+    /// A read that failed because the database is away (restarting, a terminated backend)
+    /// is 503 `unavailable` with `retry-after`, not a 500: nothing is wrong with the request
+    /// or the server, and a retry once the database is back is answered.
     fn from(error: crate::store::StoreError) -> AppError {
+        if error.reach().is_some() {
+            tracing::warn!(request_id = %super::current_request_id(), %error, "the database cannot be reached");
+            return AppError::unavailable("the database cannot be reached right now; retry shortly");
+        }
         AppError::Internal(error.to_string())
     }
 }

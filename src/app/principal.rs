@@ -319,10 +319,7 @@ pub async fn resolve(services: &Services, presented: &Presented) -> AppResult<Pr
         services.writer.reach_head().await.map_err(|error| {
             tracing::warn!(%error, "a credential could not be checked at the head of the log");
             // Fail closed, and say it is this node's state, not the credential: retry.
-            AppError::Unavailable {
-                message: "this node cannot read the log right now to check credentials; retry shortly".into(),
-                retry_after_seconds: Some(1),
-            }
+            AppError::unavailable("this node cannot read the log right now to check credentials; retry shortly")
         })?;
     }
     match resolve_here(services, presented).await {

@@ -144,10 +144,7 @@ pub async fn proxy(
         ))));
     }
     let permit = services.proxy.streams.clone().try_acquire_owned().map_err(|_| {
-        with_rate(AppError::Unavailable {
-            message: "too many proxied calls in flight on this node; retry shortly".into(),
-            retry_after_seconds: Some(1),
-        })
+        with_rate(AppError::unavailable("too many proxied calls in flight on this node; retry shortly"))
     })?;
     let hold = request.hold(&upstream).map_err(with_rate)?;
     let (model, streaming) = (request.model.clone(), request.streaming);

@@ -82,7 +82,7 @@ impl From<AppError> for ApiError {
         let error_type = error.error_type();
         match error {
             AppError::RateLimited(decision) => rate_limited(&decision),
-            AppError::Unavailable { message, retry_after_seconds } => {
+            AppError::Unavailable { message, retry_after_seconds, .. } => {
                 let error = ApiError::new(status, error_type, message);
                 match retry_after_seconds.and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok()) {
                     Some(value) => error.with_header(axum::http::header::RETRY_AFTER, value),

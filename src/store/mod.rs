@@ -108,6 +108,40 @@ pub enum StoreError {
     Thread(#[source] std::io::Error),
 }
 
+/// Whether the database could be reached for a statement that failed, and if so whether
+/// it may have run: what a caller can be told of an error that is the database's absence,
+/// not the request's or a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// No connection could be had (refused, or none within the pool's acquire timeout):
+    /// nothing was sent.
+    NotConnected,
+    /// The connection was lost (closed, reset, or its backend terminated by an administrator
+    /// or a shutdown) with the statement sent or being sent: it may have been committed.
+    Lost,
+}
+
+impl StoreError {
+    /// `Some` when the error is the database being away (a restart, a terminated backend, a
+    /// network fault), which a retry once it is back may get past; `None` for everything
+    /// else (a bug, corrupt data, a constraint).
+    pub fn reach(&self) -> Option<Reach> {
+        let StoreError::Database(error) = self else { return None };
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Some(Reach::NotConnected),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => Some(Reach::Lost),
+            // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+            // cannot connect now (starting up or shutting down).
+            sqlx::Error::Database(database) => match database.code().as_deref() {
+                Some(code) if code.starts_with("08") => Some(Reach::Lost),
+                Some("57P01" | "57P02" | "57P03") => Some(Reach::Lost),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// What both engines provide. Implementations are cheap to clone handles over pools.
 pub trait EventStore: Send + Sync {
     /// Applies pending migrations (idempotent; refuses an edited migration).

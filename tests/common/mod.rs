@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -64,14 +64,18 @@ impl TestDatabase {
     }
 
     pub async fn postgres() -> Option<TestDatabase> {
-        let admin_url = postgres_admin_url()?;
+        Some(TestDatabase::on(postgres_admin_url()?).await)
+    }
+
+    /// A new database on the PostgreSQL server of `admin_url` (an `OwnedPostgres`'s).
+    pub async fn on(admin_url: String) -> TestDatabase {
         let name = format!("bahi_test_{}", random_suffix());
         let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
             .await
-            .expect("BAHI_TEST_POSTGRES_URL is set but PostgreSQL is not reachable");
+            .unwrap_or_else(|error| panic!("PostgreSQL at {admin_url} is not reachable: {error}"));
         sqlx::Executor::execute(&mut connection, sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
         let url = replace_database(&admin_url, &name);
-        Some(TestDatabase::Postgres { admin_url, name, url })
+        TestDatabase::Postgres { admin_url, name, url }
     }
 
     /// Both engines where PostgreSQL is available, else SQLite alone.
@@ -281,4 +285,172 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A PostgreSQL server of the test's own, on a free port, with its data in a temporary
+/// directory: for faults that must not touch the shared server (restarting PostgreSQL
+/// itself, changing its configuration). initdb and postgres refuse to run as root, so as
+/// root (CI, this machine) they run as the `postgres` OS user, in a directory it owns.
+/// Stopped (immediately) when dropped.
+pub struct OwnedPostgres {
+    directory: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    /// `runuser -u postgres --` when the test runs as root.
+    as_user: Vec<String>,
+}
+
+impl OwnedPostgres {
+    /// Starts a new server, or says why it cannot: no initdb/pg_ctl found, or root without a
+    /// `postgres` user. In CI the caller must treat an `Err` as a failure.
+    pub fn start() -> Result<OwnedPostgres, String> {
+        let bin = postgres_bindir().ok_or("no initdb and pg_ctl on PATH nor under /usr/lib/postgresql/*/bin")?;
+        let root = command_output("id", &["-u"]).map(|uid| uid.trim() == "0").unwrap_or(false);
+        let as_user: Vec<String> = if root {
+            command_output("id", &["-u", "postgres"]).map_err(|_| "running as root and there is no postgres user")?;
+            ["runuser", "-u", "postgres", "--"].map(str::to_owned).to_vec()
+        } else {
+            Vec::new()
+        };
+        // As root, under /tmp: a TMPDIR of root's own (under /root) is one the postgres user
+        // may not enter.
+        let parent = if root && Path::new("/tmp").is_dir() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let directory =
+            tempfile::Builder::new().prefix("bahi-owned-pg").tempdir_in(parent).map_err(|error| error.to_string())?;
+        if root {
+            let status = Command::new("chown")
+                .args(["postgres:", &directory.path().display().to_string()])
+                .status()
+                .map_err(|error| format!("chown: {error}"))?;
+            if !status.success() {
+                return Err("could not give the data directory to the postgres user".into());
+            }
+        }
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|error| error.to_string())?;
+            listener.local_addr().map_err(|error| error.to_string())?.port()
+        };
+        let server = OwnedPostgres { directory, bin, port, as_user };
+        let data = server.data();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        )?;
+        server.start_again()?;
+        Ok(server)
+    }
+
+    fn data(&self) -> String {
+        self.directory.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, arguments: &[&str]) -> Result<(), String> {
+        let executable = self.bin.join(program).display().to_string();
+        let mut command = match self.as_user.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&executable);
+                command
+            }
+            None => Command::new(&executable),
+        };
+        // initdb and pg_ctl look for each other and postgres beside themselves; a working
+        // directory the postgres user may enter keeps them from complaining.
+        let output = command
+            .args(arguments)
+            .current_dir(self.directory.path())
+            .output()
+            .map_err(|error| format!("{program}: {error}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {arguments:?} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// The URL of its `postgres` database, for creating test databases (`TestDatabase::on`).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl stop -m fast`: every backend is terminated, every client's connection closes,
+    /// and new connections are refused until `start_again`.
+    pub fn stop_fast(&self) -> Result<(), String> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"])
+    }
+
+    /// Starts it (again, after `stop_fast`).
+    pub fn start_again(&self) -> Result<(), String> {
+        let log = self.directory.path().join("server.log").display().to_string();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.directory.path().display()
+        );
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"])
+    }
+
+    /// The server's log, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.directory.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OwnedPostgres {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "-t", "30", "stop"]);
+    }
+}
+
+fn command_output(program: &str, arguments: &[&str]) -> Result<String, String> {
+    let output = Command::new(program).args(arguments).output().map_err(|error| error.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The directory holding initdb, pg_ctl and postgres: initdb's on PATH (a symlink such as
+/// /usr/local/bin/initdb resolved to its real directory), else the newest
+/// /usr/lib/postgresql/<version>/bin.
+fn postgres_bindir() -> Option<PathBuf> {
+    let complete =
+        |directory: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|program| directory.join(program).is_file());
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|directory| std::fs::canonicalize(directory.join("initdb")).ok())
+        .filter_map(|initdb| initdb.parent().map(Path::to_path_buf))
+        .find(|directory| complete(directory));
+    on_path.or_else(|| {
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse().ok()?;
+                Some((version, entry.path().join("bin")))
+            })
+            .filter(|(_, directory)| complete(directory))
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, directory)| directory)
+    })
 }
