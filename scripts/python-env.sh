@@ -29,9 +29,10 @@ fi
 # Latest SDKs: the point is to catch a new SDK release that expects something bahi does not do.
 # Checked 2026-12-05: openai 3.63.0, anthropic 2.17.0 (both on httpx2). That anthropic sends
 # its api_key as `Authorization: Bearer`, not x-api-key, with anthropic-version 2026-10-21.
-# mcp: 2.3.0 on the same date. openapi-spec-validator checks GET /openapi.json (tests/openapi.rs).
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade openai anthropic mcp openapi-spec-validator \
-    || fail "pip could not install openai, anthropic, mcp and openapi-spec-validator into $venv (is the package index reachable?)"
+# mcp: 2.3.0 on the same date. openapi-spec-validator checks GET /openapi.json (tests/openapi.rs);
+# schemathesis (4.32.5 on the same date) fuzzes the live server against it (tests/contract_fuzz.rs).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade openai anthropic mcp openapi-spec-validator schemathesis \
+    || fail "pip could not install openai, anthropic, mcp, openapi-spec-validator and schemathesis into $venv (is the package index reachable?)"
 
 "$venv/bin/python" -c 'import importlib.metadata as m, openai, anthropic, mcp; print("python-env.sh: openai", openai.__version__, "anthropic", anthropic.__version__, "mcp", m.version("mcp"))'
 echo "$PWD/$venv/bin/python"

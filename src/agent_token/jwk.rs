@@ -25,7 +25,7 @@ pub const MAX_KEY_ID_CHARS: usize = 128;
 const COORDINATE_BYTES: usize = 32;
 
 /// One public EC P-256 key. Field names are those of RFC 7517/7518.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Jwk {
     /// Always `EC`.
     pub kty: String,
@@ -44,7 +44,7 @@ pub struct Jwk {
 }
 
 /// A JWK set: `{"keys": [...]}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JwkSet {
     pub keys: Vec<Jwk>,
 }

@@ -26,6 +26,7 @@ pub struct CreateAgent {
     #[schemars(default, schema_with = "super::schema::optional_agent_mode")]
     pub mode: Option<AgentMode>,
     pub act_for: Option<String>,
+    #[schemars(default, schema_with = "super::schema::requested_scopes")]
     pub scopes: Option<Vec<String>>,
     #[schemars(default, schema_with = "super::schema::optional_budget")]
     pub budget: Option<Budget>,
@@ -63,7 +64,9 @@ pub struct AgentList {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
+    #[schemars(range(min = 1, max = 3600))]
     pub ttl_seconds: Option<i64>,
+    #[schemars(default, schema_with = "super::schema::requested_scopes")]
     pub scopes: Option<Vec<String>>,
 }
 

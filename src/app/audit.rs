@@ -8,13 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use bahi_domain::Money;
 use bahi_domain::billing::UsageSource;
 use bahi_domain::chain::format_recorded_at;
 use bahi_domain::credential::Scope;
-use bahi_domain::ids::CallId;
+use bahi_domain::ids::{CallId, OrgId};
 use bahi_reports::{Period, parse_bound, parse_group_by};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{AppError, AppResult, Reader, Services};
 use crate::store::CallEvent;
@@ -49,8 +50,55 @@ pub async fn wait_for_projection(services: &Services) {
     }
 }
 
+/// One call as the audit answer shows it (`GET /v1/audit/calls/{call_id}`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct CallView {
+    pub call_id: String,
+    /// The agent that made the call; null for a call made with a plain API key.
+    pub agent: Option<AgentRef>,
+    pub act_for: String,
+    pub payer_org_id: String,
+    pub credential: CredentialRef,
+    pub model: String,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    #[schemars(schema_with = "super::schema::optional_money_answer")]
+    pub cost: Option<Money>,
+    /// `succeeded`, `failed` or `cancelled` once settled; null before.
+    pub status: Option<String>,
+    /// `reported`, `upstream` or `estimated`; null before settlement.
+    pub usage_source: Option<&'static str>,
+    #[schemars(schema_with = "super::schema::money_answer")]
+    pub hold: Money,
+    pub authorized_at: String,
+    pub settled_at: Option<String>,
+    pub events: Vec<CallEventView>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct AgentRef {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct CredentialRef {
+    /// `api_key` or `agent_token`.
+    pub kind: String,
+    pub id: String,
+}
+
+/// One of a call's log events: where it is, what it is, and its chain hash (hex).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct CallEventView {
+    pub position: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub hash: String,
+}
+
 /// One call: who made it, acting for whom, who paid, what it cost, and its events.
-pub async fn call(services: &Services, reader: &Reader, call_id: &str) -> AppResult<Value> {
+pub async fn call(services: &Services, reader: &Reader, call_id: &str) -> AppResult<CallView> {
     let call_id = CallId::parse(call_id)?;
     if let Reader::Org(principal) = reader {
         principal.require(Scope::AuditRead)?;
@@ -64,31 +112,32 @@ pub async fn call(services: &Services, reader: &Reader, call_id: &str) -> AppRes
     };
     let events = services.store.call_events(call_id.as_str()).await?;
     let usage_source = events.iter().find(|event| event.event_type == "UsageRecorded").map(usage_source_of);
-    let events: Vec<Value> = events
+    let events = events
         .into_iter()
-        .map(|event| json!({"position": event.position, "type": event.event_type, "hash": hex::encode(event.hash)}))
+        .map(|event| CallEventView {
+            position: event.position,
+            event_type: event.event_type,
+            hash: hex::encode(event.hash),
+        })
         .collect();
-    let agent = match &record.agent_id {
-        Some(id) => json!({"id": id, "name": record.agent_name}),
-        None => Value::Null,
-    };
-    Ok(json!({
-        "call_id": record.call_id,
-        "agent": agent,
-        "act_for": record.act_for,
-        "payer_org_id": record.org_id,
-        "credential": {"kind": record.credential_kind, "id": record.credential_id},
-        "model": record.model,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cost": record.cost,
-        "status": record.status,
-        "usage_source": usage_source,
-        "hold": record.hold,
-        "authorized_at": format_recorded_at(record.authorized_at),
-        "settled_at": record.settled_at.map(format_recorded_at),
-        "events": events,
-    }))
+    let agent = record.agent_id.map(|id| AgentRef { id, name: record.agent_name });
+    Ok(CallView {
+        call_id: record.call_id,
+        agent,
+        act_for: record.act_for,
+        payer_org_id: record.org_id,
+        credential: CredentialRef { kind: record.credential_kind, id: record.credential_id },
+        model: record.model,
+        input_tokens: record.input_tokens,
+        output_tokens: record.output_tokens,
+        cost: record.cost,
+        status: record.status,
+        usage_source,
+        hold: record.hold,
+        authorized_at: format_recorded_at(record.authorized_at),
+        settled_at: record.settled_at.map(format_recorded_at),
+        events,
+    })
 }
 
 /// Where a settlement's tokens came from: `reported` by a gateway (`POST /v1/usage`), or,
@@ -110,6 +159,8 @@ pub struct AttributionQuery {
     pub from: Option<String>,
     pub to: Option<String>,
     pub group_by: Option<String>,
+    /// The operator names the org; an org's credential may name only its own.
+    #[schemars(regex(pattern = "^org_[0-9A-Za-z]{1,64}$"))]
     pub org_id: Option<String>,
 }
 
@@ -117,8 +168,22 @@ fn bad_input(error: bahi_reports::ReportError) -> AppError {
     AppError::invalid_request(error.to_string())
 }
 
+/// An attribution report: the period, the grouping, one row per group and the totals.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Attribution {
+    #[schemars(schema_with = "super::schema::id")]
+    pub org_id: OrgId,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub group_by: Vec<&'static str>,
+    #[schemars(schema_with = "super::schema::attribution_rows")]
+    pub rows: Vec<Map<String, Value>>,
+    #[schemars(schema_with = "super::schema::attribution_totals")]
+    pub totals: Map<String, Value>,
+}
+
 /// Usage and cost grouped by agent, act-for, credential, model or day, over a period.
-pub async fn attribution(services: &Services, reader: &Reader, request: AttributionQuery) -> AppResult<Value> {
+pub async fn attribution(services: &Services, reader: &Reader, request: AttributionQuery) -> AppResult<Attribution> {
     let org_id = reader.org(services, Scope::AuditRead, request.org_id.as_deref())?;
     let group_by = parse_group_by(request.group_by.as_deref().unwrap_or_default()).map_err(bad_input)?;
     let from = request.from.as_deref().map(|text| parse_bound("from", text, false)).transpose().map_err(bad_input)?;
@@ -138,26 +203,61 @@ pub async fn attribution(services: &Services, reader: &Reader, request: Attribut
             ))
         })?;
     let totals = bahi_reports::attribution::totals(&rows).map_err(AppError::internal)?;
-    Ok(json!({
-        "org_id": org_id,
-        "from": from.map(format_recorded_at),
-        "to": until.map(format_recorded_at),
-        "group_by": group_by.iter().map(|key| key.as_str()).collect::<Vec<_>>(),
-        "rows": rows.iter().map(|row| row.to_json(&group_by)).collect::<Vec<_>>(),
-        "totals": totals.to_json(&[]),
-    }))
+    Ok(Attribution {
+        org_id,
+        from: from.map(format_recorded_at),
+        to: until.map(format_recorded_at),
+        group_by: group_by.iter().map(|key| key.as_str()).collect(),
+        rows: rows.iter().map(|row| json_object(row.to_json(&group_by))).collect::<AppResult<_>>()?,
+        totals: json_object(totals.to_json(&[]))?,
+    })
+}
+
+/// A report row, which `to_json` always makes an object.
+fn json_object(value: Value) -> AppResult<Map<String, Value>> {
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(AppError::internal(format!("an attribution row is not an object: {other}"))),
+    }
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    #[schemars(range(min = 0))]
     pub after: Option<i64>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<i64>,
+    /// The operator names the org; an org's credential may name only its own.
+    #[schemars(regex(pattern = "^org_[0-9A-Za-z]{1,64}$"))]
     pub org_id: Option<String>,
 }
 
+/// A page of the org's events in log order.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct EventPage {
+    pub data: Vec<EventView>,
+    pub has_more: bool,
+    /// The `after` of the next page: the position of this page's last event (null when empty).
+    pub next_after: Option<i64>,
+}
+
+/// One event of the log, redacted: no password, session or key hash, no sealed key.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct EventView {
+    pub position: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: String,
+    /// The event's payload as recorded, secrets redacted; its fields depend on `type`.
+    #[schemars(schema_with = "super::schema::event_payload")]
+    pub data: Value,
+    /// The event's chain hash (hex).
+    pub hash: String,
+}
+
 /// A page of the org's own events in log order, redacted.
-pub async fn events(services: &Services, reader: &Reader, request: EventsQuery) -> AppResult<Value> {
+pub async fn events(services: &Services, reader: &Reader, request: EventsQuery) -> AppResult<EventPage> {
     let org_id = reader.org(services, Scope::AuditRead, request.org_id.as_deref())?;
     let after = request.after.unwrap_or(0);
     if after < 0 {
@@ -181,14 +281,14 @@ pub async fn events(services: &Services, reader: &Reader, request: EventsQuery) 
             // bytes, which the chain hashes, are left as they are).
             let payload = bahi_domain::event::served_payload(&event.payload)
                 .map_err(|error| AppError::internal(format!("event {} payload: {error}", event.position)))?;
-            Ok(json!({
-                "position": event.position,
-                "type": event.event_type,
-                "recorded_at": format_recorded_at(event.recorded_at),
-                "data": payload,
-                "hash": hex::encode(event.hash),
-            }))
+            Ok(EventView {
+                position: event.position,
+                event_type: event.event_type,
+                recorded_at: format_recorded_at(event.recorded_at),
+                data: payload,
+                hash: hex::encode(event.hash),
+            })
         })
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(json!({"data": data, "has_more": has_more, "next_after": next_after}))
+    Ok(EventPage { data, has_more, next_after })
 }

@@ -43,6 +43,7 @@ fn first_event<'a>(outcome: &'a Outcome, what: &str) -> AppResult<&'a Event> {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Authorize {
+    #[schemars(regex(pattern = "^[A-Za-z0-9._:/@-]{1,128}$"))]
     pub model: String,
     #[schemars(default, schema_with = "super::schema::optional_money")]
     pub max_cost: Option<Money>,
@@ -122,7 +123,9 @@ pub(super) async fn place_hold(
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordUsage {
+    #[schemars(regex(pattern = "^call_[0-9A-Za-z]{1,64}$"))]
     pub call_id: String,
+    #[schemars(regex(pattern = "^[A-Za-z0-9._:/@-]{1,128}$"))]
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,

@@ -10,9 +10,11 @@ use super::Services;
 /// `not_ready`, naming the position and why, once it met an event it cannot fold (it then
 /// answers no command: its writer cannot append after that event). `/readyz` also holds a
 /// PostgreSQL node to its tailer: not ready while other nodes' events may be going unseen.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Health {
+    /// `ok`, or `not_ready` (then the answer is 503).
     pub status: &'static str,
+    /// `sqlite` or `postgres`.
     pub engine: &'static str,
     pub log_position: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -24,7 +26,7 @@ pub struct Health {
     pub tailer: Option<TailerView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TailerView {
     /// Milliseconds since the tailer last read the log (and so the database) to its end.
     pub caught_up_milliseconds_ago: Option<u64>,

@@ -25,7 +25,10 @@ pub const SESSION_MAX_AGE_SECONDS: i64 = SESSION_TTL_DAYS * 86_400;
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    #[schemars(email)]
     pub email: String,
+    /// 12 to 256 characters, not a well-known password nor one character repeated.
+    #[schemars(length(min = 12, max = 256))]
     pub password: String,
     pub org_name: Option<String>,
 }
@@ -37,11 +40,14 @@ pub struct LogIn {
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SessionView {
+    #[schemars(schema_with = "super::schema::id")]
     pub user_id: UserId,
+    #[schemars(schema_with = "super::schema::id")]
     pub org_id: OrgId,
     pub email: String,
+    #[schemars(schema_with = "super::schema::role")]
     pub role: Role,
     #[serde(serialize_with = "super::time::micros")]
     pub session_expires_at: DateTime<Utc>,
@@ -57,18 +63,30 @@ pub struct SessionStarted {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[schemars(email)]
     pub email: String,
     #[schemars(schema_with = "super::schema::role")]
     pub role: Role,
-    /// The member's initial password, which they use to log in.
+    /// The member's initial password, which they use to log in (as at signup).
+    #[schemars(length(min = 12, max = 256))]
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct MemberAdded {
+    #[schemars(schema_with = "super::schema::id")]
     pub user_id: UserId,
     pub email: String,
+    #[schemars(schema_with = "super::schema::role")]
     pub role: Role,
+}
+
+/// What logging out answers; `all_sessions` when every session of the user ended.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct LoggedOut {
+    pub logged_out: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_sessions: Option<bool>,
 }
 
 /// Hashes a password with argon2id (the crate's defaults) on a blocking thread.

@@ -22,6 +22,7 @@ pub const MAX_PAGE: usize = 1000;
 pub struct CreateKey {
     pub name: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    #[schemars(default, schema_with = "super::schema::requested_scopes")]
     pub scopes: Option<Vec<String>>,
     #[schemars(default, schema_with = "super::schema::optional_rate_limit")]
     pub rate_limit: Option<RateLimit>,
@@ -90,6 +91,7 @@ pub struct CreatedKey {
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListKeys {
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
     pub starting_after: Option<String>,
 }

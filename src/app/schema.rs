@@ -14,9 +14,9 @@ pub fn money(_: &mut SchemaGenerator) -> Schema {
             {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,6})?$"},
             {
                 "type": "object",
-                "properties": {"currency": {"const": "inr"}, "amount": {"type": "string"}},
-                "required": ["currency", "amount"],
-                "additionalProperties": false
+                "description": "other fields are ignored",
+                "properties": {"currency": {"const": "inr"}, "amount": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,6})?$"}},
+                "required": ["currency", "amount"]
             }
         ]
     })
@@ -121,4 +121,68 @@ pub fn budget_period(_: &mut SchemaGenerator) -> Schema {
 /// A map of names to prefixed ids (an issuer's owners to orgs).
 pub fn id_map(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "object", "additionalProperties": {"type": "string"}})
+}
+
+/// An optional `Money` in an answer: the object, or null.
+pub fn optional_money_answer(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [money_answer(generator), {"type": "null"}]})
+}
+
+/// The sums of an attribution row or of the totals.
+fn attribution_sums(generator: &mut SchemaGenerator) -> serde_json::Value {
+    serde_json::json!({
+        "calls": {"type": "integer"},
+        "input_tokens": {"type": "integer"},
+        "output_tokens": {"type": "integer"},
+        "cost": money_answer(generator),
+    })
+}
+
+/// Attribution rows: the requested group keys (`agent` as `{id, name}`, `act_for`, `model`,
+/// `api_key`, `day`; null where a call has none), then the sums.
+pub fn attribution_rows(generator: &mut SchemaGenerator) -> Schema {
+    let mut properties = attribution_sums(generator);
+    let nullable_string = serde_json::json!({"type": ["string", "null"]});
+    properties["agent"] = serde_json::json!({
+        "anyOf": [
+            {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": ["string", "null"]}}, "required": ["id", "name"]},
+            {"type": "null"}
+        ]
+    });
+    for key in ["act_for", "model", "api_key", "day"] {
+        properties[key] = nullable_string.clone();
+    }
+    json_schema!({
+        "type": "array",
+        "items": {"type": "object", "properties": properties, "required": ["calls", "input_tokens", "output_tokens", "cost"]}
+    })
+}
+
+/// Attribution totals: the sums of every row.
+pub fn attribution_totals(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "properties": attribution_sums(generator),
+        "required": ["calls", "input_tokens", "output_tokens", "cost"]
+    })
+}
+
+/// An event's payload as served: an object whose fields depend on the event's type.
+pub fn event_payload(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "object", "description": "the event's fields (see domain/src/event), secrets redacted"})
+}
+
+/// Scopes asked for: at least one (leave the field out for the default), each a name an org
+/// credential can hold; null is the default too.
+pub fn requested_scopes(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": {"enum": ["inference", "keys:write", "agents:write", "audit:read", "statements:read", "account:read"]}
+            },
+            {"type": "null"}
+        ]
+    })
 }

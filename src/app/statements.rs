@@ -15,6 +15,8 @@ pub struct StatementQuery {
     pub from: Option<String>,
     pub to: Option<String>,
     pub format: Option<String>,
+    /// The operator names the org; an org's credential may name only its own.
+    #[schemars(regex(pattern = "^org_[0-9A-Za-z]{1,64}$"))]
     pub org_id: Option<String>,
 }
 

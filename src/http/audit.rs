@@ -4,14 +4,13 @@ use axum::extract::{Path, State};
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::Value;
 
 use super::AppState;
 use super::auth::authenticate_reader;
 use super::error::ApiResult;
 use super::extract::ApiQuery;
 use crate::app::Reader;
-use crate::app::audit::{self, AttributionQuery, EventsQuery};
+use crate::app::audit::{self, Attribution, AttributionQuery, CallView, EventPage, EventsQuery};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -21,7 +20,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route_layer(from_fn_with_state(state.clone(), authenticate_reader))
 }
 
-async fn call(State(state): State<AppState>, reader: Reader, Path(call_id): Path<String>) -> ApiResult<Json<Value>> {
+async fn call(State(state): State<AppState>, reader: Reader, Path(call_id): Path<String>) -> ApiResult<Json<CallView>> {
     Ok(Json(audit::call(&state, &reader, &call_id).await?))
 }
 
@@ -29,7 +28,7 @@ async fn attribution(
     State(state): State<AppState>,
     reader: Reader,
     ApiQuery(request): ApiQuery<AttributionQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Attribution>> {
     Ok(Json(audit::attribution(&state, &reader, request).await?))
 }
 
@@ -37,6 +36,6 @@ async fn events(
     State(state): State<AppState>,
     reader: Reader,
     ApiQuery(request): ApiQuery<EventsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EventPage>> {
     Ok(Json(audit::events(&state, &reader, request).await?))
 }

@@ -12,8 +12,30 @@ use super::error::ApiError;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// `Json<T>` whose rejections are API errors: 415 without a JSON content type, 413 past the
-/// size limit, 400 for bad syntax or a body that does not match the schema.
+/// size limit, 400 for bad syntax, a body that does not match the schema, or a body that is
+/// not a JSON object (serde reads a struct from an array too: `[null, null]` was an empty
+/// agent-register, found by schemathesis).
 pub struct ApiJson<T>(pub T);
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with content-type: application/json",
+    )
+}
+
+/// axum's test for a JSON body: `application/json` or `application/<anything>+json`.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.strip_prefix("application/") {
+        Some(subtype) => subtype == "json" || subtype.ends_with("+json"),
+        None => false,
+    }
+}
 
 fn map_rejection(rejection: JsonRejection) -> ApiError {
     if crate::transport::is_body_read_timeout(&rejection) {
@@ -30,11 +52,7 @@ fn map_rejection(rejection: JsonRejection) -> ApiError {
             "request_too_large",
             format!("request body is larger than {MAX_BODY_BYTES} bytes"),
         ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with content-type: application/json",
-        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type(),
         StatusCode::UNPROCESSABLE_ENTITY => {
             ApiError::invalid_request(format!("invalid request body: {}", cause(&rejection)))
         }
@@ -63,10 +81,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<ApiJson<T>, ApiError> {
-        axum::Json::<T>::from_request(request, state)
+        if !json_content_type(request.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
             .await
-            .map(|axum::Json(value)| ApiJson(value))
-            .map_err(map_rejection)
+            .map_err(|rejection| map_rejection(JsonRejection::from(rejection)))?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(map_rejection)?;
+        // Every request body is an object; serde would also read a struct from an array.
+        if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid_request("invalid request body: the body must be a JSON object"));
+        }
+        Ok(ApiJson(value))
     }
 }
 

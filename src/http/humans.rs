@@ -16,7 +16,9 @@ use super::auth::{SESSION_COOKIE, authenticate};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
 use crate::app::Principal;
-use crate::app::humans::{self, AddMember, LogIn, MemberAdded, SESSION_MAX_AGE_SECONDS, SessionStarted, SignUp};
+use crate::app::humans::{
+    self, AddMember, LogIn, LoggedOut, MemberAdded, SESSION_MAX_AGE_SECONDS, SessionStarted, SignUp,
+};
 
 pub fn router(state: &AppState) -> Router<AppState> {
     let authenticated = Router::new()
@@ -66,12 +68,13 @@ async fn login(
 
 async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     humans::log_out(&state, &principal).await?;
-    Ok(([(SET_COOKIE, cleared_cookie_header())], Json(serde_json::json!({"logged_out": true}))).into_response())
+    Ok(([(SET_COOKIE, cleared_cookie_header())], Json(LoggedOut { logged_out: true, all_sessions: None }))
+        .into_response())
 }
 
 async fn logout_all(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     humans::log_out_everywhere(&state, &principal).await?;
-    Ok(([(SET_COOKIE, cleared_cookie_header())], Json(serde_json::json!({"logged_out": true, "all_sessions": true})))
+    Ok(([(SET_COOKIE, cleared_cookie_header())], Json(LoggedOut { logged_out: true, all_sessions: Some(true) }))
         .into_response())
 }
 

@@ -7,12 +7,12 @@
 //! domain crate's types (`Money`, `Role`, ...) stay free of schema crates, so every field of
 //! those types would need a hand-written schema twice. Instead the document is built from
 //! `operations()`, a table of every route (method, path, auth, request type, answer,
-//! statuses), plus the `schemars` schemas of the request types (OpenAPI 3.1's schema
-//! dialect is JSON Schema 2020-12, which `schemars` writes). Answers have their types'
-//! schemas (serialize contract), except health, signup and login, members, JWKS, audit and
-//! the test clock: free-form JSON objects for now, as their types derive `Serialize` only or
-//! the use case answers a `serde_json::Value` (docs/api.md describes their fields). The table cannot drift from the routers unnoticed: `tests/openapi.rs` reads
-//! every `.route(` of `src/http` and fails when one is missing here.
+//! statuses), plus the `schemars` schemas of the request and answer types (OpenAPI 3.1's
+//! schema dialect is JSON Schema 2020-12, which `schemars` writes). Every JSON answer has its
+//! type's schema (serialize contract); only the statement's JSON, MCP's JSON-RPC and a
+//! proxied upstream's answer are described as objects. The table cannot drift from the
+//! routers unnoticed: `tests/openapi.rs` reads every `.route(` of `src/http` and fails when
+//! one is missing here, and `tests/contract_fuzz.rs` runs schemathesis against a live server.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -26,7 +26,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use crate::app::{accounts, agents, audit, billing, humans, issuers, keys, models, statements};
+use crate::app::{accounts, agents, audit, billing, health, humans, issuers, keys, models, statements};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json)).route("/docs", get(reference_page))
@@ -115,6 +115,8 @@ struct Operation {
     answer: Answer,
     errors: &'static [u16],
     headers: &'static [(&'static str, &'static str)],
+    /// A 503 answered with the success answer's schema, not `Error` (health: not ready).
+    unavailable_answer: Option<&'static str>,
 }
 
 fn body_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
@@ -139,6 +141,7 @@ fn route(method: &'static str, path: &'static str, tag: &'static str, auth: Auth
         answer: Answer::Object("a JSON object (see docs/api.md)"),
         errors: &[],
         headers: &[],
+        unavailable_answer: None,
     }
 }
 
@@ -177,6 +180,12 @@ impl Operation {
         self
     }
 
+    /// 503 with the success answer's body (described so), not the `Error` body.
+    fn unavailable_with_answer(mut self, description: &'static str) -> Operation {
+        self.unavailable_answer = Some(description);
+        self.errors(&[503])
+    }
+
     fn headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Operation {
         self.headers = headers;
         self
@@ -193,8 +202,15 @@ impl Operation {
     /// Every error status: the route's own plus what its auth, input and path bring.
     fn error_statuses(&self) -> BTreeSet<u16> {
         let mut statuses: BTreeSet<u16> = self.errors.iter().copied().collect();
-        if !matches!(self.auth, Auth::Public) {
-            statuses.extend([401, 429]);
+        match self.auth {
+            Auth::Public => {}
+            // The operator key and gateway keys have no token bucket.
+            Auth::Operator | Auth::OperatorOrGatewayKey => {
+                statuses.insert(401);
+            }
+            Auth::Credential | Auth::KeyOrToken | Auth::Session | Auth::Reader => {
+                statuses.extend([401, 429]);
+            }
         }
         if self.body.is_some() {
             statuses.extend([400, 408, 413, 415]);
@@ -205,8 +221,9 @@ impl Operation {
         if !self.path_parameters().is_empty() {
             statuses.extend([400, 404]);
         }
-        if self.method != "get" && !matches!(self.auth, Auth::Public) {
-            // The writer's queue is full or the node is stopping.
+        if !matches!(self.auth, Auth::Public) {
+            // A write: the writer's queue is full or the node is stopping. Any credential: a
+            // node that must reach the head of the log to judge it and cannot (fails closed).
             statuses.insert(503);
         }
         statuses
@@ -219,7 +236,9 @@ fn operations() -> Vec<Operation> {
     use Auth::*;
     vec![
         // health
-        route("get", "/healthz", "operations", Public, "Liveness: the engine and log position").errors(&[503]),
+        route("get", "/healthz", "operations", Public, "Liveness: the engine and log position")
+            .returns::<health::Health>(200, "ok: the engine and the log position")
+            .unavailable_with_answer("not_ready: the unreadable position and why"),
         route(
             "get",
             "/readyz",
@@ -227,7 +246,8 @@ fn operations() -> Vec<Operation> {
             Public,
             "Readiness: 503 once the node met an unreadable event or its tailer lags",
         )
-        .errors(&[503]),
+        .returns::<health::Health>(200, "ok: the engine, the log position and the tailer")
+        .unavailable_with_answer("not_ready: why"),
         route("get", "/metrics", "operations", Public, "Prometheus metrics").answers(200, Metrics),
         route("get", "/openapi.json", "operations", Public, "This OpenAPI document").answers(200, Document),
         route("get", "/docs", "operations", Public, "The reference page made from this document").answers(200, Page),
@@ -271,17 +291,21 @@ fn operations() -> Vec<Operation> {
         // humans
         route("post", "/me/signup", "humans", Public, "Sign up: a human, their org and a session cookie")
             .body::<humans::SignUp>()
-            .answers(201, Object("the user and org; sets the bahi_session cookie"))
+            .returns::<humans::SessionView>(201, "the user and org; sets the bahi_session cookie")
             .errors(&[409, 429, 503]),
         route("post", "/me/login", "humans", Public, "Log in: a session cookie")
             .body::<humans::LogIn>()
-            .answers(200, Object("the user and org; sets the bahi_session cookie"))
+            .returns::<humans::SessionView>(200, "the user and org; sets the bahi_session cookie")
             .errors(&[401, 429, 503]),
-        route("post", "/me/logout", "humans", Session, "End this session").errors(&[403]),
-        route("post", "/me/logout-all", "humans", Session, "End every session of the user").errors(&[403]),
+        route("post", "/me/logout", "humans", Session, "End this session")
+            .returns::<humans::LoggedOut>(200, "the session ended; clears the cookie")
+            .errors(&[403]),
+        route("post", "/me/logout-all", "humans", Session, "End every session of the user")
+            .returns::<humans::LoggedOut>(200, "every session ended; clears the cookie")
+            .errors(&[403]),
         route("post", "/v1/auth/account/members", "humans", Session, "Add a member to the org (owner)")
             .body::<humans::AddMember>()
-            .answers(201, Object("{user_id, email, role}"))
+            .returns::<humans::MemberAdded>(201, "the member")
             .errors(&[403, 409]),
         // agents
         route("post", "/me/agents", "agents", Credential, "Create an agent")
@@ -306,7 +330,7 @@ fn operations() -> Vec<Operation> {
             .errors(&[403]),
         // issuers
         route("get", "/.well-known/jwks.json", "issuers", Public, "The embedded issuer's public keys")
-            .answers(200, Object("a JWK set {keys: [...]}")),
+            .returns::<crate::agent_token::JwkSet>(200, "a JWK set: the current key and still-valid retired ones"),
         route("post", "/me/issuers", "issuers", Session, "Register an external token issuer (owner or admin)")
             .body::<issuers::RegisterIssuer>()
             .returns::<issuers::IssuerView>(201, "the registration")
@@ -379,7 +403,7 @@ fn operations() -> Vec<Operation> {
             .answers(200, Upstream)
             .errors(&[400, 402, 403, 404, 413, 502, 503]),
         // models
-        route("get", "/v1/models", "models", KeyOrToken, "The configured models, OpenAI's list shape")
+        route("get", "/v1/models", "models", Credential, "The configured models, OpenAI's list shape")
             .returns::<models::ModelList>(200, "the configured models")
             .errors(&[403]),
         route(
@@ -421,6 +445,7 @@ fn operations() -> Vec<Operation> {
             .errors(&[403]),
         // audit and finance
         route("get", "/v1/audit/calls/{call_id}", "audit", Reader, "One call's audit record and its events")
+            .returns::<audit::CallView>(200, "the call and its events")
             .errors(&[403]),
         route(
             "get",
@@ -430,15 +455,16 @@ fn operations() -> Vec<Operation> {
             "Usage and cost grouped by agent, act_for, model, key or day",
         )
         .query::<audit::AttributionQuery>()
-        .answers(200, Object("{rows: [...]}"))
-        .errors(&[403]),
+        .returns::<audit::Attribution>(200, "one row per group, and the totals")
+        .errors(&[403, 404]),
         route("get", "/v1/audit/events", "audit", Reader, "The org's own events in log order")
             .query::<audit::EventsQuery>()
-            .errors(&[403]),
+            .returns::<audit::EventPage>(200, "a page of events")
+            .errors(&[403, 404]),
         route("get", "/v1/statements", "statements", Reader, "An INR statement for a period, JSON or CSV")
             .query::<statements::StatementQuery>()
             .answers(200, Statement)
-            .errors(&[403]),
+            .errors(&[403, 404]),
         // MCP
         route("post", "/mcp", "mcp", KeyOrToken, "MCP over streamable HTTP (stateless): the use cases as tools")
             .answers(200, Mcp)
@@ -452,7 +478,7 @@ fn operations() -> Vec<Operation> {
             "Move the test clock forward (only under --test-clock)",
         )
         .body::<super::test_clock::Advance>()
-        .answers(200, Object("{now}"))
+        .returns::<super::test_clock::Advanced>(200, "the node's clock after the move")
         .errors(&[403, 404]),
     ]
 }
@@ -537,7 +563,7 @@ fn operation_object(
     let mut parameters: Vec<Value> = operation
         .path_parameters()
         .into_iter()
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": path_parameter_schema(operation.path, name)}))
         .collect();
     if let Some(query) = operation.query {
         let schema = query(generator).to_value();
@@ -555,11 +581,26 @@ fn operation_object(
         parameters.push(json!({"name": "gateway", "in": "query", "required": false, "schema": {"enum": ["nginx"]}, "description": "nginx: every denial is 401 or 403, the real status in x-bahi-status"}));
     }
     for (name, description) in operation.headers {
-        parameters.push(json!({"name": name, "in": "header", "required": *name == "x-bahi-model", "description": description, "schema": {"type": "string"}}));
+        let schema = if *name == "x-bahi-model" {
+            json!({"type": "string", "pattern": MODEL_NAME_PATTERN})
+        } else {
+            json!({"type": "string"})
+        };
+        parameters.push(json!({"name": name, "in": "header", "required": *name == "x-bahi-model", "description": description, "schema": schema}));
     }
     let mut responses = Map::new();
     responses.insert(operation.success.to_string(), success_response(operation.answer, answer_generator));
     for status in operation.error_statuses() {
+        if let (503, Some(description), Answer::Typed(schema, _)) =
+            (status, operation.unavailable_answer, operation.answer)
+        {
+            let schema = schema(answer_generator).to_value();
+            responses.insert(
+                status.to_string(),
+                json!({"description": description, "content": {"application/json": {"schema": schema}}}),
+            );
+            continue;
+        }
         responses.insert(
             status.to_string(),
             json!({"description": reason(status), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
@@ -586,6 +627,27 @@ fn operation_object(
         object["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "description": "the provider's (or MCP's JSON-RPC) request, passed through"}}}});
     }
     object
+}
+
+/// A model's name, as `check_model_name` accepts it.
+pub const MODEL_NAME_PATTERN: &str = "^[A-Za-z0-9._:/@-]{1,128}$";
+
+/// What a path parameter accepts: an id of its kind (`key_` and 1 to 64 letters and digits;
+/// another shape is 400 `invalid_id`), a model name, or (forward-auth) any path.
+fn path_parameter_schema(path: &str, name: &str) -> Value {
+    let prefix = match name {
+        "call_id" => Some("call_"),
+        "jti" => Some("tok_"),
+        "id" if path.starts_with("/me/agents/") => Some("agt_"),
+        "id" if path.starts_with("/me/issuers/") => Some("iss_"),
+        "id" => Some("key_"),
+        _ => None,
+    };
+    match (prefix, name) {
+        (Some(prefix), _) => json!({"type": "string", "pattern": format!("^{prefix}[0-9A-Za-z]{{1,64}}$")}),
+        (None, "model") => json!({"type": "string", "pattern": MODEL_NAME_PATTERN}),
+        _ => json!({"type": "string"}),
+    }
 }
 
 fn auth_words(auth: Auth) -> &'static str {

@@ -27,8 +27,9 @@ pub(super) struct Advance {
     seconds: i64,
 }
 
-#[derive(Serialize)]
-struct Advanced {
+/// `pub(super)`: the OpenAPI document describes it too.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct Advanced {
     #[serde(serialize_with = "crate::app::time::micros")]
     now: DateTime<Utc>,
 }
