@@ -207,12 +207,7 @@ async fn keys_are_created_with_the_secret_shown_once_listed_paged_revoked_and_de
     assert!(secret.len() > 20, "{secret}");
 
     // The secret works as a bearer key on the JSON API, and is never on a page again.
-    let me = reqwest::Client::new()
-        .get(server.url("/v1/auth/account"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap();
+    let me = reqwest::Client::new().get(server.url("/v1/auth/account")).bearer_auth(&secret).send().await.unwrap();
     assert_ne!(me.status().as_u16(), 401, "the new key authenticates");
     let list = owner.get("/console/keys").await;
     assert!(!list.body.contains(&secret), "the secret is shown once");
@@ -253,7 +248,8 @@ async fn key_forms_refuse_bad_input_other_orgs_forged_posts_and_auditors() {
     let theirs = other.post("/console/keys", &[("name", "Theirs")]).await;
     let their_list = other.get("/console/keys").await;
     assert!(theirs.status == 200);
-    let their_id = their_list.body.split("<code>key_").nth(1).map(|rest| format!("key_{}", &rest[..rest.find('<').unwrap()]));
+    let their_id =
+        their_list.body.split("<code>key_").nth(1).map(|rest| format!("key_{}", &rest[..rest.find('<').unwrap()]));
     let their_id = their_id.unwrap();
     refused(&owner.post(&format!("/console/keys/{their_id}/revoke"), &[]).await, 404);
     refused(&owner.post(&format!("/console/keys/{their_id}/delete"), &[]).await, 404);
@@ -367,16 +363,29 @@ async fn members_are_listed_for_managers_and_added_by_the_owner() {
     assert!(list.body.contains("members-admin@example.com") && list.body.contains(">admin<"), "{}", list.body);
 
     // Bad input: the page again with why, the password never echoed.
-    let bad_role = owner.post("/console/members", &[("email", "x@example.com"), ("role", "superuser"), ("password", PASSWORD)]).await;
+    let bad_role = owner
+        .post("/console/members", &[("email", "x@example.com"), ("role", "superuser"), ("password", PASSWORD)])
+        .await;
     refused(&bad_role, 400);
     assert!(bad_role.body.contains("value=\"x@example.com\"") && !bad_role.body.contains(PASSWORD));
-    refused(&owner.post("/console/members", &[("email", "x@example.com"), ("role", "member"), ("password", "short")]).await, 400);
-    refused(&owner.post("/console/members", &[("email", "not an email"), ("role", "member"), ("password", PASSWORD)]).await, 400);
-    let taken = owner.post("/console/members", &[("email", "members-admin@example.com"), ("role", "member"), ("password", PASSWORD)]).await;
+    refused(
+        &owner.post("/console/members", &[("email", "x@example.com"), ("role", "member"), ("password", "short")]).await,
+        400,
+    );
+    refused(
+        &owner.post("/console/members", &[("email", "not an email"), ("role", "member"), ("password", PASSWORD)]).await,
+        400,
+    );
+    let taken = owner
+        .post("/console/members", &[("email", "members-admin@example.com"), ("role", "member"), ("password", PASSWORD)])
+        .await;
     assert!((400..500).contains(&taken.status), "{}", taken.status);
-    let owner_again = owner.post("/console/members", &[("email", "o2@example.com"), ("role", "owner"), ("password", PASSWORD)]).await;
+    let owner_again =
+        owner.post("/console/members", &[("email", "o2@example.com"), ("role", "owner"), ("password", PASSWORD)]).await;
     assert!(owner_again.status < 500, "{}", owner_again.status);
-    let forged = owner.post_raw("/console/members", &[("email", "forged@example.com"), ("role", "admin"), ("password", PASSWORD)]).await;
+    let forged = owner
+        .post_raw("/console/members", &[("email", "forged@example.com"), ("role", "admin"), ("password", PASSWORD)])
+        .await;
     assert_eq!(forged.status, 403);
     assert!(!owner.get("/console/members").await.body.contains("forged@example.com"));
 
@@ -384,11 +393,18 @@ async fn members_are_listed_for_managers_and_added_by_the_owner() {
     let seen = admin.get("/console/members").await;
     assert_eq!(seen.status, 200);
     assert!(seen.body.contains("members@example.com") && !seen.body.contains("action=\"/console/members\""));
-    let by_admin = admin.post("/console/members", &[("email", "by-admin@example.com"), ("role", "owner"), ("password", PASSWORD)]).await;
+    let by_admin = admin
+        .post("/console/members", &[("email", "by-admin@example.com"), ("role", "owner"), ("password", PASSWORD)])
+        .await;
     refused(&by_admin, 403);
     let mut auditor = member(&server, &mut owner, "members-auditor@example.com", "auditor").await;
     refused(&auditor.get("/console/members").await, 403);
-    refused(&auditor.post("/console/members", &[("email", "a@example.com"), ("role", "admin"), ("password", PASSWORD)]).await, 403);
+    refused(
+        &auditor
+            .post("/console/members", &[("email", "a@example.com"), ("role", "admin"), ("password", PASSWORD)])
+            .await,
+        403,
+    );
     assert!(!owner.get("/console/members").await.body.contains("by-admin@example.com"));
 }
 
@@ -402,23 +418,39 @@ async fn issuers_are_for_owners_and_admins_and_refuse_what_cannot_be_verified() 
     assert!(page.body.contains("class=\"empty\"") && page.body.contains("action=\"/console/issuers\""));
     accessible(&page);
 
-    let bad_json = owner.post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{oops"), ("owner", "acme")]).await;
+    let bad_json = owner
+        .post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{oops"), ("owner", "acme")])
+        .await;
     refused(&bad_json, 400);
     assert!(bad_json.body.contains("value=\"https://idp.example\""), "the form is kept");
     refused(&owner.post("/console/issuers", &[("issuer", ""), ("owner", "acme")]).await, 400);
-    refused(&owner.post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}")]).await, 400);
+    refused(
+        &owner.post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}")]).await,
+        400,
+    );
     let no_keys = owner.post("/console/issuers", &[("issuer", "https://idp.example"), ("owner", "acme")]).await;
     refused(&no_keys, 400);
     assert!(no_keys.body.contains("exactly one of jwks"), "the use case's message: {}", no_keys.body);
     let no_proof = owner
-        .post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}"), ("owner", "acme"), ("proof", "")])
+        .post(
+            "/console/issuers",
+            &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}"), ("owner", "acme"), ("proof", "")],
+        )
         .await;
     assert!((400..500).contains(&no_proof.status), "{}: {}", no_proof.status, no_proof.body);
-    let bad_uri = owner.post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks_uri", "file:///etc/passwd"), ("owner", "acme")]).await;
+    let bad_uri = owner
+        .post(
+            "/console/issuers",
+            &[("issuer", "https://idp.example"), ("jwks_uri", "file:///etc/passwd"), ("owner", "acme")],
+        )
+        .await;
     refused(&bad_uri, 400);
     let proof = "eyJhbGciOiJub25lIn0.eyJvcmciOiJhY21lIn0.";
     let bad_proof = owner
-        .post("/console/issuers", &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}"), ("owner", "acme"), ("proof", proof)])
+        .post(
+            "/console/issuers",
+            &[("issuer", "https://idp.example"), ("jwks", "{\"keys\": []}"), ("owner", "acme"), ("proof", proof)],
+        )
         .await;
     assert!((400..500).contains(&bad_proof.status), "{}", bad_proof.status);
     assert!(!bad_proof.body.contains(proof), "a proof token is never written back");

@@ -118,7 +118,8 @@ fn list(
     error: Option<String>,
 ) -> Result<AgentsPage, ConsoleError> {
     let listed = agents::list(state, &session.principal)?;
-    let ticked = if form.scopes.is_empty() && error.is_none() { vec!["inference".to_owned()] } else { form.scopes.clone() };
+    let ticked =
+        if form.scopes.is_empty() && error.is_none() { vec!["inference".to_owned()] } else { form.scopes.clone() };
     Ok(AgentsPage {
         chrome: session.chrome("agents"),
         can_write: session.principal.scopes.contains(&Scope::AgentsWrite),
@@ -235,8 +236,11 @@ async fn mint(
     };
     match agents::mint_token(&state, &session.principal, &id, MintToken { ttl_seconds, scopes: None }).await {
         Ok(minted) => {
-            let minted =
-                Minted { token: minted.access_token, expires: Moment::of(minted.expires_at), jti: minted.jti.to_string() };
+            let minted = Minted {
+                token: minted.access_token,
+                expires: Moment::of(minted.expires_at),
+                jti: minted.jti.to_string(),
+            };
             Ok(render(&agent_page(&state, &session, &id, Some(minted), None).await?))
         }
         Err(error) => {

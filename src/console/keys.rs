@@ -51,9 +51,9 @@ fn row(key: KeyView) -> KeyRow {
         last_used: key.last_used_at.map(Moment::of),
         expires: key.expires_at.map(Moment::of),
         rate_limit: key.rate_limit.map(|limit| format!("{} per {} s", limit.requests, limit.interval_seconds)),
-        budget: key.budget.map(|budget| {
-            format!("{} of {} a {}", inr(budget.spent), inr(budget.amount), period_name(budget.period))
-        }),
+        budget: key
+            .budget
+            .map(|budget| format!("{} of {} a {}", inr(budget.spent), inr(budget.amount), period_name(budget.period))),
         calls: key.usage.calls,
         spend: inr(key.usage.cost),
     }

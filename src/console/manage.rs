@@ -23,7 +23,8 @@ pub fn optional(text: &str) -> Option<String> {
 /// read as the JSON API reads a decimal string (no grouping commas: `1,5` is refused, not
 /// guessed at).
 pub fn money(text: &str, field: &str) -> Result<Money, ConsoleError> {
-    Money::parse(text.trim()).map_err(|error| ConsoleError::bad_form(format!("{field}: {error} (write rupees, like 1500.50)")))
+    Money::parse(text.trim())
+        .map_err(|error| ConsoleError::bad_form(format!("{field}: {error} (write rupees, like 1500.50)")))
 }
 
 /// A budget from its amount and period fields; none when the amount is empty.

@@ -10,10 +10,10 @@
 
 pub mod agents;
 pub mod assets;
+pub mod credits;
 pub mod error;
 pub mod format;
 pub mod home;
-pub mod credits;
 pub mod issuers;
 pub mod keys;
 pub mod login;
