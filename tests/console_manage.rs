@@ -142,6 +142,13 @@ async fn agent_forms_refuse_bad_input_other_orgs_forged_posts_and_roles_without_
     assert!(no_name.body.contains("name the agent"), "{}", no_name.body);
     let bad_mode = owner.post("/console/agents", &[("name", "x"), ("mode", "rogue")]).await;
     refused(&bad_mode, 400);
+    // A delegated agent acts for the person creating it unless told otherwise.
+    let delegated =
+        agent_id(&owner.post("/console/agents", &[("name", "Mine, delegated"), ("mode", "delegated")]).await);
+    let shown = owner.get(&format!("/console/agents/{delegated}")).await;
+    assert!(shown.body.contains("<td>delegated</td>") && shown.body.contains("<code>usr_"), "{}", shown.body);
+    let hybrid = agent_id(&owner.post("/console/agents", &[("name", "Either"), ("mode", "hybrid")]).await);
+    assert!(owner.get(&format!("/console/agents/{hybrid}")).await.body.contains("<td>hybrid</td>"));
     let bad_budget = owner.post("/console/agents", &[("name", "Kept name"), ("budget_amount", "1e9")]).await;
     refused(&bad_budget, 400);
     assert!(bad_budget.body.contains("value=\"Kept name\""), "the form is shown again as sent");

@@ -41,21 +41,12 @@ pub struct AgentRow {
     pub revoked: Option<Moment>,
 }
 
-fn mode_name(mode: AgentMode) -> &'static str {
-    match mode {
-        AgentMode::Autonomous => "autonomous",
-        AgentMode::Delegated => "delegated",
-        #[allow(unreachable_patterns)]
-        _ => "other",
-    }
-}
-
 fn row(agent: AgentView) -> AgentRow {
     AgentRow {
         id: agent.id.to_string(),
         name: agent.name,
         status: agent.status,
-        mode: mode_name(agent.mode),
+        mode: agent.mode.as_str(),
         act_for: agent.act_for,
         scopes: agent.scopes.iter().map(|scope| scope.as_str()).collect::<Vec<_>>().join(" "),
         calls: agent.usage.calls,
@@ -146,7 +137,8 @@ fn create_request(form: &AgentFields) -> Result<CreateAgent, ConsoleError> {
         "" => None,
         "autonomous" => Some(AgentMode::Autonomous),
         "delegated" => Some(AgentMode::Delegated),
-        _ => return Err(ConsoleError::bad_form("mode must be autonomous or delegated")),
+        "hybrid" => Some(AgentMode::Hybrid),
+        _ => return Err(ConsoleError::bad_form("mode must be autonomous, delegated or hybrid")),
     };
     Ok(CreateAgent {
         name,
