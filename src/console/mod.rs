@@ -8,11 +8,17 @@
 //! Every answer carries a Content-Security-Policy without inline scripts or styles, and is
 //! never cached: pages show balances and secrets.
 
+pub mod agents;
 pub mod assets;
+pub mod credits;
 pub mod error;
 pub mod format;
 pub mod home;
+pub mod issuers;
+pub mod keys;
 pub mod login;
+pub mod manage;
+pub mod members;
 pub mod session;
 
 use askama::Template;
@@ -42,6 +48,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(CONSOLE_ROOT, get(home::page))
         .merge(assets::router())
         .merge(login::router())
+        .merge(agents::router())
+        .merge(keys::router())
+        .merge(credits::router())
+        .merge(members::router())
+        .merge(issuers::router())
         .layer(middleware::from_fn(security_headers))
 }
 

@@ -47,7 +47,7 @@ impl ConsoleSession {
         let manager = matches!(self.role, Role::Owner | Role::Admin);
         Nav {
             role: self.role.as_str(),
-            agents: has(Scope::AgentsWrite) || manager,
+            agents: has(Scope::AgentsWrite) || has(Scope::AccountRead),
             keys: manager,
             usage: has(Scope::AuditRead) || has(Scope::StatementsRead),
             audit: has(Scope::AuditRead),
