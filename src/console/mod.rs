@@ -9,11 +9,15 @@
 //! never cached: pages show balances and secrets.
 
 pub mod assets;
+pub mod audit;
+pub mod data;
 pub mod error;
 pub mod format;
 pub mod home;
 pub mod login;
 pub mod session;
+pub mod statements;
+pub mod usage;
 
 use askama::Template;
 use axum::Router;
@@ -40,6 +44,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to(CONSOLE_ROOT) }))
         .route(CONSOLE_ROOT, get(home::page))
+        .route("/console/usage", get(usage::page))
+        .route("/console/audit", get(audit::page))
+        .route("/console/statements", get(statements::page))
+        .route("/console/statements/download", get(statements::download))
         .merge(assets::router())
         .merge(login::router())
         .layer(middleware::from_fn(security_headers))
