@@ -148,7 +148,7 @@ pub async fn page(
     for (key, heading, column) in chosen {
         let answer = audit::usage(&state, &reader, query(key)).await?;
         let mut rows = group_rows(&answer, key)?;
-        rows.sort_by(|left, right| right.cost.exact_money.cmp(&left.cost.exact_money));
+        rows.sort_by_key(|row| std::cmp::Reverse(row.cost.exact_money));
         let rows: Vec<GroupRow> = rows.into_iter().map(|row| row.row).collect();
         let total_rows = rows.len();
         let link_to = |page: Option<usize>| {
@@ -219,7 +219,9 @@ fn day_rows(answer: &Value, days: Days) -> Result<(Vec<DayRow>, Amount, i64), Co
 }
 
 /// The bars (one a day, scaled to the highest day), a few date labels under them, and
-/// the highest day's spend.
+/// the highest day's spend. Floating point draws the picture only: every amount shown is
+/// the exact one, formatted.
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss, clippy::as_conversions)]
 fn chart(rows: &[DayRow]) -> (Vec<Bar>, Vec<Tick>, String) {
     let amounts: Vec<f64> = rows
         .iter()
