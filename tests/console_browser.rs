@@ -211,10 +211,76 @@ impl Browser {
             if url.path() == path {
                 break;
             }
-            assert!(Instant::now() < deadline, "the browser stayed on {url}, not {path}");
+            if Instant::now() >= deadline {
+                panic!("the browser stayed on {url}, not {path}: {}", self.text().await);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_loaded().await;
+    }
+
+    /// Waits until the browser shows a page under `prefix` and has loaded it; its path.
+    async fn wait_for_path_prefix(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let url = self.client.current_url().await.unwrap();
+            if url.path().starts_with(prefix) {
+                self.wait_loaded().await;
+                return url.path().to_owned();
+            }
+            assert!(Instant::now() < deadline, "the browser stayed on {url}, not under {prefix}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the page (after a form's answer) shows this element.
+    async fn wait_for(&self, selector: &str) -> fantoccini::elements::Element {
+        let found = self.client.wait().at_most(Duration::from_secs(15)).for_element(Locator::Css(selector)).await;
+        let element = found.unwrap_or_else(|error| panic!("no {selector} on the page within 15 s: {error}"));
+        self.wait_loaded().await;
+        element
+    }
+
+    /// Waits until the page's text contains `text`.
+    async fn wait_for_text(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.client.source().await.unwrap().contains(text) {
+            assert!(Instant::now() < deadline, "the page never showed {text:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_loaded().await;
+    }
+
+    /// The secret a page shows once (`<input id="secret" readonly>` beside a copy button).
+    async fn secret(&self) -> String {
+        let field = self.wait_for("#secret").await;
+        assert_eq!(field.attr("readonly").await.unwrap().as_deref(), Some("true"), "the secret is read-only");
+        self.client.find(Locator::Css("button[data-copy='secret']")).await.unwrap();
+        field.prop("value").await.unwrap().unwrap()
+    }
+
+    async fn source(&self) -> String {
+        self.client.source().await.unwrap()
+    }
+
+    /// The page's heading.
+    async fn heading(&self) -> String {
+        self.client.find(Locator::Css("h1")).await.unwrap().text().await.unwrap()
+    }
+
+    /// A console form posted by the page's own script with the page's CSRF token, as a
+    /// hand-made form would be: the status.
+    async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> u16 {
+        let script = r#"
+const [path, fields, done] = arguments;
+const body = new URLSearchParams(fields);
+body.append("csrf_token", document.querySelector("input[name=csrf_token]").value);
+fetch(path, { method: "POST", credentials: "same-origin", redirect: "manual", body })
+  .then((answer) => done(answer.status), (error) => done(String(error)));
+"#;
+        let fields: Vec<Value> = fields.iter().map(|(name, value)| json!([name, value])).collect();
+        let answer = self.client.execute_async(script, vec![json!(path), Value::Array(fields)]).await.unwrap();
+        answer.as_u64().unwrap_or_else(|| panic!("POST {path}: {answer}")) as u16
     }
 
     async fn wait_loaded(&self) {
@@ -247,7 +313,9 @@ impl Browser {
             .browser_log()
             .await
             .into_iter()
-            .filter(|message| message.contains("Content Security Policy") || message.contains("Content-Security-Policy"))
+            .filter(|message| {
+                message.contains("Content Security Policy") || message.contains("Content-Security-Policy")
+            })
             .collect();
         assert!(csp_logged.is_empty(), "{name}: the browser's console logged CSP violations: {csp_logged:?}");
     }
@@ -265,14 +333,18 @@ impl Browser {
         body["value"]
             .as_array()
             .map(|entries| {
-                entries.iter().map(|entry| format!("{} {}", entry["level"], entry["message"].as_str().unwrap_or(""))).collect()
+                entries
+                    .iter()
+                    .map(|entry| format!("{} {}", entry["level"], entry["message"].as_str().unwrap_or("")))
+                    .collect()
             })
             .unwrap_or_default()
     }
 
     /// One key pressed and released, sent to whatever has focus, as a person types.
     async fn press(&self, key: char) {
-        let actions = KeyActions::new("keyboard".into()).then(KeyAction::Down { value: key }).then(KeyAction::Up { value: key });
+        let actions =
+            KeyActions::new("keyboard".into()).then(KeyAction::Down { value: key }).then(KeyAction::Up { value: key });
         self.client.perform_actions(actions).await.unwrap();
     }
 
@@ -420,7 +492,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let visible = browser.client.execute("return document.cookie", vec![]).await.unwrap();
     assert!(!visible.as_str().unwrap().contains("bahi_session"), "{visible}");
 
-    // A priced model, credit for the org, and a key; then one call through the API.
+    // The operator prices a model and grants the org credit.
     let (status, account) = browser.fetch_json("GET", "/v1/auth/account", None).await;
     assert_eq!(status, 200, "{account}");
     let org_id = account["org_id"].as_str().unwrap().to_owned();
@@ -438,24 +510,72 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         json!({"org_id": org_id, "amount": "100", "reason": "browser test credit"}),
     )
     .await;
-    let (status, key) =
-        browser.fetch_json("POST", "/v1/auth/account/api-keys", Some(json!({"name": "browser-gateway"}))).await;
-    assert_eq!(status, 201, "{key}");
-    let call_id = priced_call(&server, key["api_key"].as_str().unwrap()).await;
+
+    // Agents: create one, mint it a token, shown once.
+    browser.goto("/console/agents").await;
+    browser.check("agents-empty").await;
+    browser.fill("agent-name", "invoice-bot").await;
+    browser.click("form[action='/console/agents'] button[type=submit]").await;
+    let agent_path = browser.wait_for_path_prefix("/console/agents/").await;
+    assert_eq!(browser.heading().await.split_whitespace().next(), Some("invoice-bot"));
+    browser.check("agent").await;
+    browser.click(&format!("form[action='{agent_path}/tokens'] button[type=submit]")).await;
+    browser.wait_for_path(&format!("{agent_path}/tokens")).await;
+    let token = browser.secret().await;
+    assert!(token.len() > 40, "{token}");
+    browser.check("agent-token-minted").await;
+    browser.click("button[data-copy='secret']").await;
+    browser.goto(&agent_path).await;
+    assert!(!browser.source().await.contains(&token), "the token is shown once");
+    browser.goto("/console/agents").await;
+    assert!(browser.text().await.contains("invoice-bot"));
+    browser.check("agents").await;
+
+    // API keys: create one and see its secret once.
+    browser.goto("/console/keys").await;
+    browser.check("keys-empty").await;
+    browser.fill("key-name", "browser-gateway").await;
+    browser.click("form[action='/console/keys'] button[type=submit]").await;
+    let api_key = browser.secret().await;
+    assert!(api_key.starts_with("bahi_"), "{api_key}");
+    browser.check("key-created").await;
+    browser.goto("/console/keys").await;
+    let keys_page = browser.source().await;
+    assert!(!keys_page.contains(&api_key), "the secret is shown once");
+    assert!(keys_page.contains("browser-gateway"));
+
+    // One priced call through the API with that key.
+    let call_id = priced_call(&server, &api_key).await;
     assert!(call_id.starts_with("call_"), "{call_id}");
 
-    // Top up as owner (the JSON twin of the Credits page's form, from the page).
-    let (status, topup) = browser
-        .fetch_json("POST", "/me/credits/topups", Some(json!({"amount": "250.50", "payment_reference": "pay_browser_1"})))
-        .await;
-    assert_eq!(status, 201, "{topup}");
+    // Revoke the key on its page; it stops working.
+    browser.goto("/console/keys").await;
+    browser.click("form[action$='/revoke'] button").await;
+    browser.wait_for(".badge.revoked").await;
+    browser.check("keys-revoked").await;
+    let refused = common::client()
+        .post(server.url("/v1/authorize"))
+        .bearer_auth(&api_key)
+        .json(&json!({"model": MODEL}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "a revoked key authorizes nothing");
 
-    // The overview shows the new balance, in Indian grouping.
-    browser.goto("/console").await;
+    // Top up as owner on the Credits page.
+    browser.goto("/console/credits").await;
+    browser.check("credits").await;
+    browser.fill("topup-amount", "250.50").await;
+    browser.fill("topup-reference", "pay_browser_1").await;
+    browser.click("form[action='/console/credits/top-up'] button[type=submit]").await;
+    browser.wait_for(".notice.ok").await;
+    assert!(browser.client.current_url().await.unwrap().query().unwrap_or("").contains("topped_up"));
+    browser.check("credits-topped-up").await;
     let (_, account) = browser.fetch_json("GET", "/v1/auth/account", None).await;
     let balance = money(&account["credit_balance"]);
     assert_eq!(balance, Decimal::new(35_050, 2) - cost_of_the_call(), "100 granted + 250.50 topped up − the call");
-    browser.check("overview-after-call").await;
+    let credits_page = browser.text().await;
+    assert!(credits_page.contains("₹350.21") || credits_page.contains("₹350.20"), "{credits_page}");
 
     // Today's statement, downloaded with the browser's cookie, reconciles to the paisa.
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
@@ -466,20 +586,22 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let (credits, debits) = (money(&statement["total_credits"]), money(&statement["total_debits"]));
     assert_eq!(opening + credits - debits, closing, "opening + credits − debits = closing: {statement}");
     assert_eq!(closing, balance, "the statement closes on the account's balance");
-    assert_eq!(credits, Decimal::new(35_050, 2));
+    assert_eq!((credits, debits), (Decimal::new(35_050, 2), cost_of_the_call()), "{statement}");
+    let rows = statement["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|row| row["call_id"] == call_id.as_str()), "the call is on the statement: {statement}");
     let (status, csv) = browser.fetch("GET", &format!("/v1/statements?from={today}&to={today}&format=csv"), None).await;
     assert_eq!(status, 200);
     assert!(csv.lines().last().unwrap().contains("closing_balance"), "{csv}");
 
-    // An auditor, added by the owner.
-    let (status, member) = browser
-        .fetch_json(
-            "POST",
-            "/v1/auth/account/members",
-            Some(json!({"email": "auditor@browser.example", "role": "auditor", "password": "Auditor-Pass-123"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{member}");
+    // Members: the owner adds an auditor.
+    browser.goto("/console/members").await;
+    browser.check("members").await;
+    browser.fill("member-email", "auditor@browser.example").await;
+    browser.client.find(Locator::Id("member-role")).await.unwrap().select_by_value("auditor").await.unwrap();
+    browser.fill("member-password", "Auditor-Pass-123").await;
+    browser.click("form[action='/console/members'] button[type=submit]").await;
+    browser.wait_for_text("auditor@browser.example</td>").await;
+    browser.check("members-added").await;
 
     // Log out from the sidebar; the console sends the browser to log in.
     browser.click("form[action='/console/logout'] button").await;
@@ -501,23 +623,30 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     browser.wait_for_path("/console").await;
     browser.check("overview-auditor").await;
     let nav = browser.nav_links().await;
-    assert!(nav.iter().any(|name| name == "Audit") && nav.iter().any(|name| name == "Statements"), "{nav:?}");
+    assert!(nav.iter().any(|name| name == "Audit"), "an auditor is offered the Audit page: {nav:?}");
     for page in ["API keys", "Members"] {
         assert!(!nav.iter().any(|name| name == page), "an auditor is not offered {page}: {nav:?}");
     }
 
-    // An auditor may not top up or create a key, even by hand.
-    let (status, refused) = browser
-        .fetch_json("POST", "/me/credits/topups", Some(json!({"amount": "1", "payment_reference": "pay_auditor"})))
+    // The auditor sees no top-up form and no keys page; forms made by hand (with the
+    // session's CSRF token, from the overview) are refused.
+    browser.goto("/console/credits").await;
+    assert!(browser.client.find(Locator::Id("topup-amount")).await.is_err(), "no top-up form for an auditor");
+    browser.check("credits-auditor").await;
+    browser.goto("/console/keys").await;
+    assert!(browser.heading().await.starts_with("403"), "{}", browser.heading().await);
+    browser.check("keys-auditor-refused").await;
+    browser.goto("/console").await;
+    let status = browser
+        .post_form(
+            "/console/credits/top-up",
+            &[("amount", "1"), ("payment_reference", "pay_auditor"), ("form_key", "auditorFormKey0123456789")],
+        )
         .await;
-    assert_eq!(status, 403, "{refused}");
-    let (status, refused) =
-        browser.fetch_json("POST", "/v1/auth/account/api-keys", Some(json!({"name": "auditor-key"}))).await;
-    assert_eq!(status, 403, "{refused}");
-    // But may read the statement.
-    let (status, _) =
-        browser.fetch_json("GET", &format!("/v1/statements?from={today}&to={today}&format=json"), None).await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 403, "an auditor's top-up is refused");
+    assert_eq!(browser.post_form("/console/keys", &[("name", "auditor-key")]).await, 403, "and so is a key");
+    let (_, account) = browser.fetch_json("GET", "/v1/auth/account", None).await;
+    assert_eq!(money(&account["credit_balance"]), balance, "nothing the auditor tried moved the balance");
 
     println!("console_browser: {} pages checked in {:.1} s", browser.shot, started.elapsed().as_secs_f64());
 }
