@@ -314,7 +314,8 @@ impl Role {
         match self {
             Role::Owner | Role::Admin => Scope::ORG_DEFAULT.to_vec(),
             Role::Finance => vec![Scope::AccountRead, Scope::StatementsRead],
-            Role::Auditor => vec![Scope::AccountRead, Scope::AuditRead],
+            // An auditor sees the audit trail and the statements it reconciles with.
+            Role::Auditor => vec![Scope::AccountRead, Scope::AuditRead, Scope::StatementsRead],
             Role::Member => vec![Scope::AccountRead, Scope::Inference, Scope::AgentsWrite],
         }
     }
@@ -409,5 +410,8 @@ mod human_tests {
         }
         assert!(!Role::Finance.scopes().contains(&Scope::KeysWrite));
         assert!(Role::Auditor.scopes().contains(&Scope::AuditRead));
+        assert!(Role::Auditor.scopes().contains(&Scope::StatementsRead), "an auditor reads statements");
+        assert!(!Role::Auditor.scopes().contains(&Scope::KeysWrite));
+        assert!(!Role::Finance.scopes().contains(&Scope::AuditRead));
     }
 }

@@ -119,7 +119,27 @@ fn bad_input(error: bahi_reports::ReportError) -> AppError {
 
 /// Usage and cost grouped by agent, act-for, credential, model or day, over a period.
 pub async fn attribution(services: &Services, reader: &Reader, request: AttributionQuery) -> AppResult<Value> {
-    let org_id = reader.org(services, Scope::AuditRead, request.org_id.as_deref())?;
+    attribution_under(services, reader, Scope::AuditRead, request).await
+}
+
+/// What an org spent, as `attribution` answers it, for a reader with `audit:read` or
+/// `statements:read`: the console's Usage page, which finance sees as well as auditors
+/// (the statement already shows finance every call's cost).
+pub async fn usage(services: &Services, reader: &Reader, request: AttributionQuery) -> AppResult<Value> {
+    let scope = match reader {
+        Reader::Org(principal) if !principal.scopes.contains(&Scope::AuditRead) => Scope::StatementsRead,
+        _ => Scope::AuditRead,
+    };
+    attribution_under(services, reader, scope, request).await
+}
+
+async fn attribution_under(
+    services: &Services,
+    reader: &Reader,
+    scope: Scope,
+    request: AttributionQuery,
+) -> AppResult<Value> {
+    let org_id = reader.org(services, scope, request.org_id.as_deref())?;
     let group_by = parse_group_by(request.group_by.as_deref().unwrap_or_default()).map_err(bad_input)?;
     let from = request.from.as_deref().map(|text| parse_bound("from", text, false)).transpose().map_err(bad_input)?;
     let until = request.to.as_deref().map(|text| parse_bound("to", text, true)).transpose().map_err(bad_input)?;

@@ -10,6 +10,8 @@
 
 pub mod agents;
 pub mod assets;
+pub mod audit;
+pub mod data;
 pub mod error;
 pub mod format;
 pub mod home;
@@ -20,6 +22,8 @@ pub mod login;
 pub mod manage;
 pub mod members;
 pub mod session;
+pub mod statements;
+pub mod usage;
 
 use askama::Template;
 use axum::Router;
@@ -46,6 +50,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to(CONSOLE_ROOT) }))
         .route(CONSOLE_ROOT, get(home::page))
+        .route("/console/usage", get(usage::page))
+        .route("/console/audit", get(audit::page))
+        .route("/console/statements", get(statements::page))
+        .route("/console/statements/download", get(statements::download))
         .merge(assets::router())
         .merge(login::router())
         .merge(agents::router())
