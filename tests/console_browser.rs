@@ -577,10 +577,28 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let credits_page = browser.text().await;
     assert!(credits_page.contains("₹350.21") || credits_page.contains("₹350.20"), "{credits_page}");
 
-    // Today's statement, downloaded with the browser's cookie, reconciles to the paisa.
+    // The Audit page finds the call.
+    browser.goto("/console/audit").await;
+    browser.check("audit").await;
+    browser.fill("audit-call", &call_id).await;
+    browser.click("form[role=search] button[type=submit]").await;
+    browser.wait_for("dl.facts").await;
+    let audit = browser.text().await;
+    assert!(audit.contains(&call_id) && audit.contains(MODEL), "the call on the Audit page: {audit}");
+    browser.check("audit-call").await;
+
+    // Today's statement on its page; its JSON download, fetched with the browser's cookie,
+    // reconciles to the paisa.
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let (status, statement) =
-        browser.fetch_json("GET", &format!("/v1/statements?from={today}&to={today}&format=json"), None).await;
+    browser.goto(&format!("/console/statements?from={today}&to={today}")).await;
+    browser.check("statements").await;
+    let mut links = Vec::new();
+    for link in browser.client.find_all(Locator::Css("a[download]")).await.unwrap() {
+        links.push(link.attr("href").await.unwrap().unwrap());
+    }
+    let json_link = links.iter().find(|link| link.contains("format=json")).unwrap_or_else(|| panic!("{links:?}"));
+    let csv_link = links.iter().find(|link| link.contains("format=csv")).unwrap_or_else(|| panic!("{links:?}"));
+    let (status, statement) = browser.fetch_json("GET", json_link, None).await;
     assert_eq!(status, 200, "{statement}");
     let (opening, closing) = (money(&statement["opening_balance"]), money(&statement["closing_balance"]));
     let (credits, debits) = (money(&statement["total_credits"]), money(&statement["total_debits"]));
@@ -589,7 +607,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     assert_eq!((credits, debits), (Decimal::new(35_050, 2), cost_of_the_call()), "{statement}");
     let rows = statement["rows"].as_array().unwrap();
     assert!(rows.iter().any(|row| row["call_id"] == call_id.as_str()), "the call is on the statement: {statement}");
-    let (status, csv) = browser.fetch("GET", &format!("/v1/statements?from={today}&to={today}&format=csv"), None).await;
+    let (status, csv) = browser.fetch("GET", csv_link, None).await;
     assert_eq!(status, 200);
     assert!(csv.lines().last().unwrap().contains("closing_balance"), "{csv}");
 
