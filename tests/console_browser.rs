@@ -577,6 +577,11 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let credits_page = browser.text().await;
     assert!(credits_page.contains("₹350.21") || credits_page.contains("₹350.20"), "{credits_page}");
 
+    // The Usage page charts the day's spend (an SVG drawn by the server).
+    browser.goto("/console/usage").await;
+    browser.wait_for("svg").await;
+    browser.check("usage").await;
+
     // The Audit page finds the call.
     browser.goto("/console/audit").await;
     browser.check("audit").await;
