@@ -39,6 +39,21 @@ for tool in curl jq nginx; do
     fi
 done
 
+# The console's real-browser test (tests/console_browser.rs) drives Debian's chromium through
+# chromedriver. In CI they are installed when missing (and the test must run); elsewhere the
+# test says plainly that it did not run without them.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ -n "${CI:-}" ]; then
+    echo "test.sh: installing chromium and chromium-driver for the console's browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver > /dev/null 2>&1 \
+        || { apt-get update -qq > /dev/null && apt-get install -y -qq chromium chromium-driver > /dev/null; }
+fi
+skipped_browser=""
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    skipped_browser="test.sh: NOTE: no /usr/bin/chromium or /usr/bin/chromedriver: the console's real-browser test DID NOT RUN (apt-get install chromium chromium-driver)"
+    echo "$skipped_browser"
+fi
+
 # The proxy and MCP tests drive bahi with the official openai, anthropic and mcp Python SDKs, from a venv
 # this script prepares (scripts/python-env.sh, which needs the package index once). In CI
 # they must run; elsewhere the test says plainly that they did not.
@@ -64,7 +79,7 @@ cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{sum += $1} END {print sum + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{sum += $1} END {print sum + 0}')
 
-for note in "$skipped_postgres" "$skipped_sdks"; do
+for note in "$skipped_postgres" "$skipped_sdks" "$skipped_browser"; do
     [ -n "$note" ] && echo "$note"
 done
 echo "$passed passed, $failed failed"
