@@ -460,21 +460,23 @@ async fn probe(connection: &mut LoadConnection, credential: &HeaderValue) -> Opt
 /// last answer. `busy` counts the retries.
 async fn retried(
     connection: &mut LoadConnection,
+    address: SocketAddr,
     path: &str,
     owner: &HeaderValue,
     body: Bytes,
     busy: &mut usize,
-) -> Option<(StatusCode, Bytes)> {
-    for _ in 0..100 {
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    for _ in 0..1000 {
         let request = LoadRequest { method: Method::POST, path, bearer: Some(owner), body: body.clone() };
-        let answer = connection.exchange(request).await?;
-        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
-            return Some(answer);
+        match connection.exchange(request).await {
+            Some(answer) if answer.0 != StatusCode::SERVICE_UNAVAILABLE => return Ok(answer),
+            Some(_) => *busy += 1,
+            // The connection broke (the node closes it after some errors): a fresh one.
+            None => *connection = LoadConnection::open(address).await?,
         }
-        *busy += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    None
+    anyhow::bail!("{path} on {address}: 1,000 attempts failed")
 }
 
 /// One revocation's outcome on one node.
@@ -489,6 +491,7 @@ struct Propagation {
 /// Probes `connection` until it answers 401.
 async fn until_refused(
     node: usize,
+    address: SocketAddr,
     connection: &mut LoadConnection,
     credential: &HeaderValue,
     answered: Instant,
@@ -505,6 +508,9 @@ async fn until_refused(
         }
         if status.is_none() {
             tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Ok(fresh) = LoadConnection::open(address).await {
+                *connection = fresh;
+            }
         }
     }
 }
@@ -553,9 +559,10 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
     for sample in 0..options.samples {
         let (made_on, revoked_on) = (sample % addresses.len(), (sample + 1) % addresses.len());
         let body = Bytes::from(json!({"name": format!("revocation {sample}")}).to_string());
-        let (status, created) = retried(&mut control[made_on], "/v1/auth/account/api-keys", &owner, body, &mut busy)
-            .await
-            .context("creating a key")?;
+        let (status, created) =
+            retried(&mut control[made_on], addresses[made_on], "/v1/auth/account/api-keys", &owner, body, &mut busy)
+                .await
+                .context("creating a key")?;
         anyhow::ensure!(
             status == StatusCode::CREATED,
             "creating a key: {status} {}",
@@ -578,17 +585,25 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
                 attempts += 1;
                 anyhow::ensure!(attempts < 1000, "node {node} never accepted a new key ({status:?})");
                 tokio::time::sleep(Duration::from_millis(1)).await;
+                if status.is_none() {
+                    *connection = LoadConnection::open(addresses[node]).await?;
+                }
                 status = probe(connection, &secret).await;
             }
         }
 
         let path = format!("/v1/auth/account/api-keys/{key_id}/revoke");
         let (status, answer) =
-            retried(&mut control[revoked_on], &path, &owner, Bytes::from("{}"), &mut busy).await.context("revoking")?;
+            retried(&mut control[revoked_on], addresses[revoked_on], &path, &owner, Bytes::from("{}"), &mut busy)
+                .await
+                .context("revoking")?;
         let answered = Instant::now();
         anyhow::ensure!(status == StatusCode::OK, "revoking: {status} {}", String::from_utf8_lossy(&answer));
         let outcomes = futures::future::join_all(
-            probes.iter_mut().enumerate().map(|(node, connection)| until_refused(node, connection, &secret, answered)),
+            probes
+                .iter_mut()
+                .enumerate()
+                .map(|(node, connection)| until_refused(node, addresses[node], connection, &secret, answered)),
         )
         .await;
         for outcome in outcomes {
