@@ -129,6 +129,15 @@ impl LoadConnection {
 
     /// Sends one request; the body when the status is 2xx, None on any failure.
     pub(crate) async fn send(&mut self, request: LoadRequest<'_>) -> Option<hyper::body::Bytes> {
+        let (status, body) = self.exchange(request).await?;
+        status.is_success().then_some(body)
+    }
+
+    /// Sends one request; its status and body, None when the exchange itself failed.
+    pub(crate) async fn exchange(
+        &mut self,
+        request: LoadRequest<'_>,
+    ) -> Option<(hyper::StatusCode, hyper::body::Bytes)> {
         let mut builder = hyper::Request::builder().method(request.method).uri(request.path).header("host", "bench");
         if let Some(bearer) = request.bearer {
             builder = builder.header("authorization", bearer);
@@ -139,9 +148,9 @@ impl LoadConnection {
         let built = builder.body(http_body_util::Full::new(request.body)).ok()?;
         self.sender.ready().await.ok()?;
         let response = self.sender.send_request(built).await.ok()?;
-        let success = response.status().is_success();
+        let status = response.status();
         let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
-        success.then_some(body)
+        Some((status, body))
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::float_arithmetic)]
 
 mod api;
+mod cluster;
 mod proxy;
 mod read_models;
 mod reports;
@@ -63,6 +64,15 @@ pub enum Benchmark {
     /// directly (the baseline) and through a bahi node in a child process at --connections,
     /// plain and streamed; then the node's peak memory with --open-streams streams open.
     Proxy,
+    /// Scale-out (issue 28): three `bahi serve` nodes (the release binary) on one fresh
+    /// PostgreSQL database under authorize+usage load at --connections; --samples times a key
+    /// is made, checked on every node, revoked on one, and every node is probed until it
+    /// answers 401: p50/p99/max from the revoke's answer, beside the revoking node's.
+    ClusterRevocation,
+    /// Scale-out (issue 28): authorize+usage pairs/s at --connections against --nodes nodes
+    /// (1, 2 and 3) on one PostgreSQL server, a fresh database each, with the CPU each party
+    /// used.
+    ClusterScaling,
     /// The bahi node that `proxy` starts in a child process (not a benchmark).
     #[value(hide = true)]
     ProxyServer,
@@ -96,6 +106,18 @@ pub struct BenchArgs {
     /// Producer counts measured by `append`.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64, 256])]
     pub producers: Vec<usize>,
+    /// The PostgreSQL server the cluster benchmarks make (and drop) their database on.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres: String,
+    /// The `bahi` binary the cluster benchmarks start (default: `cargo build --release`'s).
+    #[arg(long)]
+    pub bahi: Option<std::path::PathBuf>,
+    /// Revocations measured (cluster-revocation).
+    #[arg(long, default_value_t = 300)]
+    pub samples: usize,
+    /// Node counts measured, in this order (cluster-scaling).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]
+    pub nodes: Vec<usize>,
 }
 
 /// Commands generated per measured second, before timing starts: enough for 120,000
@@ -550,7 +572,20 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Benchmark::Proxy => {
             crate::proxy::proxy(args.seconds, args.connections, args.open_streams, args.database.clone()).await
         }
+        Benchmark::ClusterRevocation => crate::cluster::revocation(&cluster_options(&args)).await,
+        Benchmark::ClusterScaling => crate::cluster::scaling(&cluster_options(&args)).await,
         Benchmark::ProxyServer => crate::proxy::serve_child(args.database.clone()).await,
+    }
+}
+
+fn cluster_options(args: &BenchArgs) -> crate::cluster::ClusterOptions {
+    crate::cluster::ClusterOptions {
+        postgres: args.postgres.clone(),
+        bahi: args.bahi.clone(),
+        connections: args.connections,
+        seconds: args.seconds,
+        samples: args.samples,
+        nodes: args.nodes.clone(),
     }
 }
 
