@@ -131,14 +131,9 @@ pub async fn serve_on(
     tracing::info!(%address, "listening");
 
     let metrics = state.metrics.clone();
-    crate::transport::serve(
-        listener,
-        http::router(state.clone(), crate::console::router(&state)),
-        transport,
-        metrics,
-        stop,
-    )
-    .await;
+    // The state moves into the router: the writer stops once its last handle is dropped.
+    let pages = crate::console::router(&state);
+    crate::transport::serve(listener, http::router(state, pages), transport, metrics, stop).await;
 
     // Every request has finished and the router is gone; the key-use flusher records what
     // it holds and drops the last writer handle, so the writer drains its queue and stops.
