@@ -126,6 +126,7 @@ impl Driver {
                 return driver;
             }
             assert!(Instant::now() < deadline, "chromedriver did not answer within 20 s");
+            // sleep-ok: polls chromedriver or the browser, another process, until the deadline above.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -214,6 +215,7 @@ impl Browser {
             if Instant::now() >= deadline {
                 panic!("the browser stayed on {url}, not {path}: {}", self.text().await);
             }
+            // sleep-ok: polls chromedriver or the browser, another process, until the deadline above.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_loaded().await;
@@ -229,6 +231,7 @@ impl Browser {
                 return url.path().to_owned();
             }
             assert!(Instant::now() < deadline, "the browser stayed on {url}, not under {prefix}");
+            // sleep-ok: polls chromedriver or the browser, another process, until the deadline above.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -246,6 +249,7 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.client.source().await.unwrap().contains(text) {
             assert!(Instant::now() < deadline, "the page never showed {text:?}");
+            // sleep-ok: polls chromedriver or the browser, another process, until the deadline above.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_loaded().await;
@@ -287,6 +291,7 @@ fetch(path, { method: "POST", credentials: "same-origin", redirect: "manual", bo
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.client.execute("return document.readyState", vec![]).await.unwrap() != "complete" {
             assert!(Instant::now() < deadline, "the page did not finish loading");
+            // sleep-ok: polls chromedriver or the browser, another process, until the deadline above.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
