@@ -119,18 +119,7 @@ pub fn check_same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
     }
 }
 
-/// The value of the named cookie.
-pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(cookie_name, _)| *cookie_name == name)
-        .map(|(_, value)| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
-}
+pub use crate::http::auth::cookie_value;
 
 impl FromRequestParts<AppState> for ConsoleSession {
     type Rejection = ConsoleError;

@@ -69,13 +69,18 @@ fn header_credential(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// The value of the `bahi_session` cookie, if any.
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, SESSION_COOKIE)
+}
+
+/// The value of the named cookie, if any (the console's pre-login CSRF cookie too).
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(cookie_name, _)| *cookie_name == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|value| !value.is_empty())
 }
