@@ -53,25 +53,34 @@ struct Tail {
     metrics: Arc<Metrics>,
 }
 
+/// What the LISTEN task has seen: the highest head any notification named, and how many
+/// times its connection was lost (each loss may have dropped notifications).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Heard {
+    highest_head: i64,
+    losses: u64,
+}
+
+/// Whether a wake-up needs a read of the log: only when a loss may have hidden something,
+/// or when the head it names is past both what this node appended itself and what it has
+/// already folded (a notification queued behind a catch-up that read past it needs none).
+fn read_needed(before: Heard, now: Heard, appended: i64, folded: i64) -> bool {
+    now.losses != before.losses || now.highest_head > appended.max(folded)
+}
+
 async fn run(postgres: PostgresStore, tail: Tail, appended: Arc<AtomicI64>, shutdown: CancellationToken) {
-    let mut listener = match PgListener::connect_with(postgres.pool()).await {
-        Ok(mut listener) => match listener.listen(postgres_notify_channel()).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "LISTEN failed; polling only");
-                None
-            }
-        },
-        Err(error) => {
-            tracing::warn!(%error, "no LISTEN connection; polling only");
-            None
-        }
-    };
+    let (heard_sender, heard) = watch::channel(Heard::default());
+    let mut heard = Some(heard);
+    // The listener runs in a task of its own: dropped mid-reconnect (between connecting and
+    // LISTEN) by the poll below, sqlx's listener loses its notification buffer for good and
+    // the node would hear nothing more.
+    let listening = tokio::spawn(listen(postgres, heard_sender, tail.metrics.clone(), shutdown.clone()));
+    let mut last_heard = Heard::default();
     let mut retry_after: Option<Duration> = None;
     loop {
         if let Some(delay) = retry_after {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {},
             }
             retry_after = tail.catch_up().await.err().map(|error| {
@@ -85,43 +94,102 @@ async fn run(postgres: PostgresStore, tail: Tail, appended: Arc<AtomicI64>, shut
             });
             continue;
         }
-        let notified = async {
-            match listener.as_mut() {
-                // try_recv, not recv: recv reconnects silently, and what was sent while the
-                // connection was away is lost. Here a loss is counted, and the catch-up
-                // below reads what was missed by position; the next call reconnects.
-                Some(listener) => match listener.try_recv().await {
-                    Ok(Some(notification)) => notification.payload().parse().ok(),
-                    Ok(None) => {
-                        tail.metrics.tailer.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("the LISTEN connection was lost; catching up by position");
-                        None
-                    }
-                    Err(error) => {
-                        // Not at once: a listener failing fast would spin; the poll wakes us.
-                        tracing::warn!(%error, "LISTEN failed; polling until it reconnects");
-                        std::future::pending::<Option<i64>>().await
-                    }
-                },
-                None => std::future::pending::<Option<i64>>().await,
+        let woken = async {
+            match heard.as_mut() {
+                Some(receiver) => Some(receiver.changed().await.ok().map(|()| *receiver.borrow_and_update())),
+                None => std::future::pending().await,
             }
         };
+        let mut listener_ended = false;
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            head = notified => {
-                // Every commit notifies, this node's own included: without this check each
-                // of them cost a read of the log (measured under authorize+usage load).
-                if head.is_some_and(|head| head <= appended.load(Ordering::Acquire)) {
-                    continue;
+            _ = shutdown.cancelled() => break,
+            woken = woken => match woken.flatten() {
+                // The LISTEN task ended (it does only at shutdown): polling carries on.
+                None => listener_ended = true,
+                Some(now) => {
+                    let before = std::mem::replace(&mut last_heard, now);
+                    let folded = tail.shared.read().position;
+                    if !read_needed(before, now, appended.load(Ordering::Acquire), folded) {
+                        continue;
+                    }
                 }
             },
             _ = tokio::time::sleep(POLL_INTERVAL) => {},
+        }
+        if listener_ended {
+            heard = None;
+            continue;
         }
         if let Err(error) = tail.catch_up().await {
             tracing::warn!(%error, retry_in_ms = POLL_INTERVAL.as_millis() as u64, "tailing the log failed");
             retry_after = Some(POLL_INTERVAL);
         }
     }
+    listening.abort();
+}
+
+/// Holds the LISTEN connection, reconnecting with a bounded backoff, and publishes what it
+/// hears. try_recv, not recv: recv reconnects silently, and what was sent while the
+/// connection was away is lost; here each loss is counted so that the tailer reads the log
+/// by position.
+async fn listen(
+    postgres: PostgresStore,
+    heard: watch::Sender<Heard>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = POLL_INTERVAL;
+    loop {
+        let listener = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            listener = connect_listener(&postgres) => listener,
+        };
+        match listener {
+            Ok(mut listener) => {
+                backoff = POLL_INTERVAL;
+                // A (re)connection is itself a loss: anything sent before LISTEN is unheard.
+                heard.send_modify(|heard| heard.losses += 1);
+                loop {
+                    let received = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        received = listener.try_recv() => received,
+                    };
+                    match received {
+                        Ok(Some(notification)) => {
+                            if let Ok(head) = notification.payload().parse::<i64>() {
+                                heard.send_if_modified(|heard| {
+                                    let newer = head > heard.highest_head;
+                                    heard.highest_head = heard.highest_head.max(head);
+                                    newer
+                                });
+                            }
+                        }
+                        Ok(None) => {
+                            metrics.tailer.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("the LISTEN connection was lost; catching up by position");
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "LISTEN failed; polling until it reconnects");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "no LISTEN connection; polling until it connects"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {},
+        }
+        backoff = (backoff * 2).min(MAX_RECONNECT_INTERVAL);
+    }
+}
+
+async fn connect_listener(postgres: &PostgresStore) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(postgres.pool()).await?;
+    listener.listen(postgres_notify_channel()).await?;
+    Ok(listener)
 }
 
 impl Tail {
@@ -140,5 +208,27 @@ impl Tail {
             Err(error) => self.metrics.tailer.record_failure(error),
         }
         result.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Heard, read_needed};
+
+    #[test]
+    fn a_notification_already_read_past_needs_no_read() {
+        let before = Heard { highest_head: 10, losses: 1 };
+        let now = Heard { highest_head: 12, losses: 1 };
+        assert!(!read_needed(before, now, 12, 5), "this node appended up to 12 itself");
+        assert!(!read_needed(before, now, 5, 12), "a catch-up already folded up to 12");
+        assert!(!read_needed(before, now, 5, 15));
+        assert!(read_needed(before, now, 11, 11), "12 is past both");
+    }
+
+    #[test]
+    fn a_lost_connection_always_needs_a_read() {
+        let before = Heard { highest_head: 10, losses: 1 };
+        let now = Heard { highest_head: 10, losses: 2 };
+        assert!(read_needed(before, now, 100, 100));
     }
 }
