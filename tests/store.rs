@@ -986,6 +986,7 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
     read_file
         .execute_batch(
             "DROP TABLE read_calls;
+             DROP TABLE read_usage_daily;
              CREATE TABLE read_calls (call_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, credential_kind TEXT NOT NULL,
                  credential_id TEXT NOT NULL, agent_id TEXT, agent_name TEXT, act_for TEXT NOT NULL, model TEXT NOT NULL,
                  hold_micros INTEGER NOT NULL, authorized_at TEXT NOT NULL, input_tokens INTEGER, output_tokens INTEGER,
@@ -1009,7 +1010,7 @@ async fn a_read_model_file_from_before_call_positions_is_projected_again() {
         .unwrap();
     assert_eq!(old_tables, 0);
     let version: i64 = read_file.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4, "migrations 2, 3, 5 and 6");
     catch_up_projections(&store, None).await.unwrap();
     assert_eq!(dump_projections(&store).await, new_file);
 }
@@ -1119,4 +1120,157 @@ async fn the_bulk_page_reader_reads_what_read_after_reads() {
             assert_eq!(first, Some(10_001), "{engine}: a read after the abandoned one");
         }
     }
+}
+
+/// A usage entry of `org_id` at `position`, `minutes` after 2026-03-01, by one of a few
+/// agents (or none), models and keys chosen by `seed`.
+fn usage_entry(org_id: &str, position: i64, minutes: i64, seed: u64) -> bahi_projections::LedgerEntryRow {
+    let occurred_at = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().to_utc()
+        + chrono::Duration::minutes(minutes);
+    let agent = (seed % 4 != 0).then(|| format!("agt_{}", seed % 3));
+    bahi_projections::LedgerEntryRow {
+        org_id: org_id.to_owned(),
+        position,
+        entry_type: bahi_projections::entry_type::USAGE,
+        occurred_at,
+        occurred_day: occurred_at.format("%Y-%m-%d").to_string(),
+        reference: format!("call_{position}"),
+        description: Some("succeeded".into()),
+        call_id: Some(format!("call_{position}")),
+        credential_kind: Some(if agent.is_some() { "agent_token" } else { "api_key" }.into()),
+        credential_id: Some(format!("cred_{}", seed % 5)),
+        agent_name: agent.as_ref().map(|agent| format!("{agent} name")),
+        agent_id: agent,
+        act_for: Some(format!("user_{}", seed % 2)),
+        model: Some(["m1", "m2"][(seed % 2) as usize].into()),
+        input_tokens: Some((seed % 1000) as i64),
+        output_tokens: Some((seed % 77) as i64),
+        debit_micros: (seed % 100_000) as i64,
+        credit_micros: 0,
+        released_micros: 0,
+        balance_after_micros: Some(0),
+    }
+}
+
+/// Attribution over whole days reads the daily sums; over parts of days, the entries. Either
+/// way it must be what summing the entries of the period gives, for periods on and off
+/// midnight, open at either end, within one day, and for pages of any size. The migration
+/// that made the daily table must sum the entries already there the same way.
+#[tokio::test]
+async fn attribution_from_daily_sums_equals_summing_the_entries() {
+    use bahi_projections::batch::{PlannedPage, RowBatch};
+    use bahi_reports::{GroupKey, Period};
+    for database in TestDatabase::all().await {
+        let store = Store::open(&database.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut rng = rand::rng();
+        let mut entries = Vec::new();
+        let mut minutes = 0;
+        for position in 1..=400 {
+            minutes += i64::from(rng.next_u32() % 40);
+            let org = if rng.next_u32() % 5 == 0 { "org_other" } else { "org_one" };
+            entries.push(usage_entry(org, position, minutes, u64::from(rng.next_u32())));
+        }
+        let mut pages = Vec::new();
+        let mut rest = entries.as_slice();
+        while !rest.is_empty() {
+            let size = (1 + rng.next_u32() as usize % 60).min(rest.len());
+            let (page, after) = rest.split_at(size);
+            let batch = RowBatch { ledger_entries: page.to_vec(), ..RowBatch::default() };
+            pages.push(Ok(PlannedPage { last_position: page[page.len() - 1].position, batches: vec![batch] }));
+            rest = after;
+        }
+        rebuild_from(&store, pages).await.unwrap();
+
+        let time = |text: &str| Some(chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc());
+        let periods = [
+            Period::ALL,
+            Period { from: time("2026-03-02T00:00:00Z"), until: time("2026-03-05T00:00:00Z") },
+            Period { from: time("2026-03-01T13:17:00Z"), until: time("2026-03-06T07:00:00Z") },
+            Period { from: time("2026-03-02T09:00:00Z"), until: time("2026-03-02T21:30:00Z") },
+            Period { from: time("2026-03-02T09:00:00Z"), until: time("2026-03-03T09:00:00Z") },
+            Period { from: time("2026-03-03T05:00:00Z"), until: None },
+            Period { from: None, until: time("2026-03-04T18:45:00Z") },
+            Period { from: time("2026-03-09T00:00:00Z"), until: time("2026-03-08T00:00:00Z") },
+        ];
+        let all_keys = [GroupKey::Agent, GroupKey::ActFor, GroupKey::Model, GroupKey::ApiKey, GroupKey::Day];
+        for period in periods {
+            for group_by in [&all_keys[..], &[GroupKey::Day], &[GroupKey::Agent], &[]] {
+                let mut read = store.attribution("org_one", period, group_by).await.unwrap().unwrap();
+                let mut expected = summed(&entries, "org_one", period, group_by);
+                read.sort_by_key(|row| format!("{row:?}"));
+                expected.sort_by_key(|row| format!("{row:?}"));
+                assert_eq!(read, expected, "{}: {period:?} by {group_by:?}", database.engine());
+            }
+        }
+
+        // The migration's own sums, from the entries already projected.
+        let daily = store.dump_table("read_usage_daily").await.unwrap();
+        assert!(daily.len() < entries.len(), "{daily:?}");
+        let migration = match &database {
+            TestDatabase::Sqlite { .. } => include_str!("../migrations/sqlite/0006_usage_daily.sql"),
+            TestDatabase::Postgres { .. } => include_str!("../migrations/postgres/0006_usage_daily.sql"),
+        };
+        read_model_sql(&database, &format!("DROP TABLE read_usage_daily; {migration}")).await;
+        assert_eq!(store.dump_table("read_usage_daily").await.unwrap(), daily, "{}", database.engine());
+        store.close().await;
+    }
+}
+
+/// Runs SQL on the database that holds the read models (SQLite keeps them in a file of
+/// their own).
+async fn read_model_sql(database: &TestDatabase, sql: &str) {
+    match database {
+        TestDatabase::Sqlite { path, .. } => {
+            let url = format!("sqlite://{}", bahi::store::sqlite_read_models_path(path).display());
+            let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.unwrap();
+        }
+        TestDatabase::Postgres { .. } => {
+            database.execute_raw(sql).await.unwrap();
+        }
+    }
+}
+
+/// Attribution as the definition says: the org's usage entries in the period, summed per key.
+fn summed(
+    entries: &[bahi_projections::LedgerEntryRow],
+    org_id: &str,
+    period: bahi_reports::Period,
+    group_by: &[bahi_reports::GroupKey],
+) -> Vec<bahi_reports::AttributionRow> {
+    use bahi_reports::{AttributionRow, GroupKey};
+    let mut groups: std::collections::BTreeMap<String, AttributionRow> = std::collections::BTreeMap::new();
+    let inside = |entry: &&bahi_projections::LedgerEntryRow| {
+        entry.org_id == org_id
+            && period.from.is_none_or(|from| entry.occurred_at >= from)
+            && period.until.is_none_or(|until| entry.occurred_at < until)
+    };
+    for entry in entries.iter().filter(inside) {
+        let mut key = AttributionRow::default();
+        for group in group_by {
+            match group {
+                GroupKey::Agent => {
+                    key.agent_id = entry.agent_id.clone();
+                    key.agent_name = entry.agent_name.clone();
+                }
+                GroupKey::ActFor => key.act_for = entry.act_for.clone(),
+                GroupKey::Model => key.model = entry.model.clone(),
+                GroupKey::ApiKey => {
+                    key.api_key =
+                        entry.credential_id.clone().filter(|_| entry.credential_kind.as_deref() == Some("api_key"))
+                }
+                GroupKey::Day => key.day = Some(entry.occurred_day.clone()),
+            }
+        }
+        let row = groups.entry(format!("{key:?}")).or_insert(key);
+        row.calls += 1;
+        row.input_tokens += entry.input_tokens.unwrap_or(0);
+        row.output_tokens += entry.output_tokens.unwrap_or(0);
+        row.cost = row.cost.checked_add(bahi_domain::Money::from_micros(entry.debit_micros).unwrap()).unwrap();
+    }
+    if group_by.is_empty() && groups.is_empty() {
+        return vec![AttributionRow::default()];
+    }
+    groups.into_values().collect()
 }

@@ -128,6 +128,71 @@ impl RowBatch {
     }
 }
 
+/// A row of `read_usage_daily`: an org's usage entries of one UTC day with one attribution,
+/// summed. Attribution over whole days reads these instead of every entry, so a month of a
+/// million calls is a few thousand rows. A key column the entries leave empty (no agent, say)
+/// is stored as '' because a primary key holds no NULL; readers turn '' back into none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DailyUsageKey {
+    pub org_id: String,
+    pub day: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub act_for: String,
+    pub model: String,
+    pub credential_kind: String,
+    pub credential_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyUsageRow {
+    pub key: DailyUsageKey,
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub debit_micros: i64,
+    /// The latest entry summed in. An engine adds a row only to one whose position is
+    /// lower, so applying the same rows twice cannot count them twice.
+    pub position: i64,
+}
+
+impl RowBatch {
+    /// The batch's usage entries summed per `read_usage_daily` key, in key order. Engines
+    /// add these to the table in the same transaction as the entries themselves.
+    pub fn daily_usage(&self) -> Vec<DailyUsageRow> {
+        let mut sums: std::collections::BTreeMap<DailyUsageKey, DailyUsageRow> = std::collections::BTreeMap::new();
+        for entry in self.ledger_entries.iter().filter(|entry| entry.entry_type == crate::entry_type::USAGE) {
+            let text = |value: &Option<String>| value.clone().unwrap_or_default();
+            let key = DailyUsageKey {
+                org_id: entry.org_id.clone(),
+                day: entry.occurred_day.clone(),
+                agent_id: text(&entry.agent_id),
+                agent_name: text(&entry.agent_name),
+                act_for: text(&entry.act_for),
+                model: text(&entry.model),
+                credential_kind: text(&entry.credential_kind),
+                credential_id: text(&entry.credential_id),
+            };
+            let row = sums.entry(key.clone()).or_insert(DailyUsageRow {
+                key,
+                calls: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                debit_micros: 0,
+                position: entry.position,
+            });
+            // Saturating: a day's sums of bounded amounts cannot reach i64::MAX in practice,
+            // and the engine's column would refuse what did.
+            row.calls = row.calls.saturating_add(1);
+            row.input_tokens = row.input_tokens.saturating_add(entry.input_tokens.unwrap_or(0));
+            row.output_tokens = row.output_tokens.saturating_add(entry.output_tokens.unwrap_or(0));
+            row.debit_micros = row.debit_micros.saturating_add(entry.debit_micros);
+            row.position = row.position.max(entry.position);
+        }
+        sums.into_values().collect()
+    }
+}
+
 /// The planner's maps: foldhash instead of std's SipHash. With SipHash and a set of every
 /// (org, position) key, a SQLite rebuild of 200,000 gateway events took 11.35G instructions,
 /// 11.02G without (callgrind).
@@ -586,5 +651,57 @@ mod tests {
         assert_eq!(batches[0].org_events.len(), 1);
         assert_eq!(batches[0].ledger_entries.len(), 1);
         assert_eq!(batches[0].ledger_entries[0].balance_after_micros, Some(1));
+    }
+
+    #[test]
+    fn daily_usage_sums_usage_entries_per_day_and_attribution() {
+        let usage = |org_id: &str, position: i64, day: &str, agent: Option<&str>, debit: i64| {
+            let SqlOperation::InsertLedgerEntry(row) = entry(org_id, position, Some(0)) else { unreachable!() };
+            SqlOperation::InsertLedgerEntry(LedgerEntryRow {
+                occurred_day: day.into(),
+                agent_id: agent.map(Into::into),
+                input_tokens: Some(10),
+                output_tokens: Some(1),
+                debit_micros: debit,
+                ..row
+            })
+        };
+        let topup = {
+            let SqlOperation::InsertLedgerEntry(row) = entry("org_1", 5, Some(0)) else { unreachable!() };
+            SqlOperation::InsertLedgerEntry(LedgerEntryRow { entry_type: crate::entry_type::TOPUP, ..row })
+        };
+        let batches = plan([
+            usage("org_1", 1, "2026-01-01", None, 3),
+            usage("org_1", 2, "2026-01-01", None, 4),
+            usage("org_1", 3, "2026-01-01", Some("agt_1"), 5),
+            usage("org_1", 4, "2026-01-02", None, 6),
+            topup,
+            usage("org_2", 6, "2026-01-01", None, 7),
+        ]);
+        let daily = batches[0].daily_usage();
+        let summed: Vec<_> = daily
+            .iter()
+            .map(|row| {
+                (
+                    row.key.org_id.as_str(),
+                    row.key.day.as_str(),
+                    row.key.agent_id.as_str(),
+                    row.calls,
+                    row.input_tokens,
+                    row.debit_micros,
+                    row.position,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summed,
+            [
+                ("org_1", "2026-01-01", "", 2, 20, 7, 2),
+                ("org_1", "2026-01-01", "agt_1", 1, 10, 5, 3),
+                ("org_1", "2026-01-02", "", 1, 10, 6, 4),
+                ("org_2", "2026-01-01", "", 1, 10, 7, 6),
+            ],
+            "the top-up is not usage; no agent is ''"
+        );
     }
 }

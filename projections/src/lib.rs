@@ -137,8 +137,12 @@ pub struct Projection {
 
 pub const PROJECTIONS: &[Projection] = &[
     Projection { name: "directory", tables: &["read_orgs", "read_api_keys"], apply: directory },
-    // One projection for the three audit tables: the events are decoded once for all of them.
-    Projection { name: "audit", tables: &["read_ledger_entries", "read_calls", "read_org_events"], apply: audit },
+    // One projection for the audit tables: the events are decoded once for all of them.
+    Projection {
+        name: "audit",
+        tables: &["read_ledger_entries", "read_calls", "read_org_events", "read_usage_daily"],
+        apply: audit,
+    },
 ];
 
 pub fn scopes_text(scopes: &[Scope]) -> String {

@@ -9,7 +9,7 @@ pub mod period;
 pub mod statement;
 
 pub use attribution::{AttributionRow, GroupKey, parse_group_by};
-pub use period::{Period, parse_bound, parse_date, statement_period};
+pub use period::{DayRange, DaySplit, Period, parse_bound, parse_date, statement_period};
 pub use statement::{LedgerEntry, StatementFormat, StatementHeader, StatementTotals, StatementWriter};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,60 @@ pub struct Period {
 
 impl Period {
     pub const ALL: Period = Period { from: None, until: None };
+
+    /// The period as the whole UTC days it covers and what is left at its ends: a start
+    /// that is not a midnight leaves the rest of its day, an end that is not a midnight the
+    /// start of its day. Read models summed per day answer the days; only the ends need
+    /// single entries. A period within two days is all ends.
+    pub fn split_at_days(&self) -> DaySplit {
+        let first_midnight = self.from.map(|from| if is_midnight(from) { from } else { next_midnight(from) });
+        let last_midnight = self.until.map(|until| midnight(until.date_naive()));
+        if let (Some(first), Some(last)) = (first_midnight, last_midnight)
+            && first >= last
+        {
+            return DaySplit { days: None, ends: vec![*self] };
+        }
+        let mut ends = Vec::new();
+        if let (Some(from), Some(first)) = (self.from, first_midnight)
+            && from < first
+        {
+            ends.push(Period { from: Some(from), until: Some(first) });
+        }
+        if let (Some(until), Some(last)) = (self.until, last_midnight)
+            && last < until
+        {
+            ends.push(Period { from: Some(last), until: Some(until) });
+        }
+        let days = DayRange {
+            first: first_midnight.map(|midnight| midnight.date_naive()),
+            end: last_midnight.map(|midnight| midnight.date_naive()),
+        };
+        DaySplit { days: Some(days), ends }
+    }
+}
+
+/// Whole UTC days `[first, end)`; either side may be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayRange {
+    pub first: Option<NaiveDate>,
+    pub end: Option<NaiveDate>,
+}
+
+/// A period as whole days and the parts of days at its ends (`Period::split_at_days`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaySplit {
+    pub days: Option<DayRange>,
+    pub ends: Vec<Period>,
+}
+
+fn is_midnight(time: DateTime<Utc>) -> bool {
+    midnight(time.date_naive()) == time
+}
+
+/// The midnight after `time`'s day; the last representable instant's day has none, and
+/// its period then keeps its end as a part of a day.
+fn next_midnight(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.date_naive().succ_opt().map(midnight).unwrap_or(time)
 }
 
 fn midnight(date: NaiveDate) -> DateTime<Utc> {
@@ -84,5 +138,56 @@ mod tests {
         let end = parse_bound("to", "2026-03-04", true).unwrap();
         assert_eq!(end.to_rfc3339(), "2026-03-05T00:00:00+00:00");
         assert!(parse_bound("to", "next week", true).is_err());
+    }
+
+    fn at(text: &str) -> Option<DateTime<Utc>> {
+        Some(DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc))
+    }
+
+    fn day(text: &str) -> Option<NaiveDate> {
+        Some(NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap())
+    }
+
+    #[test]
+    fn a_period_of_dates_is_whole_days_only() {
+        let (_, _, period) = statement_period("2026-01-01", "2026-01-31").unwrap();
+        let split = period.split_at_days();
+        assert_eq!(split.days, Some(DayRange { first: day("2026-01-01"), end: day("2026-02-01") }));
+        assert!(split.ends.is_empty());
+        assert_eq!(
+            Period::ALL.split_at_days(),
+            DaySplit { days: Some(DayRange { first: None, end: None }), ends: vec![] }
+        );
+    }
+
+    #[test]
+    fn the_ends_of_a_period_are_what_its_whole_days_leave() {
+        let period = Period { from: at("2026-01-01T10:00:00Z"), until: at("2026-01-05T06:30:00Z") };
+        let split = period.split_at_days();
+        assert_eq!(split.days, Some(DayRange { first: day("2026-01-02"), end: day("2026-01-05") }));
+        assert_eq!(
+            split.ends,
+            vec![
+                Period { from: at("2026-01-01T10:00:00Z"), until: at("2026-01-02T00:00:00Z") },
+                Period { from: at("2026-01-05T00:00:00Z"), until: at("2026-01-05T06:30:00Z") },
+            ]
+        );
+        let open_end = Period { from: at("2026-01-01T10:00:00Z"), until: None }.split_at_days();
+        assert_eq!(open_end.days, Some(DayRange { first: day("2026-01-02"), end: None }));
+        assert_eq!(open_end.ends.len(), 1);
+    }
+
+    #[test]
+    fn a_period_within_two_days_is_all_ends_never_counted_twice() {
+        for (from, until) in [
+            ("2026-01-01T10:00:00Z", "2026-01-01T12:00:00Z"),
+            ("2026-01-01T10:00:00Z", "2026-01-02T10:00:00Z"),
+            ("2026-01-01T10:00:00Z", "2026-01-02T00:00:00Z"),
+            ("2026-01-01T12:00:00Z", "2026-01-01T10:00:00Z"),
+        ] {
+            let period = Period { from: at(from), until: at(until) };
+            let split = period.split_at_days();
+            assert_eq!(split, DaySplit { days: None, ends: vec![period] }, "{from} {until}");
+        }
     }
 }

@@ -32,11 +32,14 @@ pub const SQLITE_READ_MODELS: &[i64] = &[2, 3];
 
 /// Read-model migrations written after the read models moved to their own file: applied
 /// to that file only (after `SQLITE_READ_MODELS`), never to the log's file.
-pub const SQLITE_READ_FILE: &[Migration] = &[Migration {
-    version: 5,
-    name: "call_positions",
-    sql: include_str!("../../migrations/sqlite/0005_call_positions.sql"),
-}];
+pub const SQLITE_READ_FILE: &[Migration] = &[
+    Migration {
+        version: 5,
+        name: "call_positions",
+        sql: include_str!("../../migrations/sqlite/0005_call_positions.sql"),
+    },
+    Migration { version: 6, name: "usage_daily", sql: include_str!("../../migrations/sqlite/0006_usage_daily.sql") },
+];
 
 pub const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "event_log", sql: include_str!("../../migrations/postgres/0001_event_log.sql") },
@@ -56,6 +59,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "read_model_ids_collate_c",
         sql: include_str!("../../migrations/postgres/0005_read_model_ids_collate_c.sql"),
     },
+    Migration { version: 6, name: "usage_daily", sql: include_str!("../../migrations/postgres/0006_usage_daily.sql") },
 ];
 
 pub fn checksum(migration: &Migration) -> String {

@@ -23,6 +23,7 @@ pub use read_models::{
 pub fn postgres_notify_channel() -> &'static str {
     postgres::NOTIFY_CHANNEL
 }
+pub use sqlite::read_models_path as sqlite_read_models_path;
 pub use sqlite::{READ_MODELS_PAGE_SIZE, SqliteStore};
 
 /// Every projection table, then the checkpoints: what a rebuild empties.

@@ -163,17 +163,71 @@ pub(crate) fn attribution_row(
     Ok(row)
 }
 
-/// An attribution query: the key columns, then calls and sums (cast back to BIGINT because
-/// PostgreSQL sums bigints as numeric), grouped by the keys.
-pub(crate) fn attribution_sql(group_by: &[GroupKey], condition: &str) -> String {
+/// A value an attribution query binds: text, or a time (each engine binds times its way).
+pub(crate) enum AttributionBind {
+    Text(String),
+    Time(DateTime<Utc>),
+}
+
+/// An attribution query and its values, bound in order: `$1`, `$2`, … each appear once, in
+/// ascending order, so both engines bind them alike.
+pub(crate) struct AttributionQuery {
+    pub sql: String,
+    pub binds: Vec<AttributionBind>,
+}
+
+/// The rows attribution sums, as columns named as `read_ledger_entries` names them: whole
+/// days from `read_usage_daily` (its '' back to none), the parts of days at the period's ends
+/// from the entries themselves.
+const DAILY_USAGE_ROWS: &str = "SELECT NULLIF(agent_id, '') AS agent_id, NULLIF(agent_name, '') AS agent_name, \
+     NULLIF(act_for, '') AS act_for, NULLIF(model, '') AS model, NULLIF(credential_kind, '') AS credential_kind, \
+     NULLIF(credential_id, '') AS credential_id, day AS occurred_day, calls, input_tokens, output_tokens, debit_micros \
+     FROM read_usage_daily WHERE org_id = ";
+const ENTRY_ROWS: &str = "SELECT agent_id, agent_name, act_for, model, credential_kind, credential_id, occurred_day, \
+     1 AS calls, coalesce(input_tokens, 0) AS input_tokens, coalesce(output_tokens, 0) AS output_tokens, debit_micros \
+     FROM read_ledger_entries WHERE entry_type = 'usage' AND org_id = ";
+
+/// The attribution of `org_id`'s usage in `period`: the key columns, then calls and sums
+/// (cast back to BIGINT because PostgreSQL sums bigints as numeric), grouped by the keys.
+pub(crate) fn attribution_query(org_id: &str, period: Period, group_by: &[GroupKey]) -> AttributionQuery {
+    let mut binds = Vec::new();
+    let mut placeholder = |value: AttributionBind| {
+        binds.push(value);
+        format!("${}", binds.len())
+    };
+    let split = period.split_at_days();
+    let mut parts = Vec::new();
+    if let Some(days) = split.days {
+        let mut part = format!("{DAILY_USAGE_ROWS}{}", placeholder(AttributionBind::Text(org_id.to_owned())));
+        if let Some(first) = days.first {
+            part += &format!(" AND day >= {}", placeholder(AttributionBind::Text(first.to_string())));
+        }
+        if let Some(end) = days.end {
+            part += &format!(" AND day < {}", placeholder(AttributionBind::Text(end.to_string())));
+        }
+        parts.push(part);
+    }
+    for end in split.ends {
+        let mut part = format!("{ENTRY_ROWS}{}", placeholder(AttributionBind::Text(org_id.to_owned())));
+        if let Some(from) = end.from {
+            part += &format!(" AND occurred_at >= {}", placeholder(AttributionBind::Time(from)));
+        }
+        if let Some(until) = end.until {
+            part += &format!(" AND occurred_at < {}", placeholder(AttributionBind::Time(until)));
+        }
+        parts.push(part);
+    }
     let columns: Vec<&str> = group_by.iter().flat_map(|key| group_columns(*key).iter().copied()).collect();
     let select = columns.iter().map(|column| format!("{column}, ")).collect::<String>();
     let group = if columns.is_empty() { String::new() } else { format!(" GROUP BY {}", columns.join(", ")) };
-    format!(
-        "SELECT {select}count(*), CAST(coalesce(sum(input_tokens), 0) AS BIGINT), \
-         CAST(coalesce(sum(output_tokens), 0) AS BIGINT), CAST(coalesce(sum(debit_micros), 0) AS BIGINT) FROM read_ledger_entries WHERE {condition}{group} LIMIT {}",
+    let sql = format!(
+        "SELECT {select}CAST(coalesce(sum(calls), 0) AS BIGINT), CAST(coalesce(sum(input_tokens), 0) AS BIGINT), \
+         CAST(coalesce(sum(output_tokens), 0) AS BIGINT), CAST(coalesce(sum(debit_micros), 0) AS BIGINT) \
+         FROM ({}) AS usage{group} LIMIT {}",
+        parts.join(" UNION ALL "),
         MAX_ATTRIBUTION_GROUPS + 1
-    )
+    );
+    AttributionQuery { sql, binds }
 }
 
 /// What both engines read from the audit read models.

@@ -2,7 +2,7 @@
 //! costs a handful of round trips instead of one per row.
 
 use bahi_projections::LedgerEntryRow;
-use bahi_projections::batch::{CallRow, OrgEventRow, RowBatch};
+use bahi_projections::batch::{CallRow, DailyUsageRow, OrgEventRow, RowBatch};
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use sqlx::postgres::PgCopyIn;
@@ -172,6 +172,40 @@ pub async fn write(connection: &mut PgConnection, batch: &RowBatch) -> Result<()
              FROM UNNEST($1::text[], $2::bigint[]) AS u(call_id, position) WHERE c.call_id = u.call_id",
         )
         .bind(column(rows, |row| row.call_id.as_str()))
+        .bind(column(rows, |row| row.position))
+        .execute(&mut *connection)
+        .await?;
+    }
+    write_daily_usage(connection, &batch.daily_usage()).await
+}
+
+/// Adds the batch's usage to `read_usage_daily`, each row only to one that has not seen its
+/// position yet (the same rows applied twice count once).
+async fn write_daily_usage(connection: &mut PgConnection, rows: &[DailyUsageRow]) -> Result<(), StoreError> {
+    for rows in rows.chunks(STATEMENT_ROWS) {
+        sqlx::query(
+            "INSERT INTO read_usage_daily AS d (org_id, day, agent_id, agent_name, act_for, model, credential_kind, \
+             credential_id, calls, input_tokens, output_tokens, debit_micros, position) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) \
+             ON CONFLICT (org_id, day, agent_id, agent_name, act_for, model, credential_kind, credential_id) \
+             DO UPDATE SET calls = d.calls + excluded.calls, input_tokens = d.input_tokens + excluded.input_tokens, \
+             output_tokens = d.output_tokens + excluded.output_tokens, \
+             debit_micros = d.debit_micros + excluded.debit_micros, position = excluded.position \
+             WHERE d.position < excluded.position",
+        )
+        .bind(column(rows, |row| row.key.org_id.as_str()))
+        .bind(column(rows, |row| row.key.day.as_str()))
+        .bind(column(rows, |row| row.key.agent_id.as_str()))
+        .bind(column(rows, |row| row.key.agent_name.as_str()))
+        .bind(column(rows, |row| row.key.act_for.as_str()))
+        .bind(column(rows, |row| row.key.model.as_str()))
+        .bind(column(rows, |row| row.key.credential_kind.as_str()))
+        .bind(column(rows, |row| row.key.credential_id.as_str()))
+        .bind(column(rows, |row| row.calls))
+        .bind(column(rows, |row| row.input_tokens))
+        .bind(column(rows, |row| row.output_tokens))
+        .bind(column(rows, |row| row.debit_micros))
         .bind(column(rows, |row| row.position))
         .execute(&mut *connection)
         .await?;

@@ -7,7 +7,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::read_models::{
-    AuditEvent, CallEvent, CallRecord, EntrySender, STATEMENT_BATCH, attribution_row, attribution_sql, money, sql,
+    AttributionBind, AttributionQuery, AuditEvent, CallEvent, CallRecord, EntrySender, STATEMENT_BATCH,
+    attribution_query, attribution_row, money, sql,
 };
 use crate::store::{StoreError, hash_from_bytes};
 
@@ -139,13 +140,15 @@ pub async fn attribution(
     period: Period,
     group_by: &[GroupKey],
 ) -> Result<Vec<AttributionRow>, StoreError> {
-    let sql = attribution_sql(
-        group_by,
-        "org_id = $1 AND entry_type = 'usage' AND ($2::timestamptz IS NULL OR occurred_at >= $2) \
-         AND ($3::timestamptz IS NULL OR occurred_at < $3)",
-    );
-    let rows =
-        sqlx::query(AssertSqlSafe(sql)).bind(org_id).bind(period.from).bind(period.until).fetch_all(pool).await?;
+    let AttributionQuery { sql, binds } = attribution_query(org_id, period, group_by);
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for bind in binds {
+        query = match bind {
+            AttributionBind::Text(text) => query.bind(text),
+            AttributionBind::Time(time) => query.bind(time),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
     let key_count: usize = group_by.iter().map(|key| crate::store::read_models::group_columns(*key).len()).sum();
     rows.iter()
         .map(|row| {

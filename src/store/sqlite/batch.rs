@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use bahi_domain::chain::format_recorded_at;
-use bahi_projections::batch::{CallExpiry, RowBatch};
+use bahi_projections::batch::{CallExpiry, DailyUsageRow, RowBatch};
 use bahi_projections::{LedgerEntryRow, SettledCallRow};
 use chrono::{DateTime, Utc};
 use rusqlite::Transaction;
@@ -252,6 +252,46 @@ pub fn write(transaction: &Transaction<'_>, batch: &RowBatch) -> Result<(), Stor
         &batch.org_events,
         |rows| format!("INSERT OR IGNORE INTO read_org_events (org_id, position) VALUES {}", tuples(rows, 2)),
         |row| vec![text(&row.org_id), integer(row.position)],
+    )?;
+    write_daily_usage(transaction, &batch.daily_usage())
+}
+
+/// Adds the batch's usage to `read_usage_daily`, each row only to one that has not seen its
+/// position yet (the same rows applied twice count once).
+fn write_daily_usage(transaction: &Transaction<'_>, rows: &[DailyUsageRow]) -> Result<(), StoreError> {
+    write_chunked(
+        transaction,
+        rows,
+        |rows| {
+            format!(
+                "INSERT INTO read_usage_daily (org_id, day, agent_id, agent_name, act_for, model, credential_kind, \
+                 credential_id, calls, input_tokens, output_tokens, debit_micros, position) VALUES {} \
+                 ON CONFLICT (org_id, day, agent_id, agent_name, act_for, model, credential_kind, credential_id) \
+                 DO UPDATE SET calls = calls + excluded.calls, input_tokens = input_tokens + excluded.input_tokens, \
+                 output_tokens = output_tokens + excluded.output_tokens, \
+                 debit_micros = debit_micros + excluded.debit_micros, position = excluded.position \
+                 WHERE position < excluded.position",
+                tuples(rows, 13)
+            )
+        },
+        |row| {
+            let key = &row.key;
+            vec![
+                text(&key.org_id),
+                text(&key.day),
+                text(&key.agent_id),
+                text(&key.agent_name),
+                text(&key.act_for),
+                text(&key.model),
+                text(&key.credential_kind),
+                text(&key.credential_id),
+                integer(row.calls),
+                integer(row.input_tokens),
+                integer(row.output_tokens),
+                integer(row.debit_micros),
+                integer(row.position),
+            ]
+        },
     )?;
     Ok(())
 }

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::store::read_models::{AuditEvent, CallEvent, CallRecord, attribution_row, attribution_sql, money, sql};
+use crate::store::read_models::{
+    AttributionBind, AttributionQuery, AuditEvent, CallEvent, CallRecord, attribution_query, attribution_row, money,
+    sql,
+};
 use crate::store::{StoreError, hash_from_bytes};
 
 use crate::store::sqlite::parse_time;
@@ -111,43 +114,21 @@ pub(super) const LEDGER_ENTRIES_IN_RANGE: &str = concat!(
      ORDER BY e.position"
 );
 
-/// The first and last positions of the org's entries in `[from, until)`.
-async fn position_bounds(
-    pool: &SqlitePool,
-    org_id: &str,
-    from: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-) -> Result<Option<(i64, i64)>, StoreError> {
-    let from = from.map(format_recorded_at).unwrap_or_default();
-    let until = until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned());
-    let first: Option<i64> =
-        sqlx::query_scalar(FIRST_POSITION).bind(org_id).bind(&from).bind(&until).fetch_optional(pool).await?;
-    let last: Option<i64> =
-        sqlx::query_scalar(LAST_POSITION).bind(org_id).bind(&from).bind(&until).fetch_optional(pool).await?;
-    Ok(first.zip(last))
-}
-
 pub async fn attribution(
     pool: &SqlitePool,
     org_id: &str,
     period: Period,
     group_by: &[GroupKey],
 ) -> Result<Vec<AttributionRow>, StoreError> {
-    let Some((first, last)) = position_bounds(pool, org_id, period.from, period.until).await? else {
-        return Ok(if group_by.is_empty() { vec![AttributionRow::default()] } else { Vec::new() });
-    };
-    let sql = attribution_sql(
-        group_by,
-        "org_id = ? AND position >= ? AND position <= ? AND entry_type = 'usage' AND +occurred_at >= ? AND +occurred_at < ?",
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(org_id)
-        .bind(first)
-        .bind(last)
-        .bind(period.from.map(format_recorded_at).unwrap_or_default())
-        .bind(period.until.map(format_recorded_at).unwrap_or_else(|| "~".to_owned()))
-        .fetch_all(pool)
-        .await?;
+    let AttributionQuery { sql, binds } = attribution_query(org_id, period, group_by);
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for bind in binds {
+        query = match bind {
+            AttributionBind::Text(text) => query.bind(text),
+            AttributionBind::Time(time) => query.bind(format_recorded_at(time)),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
     let key_count: usize = group_by.iter().map(|key| crate::store::read_models::group_columns(*key).len()).sum();
     rows.iter()
         .map(|row| {

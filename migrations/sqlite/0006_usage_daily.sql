@@ -1,0 +1,30 @@
+-- Applied to the read-model file only (src/store/migrate.rs, SQLITE_READ_FILE).
+--
+-- Usage per org, UTC day and attribution, summed: attribution and the console's Usage page
+-- over whole days read these rows instead of every ledger entry (a month of a million calls
+-- is a few thousand rows here). Owned by the `audit` projection, written in the same
+-- transaction as the entries. A key column an entry leaves empty is '' (a key holds no NULL).
+CREATE TABLE read_usage_daily (
+    org_id          TEXT    NOT NULL,
+    day             TEXT    NOT NULL,
+    agent_id        TEXT    NOT NULL,
+    agent_name      TEXT    NOT NULL,
+    act_for         TEXT    NOT NULL,
+    model           TEXT    NOT NULL,
+    credential_kind TEXT    NOT NULL,
+    credential_id   TEXT    NOT NULL,
+    calls           INTEGER NOT NULL,
+    input_tokens    INTEGER NOT NULL,
+    output_tokens   INTEGER NOT NULL,
+    debit_micros    INTEGER NOT NULL,
+    position        INTEGER NOT NULL,
+    PRIMARY KEY (org_id, day, agent_id, agent_name, act_for, model, credential_kind, credential_id)
+) WITHOUT ROWID;
+-- The entries already projected, summed as the projection sums them (batch.rs, daily_usage).
+INSERT INTO read_usage_daily
+SELECT org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''),
+       coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, ''),
+       count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), sum(debit_micros), max(position)
+FROM read_ledger_entries WHERE entry_type = 'usage'
+GROUP BY org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''),
+         coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, '');
