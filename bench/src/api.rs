@@ -138,6 +138,7 @@ impl LoadConnection {
         &mut self,
         request: LoadRequest<'_>,
     ) -> Option<(hyper::StatusCode, hyper::body::Bytes)> {
+        let (method, path) = (request.method.clone(), request.path);
         let mut builder = hyper::Request::builder().method(request.method).uri(request.path).header("host", "bench");
         if let Some(bearer) = request.bearer {
             builder = builder.header("authorization", bearer);
@@ -146,13 +147,27 @@ impl LoadConnection {
             builder = builder.header("content-type", "application/json");
         }
         let built = builder.body(http_body_util::Full::new(request.body)).ok()?;
-        self.sender.ready().await.ok()?;
-        let response = self.sender.send_request(built).await.ok()?;
-        let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
-        Some((status, body))
+        let exchange = async {
+            self.sender.ready().await.ok()?;
+            let response = self.sender.send_request(built).await.ok()?;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
+            Some((status, body))
+        };
+        match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // Said at once: a request a server never answers is a finding, not a figure,
+                // and without a bound the benchmark waited for it for ever.
+                eprintln!("a {method} {path} was not answered within {EXCHANGE_TIMEOUT:?}");
+                None
+            }
+        }
     }
 }
+
+/// The longest a benchmark waits for one answer before it counts the exchange as failed.
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A request of the load generator, its header values prepared before timing.
 pub(crate) struct LoadRequest<'a> {

@@ -20,11 +20,26 @@ pub async fn insert_ledger_entries(store: &Store, rows: &[LedgerEntryRow]) -> Re
     }
 }
 
-/// Fresh planner statistics after a bulk load (PostgreSQL's plans depend on them; SQLite's
-/// here do not).
-pub async fn analyze_ledger_entries(store: &Store) -> Result<(), sqlx::Error> {
-    if let Store::Postgres(store) = store {
-        sqlx::query("ANALYZE read_ledger_entries").execute(store.pool()).await?;
+/// What the projection would have written beside the rows: their daily sums
+/// (`read_usage_daily`, summed as migration 6 sums the entries already there), then fresh
+/// planner statistics (PostgreSQL's plans depend on them; SQLite's here do not).
+pub async fn finish_ledger_entries(store: &Store) -> Result<(), sqlx::Error> {
+    const DAILY_USAGE: &str = "INSERT INTO read_usage_daily \
+        SELECT org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''), \
+        coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, ''), count(*), \
+        CAST(coalesce(sum(input_tokens), 0) AS BIGINT), CAST(coalesce(sum(output_tokens), 0) AS BIGINT), \
+        CAST(sum(debit_micros) AS BIGINT), max(position) FROM read_ledger_entries WHERE entry_type = 'usage' \
+        GROUP BY org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''), \
+        coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, '')";
+    match store {
+        Store::Sqlite(store) => {
+            sqlx::query(DAILY_USAGE).execute(store.pool()).await?;
+        }
+        Store::Postgres(store) => {
+            sqlx::query(DAILY_USAGE).execute(store.pool()).await?;
+            sqlx::query("ANALYZE read_ledger_entries").execute(store.pool()).await?;
+            sqlx::query("ANALYZE read_usage_daily").execute(store.pool()).await?;
+        }
     }
     Ok(())
 }

@@ -125,7 +125,9 @@ async fn fill(args: &BenchArgs, label: &str) -> anyhow::Result<Fresh> {
             .context("filling the ledger read model")?;
         index = end;
     }
-    crate::read_models::analyze_ledger_entries(&fresh.store).await.context("analyzing the ledger read model")?;
+    crate::read_models::finish_ledger_entries(&fresh.store)
+        .await
+        .context("summing and analyzing the ledger read model")?;
     println!(
         "engine: {}; {} ledger rows of one org filled in {:.1} s",
         fresh.store.engine(),
