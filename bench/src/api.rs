@@ -146,8 +146,17 @@ impl LoadConnection {
             builder = builder.header("content-type", "application/json");
         }
         let built = builder.body(http_body_util::Full::new(request.body)).ok()?;
+        self.exchange_built(built).await
+    }
+
+    /// Sends a request the caller built (with headers of its own, such as a session
+    /// cookie); its status and body, None when the exchange itself failed.
+    pub(crate) async fn exchange_built(
+        &mut self,
+        request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+    ) -> Option<(hyper::StatusCode, hyper::body::Bytes)> {
         self.sender.ready().await.ok()?;
-        let response = self.sender.send_request(built).await.ok()?;
+        let response = self.sender.send_request(request).await.ok()?;
         let status = response.status();
         let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
         Some((status, body))
