@@ -138,7 +138,6 @@ impl LoadConnection {
         &mut self,
         request: LoadRequest<'_>,
     ) -> Option<(hyper::StatusCode, hyper::body::Bytes)> {
-        let (method, path) = (request.method.clone(), request.path);
         let mut builder = hyper::Request::builder().method(request.method).uri(request.path).header("host", "bench");
         if let Some(bearer) = request.bearer {
             builder = builder.header("authorization", bearer);
@@ -147,9 +146,20 @@ impl LoadConnection {
             builder = builder.header("content-type", "application/json");
         }
         let built = builder.body(http_body_util::Full::new(request.body)).ok()?;
+        self.exchange_built(built).await
+    }
+
+    /// Sends a request the caller built (with headers of its own, such as a session
+    /// cookie); its status and body, None when the exchange itself failed or was not
+    /// answered within `EXCHANGE_TIMEOUT`.
+    pub(crate) async fn exchange_built(
+        &mut self,
+        request: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+    ) -> Option<(hyper::StatusCode, hyper::body::Bytes)> {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let exchange = async {
             self.sender.ready().await.ok()?;
-            let response = self.sender.send_request(built).await.ok()?;
+            let response = self.sender.send_request(request).await.ok()?;
             let status = response.status();
             let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
             Some((status, body))
@@ -167,7 +177,7 @@ impl LoadConnection {
 }
 
 /// The longest a benchmark waits for one answer before it counts the exchange as failed.
-const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A request of the load generator, its header values prepared before timing.
 pub(crate) struct LoadRequest<'a> {

@@ -34,6 +34,8 @@ use crate::api::{BENCH_OPERATOR_KEY, LoadConnection, LoadRequest};
 const MODEL: &str = "bench-model";
 /// Every node's default rate limit (divided by the node count): far above this machine.
 const RATE_LIMIT: &str = "1000000000/1";
+/// The longest a node may take from its start to listening: it loads the whole log first.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(600);
 /// Load runs this long before anything is measured.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// A node that has not answered 401 this long after the revocation counts as a miss.
@@ -57,7 +59,7 @@ pub struct ClusterOptions {
 
 /// The release `bahi` beside this binary's target directory, built (or found up to date)
 /// first, so that a run measures the code in the tree.
-fn bahi_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn bahi_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.clone());
     }
@@ -78,14 +80,14 @@ fn bahi_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// A database of the benchmark's own on the server, dropped by `drop`.
-struct Database {
+pub(crate) struct Database {
     server: String,
-    name: String,
-    url: String,
+    pub(crate) name: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    async fn create(server: &str, label: &str) -> anyhow::Result<Database> {
+    pub(crate) async fn create(server: &str, label: &str) -> anyhow::Result<Database> {
         let server = server.trim_end_matches('/').to_owned();
         let name = format!("bahi_bench_{label}_{}", hex::encode(bahi::identity::random_bytes::<6>()));
         let mut connection = sqlx::PgConnection::connect(&format!("{server}/postgres"))
@@ -97,7 +99,7 @@ impl Database {
         Ok(Database { server, name, url })
     }
 
-    async fn drop(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop(self) -> anyhow::Result<()> {
         let mut connection = sqlx::PgConnection::connect(&format!("{}/postgres", self.server)).await?;
         sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&mut connection)
@@ -108,10 +110,71 @@ impl Database {
 }
 
 /// A `bahi serve` child process.
-struct Node {
+pub(crate) struct Node {
     child: tokio::process::Child,
-    pid: u32,
-    address: SocketAddr,
+    pub(crate) pid: u32,
+    pub(crate) address: SocketAddr,
+}
+
+impl Node {
+    /// `bahi serve` on 127.0.0.1:0 and `database_url`, configured as scripts/cluster.sh
+    /// configures a cluster node (the bench's operator key, `key_encryption_key`, an issuer,
+    /// BAHI_CLUSTER_NODES = `cluster_nodes`, RATE_LIMIT for every bucket), its standard error
+    /// in `log`; returned once it says where it listens.
+    pub(crate) async fn start(
+        bahi: &Path,
+        database_url: &str,
+        log: &Path,
+        key_encryption_key: &str,
+        cluster_nodes: usize,
+    ) -> anyhow::Result<Node> {
+        let mut child = tokio::process::Command::new(bahi)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", database_url])
+            .env("BAHI_OPERATOR_KEY", BENCH_OPERATOR_KEY)
+            .env("BAHI_KEY_ENCRYPTION_KEY", key_encryption_key)
+            .env("BAHI_ISSUER", "http://127.0.0.1:8080")
+            .env("BAHI_CLUSTER_NODES", cluster_nodes.to_string())
+            .env("BAHI_DEFAULT_RATE_LIMIT", RATE_LIMIT)
+            .env("BAHI_ANONYMOUS_RATE_LIMIT", RATE_LIMIT)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bahi.display()))?;
+        let pid = child.id().context("the node's pid")?;
+        let stdout = child.stdout.take().context("the node's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let address = loop {
+            let line = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
+                .await
+                .with_context(|| format!("a node did not start within {NODE_START_TIMEOUT:?}"))??
+                .with_context(|| format!("the node exited before listening (log {})", log.display()))?;
+            if let Some(address) = line.strip_prefix("bahi listening on http://") {
+                break address.parse()?;
+            }
+        };
+        // Keep reading, so that the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node { child, pid, address })
+    }
+
+    /// Asks the node to stop gracefully (SIGTERM); `wait` waits for it.
+    pub(crate) fn terminate(&self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+    }
+
+    /// Waits for the node to exit (SIGKILL after 30 s); whether it exited by itself, with
+    /// success.
+    pub(crate) async fn wait(mut self) -> bool {
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.is_ok_and(|status| status.success()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                false
+            }
+        }
+    }
 }
 
 /// Nodes on one database; `shutdown` stops them and drops it.
@@ -145,35 +208,7 @@ impl Cluster {
 
     async fn start_node(&self, bahi: &Path, index: usize, count: usize, kek: &str) -> anyhow::Result<Node> {
         let log = self.logs.join(format!("node-{index}.log"));
-        let mut child = tokio::process::Command::new(bahi)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", &self.database.url])
-            .env("BAHI_OPERATOR_KEY", BENCH_OPERATOR_KEY)
-            .env("BAHI_KEY_ENCRYPTION_KEY", kek)
-            .env("BAHI_ISSUER", "http://127.0.0.1:8080")
-            .env("BAHI_CLUSTER_NODES", count.to_string())
-            .env("BAHI_DEFAULT_RATE_LIMIT", RATE_LIMIT)
-            .env("BAHI_ANONYMOUS_RATE_LIMIT", RATE_LIMIT)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bahi.display()))?;
-        let pid = child.id().context("the node's pid")?;
-        let stdout = child.stdout.take().context("the node's stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let address = loop {
-            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-                .await
-                .context("a node did not start within 60 s")??
-                .with_context(|| format!("node {index} exited before listening (log {})", log.display()))?;
-            if let Some(address) = line.strip_prefix("bahi listening on http://") {
-                break address.parse()?;
-            }
-        };
-        // Keep reading, so that the node never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Node { child, pid, address })
+        Node::start(bahi, &self.database.url, &log, kek, count).await.with_context(|| format!("node {index}"))
     }
 
     fn addresses(&self) -> Vec<SocketAddr> {
@@ -187,12 +222,10 @@ impl Cluster {
     /// SIGTERM to every node, a wait for each (SIGKILL after 30 s), then the database dropped.
     async fn shutdown(self) {
         for node in &self.nodes {
-            let _ = std::process::Command::new("kill").args(["-TERM", &node.pid.to_string()]).status();
+            node.terminate();
         }
-        for mut node in self.nodes {
-            if tokio::time::timeout(Duration::from_secs(30), node.child.wait()).await.is_err() {
-                let _ = node.child.kill().await;
-            }
+        for node in self.nodes {
+            node.wait().await;
         }
         if let Err(error) = self.database.drop().await {
             eprintln!("could not drop the benchmark's database: {error}");
@@ -331,7 +364,7 @@ async fn collect_load(tasks: Vec<tokio::task::JoinHandle<LoadRecord>>) -> LoadRe
 }
 
 /// Nearest-rank percentile of sorted values (0 when empty).
-fn percentile(sorted: &[u64], fraction: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -339,11 +372,11 @@ fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn millis(micros: u64) -> f64 {
+pub(crate) fn millis(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())

@@ -7,6 +7,7 @@
 
 mod api;
 mod cluster;
+mod console;
 mod proxy;
 mod read_models;
 mod reports;
@@ -73,6 +74,15 @@ pub enum Benchmark {
     /// (1, 2 and 3) on one PostgreSQL server, a fresh database each, with the CPU each party
     /// used.
     ClusterScaling,
+    /// Console pages (issue 27: render times over an org with 1,000,000 calls): a `bahi
+    /// serve` node (the release binary) on a fresh database (SQLite, or --database naming a
+    /// PostgreSQL server) makes an org with a human who logs in; stopped, its log gets
+    /// --calls calls of that org appended by this process over the last 30 days (real,
+    /// chained events, then `bahi verify`); restarted, its projections catch up. Then GET
+    /// /console/usage, /console/audit (plain and with a call), /console/statements, --samples
+    /// times each on one keep-alive connection, each beside the JSON requests that answer
+    /// the same figures. Goal: each Usage and Audit page p50 under 300 ms.
+    Console,
     /// The bahi node that `proxy` starts in a child process (not a benchmark).
     #[value(hide = true)]
     ProxyServer,
@@ -85,7 +95,8 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub benchmark: Benchmark,
     /// Database (a fresh SQLite file in a temporary directory when omitted). Use an empty
-    /// database: the benchmark writes into it.
+    /// database: the benchmark writes into it. For console: a PostgreSQL server, on which it
+    /// makes (and drops) a database of its own.
     #[arg(long)]
     pub database: Option<String>,
     /// Seconds per measured point (append).
@@ -109,12 +120,17 @@ pub struct BenchArgs {
     /// The PostgreSQL server the cluster benchmarks make (and drop) their database on.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pub postgres: String,
-    /// The `bahi` binary the cluster benchmarks start (default: `cargo build --release`'s).
+    /// The `bahi` binary the cluster and console benchmarks start (default: `cargo build
+    /// --release`'s).
     #[arg(long)]
     pub bahi: Option<std::path::PathBuf>,
-    /// Revocations measured (cluster-revocation).
-    #[arg(long, default_value_t = 300)]
-    pub samples: usize,
+    /// Revocations measured (cluster-revocation, default 300); timed requests of each page
+    /// and baseline (console, default 20).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Calls of the org whose console pages are timed (console).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub calls: usize,
     /// Node counts measured, in this order (cluster-scaling).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]
     pub nodes: Vec<usize>,
@@ -261,23 +277,7 @@ impl GatewayLog {
             self.calls += 1;
             // A stride coprime to GATEWAY_ORGS visits every org before any org again.
             let (org_id, key_id) = &self.orgs[(index * 7) % self.orgs.len()];
-            let attribution = if index.is_multiple_of(3) {
-                CallAttribution {
-                    credential_kind: "agent_token".to_owned(),
-                    credential_id: format!("tok_bench{index}"),
-                    agent_id: Some(format!("agt_bench{}", index % 50)),
-                    agent_name: Some(format!("bench agent {}", index % 50)),
-                    act_for: format!("user_bench{}", index % 20),
-                }
-            } else {
-                CallAttribution {
-                    credential_kind: "api_key".to_owned(),
-                    credential_id: key_id.to_string(),
-                    agent_id: None,
-                    agent_name: None,
-                    act_for: org_id.to_string(),
-                }
-            };
+            let attribution = gateway_attribution(index, org_id, key_id);
             let call_id = CallId::from_random(random());
             commands.push(Command::Authorize {
                 call_id: call_id.clone(),
@@ -293,17 +293,51 @@ impl GatewayLog {
     }
 }
 
+/// Who made call `index` of a gateway-shaped log: every third call an agent (one of 50,
+/// acting for one of 20 users) with a token of its own, the rest the org's API key `key_id`.
+pub(crate) fn gateway_attribution(index: usize, org_id: &OrgId, key_id: &ApiKeyId) -> CallAttribution {
+    if index.is_multiple_of(3) {
+        CallAttribution {
+            credential_kind: "agent_token".to_owned(),
+            credential_id: format!("tok_bench{index}"),
+            agent_id: Some(format!("agt_bench{}", index % 50)),
+            agent_name: Some(format!("bench agent {}", index % 50)),
+            act_for: format!("user_bench{}", index % 20),
+        }
+    } else {
+        CallAttribution {
+            credential_kind: "api_key".to_owned(),
+            credential_id: key_id.to_string(),
+            agent_id: None,
+            agent_name: None,
+            act_for: org_id.to_string(),
+        }
+    }
+}
+
 /// Rows for `commands`, each decided against and folded into `ledger`. A command the domain
 /// refuses is an error: a log that silently lacks it would measure something else.
 fn rows_for_commands(ledger: &mut Ledger, commands: &[Command]) -> anyhow::Result<Vec<StoredEvent>> {
     let now = truncate_to_micros(chrono::Utc::now());
     let mut rows = Vec::with_capacity(commands.len() * 2);
     for command in commands {
-        let events = bahi_domain::decide(&ledger.state, command, now)
-            .map_err(|error| anyhow::anyhow!("the bench log's command was refused: {error}"))?;
-        push_rows(ledger, events, now, &mut rows);
+        push_decided(ledger, command, now, &mut rows)?;
     }
     Ok(rows)
+}
+
+/// Decides `command` against `ledger` at `now` (its events stamped `now`), and chains and
+/// folds its events into `rows` as the writer would. A refusal is an error.
+pub(crate) fn push_decided(
+    ledger: &mut Ledger,
+    command: &Command,
+    now: chrono::DateTime<chrono::Utc>,
+    rows: &mut Vec<StoredEvent>,
+) -> anyhow::Result<()> {
+    let events = bahi_domain::decide(&ledger.state, command, now)
+        .map_err(|error| anyhow::anyhow!("the bench log's command was refused: {error}"))?;
+    push_rows(ledger, events, now, rows);
+    Ok(())
 }
 
 async fn fresh_store(database: &Option<String>, label: &str) -> anyhow::Result<(Store, Option<tempfile_dir::TempDir>)> {
@@ -574,7 +608,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Benchmark::ClusterRevocation => crate::cluster::revocation(&cluster_options(&args)).await,
         Benchmark::ClusterScaling => crate::cluster::scaling(&cluster_options(&args)).await,
+        Benchmark::Console => crate::console::console(&console_options(&args)).await,
         Benchmark::ProxyServer => crate::proxy::serve_child(args.database.clone()).await,
+    }
+}
+
+fn console_options(args: &BenchArgs) -> crate::console::ConsoleOptions {
+    crate::console::ConsoleOptions {
+        database: args.database.clone(),
+        bahi: args.bahi.clone(),
+        calls: args.calls,
+        samples: args.samples.unwrap_or(20),
     }
 }
 
@@ -584,7 +628,7 @@ fn cluster_options(args: &BenchArgs) -> crate::cluster::ClusterOptions {
         bahi: args.bahi.clone(),
         connections: args.connections,
         seconds: args.seconds,
-        samples: args.samples,
+        samples: args.samples.unwrap_or(300),
         nodes: args.nodes.clone(),
     }
 }
