@@ -26,11 +26,11 @@ pub async fn insert_ledger_entries(store: &Store, rows: &[LedgerEntryRow]) -> Re
 pub async fn finish_ledger_entries(store: &Store) -> Result<(), sqlx::Error> {
     const DAILY_USAGE: &str = "INSERT INTO read_usage_daily \
         SELECT org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''), \
-        coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, ''), count(*), \
+        coalesce(model, ''), coalesce(credential_kind, ''), CASE WHEN credential_kind = 'api_key' THEN coalesce(credential_id, '') ELSE '' END, count(*), \
         CAST(coalesce(sum(input_tokens), 0) AS BIGINT), CAST(coalesce(sum(output_tokens), 0) AS BIGINT), \
         CAST(sum(debit_micros) AS BIGINT), max(position) FROM read_ledger_entries WHERE entry_type = 'usage' \
         GROUP BY org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''), \
-        coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, '')";
+        coalesce(model, ''), coalesce(credential_kind, ''), CASE WHEN credential_kind = 'api_key' THEN coalesce(credential_id, '') ELSE '' END";
     match store {
         Store::Sqlite(store) => {
             sqlx::query(DAILY_USAGE).execute(store.pool()).await?;

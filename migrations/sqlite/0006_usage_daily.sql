@@ -3,7 +3,8 @@
 -- Usage per org, UTC day and attribution, summed: attribution and the console's Usage page
 -- over whole days read these rows instead of every ledger entry (a month of a million calls
 -- is a few thousand rows here). Owned by the `audit` projection, written in the same
--- transaction as the entries. A key column an entry leaves empty is '' (a key holds no NULL).
+-- transaction as the entries. A key column an entry leaves empty is '' (a key holds no NULL);
+-- the credential id is kept for API keys only, the one kind attribution groups by.
 CREATE TABLE read_usage_daily (
     org_id          TEXT    NOT NULL,
     day             TEXT    NOT NULL,
@@ -23,8 +24,8 @@ CREATE TABLE read_usage_daily (
 -- The entries already projected, summed as the projection sums them (batch.rs, daily_usage).
 INSERT INTO read_usage_daily
 SELECT org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''),
-       coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, ''),
+       coalesce(model, ''), coalesce(credential_kind, ''), CASE WHEN credential_kind = 'api_key' THEN coalesce(credential_id, '') ELSE '' END,
        count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), sum(debit_micros), max(position)
 FROM read_ledger_entries WHERE entry_type = 'usage'
 GROUP BY org_id, occurred_day, coalesce(agent_id, ''), coalesce(agent_name, ''), coalesce(act_for, ''),
-         coalesce(model, ''), coalesce(credential_kind, ''), coalesce(credential_id, '');
+         coalesce(model, ''), coalesce(credential_kind, ''), CASE WHEN credential_kind = 'api_key' THEN coalesce(credential_id, '') ELSE '' END;

@@ -131,7 +131,8 @@ impl RowBatch {
 /// A row of `read_usage_daily`: an org's usage entries of one UTC day with one attribution,
 /// summed. Attribution over whole days reads these instead of every entry, so a month of a
 /// million calls is a few thousand rows. A key column the entries leave empty (no agent, say)
-/// is stored as '' because a primary key holds no NULL; readers turn '' back into none.
+/// is stored as '' because a primary key holds no NULL; readers turn '' back into none. The
+/// credential id is kept for API keys only, the one kind attribution groups by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DailyUsageKey {
     pub org_id: String,
@@ -171,7 +172,13 @@ impl RowBatch {
                 act_for: text(&entry.act_for),
                 model: text(&entry.model),
                 credential_kind: text(&entry.credential_kind),
-                credential_id: text(&entry.credential_id),
+                // Only an API key's id is a group (attribution by api_key); an agent token's
+                // id is often one call's, and keeping it would keep a row per call.
+                credential_id: if entry.credential_kind.as_deref() == Some("api_key") {
+                    text(&entry.credential_id)
+                } else {
+                    String::new()
+                },
             };
             let row = sums.entry(key.clone()).or_insert(DailyUsageRow {
                 key,
