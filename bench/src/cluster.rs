@@ -558,6 +558,14 @@ fn row(what: &str, sorted: &[u64]) {
     );
 }
 
+/// Where the revocation loop is, on stderr when BAHI_BENCH_TRACE is set (a run that stalls
+/// says where).
+fn progress(sample: usize, phase: &str) {
+    if std::env::var_os("BAHI_BENCH_TRACE").is_some() {
+        eprintln!("{:?} sample {sample}: {phase}", std::time::SystemTime::now());
+    }
+}
+
 /// `bahi-bench cluster-revocation`.
 pub async fn revocation(options: &ClusterOptions) -> anyhow::Result<()> {
     let bahi = bahi_binary(&options.bahi)?;
@@ -591,6 +599,7 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
     let mut busy = 0usize;
     for sample in 0..options.samples {
         let (made_on, revoked_on) = (sample % addresses.len(), (sample + 1) % addresses.len());
+        progress(sample, "make");
         let body = Bytes::from(json!({"name": format!("revocation {sample}")}).to_string());
         let (status, created) =
             retried(&mut control[made_on], addresses[made_on], "/v1/auth/account/api-keys", &owner, body, &mut busy)
@@ -605,6 +614,7 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
         let secret = bearer(created["api_key"].as_str().context("api_key")?)?;
         let key_id = created["api_key_id"].as_str().context("api_key_id")?.to_owned();
 
+        progress(sample, "check");
         // The key works on every node before it is revoked.
         for (node, connection) in probes.iter_mut().enumerate() {
             let sent = Instant::now();
@@ -625,6 +635,7 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
             }
         }
 
+        progress(sample, "revoke");
         let path = format!("/v1/auth/account/api-keys/{key_id}/revoke");
         let (status, answer) =
             retried(&mut control[revoked_on], addresses[revoked_on], &path, &owner, Bytes::from("{}"), &mut busy)
@@ -632,6 +643,7 @@ async fn revocation_on(cluster: &Cluster, options: &ClusterOptions) -> anyhow::R
                 .context("revoking")?;
         let answered = Instant::now();
         anyhow::ensure!(status == StatusCode::OK, "revoking: {status} {}", String::from_utf8_lossy(&answer));
+        progress(sample, "probe");
         let outcomes = futures::future::join_all(
             probes
                 .iter_mut()
