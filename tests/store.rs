@@ -1127,7 +1127,7 @@ async fn the_bulk_page_reader_reads_what_read_after_reads() {
 fn usage_entry(org_id: &str, position: i64, minutes: i64, seed: u64) -> bahi_projections::LedgerEntryRow {
     let occurred_at = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().to_utc()
         + chrono::Duration::minutes(minutes);
-    let agent = (seed % 4 != 0).then(|| format!("agt_{}", seed % 3));
+    let agent = (!seed.is_multiple_of(4)).then(|| format!("agt_{}", seed % 3));
     bahi_projections::LedgerEntryRow {
         org_id: org_id.to_owned(),
         position,
@@ -1169,7 +1169,7 @@ async fn attribution_from_daily_sums_equals_summing_the_entries() {
         let mut minutes = 0;
         for position in 1..=400 {
             minutes += i64::from(rng.next_u32() % 40);
-            let org = if rng.next_u32() % 5 == 0 { "org_other" } else { "org_one" };
+            let org = if rng.next_u32().is_multiple_of(5) { "org_other" } else { "org_one" };
             entries.push(usage_entry(org, position, minutes, u64::from(rng.next_u32())));
         }
         let mut pages = Vec::new();
