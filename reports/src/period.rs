@@ -20,12 +20,20 @@ impl Period {
     /// start of its day. Read models summed per day answer the days; only the ends need
     /// single entries. A period within two days is all ends.
     pub fn split_at_days(&self) -> DaySplit {
-        let first_midnight = self.from.map(|from| if is_midnight(from) { from } else { next_midnight(from) });
+        let all_ends = DaySplit { days: None, ends: vec![*self] };
+        let first_midnight = match self.from {
+            Some(from) if !is_midnight(from) => match next_midnight(from) {
+                Some(next) => Some(next),
+                // The last representable day has no midnight after it: no whole day follows.
+                None => return all_ends,
+            },
+            from => from,
+        };
         let last_midnight = self.until.map(|until| midnight(until.date_naive()));
         if let (Some(first), Some(last)) = (first_midnight, last_midnight)
             && first >= last
         {
-            return DaySplit { days: None, ends: vec![*self] };
+            return all_ends;
         }
         let mut ends = Vec::new();
         if let (Some(from), Some(first)) = (self.from, first_midnight)
@@ -64,10 +72,9 @@ fn is_midnight(time: DateTime<Utc>) -> bool {
     midnight(time.date_naive()) == time
 }
 
-/// The midnight after `time`'s day; the last representable instant's day has none, and
-/// its period then keeps its end as a part of a day.
-fn next_midnight(time: DateTime<Utc>) -> DateTime<Utc> {
-    time.date_naive().succ_opt().map(midnight).unwrap_or(time)
+/// The midnight after `time`'s day; none after the last representable day.
+fn next_midnight(time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    time.date_naive().succ_opt().map(midnight)
 }
 
 fn midnight(date: NaiveDate) -> DateTime<Utc> {
@@ -189,5 +196,12 @@ mod tests {
             let split = period.split_at_days();
             assert_eq!(split, DaySplit { days: None, ends: vec![period] }, "{from} {until}");
         }
+    }
+
+    #[test]
+    fn a_period_from_the_last_representable_day_is_all_end() {
+        let last = NaiveDate::MAX.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let period = Period { from: Some(last), until: None };
+        assert_eq!(period.split_at_days(), DaySplit { days: None, ends: vec![period] });
     }
 }
