@@ -24,7 +24,7 @@ use crate::ledger::{
 };
 use crate::metrics::Metrics;
 use crate::projection_feed::ProjectionFeed;
-use crate::store::{EventStore, LoadPage, Reach, Store, StoreError, StoredEvent};
+use crate::store::{EventStore, LoadPage, LogLock, Reach, Store, StoreError, StoredEvent};
 
 /// Commands waiting for the writer; past this, submitters wait (back-pressure).
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -32,7 +32,9 @@ pub const QUEUE_CAPACITY: usize = 8192;
 pub const MAX_BATCH: usize = 1024;
 /// How long a submitter waits for room in the queue before giving up with 503.
 pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts at one batch when another node moved the log head in between.
+/// Attempts at one batch when another node moved the log head in between. After the first
+/// loss the writer holds the append lock (PostgreSQL), under which it cannot lose again; the
+/// rest are for a node that appends without the lock (an older version, mid-upgrade).
 const MAX_APPEND_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, Default)]
@@ -222,6 +224,9 @@ struct Batch {
     /// one that appends nothing (refusals, replays) and is not known to be at the head has
     /// the head read before it is answered, so that no node refuses on a stale view.
     at_head: bool,
+    /// The append lock, held from the catch-up that follows a lost race until this batch is
+    /// appended: everything in it is decided at the head, and its append cannot lose.
+    log_lock: Option<LogLock>,
 }
 
 impl Batch {
@@ -235,6 +240,7 @@ impl Batch {
             idempotency: Vec::new(),
             attempts,
             at_head: false,
+            log_lock: None,
         }
     }
 }
@@ -378,12 +384,13 @@ impl WriterTask {
                             );
                             let attempts = batch.attempts + 1;
                             let waiting = std::mem::replace(&mut open, Batch::new(0, 0));
-                            match self.catch_up().await {
-                                Ok(()) => {
+                            match self.lock_and_catch_up().await {
+                                Ok(log_lock) => {
                                     open = Batch::new(self.ledger.position, attempts);
                                     self.decide_again(&mut open, batch);
                                     self.decide_again(&mut open, waiting);
                                     open.at_head = true;
+                                    open.log_lock = log_lock;
                                 }
                                 Err(error) => {
                                     // The append itself lost the race: nothing of it is in the log.
@@ -455,6 +462,11 @@ impl WriterTask {
     /// none and is not known to be at the head; hands back one that needs neither.
     fn launch(&mut self, mut batch: Batch) -> Launched {
         if batch.rows.is_empty() {
+            // Under the append lock nobody else appends: the batch is at the head.
+            if let Some(log_lock) = batch.log_lock.take() {
+                tokio::spawn(log_lock.release());
+                return Launched::NothingToAppend(batch);
+            }
             if batch.at_head || batch.submissions.is_empty() {
                 return Launched::NothingToAppend(batch);
             }
@@ -474,9 +486,13 @@ impl WriterTask {
         let store = self.store.clone();
         let expected_head = batch.expected_head;
         let rows = std::mem::take(&mut batch.rows);
+        let log_lock = batch.log_lock.take();
         let append = tokio::spawn(async move {
             let started = Instant::now();
-            let result = store.append(expected_head, &rows).await;
+            let result = match log_lock {
+                Some(log_lock) => log_lock.append(expected_head, &rows).await,
+                None => store.append(expected_head, &rows).await,
+            };
             Appended { result, rows, elapsed: started.elapsed() }
         });
         Launched::Appending(InFlight { batch, append, checking: false })
@@ -668,7 +684,7 @@ impl WriterTask {
         self.barrier().await;
         self.ledger = self.shared.read().clone();
         let message = error.to_string();
-        let contended = matches!(error, StoreError::HeadMoved { .. });
+        let contended = matches!(error, StoreError::HeadMoved { .. } | StoreError::LogBusy);
         // The database being away is no bug: the caller is told to retry, and whether the
         // batch may be in the log. If it is, the ledger reset below does not hold it, so the
         // next append expects an old head, loses the compare-and-swap and catches up first:
@@ -683,6 +699,21 @@ impl WriterTask {
                 (None, None) => WriteError::Store(message.clone()),
             };
             let _ = submission.reply.send(Err(answer));
+        }
+    }
+
+    /// After a lost race: takes the append lock (PostgreSQL), then catches up, so that what
+    /// is decided next is decided at the head and appended before anyone else's append.
+    async fn lock_and_catch_up(&mut self) -> Result<Option<LogLock>, StoreError> {
+        let log_lock = self.store.lock_log().await?;
+        match self.catch_up().await {
+            Ok(()) => Ok(log_lock),
+            Err(error) => {
+                if let Some(log_lock) = log_lock {
+                    log_lock.release().await;
+                }
+                Err(error)
+            }
         }
     }
 

@@ -95,6 +95,10 @@ pub enum StoreError {
     Rusqlite(#[from] rusqlite::Error),
     #[error("the log head moved: expected position {expected}, found {actual}")]
     HeadMoved { expected: i64, actual: i64 },
+    /// The append lock (`LogLock`) was held by another node for longer than its wait
+    /// allows: nothing was appended.
+    #[error("another node held the append lock too long")]
+    LogBusy,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -215,6 +219,15 @@ impl Store {
         }
     }
 
+    /// Takes the append lock on PostgreSQL (`LogLock`), for a writer whose append lost the
+    /// race for the log head; None on SQLite, whose one writer has no one to race.
+    pub async fn lock_log(&self) -> Result<Option<LogLock>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(store) => store.lock_log().await.map(Some),
+        }
+    }
+
     pub fn engine(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
@@ -289,6 +302,7 @@ impl EventStore for Store {
 /// A page of the log, or the error that ended the reading.
 pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, StoreError>>;
 
+pub use postgres::LogLock;
 pub use postgres::bulk::{CopiedRows, RowRef};
 
 /// A page of the log as loading reads it (`Store::spawn_load_reader`).

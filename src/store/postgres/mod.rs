@@ -27,6 +27,15 @@ pub const RESET_LOCK_TIMEOUT_MILLISECONDS: u64 = 3_000;
 /// Arbitrary constant for the advisory lock that serializes migrations across nodes.
 const MIGRATION_LOCK_KEY: i64 = 0x6261_6869_6d69_6772;
 
+/// Arbitrary constant for the advisory lock that every append takes for its transaction.
+const APPEND_LOCK_KEY: i64 = 0x6261_6869_6170_7064;
+/// How long a node holding the append lock (`LogLock`) may sit between its statements
+/// before the server ends its session, and with it the lock: a node paused or cut off while
+/// holding it holds up every other node's appends at most this long.
+const LOG_LOCK_IDLE_TIMEOUT: &str = "2s";
+/// How long taking the append lock waits before the batch is refused as contended.
+const LOG_LOCK_WAIT_TIMEOUT: &str = "5s";
+
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -63,6 +72,27 @@ impl PostgresStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Takes the append lock for a transaction of its own (see `LogLock`).
+    pub async fn lock_log(&self) -> Result<LogLock, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
+                    set_config('lock_timeout', $2, true), pg_advisory_xact_lock($3)",
+        )
+        .bind(LOG_LOCK_IDLE_TIMEOUT)
+        .bind(LOG_LOCK_WAIT_TIMEOUT)
+        .bind(APPEND_LOCK_KEY)
+        .execute(&mut *transaction)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(database) if database.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                StoreError::LogBusy
+            }
+            _ => StoreError::Database(error),
+        })?;
+        Ok(LogLock { transaction })
     }
 
     /// Replays every page `pages` brings into new read-model tables and puts them in place
@@ -349,67 +379,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn append(&self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
-        let Some(last) = events.last() else { return Ok(()) };
-        let mut positions = Vec::with_capacity(events.len());
-        let mut stream_ids = Vec::with_capacity(events.len());
-        let mut stream_versions = Vec::with_capacity(events.len());
-        let mut event_ids = Vec::with_capacity(events.len());
-        let mut event_types = Vec::with_capacity(events.len());
-        let mut schema_versions = Vec::with_capacity(events.len());
-        let mut recorded_ats = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadatas = Vec::with_capacity(events.len());
-        let mut hashes = Vec::with_capacity(events.len());
-        for event in events {
-            positions.push(event.position);
-            stream_ids.push(event.stream_id.as_str());
-            stream_versions.push(event.stream_version);
-            event_ids.push(event.event_id.as_str());
-            event_types.push(event.event_type.as_str());
-            schema_versions.push(event.schema_version);
-            recorded_ats.push(event.recorded_at);
-            payloads.push(event.payload.as_slice());
-            metadatas.push(event.metadata.as_slice());
-            hashes.push(event.hash.as_slice());
+        if append_on(&self.pool, expected_head, events).await? {
+            return Ok(());
         }
-        // One statement, so one round trip and one implicit transaction: the compare-and-swap
-        // on log_head, the UNNEST insert (only when the swap moved the head; a data-modifying
-        // WITH always runs to completion) and one pg_notify (CASE, so only when it moved), all
-        // committed together or not at all; the reply comes after the commit is flushed.
-        // Under READ COMMITTED a concurrent writer's swap makes this UPDATE wait, then re-check
-        // `position = $3` against the new row and match nothing, so nothing is inserted or
-        // notified and the head is reported moved.
-        let moved: bool = sqlx::query_scalar(
-            "WITH head AS ( \
-                 UPDATE log_head SET position = $1, hash = $2 WHERE id AND position = $3 RETURNING position \
-             ), inserted AS ( \
-                 INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash) \
-                 SELECT * FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::int[], $10::timestamptz[], $11::bytea[], $12::bytea[], $13::bytea[]) \
-                 WHERE EXISTS (SELECT 1 FROM head) \
-             ) \
-             SELECT CASE WHEN EXISTS (SELECT 1 FROM head) THEN (SELECT true FROM pg_notify($14, $1::text)) ELSE false END",
-        )
-        .bind(last.position)
-        .bind(last.hash.as_slice())
-        .bind(expected_head)
-        .bind(&positions)
-        .bind(&stream_ids)
-        .bind(&stream_versions)
-        .bind(&event_ids)
-        .bind(&event_types)
-        .bind(&schema_versions)
-        .bind(&recorded_ats)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(&hashes)
-        .bind(NOTIFY_CHANNEL)
-        .fetch_one(&self.pool)
-        .await?;
-        if !moved {
-            let (actual, _) = self.head().await?;
-            return Err(StoreError::HeadMoved { expected: expected_head, actual });
-        }
-        Ok(())
+        let (actual, _) = self.head().await?;
+        Err(StoreError::HeadMoved { expected: expected_head, actual })
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<i64, StoreError> {
@@ -494,3 +468,110 @@ impl EventStore for PostgresStore {
         Ok(sqlx::query_scalar(AssertSqlSafe(super::dump_query(table, &columns))).fetch_all(&self.pool).await?)
     }
 }
+
+/// The append lock held across several statements, by a node whose append lost the race
+/// for the log head: while it holds it, no other node's append can commit, so the events it
+/// reads, folds and decides after taking it are at the head, and its append cannot lose
+/// again. Every append takes the same lock for its own transaction.
+pub struct LogLock {
+    transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl LogLock {
+    /// Appends `events` after `expected_head` and commits, which releases the lock.
+    pub async fn append(mut self, expected_head: i64, events: &[StoredEvent]) -> Result<(), StoreError> {
+        match append_on(&mut *self.transaction, expected_head, events).await {
+            Ok(true) => Ok(self.transaction.commit().await?),
+            Ok(false) => {
+                let actual = sqlx::query_scalar("SELECT position FROM log_head WHERE id")
+                    .fetch_one(&mut *self.transaction)
+                    .await?;
+                self.release().await;
+                Err(StoreError::HeadMoved { expected: expected_head, actual })
+            }
+            Err(error) => {
+                self.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends the transaction, appending nothing. A connection lost meanwhile has freed the
+    /// lock already.
+    pub async fn release(self) {
+        if let Err(error) = self.transaction.rollback().await {
+            tracing::debug!(%error, "releasing the append lock failed; its session is gone");
+        }
+    }
+}
+
+/// Appends `events` after `expected_head` in one statement on `executor`, taking the append
+/// lock for its transaction. Returns false, appending nothing, when the head was elsewhere.
+async fn append_on<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    expected_head: i64,
+    events: &[StoredEvent],
+) -> Result<bool, StoreError> {
+    let Some(last) = events.last() else { return Ok(true) };
+    let mut positions = Vec::with_capacity(events.len());
+    let mut stream_ids = Vec::with_capacity(events.len());
+    let mut stream_versions = Vec::with_capacity(events.len());
+    let mut event_ids = Vec::with_capacity(events.len());
+    let mut event_types = Vec::with_capacity(events.len());
+    let mut schema_versions = Vec::with_capacity(events.len());
+    let mut recorded_ats = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut metadatas = Vec::with_capacity(events.len());
+    let mut hashes = Vec::with_capacity(events.len());
+    for event in events {
+        positions.push(event.position);
+        stream_ids.push(event.stream_id.as_str());
+        stream_versions.push(event.stream_version);
+        event_ids.push(event.event_id.as_str());
+        event_types.push(event.event_type.as_str());
+        schema_versions.push(event.schema_version);
+        recorded_ats.push(event.recorded_at);
+        payloads.push(event.payload.as_slice());
+        metadatas.push(event.metadata.as_slice());
+        hashes.push(event.hash.as_slice());
+    }
+    // One statement, so one round trip and one implicit transaction: the compare-and-swap
+    // on log_head, the UNNEST insert (only when the swap moved the head; a data-modifying
+    // WITH always runs to completion) and one pg_notify (CASE, so only when it moved), all
+    // committed together or not at all; the reply comes after the commit is flushed.
+    // Under READ COMMITTED a concurrent writer's swap makes this UPDATE wait, then re-check
+    // `position = $3` against the new row and match nothing, so nothing is inserted or
+    // notified and the head is reported moved. The swap also needs the append lock
+    // (`LogLock`), which a node that lost the race holds while it catches up and decides
+    // again; it is released after the commit is visible.
+    let moved: bool = sqlx::query_scalar(
+        "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($15)), head AS ( \
+             UPDATE log_head SET position = $1, hash = $2 \
+             WHERE id AND position = $3 AND EXISTS (SELECT 1 FROM locked) RETURNING position \
+         ), inserted AS ( \
+             INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version, recorded_at, payload, metadata, hash) \
+             SELECT * FROM UNNEST($4::bigint[], $5::text[], $6::bigint[], $7::text[], $8::text[], $9::int[], $10::timestamptz[], $11::bytea[], $12::bytea[], $13::bytea[]) \
+             WHERE EXISTS (SELECT 1 FROM head) \
+         ) \
+         SELECT CASE WHEN EXISTS (SELECT 1 FROM head) THEN (SELECT true FROM pg_notify($14, $1::text)) ELSE false END",
+    )
+    .bind(last.position)
+    .bind(last.hash.as_slice())
+    .bind(expected_head)
+    .bind(&positions)
+    .bind(&stream_ids)
+    .bind(&stream_versions)
+    .bind(&event_ids)
+    .bind(&event_types)
+    .bind(&schema_versions)
+    .bind(&recorded_ats)
+    .bind(&payloads)
+    .bind(&metadatas)
+    .bind(&hashes)
+    .bind(NOTIFY_CHANNEL)
+    .bind(APPEND_LOCK_KEY)
+    .fetch_one(executor)
+    .await?;
+    Ok(moved)
+}
+
