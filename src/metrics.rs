@@ -101,6 +101,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub log_head_position: AtomicI64,
     pub projection_positions: parking_lot::Mutex<Vec<(&'static str, i64)>>,
+    /// Whether this node's runner folds events into the SQL read models (on PostgreSQL one
+    /// node of a cluster does; the others follow its checkpoints).
+    pub projection_runner: std::sync::atomic::AtomicBool,
     pub http_responses: [AtomicU64; 6],
 }
 
@@ -133,6 +136,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(LATENCY_BOUNDS),
             log_head_position: AtomicI64::new(0),
             projection_positions: parking_lot::Mutex::new(Vec::new()),
+            projection_runner: std::sync::atomic::AtomicBool::new(false),
             http_responses: Default::default(),
         }
     }
@@ -196,6 +200,11 @@ impl Metrics {
             let _ =
                 writeln!(output, "bahi_projection_lag_events{{projection=\"{name}\"}} {}", (head - position).max(0));
         }
+        let runner = u8::from(self.projection_runner.load(Ordering::Relaxed));
+        let _ = writeln!(
+            output,
+            "# HELP bahi_projection_runner 1 when this node folds events into the SQL read models (one node of a PostgreSQL cluster does).\n# TYPE bahi_projection_runner gauge\nbahi_projection_runner {runner}"
+        );
         if self.tailer.running.load(Ordering::Relaxed) {
             counter(
                 &mut output,

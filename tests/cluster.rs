@@ -451,7 +451,7 @@ async fn a_revocation_reaches_a_node_whose_listen_connection_was_cut() {
 }
 
 /// Waits for the one backend of `database_url`'s database whose statement is the writer's
-/// append (`WITH head AS ...`) and which waits on `waiting_on` (a wait event or its type),
+/// append (`WITH locked AS ...`) and which waits on `waiting_on` (a wait event or its type),
 /// and terminates it.
 async fn terminate_waiting_append(database_url: &str, waiting_on: &str) {
     let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await.unwrap();
@@ -459,7 +459,7 @@ async fn terminate_waiting_append(database_url: &str, waiting_on: &str) {
         let terminated: Vec<(bool,)> = sqlx::query_as(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND $1 IN (wait_event_type, wait_event) AND query LIKE 'WITH head AS%'",
+             AND $1 IN (wait_event_type, wait_event) AND query LIKE 'WITH locked AS%'",
         )
         .bind(waiting_on)
         .fetch_all(&mut connection)
@@ -580,4 +580,69 @@ async fn a_commit_whose_answer_is_lost_is_503_and_its_retry_answers_the_recorded
     assert_eq!(grants_in_log(&database.url(), &org_id).await, 1, "the retry recorded nothing more");
     drop(server);
     drop(database);
+}
+
+/// This node's `bahi_projection_runner` gauge.
+async fn runs_projections(client: &Client, server: &TestServer) -> bool {
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    metrics.lines().any(|line| line == "bahi_projection_runner 1")
+}
+
+/// Waits up to `seconds` for exactly one of `servers` to run the projections; its index.
+async fn the_projection_runner(client: &Client, servers: &[&TestServer], seconds: u64) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let mut runners = Vec::new();
+        for (index, server) in servers.iter().enumerate() {
+            if runs_projections(client, server).await {
+                runners.push(index);
+            }
+        }
+        match runners.as_slice() {
+            [runner] => return *runner,
+            _ if std::time::Instant::now() < deadline => {
+                // sleep-ok: polling the nodes' gauges while the lock changes hands.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            _ => panic!("{} nodes run the projections, not one", runners.len()),
+        }
+    }
+}
+
+/// A call made on `maker` and settled there is in `reader`'s audit answer at once.
+async fn audited_at_once(client: &Client, maker: &TestServer, reader: &TestServer, key: &str) {
+    let response = authorize(client, maker, key, "1").await;
+    assert_eq!(response.status(), 200);
+    let call_id = response.json::<Value>().await.unwrap()["call_id"].as_str().unwrap().to_owned();
+    assert_eq!(usage(client, maker, &call_id).await.status(), 200);
+    let response = client.get(reader.url(&format!("/v1/audit/calls/{call_id}"))).bearer_auth(key).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let call: Value = response.json().await.unwrap();
+    assert_eq!(call["status"], "succeeded", "{call}");
+}
+
+/// One node of a cluster folds events into the shared read models, the other follows its
+/// checkpoints (every node's runner folding every event raced page by page and threw the
+/// losers' work away). Reads on the follower still see what was just recorded on either node;
+/// once the runner is killed, the follower takes over and its reads stay fresh.
+#[tokio::test]
+async fn one_node_runs_the_projections_and_another_takes_over_when_it_dies() {
+    let Some((_database, first, second)) = two_nodes().await else { return };
+    let client = client();
+    let (_, key) = funded_org(&client, &first, "100").await;
+    let mut nodes = [Some(first), Some(second)];
+    let runner = {
+        let servers: Vec<&TestServer> = nodes.iter().flatten().collect();
+        the_projection_runner(&client, &servers, 5).await
+    };
+    let follower = 1 - runner;
+    {
+        let (runner_node, follower_node) = (nodes[runner].as_ref().unwrap(), nodes[follower].as_ref().unwrap());
+        audited_at_once(&client, runner_node, follower_node, &key).await;
+        audited_at_once(&client, follower_node, follower_node, &key).await;
+    }
+    nodes[runner].take().unwrap().kill();
+    let survivor = nodes[follower].as_ref().unwrap();
+    assert_eq!(the_projection_runner(&client, &[survivor], 5).await, 0);
+    audited_at_once(&client, survivor, survivor, &key).await;
 }
