@@ -419,8 +419,10 @@ impl Leadership {
 async fn take_projection_lock(pool: &sqlx::PgPool) -> Result<Option<Held>, StoreError> {
     use sqlx::Connection;
     let mut connection = pool.acquire().await?.detach();
-    let taken: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PROJECTION_LOCK_KEY).fetch_one(&mut connection).await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(PROJECTION_LOCK_KEY)
+        .fetch_one(&mut connection)
+        .await?;
     if !taken {
         let _ = connection.close().await;
         return Ok(None);

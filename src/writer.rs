@@ -61,9 +61,10 @@ pub enum WriteError {
     Overloaded,
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// Other nodes kept appending first, `MAX_APPEND_ATTEMPTS` times: nothing was appended,
-    /// and a retry decides again at the new head.
-    #[error("other nodes kept appending first; nothing was recorded, retry shortly")]
+    /// Another node held the append lock past its wait (or, appending without it, kept
+    /// appending first `MAX_APPEND_ATTEMPTS` times): nothing was appended, and a retry
+    /// decides again at the new head.
+    #[error("other nodes held the log; nothing was recorded, retry shortly")]
     Contended,
     /// The database could not be reached: nothing was appended, and a retry decides again.
     #[error("the database cannot be reached right now; nothing was recorded, retry shortly: {0}")]

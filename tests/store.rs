@@ -1357,7 +1357,9 @@ async fn an_append_waits_for_the_append_lock_and_then_loses_to_its_holder() {
     let event_id = held.event_id.clone();
     log_lock.append(head, &[held]).await.unwrap();
     match racing.await.unwrap() {
-        Err(bahi::store::StoreError::HeadMoved { expected, actual }) => assert_eq!((expected, actual), (head, head + 1)),
+        Err(bahi::store::StoreError::HeadMoved { expected, actual }) => {
+            assert_eq!((expected, actual), (head, head + 1))
+        }
         other => panic!("the racing append should have lost: {other:?}"),
     }
     let appended = store.read_after(head, 10).await.unwrap();

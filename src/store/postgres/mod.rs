@@ -574,4 +574,3 @@ async fn append_on<'c>(
     .await?;
     Ok(moved)
 }
-
