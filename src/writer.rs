@@ -703,16 +703,22 @@ impl WriterTask {
         }
     }
 
-    /// After a lost race: takes the append lock (PostgreSQL), then catches up, so that what
-    /// is decided next is decided at the head and appended before anyone else's append.
+    /// After a lost race: catches up, then takes the append lock (PostgreSQL) and folds what
+    /// was appended meanwhile, so that what is decided next is decided at the head and
+    /// appended before anyone else's append. The reset of the ledger, which copies it whole,
+    /// is done before the lock is taken: the lock holds up every node's appends.
     async fn lock_and_catch_up(&mut self) -> Result<Option<LogLock>, StoreError> {
-        let log_lock = self.store.lock_log().await?;
-        match self.catch_up().await {
-            Ok(()) => Ok(log_lock),
+        self.catch_up().await?;
+        let Some(log_lock) = self.store.lock_log().await? else { return Ok(None) };
+        let caught_up = match self.store.head().await {
+            // The ledger holds no uncommitted event after the reset: it can fold the log.
+            Ok((head, _)) => self.catch_up_to(head).await,
+            Err(error) => Err(error),
+        };
+        match caught_up {
+            Ok(()) => Ok(Some(log_lock)),
             Err(error) => {
-                if let Some(log_lock) = log_lock {
-                    log_lock.release().await;
-                }
+                log_lock.release().await;
                 Err(error)
             }
         }
