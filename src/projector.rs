@@ -85,10 +85,7 @@ async fn catch_up(
     feed: Option<&ProjectionFeed>,
 ) -> Result<i64, StoreError> {
     loop {
-        let mut checkpoints = Vec::with_capacity(PROJECTIONS.len());
-        for projection in PROJECTIONS {
-            checkpoints.push(store.checkpoint(projection.name).await?);
-        }
+        let checkpoints = read_checkpoints(store).await?;
         let from = checkpoints.iter().copied().min().unwrap_or(0);
         let group: Vec<&'static Projection> = PROJECTIONS
             .iter()
@@ -330,14 +327,22 @@ pub async fn run(
 /// A follower's turn: reads the projections' checkpoints, reports them as this node's, and
 /// drops the fed events they cover. Returns the lowest.
 async fn follow(store: &Store, metrics: &Metrics, feed: &ProjectionFeed) -> Result<i64, StoreError> {
-    let mut lowest = i64::MAX;
-    for projection in PROJECTIONS {
-        let checkpoint = store.checkpoint(projection.name).await?;
-        metrics.record_projection(projection.name, checkpoint);
-        lowest = lowest.min(checkpoint);
+    let checkpoints = read_checkpoints(store).await?;
+    for (projection, checkpoint) in PROJECTIONS.iter().zip(&checkpoints) {
+        metrics.record_projection(projection.name, *checkpoint);
     }
+    let lowest = checkpoints.iter().copied().min().unwrap_or(0);
     feed.take_after(lowest, 0);
     Ok(lowest)
+}
+
+/// Every projection's checkpoint, in the order of `PROJECTIONS`.
+async fn read_checkpoints(store: &Store) -> Result<Vec<i64>, StoreError> {
+    let mut checkpoints = Vec::with_capacity(PROJECTIONS.len());
+    for projection in PROJECTIONS {
+        checkpoints.push(store.checkpoint(projection.name).await?);
+    }
+    Ok(checkpoints)
 }
 
 /// Which node of a PostgreSQL cluster runs the projections: the one whose dedicated session

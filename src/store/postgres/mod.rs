@@ -349,8 +349,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
-        let row = sqlx::query("SELECT position, hash FROM log_head WHERE id").fetch_one(&self.pool).await?;
-        Ok((row.try_get(0)?, hash_from_bytes(row.try_get::<&[u8], _>(1)?)?))
+        head_on(&self.pool).await
     }
 
     async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
@@ -483,9 +482,7 @@ impl LogLock {
         match append_on(&mut *self.transaction, expected_head, events).await {
             Ok(true) => Ok(self.transaction.commit().await?),
             Ok(false) => {
-                let actual = sqlx::query_scalar("SELECT position FROM log_head WHERE id")
-                    .fetch_one(&mut *self.transaction)
-                    .await?;
+                let (actual, _) = head_on(&mut *self.transaction).await?;
                 self.release().await;
                 Err(StoreError::HeadMoved { expected: expected_head, actual })
             }
@@ -503,6 +500,12 @@ impl LogLock {
             tracing::debug!(%error, "releasing the append lock failed; its session is gone");
         }
     }
+}
+
+/// Position and hash of the last event, read on `executor`.
+async fn head_on<'c>(executor: impl sqlx::PgExecutor<'c>) -> Result<(i64, [u8; 32]), StoreError> {
+    let row = sqlx::query("SELECT position, hash FROM log_head WHERE id").fetch_one(executor).await?;
+    Ok((row.try_get(0)?, hash_from_bytes(row.try_get::<&[u8], _>(1)?)?))
 }
 
 /// Appends `events` after `expected_head` in one statement on `executor`, taking the append
