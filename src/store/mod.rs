@@ -140,6 +140,9 @@ impl StoreError {
             sqlx::Error::Database(database) => match database.code().as_deref() {
                 Some(code) if code.starts_with("08") => Some(Reach::Lost),
                 Some("57P01" | "57P02" | "57P03") => Some(Reach::Lost),
+                // The server ended a session idle in its transaction: a node that held the
+                // append lock (`LogLock`) while it was paused.
+                Some("25P03") => Some(Reach::Lost),
                 _ => None,
             },
             _ => None,
